@@ -1,0 +1,325 @@
+"""params.yaml -> one typed, validated `Config` that every stage receives.
+
+    from stages.config import load_config
+    cfg = load_config("params.yaml")
+    # a mistake raises ConfigError("student.temperature: must be > 0, got -1")
+
+Every `kd` command validates the whole file, not only its own section, so a typo in the
+student's settings stops `kd prepare` rather than an hour of teacher training later. Each
+section owns its defaults; a key left out of params.yaml takes the default written here.
+The YAML is read with a safe loader that also rejects duplicate keys: no tags, no code.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from stages.errors import ConfigError
+
+PositiveInt = Annotated[int, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0, lt=1)]
+Knob = int | float | bool | str
+MNIST1D_SEED = 42  # the seed of MNIST-1D's standard 4,000/1,000 split
+
+
+class Section(BaseModel):
+    # strict: YAML already gives typed values, so "10" for an int or 3.5 for an epoch count is
+    # a mistake to report, not something to coerce.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+# --------------------------------------------------------------------------------- data
+
+
+class DataConfig(Section):
+    source: Literal["mnist1d", "digits", "parquet"] = "mnist1d"
+    # mnist1d: the standard 4,000/1,000 split (seed 42) plus a transfer set from another seed
+    unlabeled_size: Annotated[int, Field(ge=0)] = 40_000
+    unlabeled_seed: Annotated[int, Field(ge=0)] = 1
+    # digits: fractions of the 1,797 images; the labeled split is what is left
+    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    unlabeled_fraction: Fraction = 0.4
+    # all sources: the validation rows are drawn from the labeled split with this seed
+    split_seed: Annotated[int, Field(ge=0)] = 0
+    val_fraction: Annotated[float, Field(ge=0, le=0.5)] = 0.1
+    normalize: Literal["global", "per_feature", "none"] = "global"
+    # parquet: the user's own files
+    labeled: str | None = None
+    unlabeled: str | None = None
+    test: str | None = None
+    features: str | list[str] | None = None
+    label: str | None = None
+    id: str | None = None
+    shape: list[PositiveInt] | None = None
+
+    @model_validator(mode="after")
+    def _check_source(self) -> DataConfig:
+        if self.source == "mnist1d" and self.unlabeled_seed == MNIST1D_SEED:
+            raise ValueError(
+                f"unlabeled_seed: must differ from the labeled split's seed ({MNIST1D_SEED}), "
+                f"or the transfer set repeats the labeled rows, got {MNIST1D_SEED}"
+            )
+        if self.source == "digits" and self.test_fraction + self.unlabeled_fraction >= 0.95:
+            raise ValueError(
+                "unlabeled_fraction: test_fraction + unlabeled_fraction must leave labeled "
+                f"rows (< 0.95), got {self.test_fraction} + {self.unlabeled_fraction}"
+            )
+        parquet_keys = ("labeled", "unlabeled", "test", "features", "label", "id", "shape")
+        if self.source == "parquet":
+            for key in ("labeled", "test", "features", "label"):
+                if getattr(self, key) in (None, "", []):
+                    raise ValueError(f"{key}: required when data.source is 'parquet'")
+        else:
+            for key in parquet_keys:
+                if getattr(self, key) is not None:
+                    raise ValueError(
+                        f"{key}: only used when data.source is 'parquet', "
+                        f"got source '{self.source}'"
+                    )
+        return self
+
+
+# ------------------------------------------------------------------------ model + training
+
+
+class AugmentConfig(Section):
+    shift: Annotated[int, Field(ge=0)] = 0  # random circular shift of up to +-shift positions
+    noise: Annotated[float, Field(ge=0)] = 0.0  # std of Gaussian noise added to the features
+
+
+class TrainConfig(Section):
+    epochs: PositiveInt = 20
+    batch_size: PositiveInt = 128
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: Annotated[float, Field(gt=0, le=10)] = 3e-3
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+    schedule: Literal["cosine", "constant", "onecycle"] = "cosine"
+    warmup_epochs: Annotated[int, Field(ge=0)] = 0
+    augment: AugmentConfig = AugmentConfig()
+    seed: Annotated[int, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _check_warmup(self) -> TrainConfig:
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(
+                f"warmup_epochs: must be < epochs ({self.epochs}), got {self.warmup_epochs}"
+            )
+        return self
+
+
+class ModelConfig(Section):
+    arch: str = "cnn1d"
+    knobs: dict[str, Knob] = {}
+    train: TrainConfig = TrainConfig()
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+class TeacherConfig(Section):
+    """`defaults` hold what members share; each member overrides any part of it."""
+
+    defaults: dict[str, Any] = {}
+    members: dict[str, dict[str, Any]] = {"cnn_0": {}}
+
+    @field_validator("members")
+    @classmethod
+    def _check_members(cls, members: dict) -> dict:
+        if not members:
+            raise ValueError("needs at least one member, got none")
+        for name in members:
+            if not name.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"member names use letters, digits, '_' and '-', got {name!r}")
+        return members
+
+    def member(self, name: str) -> ModelConfig:
+        """The member's full settings: the shared defaults with its own overrides on top."""
+        return ModelConfig.model_validate(_deep_merge(self.defaults, self.members[name] or {}))
+
+
+# ------------------------------------------------------------------ export, student, tracking
+
+
+class ExportConfig(Section):
+    rows_per_shard: PositiveInt = 20_000
+    row_group_size: PositiveInt = 4_096
+    batch_size: PositiveInt = 1_024
+    compression: Literal["zstd", "snappy", "gzip", "lz4", "none"] = "zstd"
+    logits_dtype: Literal["float32", "float16"] = "float32"
+
+    @model_validator(mode="after")
+    def _check_groups(self) -> ExportConfig:
+        if self.row_group_size > self.rows_per_shard:
+            raise ValueError(
+                f"row_group_size: must be <= rows_per_shard ({self.rows_per_shard}), "
+                f"got {self.row_group_size}"
+            )
+        return self
+
+
+class StudentConfig(ModelConfig):
+    temperature: Annotated[float, Field(gt=0, le=100)] = 4.0
+    alpha: Annotated[float, Field(ge=0, le=1)] = 0.9
+    combine: Literal["mean_probs", "mean_logits"] = "mean_probs"
+    shuffle_buffer: PositiveInt = 50_000
+
+
+class TrackingConfig(Section):
+    enabled: bool = True
+    experiment: str = "kd-pipeline"
+    uri: str | None = None  # None: sqlite mlflow.db at the repository root (absolute URI)
+    timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+
+
+class Config(Section):
+    data: DataConfig = DataConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    export: ExportConfig = ExportConfig()
+    student: StudentConfig = StudentConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _check_members(self) -> Config:
+        # validate the shared defaults, then every member's merged settings, each with the key
+        # path where the mistake was written
+        try:
+            ModelConfig.model_validate(self.teacher.defaults)
+        except ValidationError as e:
+            raise ConfigError(_format(e, prefix="teacher.defaults", model=ModelConfig)) from None
+        for name in self.teacher.members:
+            try:
+                self.teacher.member(name)
+            except ValidationError as e:
+                raise ConfigError(
+                    _format(e, prefix=f"teacher.members.{name}", model=ModelConfig)
+                ) from None
+        return self
+
+
+# ------------------------------------------------------------------------------ loading
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader (no tags that build objects) that also rejects duplicate keys."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise ConfigError(f"{key}: duplicate key (line {line})")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return str(int(value))  # "must be > 0", not "must be > 0.0"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _unknown_key_hint(loc: tuple, model: type[BaseModel] | None) -> str:
+    if model is None:
+        return ""
+    fields: Any = model
+    for part in loc[:-1]:
+        ann = fields.model_fields.get(part) if hasattr(fields, "model_fields") else None
+        fields = ann.annotation if ann else None
+        if not (isinstance(fields, type) and issubclass(fields, BaseModel)):
+            return ""
+    close = difflib.get_close_matches(str(loc[-1]), list(fields.model_fields), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+_UNION_TAG = re.compile(r"str|int|float|bool|(list|dict|union|function-\w+)\[.*\]")
+
+_MESSAGES = {
+    "greater_than": "must be > {gt}",
+    "greater_than_equal": "must be >= {ge}",
+    "less_than": "must be < {lt}",
+    "less_than_equal": "must be <= {le}",
+    "int_type": "must be an integer",
+    "int_from_float": "must be an integer",
+    "float_type": "must be a number",
+    "bool_type": "must be true or false",
+    "string_type": "must be a string",
+    "dict_type": "must be a mapping",
+    "list_type": "must be a list",
+    "model_type": "must be a mapping",
+    "model_attributes_type": "must be a mapping",
+    "missing": "required",
+}
+
+
+def _format(err: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> str:
+    """One line for the first error: `key.path: what is wrong, got <value>`."""
+    e = err.errors(include_url=False)[0]
+    # a union (`str | list[str]`) adds the member type to the path: name the key only
+    loc = tuple(p for p in e["loc"] if not _UNION_TAG.fullmatch(str(p)))
+    key = ".".join(str(p) for p in ((prefix,) if prefix else ()) + loc)
+    kind = e["type"]
+    ctx = {k: _show(v) if isinstance(v, float) else v for k, v in (e.get("ctx") or {}).items()}
+    if kind == "extra_forbidden":
+        return f"{key}: unknown key{_unknown_key_hint(loc, model)}"
+    if kind == "value_error":
+        msg = str(ctx.get("error", e["msg"]))
+        field, sep, rest = msg.partition(": ")
+        if sep and field.isidentifier():  # a model validator names the field it blames
+            return f"{key + '.' if key else ''}{field}: {rest}"
+        return f"{key}: {msg}"
+    if kind == "literal_error":
+        what = f"must be one of {ctx.get('expected')}"
+    else:
+        what = _MESSAGES.get(kind, e["msg"][:1].lower() + e["msg"][1:]).format(**ctx)
+    if kind == "missing":
+        return f"{key}: {what}"
+    return f"{key}: {what}, got {_show(e['input'])}"
+
+
+def parse_config(raw: Any) -> Config:
+    """Validate an already-parsed params mapping."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"params: must be a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format(e, model=Config)) from None
+
+
+def load_config(path: str | Path = "params.yaml") -> Config:
+    """Read and validate params.yaml; every problem is a one-line `ConfigError`."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: params file not found") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read params file ({e.__class__.__name__})") from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    return parse_config(raw)

@@ -1,0 +1,326 @@
+"""Built-in sources and the user's Parquet files -> arrays, and the prepared-data contract.
+
+A source gives three splits (labeled, unlabeled, test) of flat float32 features, integer
+labels (-1 where unknown) and a stable integer `row_id` that is unique across splits. The
+prepare stage normalises them and writes `data/prepared/{labeled,unlabeled,test}.parquet` with
+the schema below; every later stage reads those files through `read_split` / `iter_split`.
+
+Prepared schema: `row_id` int64, `label` int64 (null when unlabeled), `is_val` bool (labeled
+rows held out for validation), `features` fixed_size_list<float32>[F] (flattened; the shape is
+in meta.json).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from stages.config import MNIST1D_SEED, DataConfig
+from stages.errors import ArtifactError, DataError
+
+SPLITS = ("labeled", "unlabeled", "test")
+
+
+@dataclass
+class Split:
+    row_id: np.ndarray  # (N,) int64
+    x: np.ndarray  # (N, F) float32
+    y: np.ndarray  # (N,) int64, -1 where unlabeled
+
+
+@dataclass
+class Source:
+    splits: dict[str, Split]
+    class_names: list[str]
+    feature_shape: tuple[int, ...]
+    fingerprint: str  # sha256 over the source's raw rows (and for files, their bytes)
+
+
+def _digest(*arrays: np.ndarray, extra: str = "") -> str:
+    h = hashlib.sha256(extra.encode())
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def _split(row_id, x, y) -> Split:
+    return Split(np.asarray(row_id, np.int64), np.asarray(x, np.float32), np.asarray(y, np.int64))
+
+
+# ------------------------------------------------------------------------------ built-ins
+
+
+def _mnist1d(n: int, seed: int, train_split: float) -> dict:
+    """MNIST-1D from the package's generator (never its download URL)."""
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples, args.seed, args.train_split = n, seed, train_split
+    state = np.random.get_state()  # the generator seeds numpy's global RNG; leave it as found
+    try:
+        return make_dataset(args)
+    finally:
+        np.random.set_state(state)
+
+
+def load_mnist1d(cfg: DataConfig) -> Source:
+    std = _mnist1d(5000, MNIST1D_SEED, 0.8)  # the paper's 4,000 / 1,000 split
+    n_lab, n_test = len(std["y"]), len(std["y_test"])
+    splits = {
+        "labeled": _split(np.arange(n_lab), std["x"], std["y"]),
+        "test": _split(np.arange(n_lab, n_lab + n_test), std["x_test"], std["y_test"]),
+    }
+    n_unl = cfg.unlabeled_size
+    if n_unl:
+        # the generator makes num_samples // 10 rows per class: ask for a multiple of 10
+        extra = _mnist1d(-(-n_unl // 10) * 10, cfg.unlabeled_seed, 1.0)
+        x_unl = extra["x"][:n_unl]
+    else:
+        x_unl = np.zeros((0, std["x"].shape[1]))
+    start = n_lab + n_test
+    splits["unlabeled"] = _split(np.arange(start, start + n_unl), x_unl, np.full(n_unl, -1))
+    fp = _digest(std["x"], std["x_test"], x_unl, extra=f"mnist1d:{n_unl}:{cfg.unlabeled_seed}")
+    return Source(splits, [str(i) for i in range(10)], (std["x"].shape[1],), fp)
+
+
+def load_digits(cfg: DataConfig) -> Source:
+    """scikit-learn's bundled 8x8 digits, split by stratified fractions with a fixed seed."""
+    from sklearn.datasets import load_digits as sk_digits
+    from sklearn.model_selection import train_test_split
+
+    d = sk_digits()
+    idx = np.arange(len(d.target))
+    rest, test = train_test_split(
+        idx, test_size=cfg.test_fraction, random_state=cfg.split_seed, stratify=d.target
+    )
+    lab, unl = rest, np.array([], dtype=np.int64)
+    if cfg.unlabeled_fraction > 0:
+        share = cfg.unlabeled_fraction / (1 - cfg.test_fraction)
+        lab, unl = train_test_split(
+            rest, test_size=share, random_state=cfg.split_seed, stratify=d.target[rest]
+        )
+    lab, unl, test = np.sort(lab), np.sort(unl), np.sort(test)
+    x, y = d.data, d.target
+    splits = {  # row_id = the image's index in the bundled set: stable across fractions
+        "labeled": _split(lab, x[lab], y[lab]),
+        "unlabeled": _split(unl, x[unl], np.full(len(unl), -1)),
+        "test": _split(test, x[test], y[test]),
+    }
+    fp = _digest(x, y, extra=f"digits:{cfg.test_fraction}:{cfg.unlabeled_fraction}")
+    return Source(splits, [str(c) for c in d.target_names], (8, 8), fp)
+
+
+# --------------------------------------------------------------------------- user Parquet
+
+
+def _read_file(path: Path, columns: list[str]) -> pa.Table:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+    for col in columns:
+        if col not in schema.names:
+            raise DataError(f"{path}: no column '{col}' (columns: {', '.join(schema.names)})")
+    return pq.read_table(path, columns=columns)
+
+
+def _features(path: Path, table: pa.Table, spec: str | list[str]) -> np.ndarray:
+    """(N, F) float32 from one list column or several scalar columns; every row checked."""
+    names = [spec] if isinstance(spec, str) else spec
+    cols = []
+    for name in names:
+        col = table.column(name).combine_chunks()
+        if col.null_count:
+            row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+            raise DataError(f"{path}: column '{name}': missing value at row {row}")
+        kind = col.type
+        if pa.types.is_list(kind) or pa.types.is_large_list(kind) or \
+                pa.types.is_fixed_size_list(kind):
+            lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+            if len(lengths) and (lengths != lengths[0]).any():
+                row = int(np.flatnonzero(lengths != lengths[0])[0])
+                raise DataError(
+                    f"{path}: column '{name}': row {row} has {lengths[row]} features, "
+                    f"expected {lengths[0]} (as in row 0)"
+                )
+            values = col.flatten() if not pa.types.is_fixed_size_list(kind) else col.values
+            if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
+                raise DataError(f"{path}: column '{name}': non-numeric features ({values.type})")
+            if values.null_count:
+                pos = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0])
+                raise DataError(f"{path}: column '{name}': missing value at row "
+                                f"{pos // max(int(lengths[0]), 1)}")
+            width = int(lengths[0]) if len(lengths) else 0
+            cols.append(values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, width))
+        elif pa.types.is_integer(kind) or pa.types.is_floating(kind):
+            cols.append(col.to_numpy(zero_copy_only=False).astype(np.float32)[:, None])
+        else:
+            raise DataError(f"{path}: column '{name}': non-numeric features ({kind})")
+    x = np.concatenate(cols, axis=1) if cols else np.zeros((table.num_rows, 0), np.float32)
+    bad = ~np.isfinite(x).all(axis=1)
+    if bad.any():
+        raise DataError(f"{path}: features: NaN or infinite value at row {int(np.argmax(bad))}")
+    return x
+
+
+def _labels(path: Path, table: pa.Table, name: str) -> np.ndarray:
+    col = table.column(name).combine_chunks()
+    if not (pa.types.is_integer(col.type) or pa.types.is_string(col.type)
+            or pa.types.is_large_string(col.type) or pa.types.is_dictionary(col.type)):
+        raise DataError(f"{path}: column '{name}': labels must be integers or strings, "
+                        f"got {col.type}")
+    if col.null_count:
+        row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+        raise DataError(f"{path}: column '{name}': missing label at row {row}")
+    return np.asarray(col.to_pylist(), dtype=object)
+
+
+def _ids(path: Path, table: pa.Table, name: str) -> np.ndarray:
+    col = table.column(name).combine_chunks()
+    if not pa.types.is_integer(col.type):
+        raise DataError(f"{path}: column '{name}': row ids must be integers, got {col.type}")
+    if col.null_count:
+        row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+        raise DataError(f"{path}: column '{name}': missing row id at row {row}")
+    return col.to_numpy().astype(np.int64)
+
+
+def load_parquet(cfg: DataConfig, root: Path) -> Source:
+    feat_cols = [cfg.features] if isinstance(cfg.features, str) else list(cfg.features)
+    files = {"labeled": cfg.labeled, "test": cfg.test, "unlabeled": cfg.unlabeled}
+    raw: dict[str, tuple[np.ndarray, np.ndarray | None, np.ndarray | None]] = {}
+    h = hashlib.sha256()
+    for split, name in files.items():
+        if name is None:
+            continue
+        path = root / name
+        need_label = split != "unlabeled"
+        cols = feat_cols + ([cfg.label] if need_label else []) + ([cfg.id] if cfg.id else [])
+        table = _read_file(path, cols)
+        if need_label and table.num_rows == 0:
+            raise DataError(f"{path}: the {split} split has no rows")
+        x = _features(path, table, cfg.features)
+        y = _labels(path, table, cfg.label) if need_label else None
+        ids = _ids(path, table, cfg.id) if cfg.id else None
+        raw[split] = (x, y, ids)
+        h.update(split.encode() + path.read_bytes())
+
+    widths = {s: v[0].shape[1] for s, v in raw.items() if len(v[0])}
+    width = widths["labeled"]
+    for split, w in widths.items():
+        if w != width:
+            raise DataError(f"{root / files[split]}: rows have {w} features, the labeled split "
+                            f"has {width}")
+    shape = tuple(cfg.shape) if cfg.shape else (width,)
+    if int(np.prod(shape)) != width:
+        raise DataError(f"data.shape: {list(shape)} holds {int(np.prod(shape))} values, "
+                        f"but each row has {width} features")
+
+    classes = sorted(set(raw["labeled"][1].tolist()), key=lambda v: (str(type(v)), v))
+    if len(classes) < 2:
+        raise DataError(f"{root / cfg.labeled}: column '{cfg.label}': needs at least two classes, "
+                        f"found {len(classes)}")
+    index = {c: i for i, c in enumerate(classes)}
+    missing = [i for i, v in enumerate(raw["test"][1].tolist()) if v not in index]
+    if missing:
+        row = missing[0]
+        raise DataError(f"{root / cfg.test}: column '{cfg.label}': label "
+                        f"{raw['test'][1][row]!r} at row {row} does not occur in the labeled split")
+
+    splits, start = {}, 0
+    for split in ("labeled", "test", "unlabeled"):
+        x, y, ids = raw.get(split, (np.zeros((0, width), np.float32), None, None))
+        n = len(x)
+        labels = np.array([index[v] for v in y.tolist()]) if y is not None else np.full(n, -1)
+        splits[split] = _split(ids if ids is not None else np.arange(start, start + n), x, labels)
+        start += n
+    all_ids = np.concatenate([s.row_id for s in splits.values()])
+    uniq, counts = np.unique(all_ids, return_counts=True)
+    if (counts > 1).any():
+        raise DataError(f"data.id: row id {int(uniq[counts > 1][0])} occurs more than once "
+                        f"across the labeled, unlabeled and test files")
+    return Source(splits, [str(c) for c in classes], shape, h.hexdigest())
+
+
+def load_source(cfg: DataConfig, root: Path = Path(".")) -> Source:
+    if cfg.source == "mnist1d":
+        return load_mnist1d(cfg)
+    if cfg.source == "digits":
+        return load_digits(cfg)
+    return load_parquet(cfg, root)
+
+
+# ----------------------------------------------------------------------- prepared files
+
+
+def prepared_schema(n_features: int) -> pa.Schema:
+    return pa.schema([
+        ("row_id", pa.int64()),
+        ("label", pa.int64()),
+        ("is_val", pa.bool_()),
+        ("features", pa.list_(pa.float32(), n_features)),
+    ])
+
+
+def to_table(split: Split, is_val: np.ndarray) -> pa.Table:
+    n, f = split.x.shape
+    labels = pa.array(split.y, mask=split.y < 0, type=pa.int64())
+    feats = pa.FixedSizeListArray.from_arrays(pa.array(split.x.reshape(-1), pa.float32()), f)
+    return pa.Table.from_arrays(
+        [pa.array(split.row_id, pa.int64()), labels, pa.array(is_val, pa.bool_()), feats],
+        schema=prepared_schema(f),
+    )
+
+
+def load_meta(prepared: str | Path) -> dict:
+    path = Path(prepared) / "meta.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: not found; run `dvc repro prepare` first") from None
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{path}: not valid JSON ({e})") from None
+
+
+def _open(prepared: str | Path, split: str) -> pq.ParquetFile:
+    path = Path(prepared) / f"{split}.parquet"
+    try:
+        return pq.ParquetFile(path)
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: not found; run `dvc repro prepare` first") from None
+    except (pa.ArrowException, OSError) as e:
+        raise ArtifactError(f"{path}: unreadable ({str(e).splitlines()[0]})") from None
+
+
+def _batch_to_split(batch: pa.RecordBatch | pa.Table) -> tuple[Split, np.ndarray]:
+    feats = batch.column("features")
+    if isinstance(feats, pa.ChunkedArray):
+        feats = feats.combine_chunks()
+    n = len(batch)
+    x = feats.values.to_numpy(zero_copy_only=False).reshape(n, -1) if n else np.zeros((0, 0))
+    y = batch.column("label").fill_null(-1).to_numpy(zero_copy_only=False)
+    ids = batch.column("row_id").to_numpy(zero_copy_only=False)
+    return _split(ids, x, y), batch.column("is_val").to_numpy(zero_copy_only=False)
+
+
+def read_split(prepared: str | Path, split: str) -> tuple[Split, np.ndarray]:
+    """A whole prepared split in memory, with its `is_val` mask."""
+    return _batch_to_split(_open(prepared, split).read())
+
+
+def iter_split(
+    prepared: str | Path, split: str, batch_size: int
+) -> Iterator[tuple[Split, np.ndarray]]:
+    """Stream a prepared split in batches of `batch_size` rows; memory stays flat."""
+    for batch in _open(prepared, split).iter_batches(batch_size=batch_size):
+        yield _batch_to_split(batch)

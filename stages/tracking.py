@@ -1,0 +1,173 @@
+"""MLflow: one run per stage, opened by one context manager.
+
+    with stage_run(cfg, "teacher@cnn_0", params={...}) as run:
+        run.log_metrics({"val_acc": 0.98}, step=epoch)
+        run.log_artifact("data/teachers/cnn_0/model.json")
+
+Every run is tagged with the stage, the git commit and the DVC experiment name (when DVC runs
+the stage inside `dvc exp run`), so the runs of one variant are found together. The default
+store is `mlflow.db` at the repository root as an absolute URI: `dvc exp run --queue` workers
+run in a temporary copy under `.dvc/tmp/exps/`, and must still write to the user's store.
+`MLFLOW_TRACKING_URI` overrides it; `tracking.enabled: false` or `KD_TRACKING=0` turns it off,
+and then the same calls do nothing, so stage code never branches on tracking.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from stages.config import Config
+from stages.errors import KDError
+
+
+class TrackingError(KDError):
+    """The tracking store cannot be reached: reported before any work starts."""
+
+
+def repo_root() -> Path:
+    """The user's repository root, also from inside a `dvc exp run --queue` temporary copy."""
+    root = Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
+    parts = root.parts
+    if ".dvc" in parts:  # .../repo/.dvc/tmp/exps/<tmp>/ -> .../repo
+        root = Path(*parts[: parts.index(".dvc")])
+    return root
+
+
+def tracking_uri(cfg: Config) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.uri or \
+        f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+def tracking_enabled(cfg: Config) -> bool:
+    env = os.environ.get("KD_TRACKING", "").strip().lower()
+    if env in ("0", "false", "off", "no"):
+        return False
+    return cfg.tracking.enabled
+
+
+def _check_reachable(uri: str, timeout: float) -> None:
+    """Fail in `timeout` seconds, not after the MLflow client's minutes of retries."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+            r.read()
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise TrackingError(f"MLflow tracking server {uri} is unreachable ({reason}); set "
+                            "tracking.enabled: false or KD_TRACKING=0 to run without it") from None
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, cwd=os.environ.get("DVC_ROOT") or None)
+        return out.stdout.strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}: how params and nested metrics reach MLflow."""
+    if isinstance(obj, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: obj}
+
+
+class StageRun:
+    """What a stage logs through; a disabled run accepts the same calls and drops them."""
+
+    def __init__(self, client=None, run_id: str | None = None):
+        self.client, self.run_id = client, run_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        if self.client is None:
+            return
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
+        for i in range(0, len(items), 100):  # the REST API takes at most 100 params a call
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        if self.client is None:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step or 0) for k, v in flatten(metrics).items()
+                 if isinstance(v, int | float) and not isinstance(v, bool)]
+        for i in range(0, len(items), 500):
+            self.client.log_batch(self.run_id, metrics=items[i : i + 500])
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        if self.client is not None:
+            for k, v in tags.items():
+                self.client.set_tag(self.run_id, k, str(v))
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self.client is not None:
+            if Path(path).is_dir():
+                self.client.log_artifacts(self.run_id, str(path), artifact_path)
+            else:
+                self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+
+@contextlib.contextmanager
+def stage_run(
+    cfg: Config, stage: str, params: Mapping[str, Any] | None = None
+) -> Iterator[StageRun]:
+    """One MLflow run for one stage execution; FAILED if the stage raises, else FINISHED."""
+    if not tracking_enabled(cfg):
+        yield StageRun()
+        return
+    uri = tracking_uri(cfg)
+    # Fail fast: no retry storm against a dead server, short request timeouts.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(cfg.tracking.timeout_s)))
+    _check_reachable(uri, cfg.tracking.timeout_s)
+
+    from mlflow.tracking import MlflowClient
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO chatter in stage output
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    exp_id = exp.experiment_id if exp else _create_experiment(client, cfg.tracking.experiment)
+    tags = {
+        "kd.stage": stage.split("@")[0],
+        "kd.stage_name": stage,
+        "mlflow.source.git.commit": git_commit(),
+        "dvc.exp_name": os.environ.get("DVC_EXP_NAME", ""),
+        "mlflow.runName": stage,
+    }
+    run = client.create_run(exp_id, run_name=stage, tags=tags)
+    handle = StageRun(client, run.info.run_id)
+    if params:
+        handle.log_params(params)
+    try:
+        yield handle
+    except BaseException:
+        client.set_terminated(run.info.run_id, status="FAILED")
+        raise
+    client.set_terminated(run.info.run_id, status="FINISHED")
+
+
+def _create_experiment(client, name: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.create_experiment(name)
+    except MlflowException:  # another process (a queued experiment) created it first
+        return client.get_experiment_by_name(name).experiment_id

@@ -1,0 +1,90 @@
+"""Shared fixtures: small params files, a CLI runner, and tracking off unless a test wants it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from stages.cli import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _no_tracking(monkeypatch):
+    # Tests that exercise MLflow turn it back on against a store in their tmp_path.
+    monkeypatch.setenv("KD_TRACKING", "0")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+@pytest.fixture
+def write_params(tmp_path):
+    def write(params: dict | str, name: str = "params.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(params if isinstance(params, str) else yaml.safe_dump(params))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def kd():
+    """Run `kd ...` in-process; returns the click Result (exit_code, output)."""
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        return runner.invoke(cli, [str(a) for a in args], catch_exceptions=True)
+
+    return invoke
+
+
+def assert_user_error(result, *needles: str) -> str:
+    """Exit 2, one line of output, no traceback, and the line names each needle."""
+    out = result.output.strip()
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    assert "Traceback" not in result.output
+    assert len(out.splitlines()) == 1, out
+    for needle in needles:
+        assert needle in out, (needle, out)
+    return out
+
+
+def run_cmd(args: list[str], cwd: Path, env: dict | None = None, check: bool = True):
+    """Run a real command (dvc, kd, git) from this environment's bin directory."""
+    import os
+    import subprocess
+    import sys
+
+    bindir = Path(sys.executable).parent
+    full_env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", **(env or {})}
+    result = subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n"
+                             f"{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture
+def dvc_repo(tmp_path):
+    """A real git + DVC repository holding this project's dvc.yaml and stages/, with the
+    given params.yaml; returns its path."""
+    import shutil
+
+    def make(params: dict) -> Path:
+        repo = tmp_path / "repo"
+        repo.mkdir()
+        shutil.copytree(ROOT / "stages", repo / "stages",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+        (repo / "params.yaml").write_text(yaml.safe_dump(params))
+        run_cmd(["git", "init", "-q"], repo)
+        run_cmd(["dvc", "init", "-q"], repo)
+        run_cmd(["dvc", "config", "core.analytics", "false"], repo)
+        run_cmd(["git", "add", "-A"], repo)
+        run_cmd(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"], repo)
+        return repo
+
+    return make
