@@ -69,6 +69,16 @@ def prepare(cfg: Config, out: Path) -> None:
     stage.run(cfg, out)
 
 
+@cli.command()
+@with_config
+@click.argument("member")
+def teacher(cfg: Config, member: str) -> None:
+    """Train the ensemble member MEMBER (a key of `teacher.members`)."""
+    from stages import teacher as stage
+
+    stage.run(cfg, member)
+
+
 @cli.command("check-params")
 @with_config
 def check_params(cfg: Config) -> None:

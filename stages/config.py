@@ -132,7 +132,8 @@ def _deep_merge(base: dict, override: dict) -> dict:
 
 
 class TeacherConfig(Section):
-    """`defaults` hold what members share; each member overrides any part of it."""
+    """`defaults` hold what members share; each member overrides any part of it. A member
+    with its own `arch` keeps the shared training settings but not the shared knobs."""
 
     defaults: dict[str, Any] = {}
     members: dict[str, dict[str, Any]] = {"cnn_0": {}}
@@ -149,7 +150,11 @@ class TeacherConfig(Section):
 
     def member(self, name: str) -> ModelConfig:
         """The member's full settings: the shared defaults with its own overrides on top."""
-        return ModelConfig.model_validate(_deep_merge(self.defaults, self.members[name] or {}))
+        own = self.members[name] or {}
+        base = dict(self.defaults)
+        if "arch" in own and own["arch"] != base.get("arch", ModelConfig().arch):
+            base.pop("knobs", None)  # another architecture's knobs mean nothing to this one
+        return ModelConfig.model_validate(_deep_merge(base, own))
 
 
 # ------------------------------------------------------------------ export, student, tracking
@@ -203,12 +208,26 @@ class Config(Section):
             raise ConfigError(_format(e, prefix="teacher.defaults", model=ModelConfig)) from None
         for name in self.teacher.members:
             try:
-                self.teacher.member(name)
+                member = self.teacher.member(name)
             except ValidationError as e:
                 raise ConfigError(
                     _format(e, prefix=f"teacher.members.{name}", model=ModelConfig)
                 ) from None
+            _check_arch(f"teacher.members.{name}", member)
+        _check_arch("student", self.student)
         return self
+
+
+def _check_arch(key: str, spec: ModelConfig) -> None:
+    """Architecture and knob names are known now; knob values are checked against the data's
+    shape when the stage builds the model, before it trains."""
+    from stages.models import resolve_knobs
+
+    try:
+        resolve_knobs(spec.arch, spec.knobs)
+    except ConfigError as e:
+        what = "arch" if "unknown architecture" in str(e) else "knobs"
+        raise ConfigError(f"{key}.{what}: {e}") from None
 
 
 # ------------------------------------------------------------------------------ loading

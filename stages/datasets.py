@@ -52,7 +52,8 @@ def _digest(*arrays: np.ndarray, extra: str = "") -> str:
 
 
 def _split(row_id, x, y) -> Split:
-    return Split(np.asarray(row_id, np.int64), np.asarray(x, np.float32), np.asarray(y, np.int64))
+    # copies: arrays from Arrow are read-only, and torch wants writable memory
+    return Split(np.array(row_id, np.int64), np.array(x, np.float32), np.array(y, np.int64))
 
 
 # ------------------------------------------------------------------------------ built-ins

@@ -67,19 +67,32 @@ def run_cmd(args: list[str], cwd: Path, env: dict | None = None, check: bool = T
     return result
 
 
+def project_params(overrides: dict) -> dict:
+    """The repository's params.yaml with `overrides` merged in (sections merge, values replace;
+    `teacher.members` is replaced whole so a test controls the ensemble)."""
+    from stages.config import _deep_merge
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    members = overrides.get("teacher", {}).get("members")
+    merged = _deep_merge(params, overrides)
+    if members is not None:
+        merged["teacher"]["members"] = members
+    return merged
+
+
 @pytest.fixture
 def dvc_repo(tmp_path):
     """A real git + DVC repository holding this project's dvc.yaml and stages/, with the
-    given params.yaml; returns its path."""
+    project's params.yaml plus `overrides`; returns its path."""
     import shutil
 
-    def make(params: dict) -> Path:
+    def make(overrides: dict) -> Path:
         repo = tmp_path / "repo"
         repo.mkdir()
         shutil.copytree(ROOT / "stages", repo / "stages",
                         ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
-        (repo / "params.yaml").write_text(yaml.safe_dump(params))
+        (repo / "params.yaml").write_text(yaml.safe_dump(project_params(overrides)))
         run_cmd(["git", "init", "-q"], repo)
         run_cmd(["dvc", "init", "-q"], repo)
         run_cmd(["dvc", "config", "core.analytics", "false"], repo)

@@ -89,7 +89,8 @@ def test_members_override_defaults():
     a, b, c = (cfg.teacher.member(n) for n in "abc")
     assert a.knobs == {"channels": 32, "depth": 3} and a.train.epochs == 10
     assert b.knobs == {"channels": 64, "depth": 3} and b.train.seed == 7 and b.train.lr == 0.01
-    assert c.arch == "mlp" and c.knobs == {"channels": 32, "depth": 3, "width": 64}
+    # another architecture inherits the training settings, not the other's knobs
+    assert c.arch == "mlp" and c.knobs == {"width": 64} and c.train.lr == 0.01
 
 
 def test_the_repository_params_are_valid():
@@ -102,3 +103,14 @@ def test_the_repository_params_are_valid():
 def test_config_error_is_raised_not_exit():
     with pytest.raises(ConfigError, match="student.alpha"):
         parse_config({"student": {"alpha": -0.1}})
+
+
+@pytest.mark.parametrize("params,expected", [
+    ({"student": {"arch": "transformer"}}, "student.arch: unknown architecture 'transformer'"),
+    ({"student": {"arch": "mlp", "knobs": {"channels": 3}}}, "student.knobs: unknown knob 'channels' for architecture 'mlp'"),
+    ({"teacher": {"members": {"m": {"knobs": {"widht": 3}}}}}, "teacher.members.m.knobs: unknown knob 'widht'"),
+])
+def test_architecture_and_knob_names_are_checked_up_front(params, expected):
+    with pytest.raises(ConfigError) as e:
+        parse_config(params)
+    assert expected in str(e.value)

@@ -1,0 +1,91 @@
+"""Distillation losses: pure functions of logits and labels (Hinton, Vinyals & Dean 2015).
+
+    t_probs = soft_targets(t_logits, T=4.0)                  # (M, B, C) -> (B, C)
+    loss = kd_loss(s_logits, t_probs, labels, T=4.0, alpha=0.9)
+    total, soft, hard = kd_loss_parts(s_logits, t_probs, labels, T=4.0, alpha=0.9)
+
+    total = alpha * soft + (1 - alpha) * hard
+    soft  = T^2 * KL(t_probs || softmax(s_logits / T))   mean over ALL B rows ("batchmean")
+    hard  = CE(s_logits, labels)                          mean over labeled rows (label >= 0)
+
+Why T^2: the gradient of the softened KL w.r.t. the student logits scales as 1/T^2 for large T,
+so without it raising T silently turns down the soft term against the hard one. Why batchmean
+over all rows: unlabeled rows carry the soft term alone and must weigh as much as labeled rows;
+"mean" would divide by B*C as well. Everything is computed in float32, so float16 logits from
+shards or autocast do not underflow in softmax/log.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+COMBINES = ("mean_probs", "mean_logits")
+
+
+def _check_T(T: float) -> None:
+    if not T > 0:
+        raise ValueError(f"temperature T={T!r} must be > 0")
+
+
+def soft_targets(t_logits: Tensor, T: float, combine: str = "mean_probs") -> Tensor:
+    """Ensemble teacher probabilities at temperature T: (M, B, C) member logits -> (B, C).
+
+    "mean_probs" averages the members' softened distributions (the usual ensemble);
+    "mean_logits" softens the members' mean logits (a geometric-mean-like ensemble, sharper).
+    """
+    _check_T(T)
+    if t_logits.dim() != 3:
+        raise ValueError(f"t_logits must be (M, B, C), got shape {tuple(t_logits.shape)}")
+    t = t_logits.float()  # (M, B, C)
+    if combine == "mean_probs":
+        return F.softmax(t / T, dim=-1).mean(dim=0)  # (B, C)
+    if combine == "mean_logits":
+        return F.softmax(t.mean(dim=0) / T, dim=-1)  # (B, C)
+    raise ValueError(f"combine={combine!r} must be one of {COMBINES}")
+
+
+def hard_loss(s_logits: Tensor, labels: Tensor) -> Tensor:
+    """Cross-entropy averaged over labeled rows (labels >= 0); exactly 0 if there are none."""
+    labeled = labels >= 0  # (B,)
+    targets = torch.where(labeled, labels, -1)  # any negative label means unlabeled
+    # sum / count instead of a boolean gather + mean: no host sync, no NaN on an empty set,
+    # and the result stays attached to the graph even when it is 0
+    ce_sum = F.cross_entropy(s_logits.float(), targets, ignore_index=-1, reduction="sum")
+    return ce_sum / labeled.sum().clamp(min=1)
+
+
+def soft_loss(s_logits: Tensor, t_probs: Tensor, T: float) -> Tensor:
+    """T^2 * KL(t_probs || softmax(s_logits / T)), summed over classes, mean over all rows."""
+    _check_T(T)
+    log_q = F.log_softmax(s_logits.float() / T, dim=-1)  # (B, C)
+    p = t_probs.float()  # (B, C)
+    # xlogy makes 0 * log 0 = 0: a teacher probability that underflowed to 0 is not a NaN
+    kl = (torch.xlogy(p, p) - p * log_q).sum(dim=-1)  # (B,)
+    return T**2 * kl.mean()
+
+
+def kd_loss_parts(
+    s_logits: Tensor, t_probs: Tensor, labels: Tensor, T: float, alpha: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(total, soft, hard) with total = alpha * soft + (1 - alpha) * hard; see module doc.
+
+    s_logits (B, C) student logits; t_probs (B, C) teacher probabilities at T (soft_targets);
+    labels (B,) int64 with -1 for unlabeled rows. `soft` already includes the T^2 factor.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha={alpha!r} must be in [0, 1]")
+    if s_logits.dim() != 2 or s_logits.shape != t_probs.shape:
+        raise ValueError(f"s_logits {tuple(s_logits.shape)} and t_probs {tuple(t_probs.shape)} "
+                         "must both be (B, C)")
+    if labels.shape != s_logits.shape[:1]:
+        raise ValueError(f"labels {tuple(labels.shape)} must be (B,) = ({s_logits.shape[0]},)")
+    soft = soft_loss(s_logits, t_probs, T)
+    hard = hard_loss(s_logits, labels)
+    return alpha * soft + (1.0 - alpha) * hard, soft, hard
+
+
+def kd_loss(s_logits: Tensor, t_probs: Tensor, labels: Tensor, T: float, alpha: float) -> Tensor:
+    """Hinton's distillation loss, a scalar: alpha * soft + (1 - alpha) * hard."""
+    return kd_loss_parts(s_logits, t_probs, labels, T, alpha)[0]

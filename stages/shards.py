@@ -1,0 +1,441 @@
+"""Soft-target shards: the teacher ensemble's logits for every row, as Parquet plus a manifest.
+
+A shard set is one directory: `part-00000.parquet`, `part-00001.parquet`, ... and a
+`manifest.json` listing every shard with its row count and sha256. One Parquet row holds a row's
+id, split, label, features and every member's LOGITS, so inputs and targets are joined by being
+in the same row, never by position. The manifest is written last: its presence means the set is
+complete. A quick look:
+
+    python -c "from stages.shards import verify; print(verify('data/soft_targets'))"
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from stages.atomic import read_json, write_json
+from stages.errors import ArtifactError
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+META_KEY = "kd"  # the one Parquet schema-metadata key; its value is JSON
+SPLITS = ("labeled", "unlabeled")  # split codes 0, 1
+LOGITS_DTYPES = {"float32": (np.float32, pa.float32()), "float16": (np.float16, pa.float16())}
+COLUMNS = ("row_id", "label", "is_labeled", "is_val", "features", "logits")  # reader batch keys
+Batch = dict[str, np.ndarray]
+
+
+def logits_column(member: str) -> str:
+    return f"logits.{member}"
+
+
+def read_shard_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The `kd` metadata of one shard: schema_version, class_names, members, feature_shape, ..."""
+    try:
+        return json.loads(pq.read_schema(path).metadata[META_KEY.encode()])
+    except (OSError, pa.ArrowException, KeyError, TypeError, ValueError) as e:
+        raise ArtifactError(f"{path}: not a readable soft-target shard ({e})") from None
+
+
+class ShardWriter:
+    """Stream rows into `<prefix>-NNNNN.parquet` shards of `rows_per_shard` rows each.
+
+    Only one pending row group is buffered, so memory does not grow with the total. A shard is
+    written as `.tmp-<name>` and renamed when complete: a killed writer leaves only `.tmp-*`
+    files, which no reader looks at. Distributed ranks write disjoint shards into one directory
+    by each using its own `prefix` (`part-r003`) or `first_shard_index`.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, *, members: list[str], class_names: list[str],
+                 feature_shape: tuple[int, ...], rows_per_shard: int = 100_000,
+                 row_group_size: int = 10_000, compression: str = "zstd",
+                 logits_dtype: str = "float32", extra_metadata: dict | None = None,
+                 first_shard_index: int = 0, prefix: str = "part"):
+        if not members or len(set(members)) < len(members) or not all(
+                re.fullmatch(r"[\w-]+", m) for m in members):
+            raise ValueError(f"members must be unique names of [A-Za-z0-9_-]: {members!r}")
+        if not re.fullmatch(r"part(-[\w-]+)?", prefix):  # verify() looks for part-*.parquet
+            raise ValueError(f"prefix must be 'part' or start with 'part-': {prefix!r}")
+        if logits_dtype not in LOGITS_DTYPES or min(rows_per_shard, row_group_size) < 1:
+            raise ValueError(f"bad logits_dtype {logits_dtype!r} or non-positive sizes")
+        self.out_dir, self.members, self.prefix = Path(out_dir), list(members), prefix
+        self.num_classes, self.width = len(class_names), int(np.prod(feature_shape))
+        self.rows_per_shard, self.row_group_size = rows_per_shard, row_group_size
+        self.compression, self.np_dtype = compression, LOGITS_DTYPES[logits_dtype][0]
+        meta = dict(schema_version=SCHEMA_VERSION, class_names=list(class_names),
+                    members=self.members, feature_shape=list(feature_shape),
+                    logits_dtype=logits_dtype, extra=extra_metadata or {})
+        lt = LOGITS_DTYPES[logits_dtype][1]
+        self.schema = pa.schema([
+            pa.field("row_id", pa.int64(), nullable=False),
+            pa.field("split", pa.dictionary(pa.int8(), pa.string()), nullable=False),
+            pa.field("label", pa.int32()),  # null for unlabeled rows
+            pa.field("is_val", pa.bool_(), nullable=False),
+            pa.field("features", pa.list_(pa.float32(), self.width), nullable=False),
+            *[pa.field(logits_column(m), pa.list_(lt, self.num_classes), nullable=False)
+              for m in self.members],
+        ], metadata={META_KEY: json.dumps(meta, sort_keys=True)})
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / MANIFEST).unlink(missing_ok=True)  # the set changes: no longer complete
+        self._index, self._chunks, self._pending = first_shard_index, [], 0
+        self._pw: pq.ParquetWriter | None = None
+        self._counts = dict(rows=0, labeled=0, val=0)  # of the shard in progress
+        self.shards: list[dict[str, Any]] = []
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def write(self, row_ids: np.ndarray, split: str, labels: np.ndarray | None,
+              is_val: np.ndarray | None, features: np.ndarray,
+              logits: dict[str, np.ndarray]) -> None:
+        """Append B rows of one split. labels (B,) with -1 = null (None: all null), is_val (B,)
+        (None: all False), features (B, F) or (B, *feature_shape), logits member -> (B, C).
+        Everything is copied, so callers may reuse their buffers."""
+        rid, C = np.asarray(row_ids), self.num_classes
+        if rid.ndim != 1 or rid.dtype.kind not in "iu":
+            raise ArtifactError(f"row_ids: expected 1-d integers, got {rid.dtype}{rid.shape}")
+        B = len(rid)
+        lab = np.full(B, -1, np.int32) if labels is None else np.asarray(labels).astype(np.int32)
+        val = np.zeros(B, bool) if is_val is None else np.asarray(is_val).astype(bool)
+        x = np.asarray(features)
+        if split not in SPLITS:
+            raise ArtifactError(f"split must be one of {SPLITS}, got {split!r}")
+        if lab.shape != (B,) or val.shape != (B,):
+            raise ArtifactError(f"labels, is_val: expected ({B},), got {lab.shape}, {val.shape}")
+        ids, counts = np.unique(rid, return_counts=True)
+        if (counts > 1).any():  # uniqueness across calls is the caller's contract
+            raise ArtifactError(f"row_id: duplicate id {ids[counts > 1][0]} in one batch")
+        bad = (lab < 0) | (lab >= C) if split == "labeled" else (lab != -1) | val
+        if bad.any():
+            raise ArtifactError(f"label: row_id {rid[bad][0]} is {split} with label "
+                                f"{lab[bad][0]} (need 0..{C - 1}; unlabeled: -1, not val)")
+        if x.shape[:1] != (B,) or int(np.prod(x.shape[1:])) != self.width:
+            raise ArtifactError(f"features: expected width {self.width}, got shape {x.shape}")
+        if set(logits) != set(self.members):
+            raise ArtifactError(f"logits: expected members {self.members}, got {sorted(logits)}")
+        chunk = dict(row_id=rid.astype(np.int64), split=np.full(B, SPLITS.index(split), np.int8),
+                     label=lab, is_val=val, features=x.reshape(B, -1).astype(np.float32))
+        for m in self.members:
+            z = np.asarray(logits[m])
+            if z.shape != (B, C):
+                raise ArtifactError(f"logits.{m}: expected ({B}, {C}) for {C} classes, "
+                                    f"got shape {z.shape}")
+            with np.errstate(over="ignore"):  # check after the cast: float16 overflows to inf
+                z = z.astype(self.np_dtype)
+            if not (ok := np.isfinite(z).all(axis=1)).all():
+                raise ArtifactError(f"logits.{m}: non-finite value at row_id {rid[~ok][0]} "
+                                    f"(as {np.dtype(self.np_dtype).name})")
+            chunk[logits_column(m)] = z
+        self._chunks.append(chunk)
+        self._pending += B
+        if self._pending >= self._group_size():
+            self._flush(final=False)
+
+    def close(self) -> list[dict[str, Any]]:
+        """Flush and finish the last shard. Returns one info dict per shard this writer wrote:
+        {file, rows, splits: {labeled, unlabeled}, val, sha256, bytes}."""
+        self._flush(final=True)
+        self._finish_shard()
+        return self.shards
+
+    def abort(self) -> None:
+        """Drop the shard in progress and the buffered rows; finished shards stay."""
+        if self._pw is not None:
+            self._pw.close()
+            self._pw = None
+            self._tmp_path().unlink(missing_ok=True)
+        self._chunks, self._pending = [], 0
+
+    def _name(self) -> str:
+        return f"{self.prefix}-{self._index:05d}.parquet"
+
+    def _tmp_path(self) -> Path:
+        return self.out_dir / f".tmp-{self._name()}"
+
+    def _group_size(self) -> int:
+        return min(self.row_group_size, self.rows_per_shard - self._counts["rows"])
+
+    def _flush(self, final: bool) -> None:
+        # Row groups never straddle shards and their boundaries depend only on row counts, not
+        # on how the caller batched its writes: the same rows always give the same bytes.
+        if not self._chunks:
+            return
+        data, n, i = _cat(self._chunks), self._pending, 0
+        while n - i >= self._group_size() or (final and i < n):
+            k = min(n - i, self._group_size())
+            self._write_group(_rows(data, i, i + k))
+            i += k
+            if self._counts["rows"] == self.rows_per_shard:
+                self._finish_shard()
+        self._chunks, self._pending = ([_rows(data, i, n)] if i < n else []), n - i
+
+    def _write_group(self, g: Batch) -> None:
+        def fixed(name: str) -> pa.Array:  # (n, K) -> fixed_size_list<K>, no copy
+            return pa.FixedSizeListArray.from_arrays(g[name].reshape(-1),
+                                                     type=self.schema.field(name).type)
+
+        arrays = [pa.array(g["row_id"]),
+                  pa.DictionaryArray.from_arrays(g["split"], pa.array(SPLITS)),
+                  pa.array(g["label"], pa.int32(), mask=g["label"] < 0),
+                  pa.array(g["is_val"]), fixed("features"),
+                  *[fixed(logits_column(m)) for m in self.members]]
+        if self._pw is None:  # dictionary-encode only split; statistics only on small columns
+            self._pw = pq.ParquetWriter(self._tmp_path(), self.schema, compression=self.compression,
+                                        use_dictionary=["split"],
+                                        write_statistics=["row_id", "split", "label", "is_val"])
+        n = len(g["row_id"])
+        self._pw.write_table(pa.Table.from_arrays(arrays, schema=self.schema), row_group_size=n)
+        self._counts["rows"] += n
+        self._counts["labeled"] += int((g["split"] == 0).sum())
+        self._counts["val"] += int(g["is_val"].sum())
+
+    def _finish_shard(self) -> None:
+        if self._pw is None:
+            return
+        self._pw.close()
+        self._pw = None
+        tmp, final, c = self._tmp_path(), self.out_dir / self._name(), self._counts
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())  # bytes on disk before the rename makes the shard visible
+        self.shards.append(dict(
+            file=final.name, rows=c["rows"], val=c["val"], sha256=_sha256(tmp),
+            splits=dict(labeled=c["labeled"], unlabeled=c["rows"] - c["labeled"]),
+            bytes=tmp.stat().st_size))
+        os.replace(tmp, final)
+        self._index += 1
+        self._counts = dict(rows=0, labeled=0, val=0)
+
+
+def write_manifest(out_dir: str | os.PathLike, shards: list[dict], *, members: list[str],
+                   class_names: list[str], feature_shape: tuple[int, ...], logits_dtype: str,
+                   member_fingerprints: dict[str, str], params: dict,
+                   extra: dict | None = None) -> dict[str, Any]:
+    """Write manifest.json atomically; call it LAST, its presence means the set is complete.
+    `shards`: the info dicts from every writer's close() (all ranks, any order)."""
+    out_dir, shards = Path(out_dir), sorted(shards, key=lambda s: s["file"])
+    if len({s["file"] for s in shards}) < len(shards):
+        raise ValueError("duplicate shard files in manifest")
+    if set(member_fingerprints) != set(members):
+        raise ValueError(f"member_fingerprints {sorted(member_fingerprints)} != {members}")
+    for s in shards:  # never publish a manifest over shards that are not all there
+        p = out_dir / s["file"]
+        if not p.is_file() or p.stat().st_size != s["bytes"]:
+            raise ArtifactError(f"{p}: shard missing or not the size its writer reported")
+    totals = dict(rows=sum(s["rows"] for s in shards), val=sum(s["val"] for s in shards),
+                  splits={k: sum(s["splits"][k] for s in shards) for k in SPLITS})
+    manifest = dict(schema_version=SCHEMA_VERSION, shards=shards, totals=totals,
+                    class_names=list(class_names), members=list(members),
+                    feature_shape=list(feature_shape), logits_dtype=logits_dtype,
+                    member_fingerprints=dict(member_fingerprints), params=params,
+                    extra=extra or {})
+    write_json(out_dir / MANIFEST, manifest)
+    return manifest
+
+
+def read_manifest(dir: str | os.PathLike) -> dict[str, Any]:
+    path = Path(dir) / MANIFEST
+    m = read_json(path, ArtifactError)
+    if not isinstance(m, dict) or m.get("schema_version") != SCHEMA_VERSION:
+        got = m.get("schema_version") if isinstance(m, dict) else type(m).__name__
+        raise ArtifactError(f"{path}: schema_version {got!r}, expected {SCHEMA_VERSION}")
+    if missing := {"shards", "totals", "class_names", "members", "feature_shape"} - set(m):
+        raise ArtifactError(f"{path}: missing keys {sorted(missing)}")
+    return m
+
+
+def verify(dir: str | os.PathLike, *, checksums: bool = True) -> dict[str, Any]:
+    """Check that every listed shard exists, is readable Parquet, and has the manifest's row
+    count and sha256, and that no unlisted part-*.parquet is present. Returns summary(dir);
+    raises ArtifactError naming the first bad shard and what is wrong with it."""
+    dir = Path(dir)
+    m = read_manifest(dir)
+    for s in m["shards"]:
+        p = dir / s["file"]
+        if not p.is_file():
+            raise ArtifactError(f"{p}: shard listed in {MANIFEST} is missing")
+        try:
+            with pq.ParquetFile(p) as pf:
+                rows = pf.metadata.num_rows
+        except (OSError, pa.ArrowException) as e:
+            raise ArtifactError(f"{p}: unreadable Parquet, truncated or corrupt ({e})") from None
+        if rows != s["rows"]:
+            raise ArtifactError(f"{p}: row count mismatch, file has {rows}, manifest {s['rows']}")
+        if checksums and _sha256(p) != s["sha256"]:
+            raise ArtifactError(f"{p}: sha256 checksum mismatch with {MANIFEST}")
+    listed = {s["file"] for s in m["shards"]}
+    if unlisted := sorted(p.name for p in dir.glob("part-*.parquet") if p.name not in listed):
+        raise ArtifactError(f"{dir / unlisted[0]}: shard not listed in {MANIFEST}")
+    if sum(s["rows"] for s in m["shards"]) != m["totals"]["rows"]:
+        raise ArtifactError(f"{dir / MANIFEST}: totals.rows disagrees with its shards")
+    return summary(dir)
+
+
+def summary(dir: str | os.PathLike) -> dict[str, Any]:
+    """What `kd shards show` prints: counts, classes, members, shapes and bytes on disk."""
+    dir, m = Path(dir), read_manifest(dir)
+    try:
+        size = sum((dir / s["file"]).stat().st_size for s in m["shards"])
+    except FileNotFoundError as e:
+        raise ArtifactError(f"{e.filename}: shard listed in {MANIFEST} is missing") from None
+    t = m["totals"]
+    return dict(dir=str(dir), shards=len(m["shards"]), rows=t["rows"], splits=t["splits"],
+                val=t["val"], class_names=m["class_names"], num_classes=len(m["class_names"]),
+                members=m["members"], feature_shape=m["feature_shape"],
+                logits_dtype=m["logits_dtype"], bytes=size)
+
+
+class ShardReader:
+    """Stream a shard set as numpy batches, shuffled per shard and within a row buffer.
+
+    A batch: row_id (B,) int64, label (B,) int64 (-1 = null), is_labeled (B,) bool, is_val (B,)
+    bool, features (B, F) float32, logits (M, B, C) float32 in manifest member order. `columns`
+    picks a subset of those keys (row_id is always there).
+    """
+
+    def __init__(self, dir: str | os.PathLike, *, columns: list[str] | None = None,
+                 verify_checksums: bool = False):
+        self.dir = Path(dir)
+        if verify_checksums:
+            verify(self.dir)
+        self.manifest = m = read_manifest(self.dir)
+        self.members, self.class_names = m["members"], m["class_names"]
+        self.feature_shape = tuple(m["feature_shape"])
+        self.width, self.num_classes = int(np.prod(self.feature_shape)), len(self.class_names)
+        self.files = [s["file"] for s in m["shards"]]
+        self.columns = list(COLUMNS) if columns is None else ["row_id", *columns]
+        if unknown := set(self.columns) - set(COLUMNS):
+            raise ValueError(f"unknown columns {sorted(unknown)}; choose from {COLUMNS}")
+
+    def num_rows(self, *, shards: list[str] | None = None, drop_val: bool = False,
+                 only_val: bool = False) -> int:
+        info = {s["file"]: s for s in self.manifest["shards"]}
+        rows, val = (sum(info[f][k] for f in self._select(shards)) for k in ("rows", "val"))
+        return val if only_val else rows - val if drop_val else rows
+
+    def iter_batches(self, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
+                     buffer_rows: int = 50_000, shards: list[str] | None = None,
+                     drop_val: bool = False, only_val: bool = False) -> Iterator[Batch]:
+        """Every selected row exactly once, in an order fixed by (seed, epoch). About
+        `buffer_rows` rows plus one row group are in memory at a time, never a whole set."""
+        if (drop_val and only_val) or batch_size < 1:
+            raise ValueError("need batch_size >= 1, and drop_val and only_val are exclusive")
+        rng = np.random.default_rng([seed, epoch]) if shuffle else None
+        files = self._select(shards)
+        if rng is not None:
+            files = [files[i] for i in rng.permutation(len(files))]
+        buf: list[Batch] = []
+        n = 0
+        for part in self._row_groups(files, rng, drop_val, only_val):
+            buf.append(part)
+            n += len(part["row_id"])
+            if n >= max(buffer_rows, batch_size):
+                data = _mix(buf, rng)
+                k = n - n % batch_size  # emit full batches, carry the rest into the next buffer
+                yield from (_rows(data, i, i + batch_size) for i in range(0, k, batch_size))
+                buf, n = ([_rows(data, k, n)] if k < n else []), n - k
+        if n:
+            data = _mix(buf, rng)
+            yield from (_rows(data, i, i + batch_size) for i in range(0, n, batch_size))
+
+    def _select(self, shards: list[str] | None) -> list[str]:
+        if shards is None:
+            return list(self.files)
+        if unknown := set(shards) - set(self.files):
+            raise ArtifactError(f"{self.dir}: shards not in {MANIFEST}: {sorted(unknown)}")
+        return [f for f in self.files if f in set(shards)]  # manifest order, however given
+
+    def _row_groups(self, files: list[str], rng: np.random.Generator | None, drop_val: bool,
+                    only_val: bool) -> Iterator[Batch]:
+        want = set(self.columns) | ({"is_val"} if drop_val or only_val else set())
+        source = {"is_labeled": ["split"], "logits": [logits_column(m) for m in self.members]}
+        cols = [c for k in COLUMNS if k in want for c in source.get(k, [k])]
+        for f in files:
+            with self._open(f) as pf:
+                n = pf.num_row_groups
+                for g in range(n) if rng is None else rng.permutation(n):
+                    out = self._decode(pf.read_row_group(int(g), columns=cols))
+                    if drop_val or only_val:
+                        out = _rows(out, out["is_val"] == only_val)
+                    yield {k: v for k, v in out.items() if k in self.columns}
+
+    def _open(self, file: str) -> pq.ParquetFile:
+        path, meta = self.dir / file, read_shard_metadata(self.dir / file)
+        for key in ("members", "class_names", "feature_shape", "logits_dtype"):
+            if meta.get(key) != self.manifest[key]:  # a shard from some other export
+                raise ArtifactError(f"{path}: {key} {meta.get(key)!r} disagrees with {MANIFEST}")
+        return pq.ParquetFile(path)
+
+    def _decode(self, t: pa.Table) -> Batch:
+        out, names = {"row_id": _np(t["row_id"])}, t.column_names
+        if "label" in names:
+            out["label"] = _np(pc.fill_null(t["label"], -1)).astype(np.int64)
+        if "split" in names:  # decode the dictionary by hand: 2 string compares, not one a row
+            out["is_labeled"] = np.concatenate(
+                [(np.asarray(c.dictionary.to_pylist()) == "labeled")[c.indices.to_numpy()]
+                 for c in t["split"].chunks] or [np.zeros(0, bool)])
+        if "is_val" in names:
+            out["is_val"] = _np(t["is_val"])
+        if "features" in names:
+            out["features"] = _np(t["features"]).reshape(-1, self.width)  # (B, F)
+        if "logits" in self.columns:
+            z = np.empty((len(self.members), t.num_rows, self.num_classes), np.float32)  # (M, B, C)
+            for i, m in enumerate(self.members):
+                z[i] = _np(t[logits_column(m)]).reshape(-1, self.num_classes)
+            out["logits"] = z
+        return out
+
+
+def read_table(dir: str | os.PathLike) -> pa.Table:
+    """The whole soft-target set as one Table, shards in manifest order (small data, tests)."""
+    tables = [pq.read_table(Path(dir) / s["file"]) for s in read_manifest(dir)["shards"]]
+    return pa.concat_tables(tables) if tables else pa.table({})
+
+
+def _np(col: pa.ChunkedArray) -> np.ndarray:
+    """Column -> numpy, fixed_size_list flattened; zero-copy for one null-free chunk."""
+    arrs = [(c.flatten() if pa.types.is_fixed_size_list(c.type) else c)
+            .to_numpy(zero_copy_only=False) for c in col.chunks]
+    return arrs[0] if len(arrs) == 1 else np.concatenate(arrs)
+
+
+# A Batch holds rows along axis 0, except `logits` (M, B, C) along axis 1.
+def _rows(data: Batch, a: int | np.ndarray, b: int | None = None) -> Batch:
+    """Rows a:b of every column, or the rows `a` picks (a boolean mask or an index array)."""
+    idx = a if b is None else slice(a, b)
+    return {k: v[:, idx] if k == "logits" else v[idx] for k, v in data.items()}
+
+
+def _cat(parts: list[Batch]) -> Batch:
+    return {k: np.concatenate([p[k] for p in parts], axis=int(k == "logits")) for k in parts[0]}
+
+
+def _mix(buf: list[Batch], rng: np.random.Generator | None) -> Batch:
+    data = _cat(buf)  # a copy: batches are writable, and independent of Arrow's buffers
+    if rng is None:
+        return data
+    return _rows(data, rng.permutation(len(data["row_id"])))  # one permutation for every column
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
