@@ -79,6 +79,77 @@ def teacher(cfg: Config, member: str) -> None:
     stage.run(cfg, member)
 
 
+@cli.command()
+@with_config
+def export(cfg: Config) -> None:
+    """Write every member's logits on the labeled and unlabeled rows as Parquet shards."""
+    from stages import export as stage
+
+    stage.run(cfg)
+
+
+@cli.command()
+@with_config
+def student(cfg: Config) -> None:
+    """Distil the ensemble into the student, streaming the soft-target shards."""
+    from stages import student as stage
+
+    stage.run(cfg)
+
+
+@cli.command()
+@with_config
+def baseline(cfg: Config) -> None:
+    """Train the student's architecture on the labels alone: what distillation must beat."""
+    from stages import baseline as stage
+
+    stage.run(cfg)
+
+
+@cli.group()
+def shards() -> None:
+    """Inspect and check a soft-target shard directory."""
+
+
+shard_dir = click.argument("directory", default="data/soft_targets",
+                           type=click.Path(file_okay=False, path_type=Path))
+
+
+@shards.command("show")
+@shard_dir
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def shards_show(directory: Path, as_json: bool) -> None:
+    """Summarise DIRECTORY: rows per split, classes, members, size on disk."""
+    import json
+
+    from stages.shards import summary
+
+    info = summary(directory)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"{directory}: {info['rows']:,} rows in {info['shards']} shards, "
+               f"{info['bytes'] / 1e6:.2f} MB on disk")
+    for split, n in info["splits"].items():
+        click.echo(f"  {split:<10} {n:>10,} rows")
+    click.echo(f"  validation {info['val']:>10,} rows (labeled, held out)")
+    click.echo(f"  classes    {info['num_classes']}: {', '.join(info['class_names'])}")
+    click.echo(f"  members    {len(info['members'])}: {', '.join(info['members'])}")
+    click.echo(f"  features   {tuple(info['feature_shape'])}, logits {info['logits_dtype']}")
+
+
+@shards.command("verify")
+@shard_dir
+def shards_verify(directory: Path) -> None:
+    """Check every shard's checksum and row count against the manifest (exit 2 on the first
+    bad shard, naming it)."""
+    from stages.shards import verify
+
+    info = verify(directory)
+    click.echo(f"{directory}: ok, {info['shards']} shards, {info['rows']:,} rows "
+               "match the manifest")
+
+
 @cli.command("check-params")
 @with_config
 def check_params(cfg: Config) -> None:

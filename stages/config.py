@@ -183,6 +183,27 @@ class StudentConfig(ModelConfig):
     combine: Literal["mean_probs", "mean_logits"] = "mean_probs"
     shuffle_buffer: PositiveInt = 50_000
 
+    @model_validator(mode="after")
+    def _no_augmentation(self) -> StudentConfig:
+        # The soft targets were computed on the rows as stored; a shifted input would be paired
+        # with the logits of the unshifted one: the classic cached-logit KD bug.
+        a = self.train.augment
+        if a.shift or a.noise:
+            raise ValueError(
+                "train: augment must stay off for the student: the exported soft targets belong "
+                f"to the unaugmented rows, got shift={a.shift}, noise={a.noise}"
+            )
+        return self
+
+
+class BaselineConfig(Section):
+    """The baseline is the student's architecture and training settings on labels alone; only
+    its augmentation is its own, so it gets every advantage labels alone can give."""
+
+    augment: AugmentConfig = AugmentConfig()
+    # labels alone see ~12x fewer rows per epoch than the student: let them train to convergence
+    epochs: PositiveInt | None = None  # None: the student's
+
 
 class TrackingConfig(Section):
     enabled: bool = True
@@ -196,6 +217,7 @@ class Config(Section):
     teacher: TeacherConfig = TeacherConfig()
     export: ExportConfig = ExportConfig()
     student: StudentConfig = StudentConfig()
+    baseline: BaselineConfig = BaselineConfig()
     tracking: TrackingConfig = TrackingConfig()
 
     @model_validator(mode="after")

@@ -89,8 +89,8 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
 class StageRun:
     """What a stage logs through; a disabled run accepts the same calls and drops them."""
 
-    def __init__(self, client=None, run_id: str | None = None):
-        self.client, self.run_id = client, run_id
+    def __init__(self, client=None, run_id: str | None = None, uri: str | None = None):
+        self.client, self.run_id, self.uri = client, run_id, uri
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         if self.client is None:
@@ -153,7 +153,7 @@ def stage_run(
         "mlflow.runName": stage,
     }
     run = client.create_run(exp_id, run_name=stage, tags=tags)
-    handle = StageRun(client, run.info.run_id)
+    handle = StageRun(client, run.info.run_id, uri)
     if params:
         handle.log_params(params)
     try:
@@ -171,3 +171,39 @@ def _create_experiment(client, name: str) -> str:
         return client.create_experiment(name)
     except MlflowException:  # another process (a queued experiment) created it first
         return client.get_experiment_by_name(name).experiment_id
+
+
+class TrackEpochs:
+    """Training-loop callback: per-epoch metrics to the stage's MLflow run."""
+
+    def __init__(self, run: StageRun):
+        self.run = run
+
+    def on_epoch_end(self, epoch: int, metrics: dict) -> None:
+        self.run.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
+
+
+def log_pyfunc_model(run: StageRun, model_dir: Path, input_example) -> None:
+    """Log a trained model directory as an MLflow pyfunc model named "student", with a
+    signature and an input example, from code (stages/pyfunc_model.py): nothing is pickled."""
+    if run.client is None:
+        return
+    import mlflow
+    import numpy as np
+    from mlflow.models import infer_signature
+
+    here = Path(__file__).resolve().parent
+    example = np.asarray(input_example, dtype=np.float32)
+    from stages.pyfunc_model import KDStudent
+
+    probe = KDStudent()
+    probe.load_context(type("Ctx", (), {"artifacts": {"model_dir": str(model_dir)}})())
+    signature = infer_signature(example, probe.predict(None, example))
+    mlflow.set_tracking_uri(run.uri)
+    with mlflow.start_run(run_id=run.run_id):
+        mlflow.pyfunc.log_model(
+            name="student", python_model=str(here / "pyfunc_model.py"),
+            artifacts={"model_dir": str(model_dir)}, code_paths=[str(here)],
+            signature=signature, input_example=example,
+            pip_requirements=["torch==2.13.0", "safetensors", "numpy", "mlflow"],
+        )

@@ -17,9 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import queue
+import shutil
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +33,8 @@ from safetensors.torch import load_file, save_file
 
 from stages.atomic import atomic_path, write_json
 from stages.config import AugmentConfig, TrainConfig
+
+CHECKPOINTS = Path("data/.checkpoints")  # outside every DVC output: `dvc repro` keeps them
 
 
 @dataclass
@@ -85,6 +90,38 @@ def in_memory_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int,
             yield Batch(augment(xt[idx], shape, aug, gen), yt[idx])
 
     return batches
+
+
+def prefetch(items: Iterable, depth: int = 2) -> Iterator:
+    """Yield `items` in order while a background thread produces the next `depth` of them
+    (Parquet decoding overlaps with the training step; both release the GIL)."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done, stop = object(), threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                q.put(item)
+            q.put(done)
+        except BaseException as e:  # re-raised in the consumer, with its traceback
+            q.put(e)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(0.01)
 
 
 def lr_at(step: int, total: int, warmup: int, cfg: TrainConfig) -> float:
@@ -246,3 +283,29 @@ def fit(model: torch.nn.Module, epoch_batches: Callable[[int], Iterable[Batch]],
         _call(callbacks, "on_epoch_end", epoch, metrics)
     model.eval()
     return history
+
+
+def clear_checkpoint(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def fingerprint(*parts) -> str:
+    """sha256 of JSON-able parts: what makes a checkpoint reusable by a later run."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def write_outputs(out_dir: Path, model: torch.nn.Module, spec: dict, history: list[dict],
+                  metrics: dict, train_time: float, tracking) -> None:
+    """A trained model's directory: weights + model.json, history.json (curves, no wall-clock
+    figures, so identical runs give identical bytes), timing.json, and metrics.json last (the
+    stage's "done" marker). The same files go to the stage's MLflow run."""
+    from stages.models import save_model
+
+    save_model(out_dir, model, spec)
+    write_json(out_dir / "history.json",
+               [{k: v for k, v in h.items() if k != "epoch_time_s"} for h in history])
+    write_json(out_dir / "timing.json", {"train_time_s": round(train_time, 3),
+                                         "epoch_time_s": [h["epoch_time_s"] for h in history]})
+    write_json(out_dir / "metrics.json", metrics)
+    tracking.log_metrics({**metrics, "train_time_s": train_time})
+    tracking.log_artifact(out_dir)

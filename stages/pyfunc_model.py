@@ -1,0 +1,32 @@
+"""The student as an MLflow pyfunc model, logged "from code" (no pickled Python object).
+
+    model = mlflow.pyfunc.load_model("runs:/<run_id>/student")
+    probs = model.predict(x)          # x: (N, *feature_shape) or (N, F) float32 -> (N, C)
+
+The weights travel as the run's `model_dir` artifact (model.safetensors + model.json) and are
+rebuilt by `stages.models.load_model`; the `stages` package is bundled with the model.
+"""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+from mlflow.pyfunc import PythonModel
+
+
+class KDStudent(PythonModel):
+    def load_context(self, context) -> None:
+        from stages.models import load_model
+
+        self.model, self.spec = load_model(context.artifacts["model_dir"])
+
+    def predict(self, context, model_input, params=None) -> np.ndarray:
+        import torch
+
+        x = np.asarray(getattr(model_input, "values", model_input), dtype=np.float32)
+        x = x.reshape(len(x), *self.spec["input_shape"])  # (N, *shape)
+        with torch.no_grad():
+            return torch.softmax(self.model(torch.from_numpy(x)), dim=1).numpy()  # (N, C)
+
+
+mlflow.models.set_model(KDStudent())

@@ -1,0 +1,119 @@
+"""Stage `student`: distil the ensemble into a small model, streaming the soft-target shards.
+
+    kd student                        # or: dvc repro student; dvc exp run -S student.temperature=8
+
+Reads only `data/soft_targets/` (verified against its manifest first) and the prepared test
+split for evaluation. Each batch carries its rows' own member logits (same Parquet row as the
+features, so shuffling can never mis-pair them); the ensemble's soft targets are formed here at
+`student.temperature`, and the loss is Hinton's (stages/losses.py). Labeled validation rows are
+held out of training and used for the per-epoch curves. Writes `data/student/` like a teacher
+member, and logs the student to MLflow as a pyfunc model (`mlflow.pyfunc.load_model` predicts
+with it; the weights still travel as safetensors).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stages.config import Config
+from stages.datasets import read_split
+from stages.losses import kd_loss, soft_targets
+from stages.models import build_model, count_params
+from stages.shards import ShardReader, read_manifest, verify
+from stages.tracking import TrackEpochs, log_pyfunc_model, stage_run
+from stages.training import (
+    CHECKPOINTS,
+    Batch,
+    PrintProgress,
+    clear_checkpoint,
+    evaluate,
+    fingerprint,
+    fit,
+    prefetch,
+    write_outputs,
+)
+
+
+def shard_batches(reader: ShardReader, batch_size: int, seed: int, buffer_rows: int):
+    """epoch -> shuffled training batches streamed from the shards (validation rows held out)."""
+
+    def batches(epoch: int):
+        stream = reader.iter_batches(batch_size, shuffle=True, seed=seed, epoch=epoch,
+                                     buffer_rows=buffer_rows, drop_val=True)
+        for b in prefetch(stream):  # decode the next batch while this one trains
+            yield Batch(torch.from_numpy(b["features"]), torch.from_numpy(b["label"]),
+                        torch.from_numpy(b["logits"]))  # (B, F), (B,), (M, B, C)
+
+    return batches
+
+
+def held_out(reader: ShardReader) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The labeled validation rows: features, labels, member logits."""
+    parts = list(reader.iter_batches(65_536, shuffle=False, only_val=True))
+    if not parts:
+        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64), np.zeros((0, 0, 0))
+    return (np.concatenate([p["features"] for p in parts]),
+            np.concatenate([p["label"] for p in parts]),
+            np.concatenate([p["logits"] for p in parts], axis=1))
+
+
+def run(cfg: Config, out_dir: Path = Path("data/student"),
+        shards: Path = Path("data/soft_targets"), prepared: Path = Path("data/prepared")) -> dict:
+    st = cfg.student
+    verify(shards)  # every checksum and row count, before an hour of training
+    manifest = read_manifest(shards)
+    reader = ShardReader(shards)
+    shape = tuple(manifest["feature_shape"])
+    n_classes = len(manifest["class_names"])
+    model = build_model(st.arch, shape, n_classes, st.knobs)
+    n_params = count_params(model)
+    n_train = reader.num_rows(drop_val=True)
+    steps = -(-n_train // st.train.batch_size)
+    val_x, val_y, val_t = held_out(reader)
+    test, _ = read_split(prepared, "test")
+    T, alpha = st.temperature, st.alpha
+
+    def loss_fn(s_logits: torch.Tensor, b: Batch) -> torch.Tensor:
+        t_probs = soft_targets(b.t_logits, T, st.combine)  # (B, C)
+        return kd_loss(s_logits, t_probs, b.y, T, alpha)
+
+    def evaluate_fn(m: torch.nn.Module) -> dict:
+        out = evaluate(m, val_x, val_y)
+        if len(val_y):  # how closely the student follows the ensemble on held-out rows
+            t_top = soft_targets(torch.from_numpy(val_t), 1.0, st.combine).argmax(1)
+            s_top = m(torch.from_numpy(val_x)).argmax(1)
+            out["agreement"] = (t_top == s_top).float().mean().item()
+        return out
+
+    stage = "student"
+    params = {"student": st.model_dump(), "shards": {"rows": manifest["totals"]["rows"],
+                                                     "members": manifest["members"]}}
+    with stage_run(cfg, stage, params=params) as tracking:
+        print(f"{stage}: {st.arch} {st.knobs}, {n_params:,} parameters, T={T}, alpha={alpha}, "
+              f"{n_train} training rows from {len(reader.files)} shards, {st.train.epochs} epochs")
+        t0 = time.perf_counter()
+        ckpt = CHECKPOINTS / stage
+        history = fit(model, shard_batches(reader, st.train.batch_size, st.train.seed,
+                                           st.shuffle_buffer),
+                      loss_fn, st.train, steps_per_epoch=steps, evaluate_fn=evaluate_fn,
+                      checkpoint=ckpt, fingerprint=fingerprint(st.model_dump(), manifest),
+                      callbacks=[PrintProgress(stage), TrackEpochs(tracking)])
+        train_time = time.perf_counter() - t0
+        test_m = evaluate(model, test.x, test.y)
+        metrics = {"test_accuracy": test_m["accuracy"], "test_nll": test_m["nll"],
+                   "params": n_params, "epochs": st.train.epochs, "temperature": T,
+                   "alpha": alpha, "train_loss": history[-1]["train_loss"]}
+        metrics.update({k: v for k, v in history[-1].items() if k.startswith("val_")})
+        spec = {"arch": st.arch, "knobs": st.knobs, "input_shape": list(shape),
+                "n_classes": n_classes, "class_names": manifest["class_names"],
+                "params": n_params, "stage": stage}
+        write_outputs(out_dir, model, spec, history, metrics, train_time, tracking)
+        log_pyfunc_model(tracking, out_dir, test.x[:5].reshape(-1, *shape))
+    clear_checkpoint(ckpt)
+    print(f"{stage}: test accuracy {metrics['test_accuracy']:.4f}, "
+          f"NLL {metrics['test_nll']:.4f} ({train_time:.1f}s) -> {out_dir}")
+    return metrics

@@ -1,0 +1,72 @@
+"""Supervised training on the prepared labeled split: a teacher member, or the baseline.
+
+    from stages.supervised import train_supervised
+    metrics = train_supervised(cfg, "teacher@cnn_0", cfg.teacher.member("cnn_0"), out_dir, prepared)
+
+Reads `data/prepared/`, trains with cross-entropy on the non-validation labeled rows, evaluates on
+the validation and test rows, and writes the model directory (see `training.write_outputs`).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch.nn.functional as F
+
+from stages.config import Config, ModelConfig
+from stages.datasets import load_meta, read_split
+from stages.models import build_model, count_params
+from stages.tracking import TrackEpochs, stage_run
+from stages.training import (
+    CHECKPOINTS,
+    PrintProgress,
+    clear_checkpoint,
+    evaluate,
+    fingerprint,
+    fit,
+    in_memory_batches,
+    write_outputs,
+)
+
+
+def train_supervised(cfg: Config, stage: str, spec: ModelConfig, out_dir: Path,
+                     prepared: Path) -> dict:
+    """Train `spec` on hard labels (a teacher member, or the baseline) and write its outputs."""
+    meta = load_meta(prepared)
+    labeled, is_val = read_split(prepared, "labeled")
+    test, _ = read_split(prepared, "test")
+    shape = tuple(meta["feature_shape"])
+    model = build_model(spec.arch, shape, meta["n_classes"], spec.knobs)
+    n_params = count_params(model)
+    train_x, train_y = labeled.x[~is_val], labeled.y[~is_val]
+    val_x, val_y = labeled.x[is_val], labeled.y[is_val]
+    steps = -(-len(train_y) // spec.train.batch_size)
+    batches = in_memory_batches(train_x, train_y, spec.train.batch_size, spec.train.seed,
+                                shape, spec.train.augment)
+    ckpt = CHECKPOINTS / stage
+
+    params = {"stage": stage, "model": spec.model_dump(), "data": cfg.data.model_dump()}
+    with stage_run(cfg, stage, params=params) as tracking:
+        print(f"{stage}: {spec.arch} {spec.knobs}, {n_params:,} parameters, "
+              f"{len(train_y)} training rows, {spec.train.epochs} epochs")
+        t0 = time.perf_counter()
+        history = fit(model, batches, lambda logits, b: F.cross_entropy(logits, b.y), spec.train,
+                      steps_per_epoch=steps, evaluate_fn=lambda m: evaluate(m, val_x, val_y),
+                      checkpoint=ckpt, fingerprint=fingerprint(spec.model_dump(), meta),
+                      callbacks=[PrintProgress(stage), TrackEpochs(tracking)])
+        train_time = time.perf_counter() - t0
+        test_m, val_m = evaluate(model, test.x, test.y), evaluate(model, val_x, val_y)
+        metrics = {"test_accuracy": test_m["accuracy"], "test_nll": test_m["nll"],
+                   "params": n_params, "epochs": spec.train.epochs,
+                   "train_loss": history[-1]["train_loss"]}
+        if val_m:
+            metrics.update(val_accuracy=val_m["accuracy"], val_nll=val_m["nll"])
+        spec_out = {"arch": spec.arch, "knobs": spec.knobs, "input_shape": list(shape),
+                    "n_classes": meta["n_classes"], "class_names": meta["class_names"],
+                    "params": n_params, "stage": stage}
+        write_outputs(out_dir, model, spec_out, history, metrics, train_time, tracking)
+    clear_checkpoint(ckpt)
+    print(f"{stage}: test accuracy {metrics['test_accuracy']:.4f}, "
+          f"NLL {metrics['test_nll']:.4f} ({train_time:.1f}s) -> {out_dir}")
+    return metrics
