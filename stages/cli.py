@@ -106,6 +106,39 @@ def baseline(cfg: Config) -> None:
     stage.run(cfg)
 
 
+@cli.command()
+@with_config
+def report(cfg: Config) -> None:
+    """Evaluate teacher, members, student and baseline; write data/report/."""
+    from stages import report as stage
+
+    stage.run(cfg)
+
+
+@cli.command()
+@with_config
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to bind; the default keeps the UI on this machine.")
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535),
+              help="Port to serve on.")
+def ui(cfg: Config, host: str, port: int) -> None:
+    """Open the MLflow UI on the pipeline's tracking store (the same one the stages write)."""
+    import os
+    import subprocess
+    import sys
+
+    from stages.tracking import tracking_uri
+
+    uri = tracking_uri(cfg)
+    if uri.startswith(("http://", "https://")):
+        click.echo(f"tracking goes to the server {uri}: open it in a browser")
+        return
+    click.echo(f"MLflow UI for {uri} on http://{host}:{port} (Ctrl-C stops it)")
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+           "--host", host, "--port", str(port)]
+    raise SystemExit(subprocess.call(cmd, env=os.environ.copy()))
+
+
 @cli.group()
 def shards() -> None:
     """Inspect and check a soft-target shard directory."""

@@ -24,7 +24,7 @@ from stages.datasets import iter_split, load_meta
 from stages.errors import ArtifactError
 from stages.models import load_model, model_fingerprint
 from stages.shards import MANIFEST, ShardWriter, summary, write_manifest
-from stages.tracking import stage_run
+from stages.tracking import stage_run, tag_output
 
 
 def load_members(cfg: Config, meta: dict, root: Path) -> dict[str, torch.nn.Module]:
@@ -89,6 +89,7 @@ def run(cfg: Config, out_dir: Path = Path("data/soft_targets"),
                    "elapsed_s": elapsed}
         tracking.log_metrics(metrics)
         tracking.log_artifact(out_dir / MANIFEST)
+        tag_output(tracking, out_dir / MANIFEST)
     print(f"export: {rows} rows ({info['splits']}) from {len(models)} members -> "
           f"{info['shards']} shards, {info['bytes'] / 1e6:.1f} MB in {out_dir} "
           f"({metrics['rows_per_s']:.0f} rows/s)")

@@ -131,6 +131,7 @@ class _ConvNet(nn.Module):
         if not isinstance(batchnorm, bool):
             raise ConfigError(f"{arch}: knob batchnorm={batchnorm!r} must be true or false")
         # a bare (L,) or (H, W) input gets a channel dim of 1 in forward()
+        self.input_shape = tuple(input_shape)
         self.add_channel = len(input_shape) == nd
         c_in = 1 if self.add_channel else input_shape[0]
         spatial = list(input_shape[-nd:])
@@ -152,6 +153,8 @@ class _ConvNet(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, [C,] *spatial) -> (B, n_classes)
+        # rows may arrive flat, as the prepared data and the shards store them: (B, F)
+        x = x.reshape(x.shape[0], *self.input_shape)
         if self.add_channel:
             x = x.unsqueeze(1)  # (B, 1, *spatial)
         return self.net(x)

@@ -34,6 +34,7 @@ from stages.training import (
     fingerprint,
     fit,
     prefetch,
+    seed_everything,
     write_outputs,
 )
 
@@ -69,6 +70,7 @@ def run(cfg: Config, out_dir: Path = Path("data/student"),
     reader = ShardReader(shards)
     shape = tuple(manifest["feature_shape"])
     n_classes = len(manifest["class_names"])
+    seed_everything(st.train.seed)  # the initial weights come from this seed too
     model = build_model(st.arch, shape, n_classes, st.knobs)
     n_params = count_params(model)
     n_train = reader.num_rows(drop_val=True)

@@ -26,6 +26,7 @@ from stages.training import (
     fingerprint,
     fit,
     in_memory_batches,
+    seed_everything,
     write_outputs,
 )
 
@@ -37,6 +38,7 @@ def train_supervised(cfg: Config, stage: str, spec: ModelConfig, out_dir: Path,
     labeled, is_val = read_split(prepared, "labeled")
     test, _ = read_split(prepared, "test")
     shape = tuple(meta["feature_shape"])
+    seed_everything(spec.train.seed)  # the initial weights come from this seed too
     model = build_model(spec.arch, shape, meta["n_classes"], spec.knobs)
     n_params = count_params(model)
     train_x, train_y = labeled.x[~is_val], labeled.y[~is_val]

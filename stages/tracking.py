@@ -137,6 +137,7 @@ def stage_run(
     # Fail fast: no retry storm against a dead server, short request timeouts.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(cfg.tracking.timeout_s)))
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stage logs stay plain
     _check_reachable(uri, cfg.tracking.timeout_s)
 
     from mlflow.tracking import MlflowClient
@@ -207,3 +208,32 @@ def log_pyfunc_model(run: StageRun, model_dir: Path, input_example) -> None:
             signature=signature, input_example=example,
             pip_requirements=["torch==2.13.0", "safetensors", "numpy", "mlflow"],
         )
+
+
+OUTPUT_TAG = "kd.output_sha256"
+
+
+def tag_output(run: StageRun, path: Path) -> None:
+    """Tag a stage's run with the sha256 of its key output (weights, or the shard manifest),
+    so a later stage that reads that exact file can find the run that made it."""
+    if run.client is not None:
+        import hashlib
+
+        run.set_tags({OUTPUT_TAG: hashlib.sha256(Path(path).read_bytes()).hexdigest()})
+
+
+def link_input_runs(run: StageRun, inputs: Mapping[str, Path]) -> None:
+    """Tag `run` with `kd.input_run.<stage>` = the run id that produced each input file."""
+    if run.client is None:
+        return
+    import hashlib
+
+    exp_id = run.client.get_run(run.run_id).info.experiment_id
+    tags = {}
+    for stage, path in inputs.items():
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        found = run.client.search_runs(
+            [exp_id], filter_string=f"tags.`{OUTPUT_TAG}` = '{digest}'",
+            order_by=["attributes.start_time DESC"], max_results=1)
+        tags[f"kd.input_run.{stage}"] = found[0].info.run_id if found else "not tracked"
+    run.set_tags(tags)

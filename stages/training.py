@@ -300,6 +300,7 @@ def write_outputs(out_dir: Path, model: torch.nn.Module, spec: dict, history: li
     figures, so identical runs give identical bytes), timing.json, and metrics.json last (the
     stage's "done" marker). The same files go to the stage's MLflow run."""
     from stages.models import save_model
+    from stages.tracking import tag_output
 
     save_model(out_dir, model, spec)
     write_json(out_dir / "history.json",
@@ -308,4 +309,5 @@ def write_outputs(out_dir: Path, model: torch.nn.Module, spec: dict, history: li
                                          "epoch_time_s": [h["epoch_time_s"] for h in history]})
     write_json(out_dir / "metrics.json", metrics)
     tracking.log_metrics({**metrics, "train_time_s": train_time})
+    tag_output(tracking, out_dir / "model.safetensors")
     tracking.log_artifact(out_dir)

@@ -1,0 +1,97 @@
+"""The report's figures, drawn with matplotlib (Agg) to PNG files.
+
+Each function takes plain data and a path; nothing here reads the pipeline's files. The PNGs go
+to `data/report/plots/` (DVC renders them in `dvc plots show`) and are embedded, base64, in the
+self-contained report.html.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display: render to files only
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+COLORS = {"teacher": "#1f77b4", "student": "#d62728", "baseline": "#7f7f7f"}
+
+
+def _save(fig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    # no Software tag: the same figure gives the same PNG bytes whatever matplotlib wrote it
+    fig.savefig(path, dpi=110, metadata={"Software": None})
+    plt.close(fig)
+
+
+def training_curves(histories: dict[str, list[dict]], path: Path) -> None:
+    """Validation accuracy and train loss by epoch for every trained model."""
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, hist in histories.items():
+        kind = "student" if name == "student" else "baseline" if name == "baseline" else "teacher"
+        style = {"color": COLORS[kind], "alpha": 1.0 if kind != "teacher" else 0.45,
+                 "lw": 2 if kind != "teacher" else 1}
+        epochs = [h["epoch"] for h in hist]
+        if hist and "val_accuracy" in hist[0]:
+            ax_acc.plot(epochs, [h["val_accuracy"] for h in hist], label=name, **style)
+        ax_loss.plot(epochs, [h["train_loss"] for h in hist], label=name, **style)
+    ax_acc.set(xlabel="epoch", ylabel="validation accuracy", title="Validation accuracy")
+    ax_loss.set(xlabel="epoch", ylabel="train loss", yscale="log", title="Training loss")
+    ax_acc.legend(fontsize=7)
+    _save(fig, path)
+
+
+def accuracy_vs_params(points: dict[str, tuple[int, float]], path: Path) -> None:
+    """Test accuracy against parameter count (log scale) for every model."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, (params, acc) in points.items():
+        kind = name if name in COLORS else "teacher"
+        marker = "*" if name == "teacher" else "o"
+        ax.scatter(params, acc, s=120 if marker == "*" else 40, marker=marker, c=COLORS[kind],
+                   zorder=3)
+        ax.annotate(name, (params, acc), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set(xscale="log", xlabel="parameters (log scale)", ylabel="test accuracy",
+           title="Accuracy against size")
+    ax.grid(True, which="both", alpha=0.3)
+    _save(fig, path)
+
+
+def reliability_diagram(curves: dict[str, list[dict]], path: Path) -> None:
+    """Accuracy against confidence per bin; the diagonal is perfect calibration."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfectly calibrated")
+    for name, bins in curves.items():
+        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-",
+                color=COLORS.get(name), label=name)
+    ax.set(xlabel="confidence", ylabel="accuracy", title="Reliability (test split)",
+           xlim=(0, 1), ylim=(0, 1))
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def entropy_histogram(entropies: dict[str, np.ndarray], max_entropy: float, path: Path) -> None:
+    """Distribution of the ensemble's soft-target entropy over the transfer set, per T."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    bins = np.linspace(0, max_entropy, 40)
+    for label, ent in entropies.items():
+        ax.hist(ent, bins=bins, alpha=0.55, label=label)
+    ax.set(xlabel="entropy of the soft targets (nats)", ylabel="rows", yscale="log",
+           title="Soft-target entropy")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def confusion_matrix(cm: np.ndarray, class_names: list[str], title: str, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    ax.imshow(np.log1p(cm), cmap="Blues")
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            if cm[i, j]:
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if i == j else "black")
+    ax.set(xticks=range(len(class_names)), yticks=range(len(class_names)),
+           xticklabels=class_names, yticklabels=class_names, xlabel="predicted",
+           ylabel="actual", title=title)
+    _save(fig, path)

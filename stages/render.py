@@ -1,0 +1,116 @@
+"""The report's text: one set of tables, rendered as Markdown and as self-contained HTML.
+
+The HTML embeds its figures as base64 PNG and loads nothing from the network, so it can be
+mailed, attached to a ticket or opened from an artifact store as it is.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+FIGURES = [("training_curves.png", "Training curves"),
+           ("accuracy_vs_params.png", "Accuracy against parameters"),
+           ("reliability.png", "Reliability diagram"),
+           ("entropy.png", "Soft-target entropy"),
+           ("confusion_teacher.png", "Confusion: teacher"),
+           ("confusion_student.png", "Confusion: student"),
+           ("confusion_baseline.png", "Confusion: baseline")]
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.2f}%"
+
+
+def _row(name: str, m: dict) -> list[str]:
+    return [name, _pct(m["accuracy"]), str(m["errors"]), f"{m['nll']:.4f}", f"{m['ece']:.4f}",
+            f"{m['params']:,}", f"{m['bytes'] / 1024:.1f}", f"{m['latency_ms_median']:.3f}",
+            f"{m['latency_ms_p95']:.3f}", f"{m['throughput_rows_per_s']:,.0f}",
+            _pct(m["agreement"]) if "agreement" in m else "-"]
+
+
+def _header(batch: int) -> list[str]:
+    return ["model", "accuracy", "errors", "NLL", "ECE", "params", "weights KiB",
+            "latency ms (median)", "latency ms (p95)", f"rows/s (batch {batch})",
+            "agrees with teacher"]
+
+
+def tables(ctx: dict) -> tuple[list[str], list[tuple[str, list[str], list[list[str]]]]]:
+    """Headline sentences and (title, header, rows) tables, shared by both renderings."""
+    m, c = ctx["metrics"], ctx["metrics"]["compression"]
+    n = len(ctx["members"])
+    gap = "n/a (the baseline already matches the teacher)" if c["gap_recovered"] is None \
+        else _pct(c["gap_recovered"])
+    headline = [
+        f"The student keeps **{_pct(c['accuracy_retained'])}** of the teacher's test accuracy "
+        f"({_pct(m['student']['accuracy'])} against {_pct(m['teacher']['accuracy'])}) with "
+        f"**{c['params_ratio']:.1f}x fewer parameters**, **{c['size_ratio']:.1f}x smaller "
+        f"weights** and **{c['speedup']:.1f}x lower latency** at batch size 1.",
+        f"Distillation recovered **{gap}** of the gap between the baseline (the same "
+        f"architecture on labels alone, {_pct(m['baseline']['accuracy'])}) and the teacher.",
+        f"Student temperature T = {m['student_temperature']:g}, alpha = {m['student_alpha']:g}; "
+        f"test split of {ctx['test_rows']:,} rows.",
+    ]
+    main = [_row(f"teacher (ensemble of {n})", m["teacher"]), _row("student", m["student"]),
+            _row("baseline", m["baseline"])]
+    member_rows = [_row(name, m["members"][name]) for name in ctx["members"]]
+    names = ("teacher", "student", "baseline")
+    per_class = [[cls] + [_pct(ctx["evals"][k]["per_class_accuracy"][i]) for k in names]
+                 for i, cls in enumerate(ctx["class_names"])]
+    header = _header(m["teacher"]["throughput_batch"])
+    mach = ctx["machine"]
+    machine_rows = [[k, str(v)] for k, v in mach.items()]
+    return headline, [
+        ("Models on the test split", header, main),
+        ("Ensemble members", header, member_rows),
+        ("Per-class accuracy", ["class", *names], per_class),
+        ("Machine (latency and throughput measured here, same threads for every model)",
+         ["", ""], machine_rows),
+    ]
+
+
+def render_markdown(ctx: dict) -> str:
+    headline, tabs = tables(ctx)
+    out = ["# Compression report", "", *[f"- {h}" for h in headline], ""]
+    for title, header, rows in tabs:
+        out += [f"## {title}", "", "| " + " | ".join(header) + " |",
+                "|" + "---|" * len(header)]
+        out += ["| " + " | ".join(r) + " |" for r in rows]
+        out.append("")
+    out += ["## Figures", ""]
+    out += [f"![{title}](plots/{name})" for name, title in FIGURES]
+    return "\n".join(out) + "\n"
+
+
+def _bold(text: str) -> str:
+    parts = html.escape(text).split("**")
+    return "".join(f"<strong>{p}</strong>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def render_html(ctx: dict, plots_dir: Path) -> str:
+    headline, tabs = tables(ctx)
+    body = ["<h1>Compression report</h1>", "<ul>"]
+    body += [f"<li>{_bold(h)}</li>" for h in headline]
+    body.append("</ul>")
+    for title, header, rows in tabs:
+        body.append(f"<h2>{html.escape(title)}</h2><table>")
+        body.append("<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
+        for r in rows:
+            body.append("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in r) + "</tr>")
+        body.append("</table>")
+    body.append("<h2>Figures</h2>")
+    for name, title in FIGURES:
+        path = plots_dir / name
+        if path.exists():
+            data = base64.b64encode(path.read_bytes()).decode()
+            body.append(f"<figure><img alt=\"{html.escape(title)}\" "
+                        f"src=\"data:image/png;base64,{data}\"><figcaption>"
+                        f"{html.escape(title)}</figcaption></figure>")
+    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;"
+             "color:#222}table{border-collapse:collapse;margin:1em 0;font-size:14px}"
+             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+             "td:first-child,th:first-child{text-align:left}img{max-width:100%}"
+             "figure{margin:1em 0}")
+    return ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>kd-pipeline compression "
+            f"report</title><style>{style}</style></head><body>{''.join(body)}</body></html>\n")

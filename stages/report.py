@@ -1,0 +1,173 @@
+"""Stage `report`: what distillation bought — smaller, faster, and how much accuracy kept.
+
+    kd report                         # or: dvc repro report; then open data/report/report.html
+
+Evaluates the teacher ensemble, each member, the distilled student and the baseline on the
+test split (accuracy, NLL, ECE, per-class accuracy, confusion, the student's agreement with the
+teacher), measures size and speed of each on the same threads, and writes
+`data/report/metrics.json` (DVC metrics), `report.md`, a self-contained `report.html`,
+`plots/*.png` (DVC plots) and `confusion/*.json` (DVC's confusion template). Its MLflow run holds
+every key metric and every param, and links to the runs that produced its inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stages import plots
+from stages.atomic import atomic_dir, write_json
+from stages.config import Config
+from stages.datasets import load_meta, read_split
+from stages.evaluation import (
+    agreement,
+    ensemble_probs,
+    entropy,
+    quality,
+    reliability,
+    softmax,
+    speed,
+)
+from stages.losses import soft_targets
+from stages.models import count_params, load_model
+from stages.render import render_html, render_markdown
+from stages.shards import MANIFEST, ShardReader
+from stages.tracking import flatten, link_input_runs, stage_run
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version()}
+
+
+def soft_target_entropy(shards: Path, T: float, combine: str) -> dict[str, np.ndarray]:
+    """Entropy of the ensemble's soft targets over every exported row, at T=1 and at T."""
+    out: dict[str, list] = {"T=1": [], f"T={T:g}": []}
+    for b in ShardReader(shards, columns=["logits"]).iter_batches(65_536, shuffle=False):
+        logits = torch.from_numpy(b["logits"])  # (M, B, C)
+        out["T=1"].append(entropy(soft_targets(logits, 1.0, combine).numpy()))
+        out[f"T={T:g}"].append(entropy(soft_targets(logits, T, combine).numpy()))
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path("data/prepared"),
+        teachers: Path = Path("data/teachers"), student_dir: Path = Path("data/student"),
+        baseline_dir: Path = Path("data/baseline"),
+        shards: Path = Path("data/soft_targets")) -> dict:
+    meta = load_meta(prepared)
+    test, _ = read_split(prepared, "test")
+    shape, n_classes = tuple(meta["feature_shape"]), meta["n_classes"]
+    x = torch.from_numpy(test.x).view(len(test.x), *shape)  # (N, *shape)
+    dirs = {name: teachers / name for name in cfg.teacher.members}
+    dirs.update(student=student_dir, baseline=baseline_dir)
+    models = {name: load_model(d)[0] for name, d in dirs.items()}
+    members = list(cfg.teacher.members)
+    with torch.no_grad():
+        logits = {name: m(x) for name, m in models.items()}  # each (N, C)
+    probs = {name: softmax(lg) for name, lg in logits.items()}
+    probs["teacher"] = ensemble_probs([logits[m] for m in members], cfg.student.combine)
+
+    evals = {name: quality(p, test.y, n_classes) for name, p in probs.items()}
+    params = {name: count_params(m) for name, m in models.items()}
+    params["teacher"] = sum(params[m] for m in members)
+    size = {name: (d / "model.safetensors").stat().st_size for name, d in dirs.items()}
+    size["teacher"] = sum(size[m] for m in members)
+    speeds = {name: speed([m], x.numpy()) for name, m in models.items()}
+    speeds["teacher"] = speed([models[m] for m in members], x.numpy())
+
+    def summary(name: str) -> dict:
+        e = evals[name]
+        return {"accuracy": e["accuracy"], "nll": e["nll"], "ece": e["ece"],
+                "errors": e["errors"], "params": params[name], "bytes": size[name],
+                **{k: v for k, v in speeds[name].items() if k != "threads"}}
+
+    t_acc, s_acc, b_acc = (evals[n]["accuracy"] for n in ("teacher", "student", "baseline"))
+    gap = t_acc - b_acc
+    metrics = {
+        "teacher": summary("teacher"),
+        "student": {**summary("student"), "agreement": agreement(probs["student"],
+                                                                 probs["teacher"])},
+        "baseline": {**summary("baseline"), "agreement": agreement(probs["baseline"],
+                                                                   probs["teacher"])},
+        "members": {m: summary(m) for m in members},
+        "compression": {
+            "params_ratio": params["teacher"] / params["student"],
+            "size_ratio": size["teacher"] / size["student"],
+            "speedup": speeds["teacher"]["latency_ms_median"]
+            / speeds["student"]["latency_ms_median"],
+            "throughput_ratio": speeds["student"]["throughput_rows_per_s"]
+            / speeds["teacher"]["throughput_rows_per_s"],
+            "accuracy_retained": s_acc / t_acc,
+            # undefined when the baseline already matches the teacher: report null, not inf
+            "gap_recovered": (s_acc - b_acc) / gap if gap > 0 else None,
+        },
+        "student_temperature": cfg.student.temperature, "student_alpha": cfg.student.alpha,
+    }
+    context = {"metrics": metrics, "evals": evals, "members": members, "machine": machine(),
+               "class_names": meta["class_names"], "test_rows": len(test.y)}
+
+    with stage_run(cfg, "report", params=flatten(cfg.model_dump())) as tracking:
+        with atomic_dir(out_dir) as tmp:
+            _figures(tmp, cfg, meta, evals, probs, test.y, params, dirs, members, shards)
+            write_json(tmp / "metrics.json", metrics)
+            write_json(tmp / "details.json", {k: {"per_class_accuracy": v["per_class_accuracy"],
+                                                  "confusion": v["confusion"]}
+                                              for k, v in evals.items()} | {
+                                                 "machine": context["machine"]})
+            (tmp / "report.md").write_text(render_markdown(context))
+            (tmp / "report.html").write_text(render_html(context, tmp / "plots"))
+        tracking.log_metrics(metrics)
+        lock = Path("dvc.lock")
+        tracking.set_tags({"kd.dvc_lock_sha256": sha256(lock) if lock.exists() else "none"})
+        link_input_runs(tracking, {f"teacher@{m}": dirs[m] / "model.safetensors" for m in members}
+                        | {"student": student_dir / "model.safetensors",
+                           "baseline": baseline_dir / "model.safetensors",
+                           "export": shards / MANIFEST})
+        tracking.log_artifact(out_dir)
+    c = metrics["compression"]
+    print(f"report: teacher {t_acc:.4f} ({params['teacher']:,} params), student {s_acc:.4f} "
+          f"({params['student']:,}), baseline {b_acc:.4f}; {c['params_ratio']:.1f}x fewer "
+          f"parameters, {c['speedup']:.1f}x faster, {c['accuracy_retained']:.4f} of the "
+          f"teacher's accuracy -> {out_dir}/report.html")
+    return metrics
+
+
+def _figures(out: Path, cfg: Config, meta: dict, evals: dict, probs: dict, y: np.ndarray,
+             params: dict, dirs: dict, members: list[str], shards: Path) -> None:
+    import json
+
+    histories = {name: json.loads((d / "history.json").read_text()) for name, d in dirs.items()}
+    plots.training_curves(histories, out / "plots" / "training_curves.png")
+    plots.accuracy_vs_params({n: (params[n], evals[n]["accuracy"]) for n in params},
+                             out / "plots" / "accuracy_vs_params.png")
+    plots.reliability_diagram({n: reliability(probs[n], y) for n in ("teacher", "student",
+                                                                      "baseline")},
+                              out / "plots" / "reliability.png")
+    plots.entropy_histogram(soft_target_entropy(shards, cfg.student.temperature,
+                                                cfg.student.combine),
+                            float(np.log(meta["n_classes"])), out / "plots" / "entropy.png")
+    for name in ("teacher", "student", "baseline"):
+        plots.confusion_matrix(np.array(evals[name]["confusion"]), meta["class_names"],
+                               f"{name} (test)", out / "plots" / f"confusion_{name}.png")
+        pred = probs[name].argmax(1)
+        names = meta["class_names"]
+        write_json(out / "confusion" / f"{name}.json",
+                   [{"actual": names[a], "predicted": names[p]} for a, p in zip(y, pred,
+                                                                                   strict=True)])
