@@ -45,6 +45,10 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a fresh temporary directory beside `path`; on success it replaces `path` whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # a killed earlier run left its partial directory (or the set it was replacing) behind
+    for stale in [*path.parent.glob(f".tmp-{path.name}.*"),
+                  *path.parent.glob(f".old-{path.name}.*")]:
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}.", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())
     try:

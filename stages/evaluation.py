@@ -112,3 +112,18 @@ def speed(models: list[torch.nn.Module], x: np.ndarray, *, calls: int = 300, war
             "throughput_rows_per_s": float(big_calls * len(big) / elapsed),
             "throughput_batch": len(big),
             "threads": torch.get_num_threads()}
+
+
+def compression(teacher: dict, student: dict, baseline: dict) -> dict:
+    """What distillation bought: ratios of the teacher's and the student's summaries (each with
+    accuracy, params, bytes, latency_ms_median, throughput_rows_per_s)."""
+    gap = teacher["accuracy"] - baseline["accuracy"]
+    return {
+        "params_ratio": teacher["params"] / student["params"],
+        "size_ratio": teacher["bytes"] / student["bytes"],
+        "speedup": teacher["latency_ms_median"] / student["latency_ms_median"],
+        "throughput_ratio": student["throughput_rows_per_s"] / teacher["throughput_rows_per_s"],
+        "accuracy_retained": student["accuracy"] / teacher["accuracy"],
+        # undefined when the baseline already matches the teacher: null, not inf
+        "gap_recovered": (student["accuracy"] - baseline["accuracy"]) / gap if gap > 0 else None,
+    }

@@ -26,6 +26,7 @@ from stages.config import Config
 from stages.datasets import load_meta, read_split
 from stages.evaluation import (
     agreement,
+    compression,
     ensemble_probs,
     entropy,
     quality,
@@ -99,7 +100,6 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
                 **{k: v for k, v in speeds[name].items() if k != "threads"}}
 
     t_acc, s_acc, b_acc = (evals[n]["accuracy"] for n in ("teacher", "student", "baseline"))
-    gap = t_acc - b_acc
     metrics = {
         "teacher": summary("teacher"),
         "student": {**summary("student"), "agreement": agreement(probs["student"],
@@ -107,17 +107,9 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
         "baseline": {**summary("baseline"), "agreement": agreement(probs["baseline"],
                                                                    probs["teacher"])},
         "members": {m: summary(m) for m in members},
-        "compression": {
-            "params_ratio": params["teacher"] / params["student"],
-            "size_ratio": size["teacher"] / size["student"],
-            "speedup": speeds["teacher"]["latency_ms_median"]
-            / speeds["student"]["latency_ms_median"],
-            "throughput_ratio": speeds["student"]["throughput_rows_per_s"]
-            / speeds["teacher"]["throughput_rows_per_s"],
-            "accuracy_retained": s_acc / t_acc,
-            # undefined when the baseline already matches the teacher: report null, not inf
-            "gap_recovered": (s_acc - b_acc) / gap if gap > 0 else None,
-        },
+    }
+    metrics |= {
+        "compression": compression(metrics["teacher"], metrics["student"], metrics["baseline"]),
         "student_temperature": cfg.student.temperature, "student_alpha": cfg.student.alpha,
     }
     context = {"metrics": metrics, "evals": evals, "members": members, "machine": machine(),

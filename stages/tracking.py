@@ -200,14 +200,22 @@ def log_pyfunc_model(run: StageRun, model_dir: Path, input_example) -> None:
     probe = KDStudent()
     probe.load_context(type("Ctx", (), {"artifacts": {"model_dir": str(model_dir)}})())
     signature = infer_signature(example, probe.predict(None, example))
-    mlflow.set_tracking_uri(run.uri)
-    with mlflow.start_run(run_id=run.run_id):
-        mlflow.pyfunc.log_model(
-            name="student", python_model=str(here / "pyfunc_model.py"),
-            artifacts={"model_dir": str(model_dir)}, code_paths=[str(here)],
-            signature=signature, input_example=example,
-            pip_requirements=["torch==2.13.0", "safetensors", "numpy", "mlflow"],
-        )
+    previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(run.uri)  # the fluent API below logs to the stage's store
+    try:
+        with mlflow.start_run(run_id=run.run_id):
+            _log_model(mlflow, here, model_dir, signature, example)
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def _log_model(mlflow, here: Path, model_dir: Path, signature, example) -> None:
+    mlflow.pyfunc.log_model(
+        name="student", python_model=str(here / "pyfunc_model.py"),
+        artifacts={"model_dir": str(model_dir)}, code_paths=[str(here)],
+        signature=signature, input_example=example,
+        pip_requirements=["torch==2.13.0", "safetensors", "numpy", "mlflow"],
+    )
 
 
 OUTPUT_TAG = "kd.output_sha256"

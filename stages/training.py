@@ -308,6 +308,10 @@ def write_outputs(out_dir: Path, model: torch.nn.Module, spec: dict, history: li
     write_json(out_dir / "timing.json", {"train_time_s": round(train_time, 3),
                                          "epoch_time_s": [h["epoch_time_s"] for h in history]})
     write_json(out_dir / "metrics.json", metrics)
-    tracking.log_metrics({**metrics, "train_time_s": train_time})
+    # the per-epoch curves already hold the last epoch's values; logging them again at step 0
+    # would add a bogus first point to every curve
+    per_epoch = set(history[-1]) if history else set()
+    tracking.log_metrics({k: v for k, v in {**metrics, "train_time_s": train_time}.items()
+                          if k not in per_epoch}, step=len(history))
     tag_output(tracking, out_dir / "model.safetensors")
     tracking.log_artifact(out_dir)

@@ -1,0 +1,123 @@
+"""Report metrics against values computed by hand on tiny inputs, and the HTML's self-containment."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from stages.evaluation import (
+    agreement,
+    compression,
+    confusion,
+    ensemble_probs,
+    entropy,
+    expected_calibration_error,
+    quality,
+    reliability,
+    speed,
+)
+from stages.render import render_html, render_markdown
+
+
+def test_ece_by_hand():
+    # 4 rows, 2 classes, 15 equal-width bins: confidences 0.9, 0.9, 0.6, 0.6
+    probs = np.array([[0.9, 0.1], [0.1, 0.9], [0.6, 0.4], [0.4, 0.6]])
+    y = np.array([0, 0, 0, 0])
+    # bin of 0.9: rows 0 (correct) and 1 (wrong) -> accuracy 0.5, confidence 0.9, weight 0.5
+    # bin of 0.6: rows 2 (correct) and 3 (wrong) -> accuracy 0.5, confidence 0.6, weight 0.5
+    expected = 0.5 * abs(0.5 - 0.9) + 0.5 * abs(0.5 - 0.6)
+    assert expected_calibration_error(probs, y) == pytest.approx(expected)
+    assert expected == pytest.approx(0.25)
+
+
+def test_ece_is_zero_when_confidence_equals_accuracy():
+    probs = np.array([[1.0, 0.0], [0.0, 1.0]])
+    assert expected_calibration_error(probs, np.array([0, 1])) == 0.0
+    assert expected_calibration_error(probs, np.array([1, 0])) == pytest.approx(1.0)
+
+
+def test_reliability_bins_count_every_row():
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(3), size=50)
+    bins = reliability(p, rng.integers(0, 3, 50))
+    assert sum(b["rows"] for b in bins) == 50
+
+
+def test_agreement_confusion_and_per_class_by_hand():
+    a = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.4, 0.6]])  # top-1: 0 1 0 1
+    b = np.array([[0.6, 0.4], [0.6, 0.4], [0.1, 0.9], [0.3, 0.7]])  # top-1: 0 0 1 1
+    assert agreement(a, b) == 0.5
+    y = np.array([0, 1, 1, 1])
+    cm = confusion(a.argmax(1), y, 2)
+    assert cm.tolist() == [[1, 0], [1, 2]]  # true 1 predicted 0 once (row 2)
+    q = quality(a, y, 2)
+    assert q["accuracy"] == 0.75 and q["errors"] == 1
+    assert q["per_class_accuracy"] == [1.0, pytest.approx(2 / 3)]
+    assert q["nll"] == pytest.approx(-np.mean(np.log([0.9, 0.8, 0.3, 0.6])))
+
+
+def test_compression_ratios_by_hand():
+    teacher = {"accuracy": 0.99, "params": 200_000, "bytes": 800_000, "latency_ms_median": 1.0,
+               "throughput_rows_per_s": 1_000.0}
+    student = {"accuracy": 0.985, "params": 5_000, "bytes": 25_000, "latency_ms_median": 0.125,
+               "throughput_rows_per_s": 9_000.0}
+    c = compression(teacher, student, {"accuracy": 0.97})
+    assert c["params_ratio"] == 40 and c["size_ratio"] == 32 and c["speedup"] == 8
+    assert c["throughput_ratio"] == 9
+    assert c["accuracy_retained"] == pytest.approx(0.985 / 0.99)
+    assert c["gap_recovered"] == pytest.approx(0.75)  # (0.985 - 0.97) / (0.99 - 0.97)
+    # a baseline as good as the teacher leaves no gap to recover: None, not a division by 0
+    assert compression(teacher, student, {"accuracy": 0.99})["gap_recovered"] is None
+
+
+def test_ensemble_probs_and_entropy():
+    l1 = torch.tensor([[2.0, 0.0]])
+    l2 = torch.tensor([[0.0, 2.0]])
+    p = ensemble_probs([l1, l2])
+    assert p == pytest.approx(np.array([[0.5, 0.5]]))
+    assert entropy(p)[0] == pytest.approx(np.log(2))
+    assert entropy(np.array([[1.0, 0.0]]))[0] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_speed_reports_latency_and_throughput():
+    model = torch.nn.Linear(4, 2)
+    s = speed([model], np.zeros((64, 4), np.float32), calls=20, warmup=2, big_calls=2)
+    assert 0 < s["latency_ms_median"] <= s["latency_ms_p95"]
+    assert s["throughput_rows_per_s"] > 0 and s["throughput_batch"] == 64
+
+
+def _ctx():
+    row = {"accuracy": 0.99, "nll": 0.03, "ece": 0.01, "errors": 10, "params": 100, "bytes": 2048,
+           "latency_ms_median": 1.0, "latency_ms_p95": 2.0, "throughput_rows_per_s": 1000.0,
+           "throughput_batch": 512}
+    metrics = {"teacher": row, "student": {**row, "agreement": 0.98}, "baseline": row,
+               "members": {"a": row},
+               "compression": {"params_ratio": 35.0, "size_ratio": 30.0, "speedup": 7.0,
+                               "throughput_ratio": 5.0, "accuracy_retained": 1.0,
+                               "gap_recovered": None},
+               "student_temperature": 4.0, "student_alpha": 0.9}
+    ev = {k: {"per_class_accuracy": [1.0, 0.5]} for k in ("teacher", "student", "baseline")}
+    return {"metrics": metrics, "evals": ev, "members": ["a"], "class_names": ["x", "y"],
+            "machine": {"cpu": "test"}, "test_rows": 10}
+
+
+def test_html_is_self_contained(tmp_path):
+    from PIL import Image  # matplotlib's dependency
+
+    (tmp_path / "training_curves.png").parent.mkdir(exist_ok=True)
+    Image.new("RGB", (4, 4)).save(tmp_path / "training_curves.png")
+    page = render_html(_ctx(), tmp_path)
+    assert "data:image/png;base64," in page
+    # no network resource of any kind: no src/href pointing anywhere but data: URIs
+    refs = re.findall(r'(?:src|href)="([^"]*)"', page)
+    assert refs and all(r.startswith("data:") for r in refs)
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+
+
+def test_markdown_headline_handles_an_undefined_gap():
+    md = render_markdown(_ctx())
+    assert "35.0x fewer parameters" in md and "n/a (the baseline already matches" in md
+    assert "rows/s (batch 512)" in md

@@ -1,0 +1,331 @@
+"""The student stage (and the baseline beside it): outputs, determinism, reading only the
+shards, MLflow tracking and the pyfunc model, resume after SIGKILL, and DVC's granularity
+(a new temperature reruns only the student) in a real repository.
+
+The pipeline (digits, two tiny MLP members, a tiny MLP student) is built once per module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from stages import baseline, export, prepare, student, teacher
+from stages.config import parse_config
+from stages.datasets import read_split
+from stages.errors import ConfigError
+from stages.models import count_params, load_model
+from stages.shards import read_manifest
+from stages.training import predict
+from tests.conftest import assert_user_error, run_cmd
+
+TRAIN = {"epochs": 2, "batch_size": 64}
+MLP = {"arch": "mlp", "knobs": {"depth": 1, "width": 16}, "train": TRAIN}
+STUDENT = {"arch": "mlp", "knobs": {"depth": 1, "width": 8}, "train": TRAIN,
+           "temperature": 3.0, "alpha": 0.7}
+PARAMS = {
+    "data": {"source": "digits"},
+    "teacher": {"members": {"a": MLP, "b": {**MLP, "train": {**TRAIN, "seed": 1}}}},
+    "export": {"rows_per_shard": 300, "row_group_size": 100, "batch_size": 128},
+    "student": STUDENT,
+    "baseline": {"epochs": 3},
+    "tracking": {"enabled": False},
+}
+OUT_FILES = ("model.safetensors", "model.json", "history.json", "metrics.json")
+
+
+@contextlib.contextmanager
+def cwd(path: Path) -> Iterator[None]:
+    """Stages write checkpoints under data/.checkpoints relative to the working directory."""
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def with_params(**sections) -> dict:
+    return {**PARAMS, **sections}
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory) -> Path:
+    """prepare, teachers, export, student and baseline, in-process, in one directory."""
+    root = tmp_path_factory.mktemp("student") / "p"
+    root.mkdir()
+    (root / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    cfg = parse_config(PARAMS)
+    with cwd(root), pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KD_TRACKING", "0")
+        prepare.run(cfg, Path("data/prepared"))
+        for member in cfg.teacher.members:
+            teacher.run(cfg, member)
+        export.run(cfg)
+        student.run(cfg)
+        baseline.run(cfg)
+    return root
+
+
+def shards_only(pipe: Path, dst: Path) -> Path:
+    """What the student needs and nothing else: the shards and the prepared test split."""
+    (dst / "data/prepared").mkdir(parents=True)
+    shutil.copytree(pipe / "data/soft_targets", dst / "data/soft_targets")
+    shutil.copy(pipe / "data/prepared/test.parquet", dst / "data/prepared/test.parquet")
+    return dst
+
+
+def run_student(d: Path, params: dict = PARAMS) -> dict:
+    with cwd(d):
+        return student.run(parse_config(params))
+
+
+def outputs(d: Path) -> dict[str, bytes]:
+    return {n: (d / n).read_bytes() for n in OUT_FILES}
+
+
+# ------------------------------------------------------------------ end to end
+
+
+def test_student_and_baseline_outputs(pipe):
+    test, _ = read_split(pipe / "data/prepared", "test")
+    for stage, epochs in (("student", 2), ("baseline", 3)):
+        d = pipe / "data" / stage
+        for name in OUT_FILES:
+            assert (d / name).is_file(), (stage, name)
+        metrics = json.loads((d / "metrics.json").read_text())
+        model, spec = load_model(d)  # rebuilt from model.json alone
+        assert spec["arch"] == "mlp" and spec["knobs"]["width"] == 8
+        assert tuple(spec["input_shape"]) == (8, 8) and spec["n_classes"] == 10
+        assert metrics["params"] == count_params(model) == 64 * 8 + 8 + 8 * 10 + 10
+        assert metrics["epochs"] == epochs
+        assert len(json.loads((d / "history.json").read_text())) == epochs
+        # the saved weights are the ones that were evaluated
+        acc = (predict(model, test.x.reshape(-1, 8, 8)).argmax(1).numpy() == test.y).mean()
+        assert metrics["test_accuracy"] == pytest.approx(acc, abs=1e-6)
+    m = json.loads((pipe / "data/student/metrics.json").read_text())
+    assert m["temperature"] == 3.0 and m["alpha"] == 0.7
+    assert 0.0 <= m["test_accuracy"] <= 1.0 and np.isfinite(m["train_loss"])
+
+
+def test_student_twice_gives_identical_bytes(pipe, tmp_path):
+    # whatever random work ran before in the process must not matter
+    a, b = shards_only(pipe, tmp_path / "a"), shards_only(pipe, tmp_path / "b")
+    torch.manual_seed(1)
+    run_student(a)
+    torch.manual_seed(2)
+    torch.rand(123)
+    run_student(b)
+    assert outputs(a / "data/student") == outputs(b / "data/student")
+    assert outputs(a / "data/student") == outputs(pipe / "data/student")  # the fixture's run
+
+
+def test_student_reads_only_the_shards_and_the_test_split(pipe, tmp_path):
+    # no labeled/unlabeled prepared rows, no meta.json, no teachers: the shards are enough
+    d = shards_only(pipe, tmp_path / "w")
+    assert sorted(p.name for p in (d / "data").iterdir()) == ["prepared", "soft_targets"]
+    assert [p.name for p in (d / "data/prepared").iterdir()] == ["test.parquet"]
+    metrics = run_student(d)
+    for name in OUT_FILES:
+        assert (d / "data/student" / name).is_file()
+    history = json.loads((d / "data/student/history.json").read_text())
+    manifest = read_manifest(d / "data/soft_targets")
+    # every non-validation row of the shards, unlabeled ones included, was trained on
+    assert history[0]["samples"] == manifest["totals"]["rows"] - manifest["totals"]["val"] == 1365
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0
+
+
+# ------------------------------------------------------------------ MLflow
+
+
+@pytest.fixture(scope="module")
+def tracked(pipe, tmp_path_factory) -> tuple[str, str, Path]:
+    """The student run once with MLflow on (sqlite in tmp): (uri, run_id, its directory)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    tmp = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    d = shards_only(pipe, tmp / "w")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KD_TRACKING", "1")
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        try:
+            run_student(d, with_params(tracking={"enabled": True, "experiment": "kd-test"}))
+        finally:
+            mlflow.set_tracking_uri(None)  # the stage sets the process-wide URI
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("kd-test")
+    runs = client.search_runs([exp.experiment_id], "tags.`kd.stage` = 'student'")
+    assert len(runs) == 1
+    return uri, runs[0].info.run_id, d
+
+
+def test_student_is_one_mlflow_run_with_its_params(tracked):
+    from mlflow.tracking import MlflowClient
+
+    uri, run_id, d = tracked
+    run = MlflowClient(tracking_uri=uri).get_run(run_id)
+    assert run.info.run_name == "student" and run.info.status == "FINISHED"
+    assert run.data.tags["kd.stage"] == "student"
+    assert run.data.params["student.temperature"] == "3.0"
+    assert run.data.params["student.alpha"] == "0.7"
+    saved = json.loads((d / "data/student/metrics.json").read_text())
+    assert run.data.metrics["test_accuracy"] == pytest.approx(saved["test_accuracy"])
+
+
+def test_student_run_has_one_train_loss_per_epoch(tracked):
+    from mlflow.tracking import MlflowClient
+
+    uri, run_id, d = tracked
+    history = MlflowClient(tracking_uri=uri).get_metric_history(run_id, "train_loss")
+    want = json.loads((d / "data/student/history.json").read_text())
+    assert sorted((h.step, h.value) for h in history) == [
+        (e["epoch"], pytest.approx(e["train_loss"])) for e in want]
+    assert len(history) == TRAIN["epochs"]
+
+
+def test_student_pyfunc_model_predicts_probabilities(pipe, tracked):
+    import mlflow
+
+    uri, run_id, d = tracked
+    test, _ = read_split(pipe / "data/prepared", "test")
+    x = test.x.reshape(-1, 8, 8)
+    mlflow.set_tracking_uri(uri)
+    try:
+        pyfunc = mlflow.pyfunc.load_model(f"runs:/{run_id}/student")
+        probs = np.asarray(pyfunc.predict(x))
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert probs.shape == (len(x), 10)
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    model, _ = load_model(d / "data/student")
+    want = torch.softmax(predict(model, x), dim=1).numpy()
+    np.testing.assert_allclose(probs, want, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------ resume after SIGKILL
+
+RESUME = with_params(student={**STUDENT, "train": {"epochs": 6, "batch_size": 32}})
+
+
+def kd_student(d: Path) -> subprocess.Popen:
+    env = {**os.environ, "KD_TRACKING": "0"}
+    return subprocess.Popen([sys.executable, "-m", "stages.cli", "student"], cwd=d, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_student_resumes_after_sigkill_with_the_same_bytes(pipe, tmp_path):
+    ref = shards_only(pipe, tmp_path / "ref")
+    run_student(ref, RESUME)
+    d = shards_only(pipe, tmp_path / "killed")
+    (d / "params.yaml").write_text(yaml.safe_dump(RESUME))
+    state = d / "data/.checkpoints/student/state.json"
+    proc = kd_student(d)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            with contextlib.suppress(OSError, ValueError):
+                if json.loads(state.read_text())["epoch"] >= 1:
+                    break
+            assert proc.poll() is None, f"student ended before it was killed: {proc.communicate()}"
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+    assert json.loads(state.read_text())["epoch"] < 5, "killed too late to test a resume"
+    assert not (d / "data/student/metrics.json").exists()
+
+    proc = kd_student(d)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "resuming from epoch" in err
+    assert not state.exists()  # removed on success
+    assert outputs(d / "data/student") == outputs(ref / "data/student")
+
+
+# ------------------------------------------------------------------ config
+
+
+def test_student_augmentation_is_rejected_naming_student_train(tmp_path, kd, monkeypatch):
+    bad = with_params(student={**STUDENT, "train": {**TRAIN, "augment": {"shift": 2}}})
+    with pytest.raises(ConfigError) as e:
+        parse_config(bad)
+    assert str(e.value).startswith("student.train: ") and "shift=2" in str(e.value)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(bad))
+    monkeypatch.chdir(tmp_path)
+    assert_user_error(kd("student"), "student.train", "shift=2")
+    assert not (tmp_path / "data").exists()  # stopped before any work
+
+
+# ------------------------------------------------------------------ DVC granularity
+
+
+def ran(result) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", result.stdout))
+
+
+def changed(repo: Path) -> set[str]:
+    out = run_cmd(["dvc", "status"], repo).stdout
+    return set(re.findall(r"^(\S[^:\n]*):\s*$", out, flags=re.M))
+
+
+def edit_params(repo: Path, edit) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    edit(params)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+@pytest.mark.slow
+def test_dvc_reruns_only_the_stages_whose_params_changed(dvc_repo):
+    env = {"KD_TRACKING": "0"}
+    repo = dvc_repo({k: v for k, v in PARAMS.items() if k != "student"})
+
+    def tiny(p: dict) -> None:  # replace (not merge) the project's cnn1d student settings
+        p["student"].update(arch="mlp", knobs=STUDENT["knobs"], temperature=3.0, alpha=0.7)
+        p["student"]["train"].update(TRAIN)
+        p["baseline"] = {"augment": {"shift": 0}, "epochs": None}  # None: the student's epochs
+
+    edit_params(repo, tiny)
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    report = {"report"} if "report" in stages else set()
+    first = run_cmd(["dvc", "repro", "student", "baseline"], repo, env=env)
+    assert ran(first) == {"prepare", "teacher@a", "teacher@b", "export", "student", "baseline"}
+    assert changed(repo) == report  # report, if the pipeline has one, has not run yet
+
+    edit_params(repo, lambda p: p["student"].update(temperature=8.0))
+    assert changed(repo) == {"student"} | report
+    again = run_cmd(["dvc", "repro", "student"], repo, env=env)
+    assert ran(again) == {"student"}
+    assert json.loads((repo / "data/student/metrics.json").read_text())["temperature"] == 8.0
+    assert changed(repo) == report
+
+    edit_params(repo, lambda p: p["student"].update(alpha=0.5))
+    assert changed(repo) - report == {"student"}  # report reads the student, not alpha
+    edit_params(repo, lambda p: p["student"].update(alpha=0.7))  # back to what dvc.lock holds
+    assert changed(repo) == report
+
+    edit_params(repo, lambda p: p["student"]["train"].update(epochs=3))
+    assert changed(repo) - report == {"student", "baseline"}
+    # what `dvc repro` would run (--dry: the same decision, without two more trainings)
+    third = run_cmd(["dvc", "repro", "--dry", "student", "baseline"], repo, env=env)
+    assert ran(third) == {"student", "baseline"}
