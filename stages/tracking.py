@@ -231,7 +231,7 @@ def tag_output(run: StageRun, path: Path) -> None:
 
 
 def link_input_runs(run: StageRun, inputs: Mapping[str, Path]) -> None:
-    """Tag `run` with `kd.input_run.<stage>` = the run id that produced each input file."""
+    """Tag `run` with `kd.input_run.<stage>` = the id of the run that produced each input."""
     if run.client is None:
         return
     import hashlib
@@ -243,5 +243,7 @@ def link_input_runs(run: StageRun, inputs: Mapping[str, Path]) -> None:
         found = run.client.search_runs(
             [exp_id], filter_string=f"tags.`{OUTPUT_TAG}` = '{digest}'",
             order_by=["attributes.start_time DESC"], max_results=1)
-        tags[f"kd.input_run.{stage}"] = found[0].info.run_id if found else "not tracked"
+        # MLflow tag keys take no '@': teacher@cnn_0 -> kd.input_run.teacher/cnn_0
+        key = f"kd.input_run.{stage.replace('@', '/')}"
+        tags[key] = found[0].info.run_id if found else "not tracked"
     run.set_tags(tags)

@@ -69,7 +69,7 @@ def run_cmd(args: list[str], cwd: Path, env: dict | None = None, check: bool = T
 
 def project_params(overrides: dict) -> dict:
     """The repository's params.yaml with `overrides` merged in (sections merge, values replace;
-    `teacher.members` is replaced whole so a test controls the ensemble)."""
+    `teacher.members` and `student.knobs` are replaced whole so a test controls the models)."""
     from stages.config import _deep_merge
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -77,6 +77,8 @@ def project_params(overrides: dict) -> dict:
     merged = _deep_merge(params, overrides)
     if members is not None:
         merged["teacher"]["members"] = members
+    if "knobs" in overrides.get("student", {}):  # another architecture's knobs: replace whole
+        merged["student"]["knobs"] = overrides["student"]["knobs"]
     return merged
 
 

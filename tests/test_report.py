@@ -1,0 +1,120 @@
+"""The report stage in a real DVC repository with a real MLflow store: metrics, plots,
+experiments side by side, and the report run's links to the runs that made its inputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import run_cmd
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "data": {"source": "digits"},
+    "teacher": {"members": {
+        "a": {"arch": "mlp", "knobs": {"depth": 1, "width": 32}, "train": {"epochs": 3}},
+        "b": {"arch": "cnn2d", "knobs": {"channels": 4, "depth": 2},
+              "train": {"epochs": 3, "seed": 1}},
+    }},
+    "export": {"rows_per_shard": 500, "row_group_size": 250},
+    "student": {"arch": "mlp", "knobs": {"depth": 1, "width": 8},
+                "train": {"epochs": 2, "batch_size": 64}},
+    "baseline": {"epochs": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """The whole tiny pipeline, tracked in a SQLite store, then two temperature variants."""
+    import yaml
+
+    from tests.conftest import ROOT, project_params
+
+    repo = tmp_path_factory.mktemp("report") / "repo"
+    repo.mkdir()
+    import shutil
+
+    shutil.copytree(ROOT / "stages", repo / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    (repo / "params.yaml").write_text(yaml.safe_dump(project_params(TINY)))
+    (repo / ".gitignore").write_text("mlflow.db\n")
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"],
+                ["dvc", "config", "core.analytics", "false"], ["git", "add", "-A"],
+                ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"]):
+        run_cmd(cmd, repo)
+    uri = f"sqlite:///{repo / 'mlflow.db'}"
+    env = {"KD_TRACKING": "1", "MLFLOW_TRACKING_URI": uri}
+    run_cmd(["dvc", "repro"], repo, env=env)
+    run_cmd(["git", "add", "-A"], repo)
+    run_cmd(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "run"], repo)
+    for t in ("2", "8"):
+        run_cmd(["dvc", "exp", "run", "-S", f"student.temperature={t}", "-n", f"t{t}"], repo,
+                env=env)
+    return repo, uri, env
+
+
+def test_report_outputs_and_metrics(pipeline):
+    repo, _, _ = pipeline
+    report = repo / "data/report"
+    metrics = json.loads((report / "metrics.json").read_text())
+    for key in ("accuracy", "params", "latency_ms_median", "latency_ms_p95",
+                "throughput_rows_per_s", "ece", "nll"):
+        assert key in metrics["teacher"] and key in metrics["student"], key
+    c = metrics["compression"]
+    assert c["params_ratio"] == pytest.approx(metrics["teacher"]["params"] /
+                                              metrics["student"]["params"])
+    assert 0 <= metrics["student"]["agreement"] <= 1
+    assert set(metrics["members"]) == {"a", "b"}
+    assert "Compression report" in (report / "report.md").read_text()
+    assert (report / "report.html").read_text().count("data:image/png;base64,") >= 5
+    confusion = json.loads((report / "confusion/student.json").read_text())
+    assert len(confusion) == json.loads((repo / "data/prepared/meta.json").read_text())[
+        "rows"]["test"]
+
+
+def test_dvc_metrics_plots_and_experiments_work(pipeline):
+    repo, _, _ = pipeline
+    shown = run_cmd(["dvc", "metrics", "show", "--json"], repo).stdout
+    assert "compression" in shown and "params_ratio" in shown
+    run_cmd(["dvc", "plots", "show", "-o", str(repo / "plots_html")], repo)
+    assert (repo / "plots_html" / "index.html").is_file()
+    exps = run_cmd(["dvc", "exp", "show", "--json"], repo).stdout
+    assert "t2" in exps and "t8" in exps
+
+
+def test_variants_are_two_mlflow_report_runs_that_differ_in_temperature(pipeline):
+    from mlflow.tracking import MlflowClient
+
+    _, uri, _ = pipeline
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("kd-pipeline")
+    reports = client.search_runs([exp.experiment_id], "tags.`kd.stage` = 'report'")
+    temps = {r.data.params["student.temperature"]: r for r in reports}
+    assert {"2.0", "8.0"} <= set(temps)
+    assert temps["2.0"].data.tags["dvc.exp_name"] == "t2"
+    assert temps["8.0"].data.tags["dvc.exp_name"] == "t8"
+    for r in (temps["2.0"], temps["8.0"]):  # every key metric is on the report's run
+        assert "compression.params_ratio" in r.data.metrics
+        assert "student.accuracy" in r.data.metrics
+        assert r.data.tags["kd.dvc_lock_sha256"] != "none"
+
+
+def test_report_run_links_to_the_runs_that_made_its_inputs(pipeline):
+    from mlflow.tracking import MlflowClient
+
+    _, uri, _ = pipeline
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("kd-pipeline")
+    report = client.search_runs([exp.experiment_id], "tags.`dvc.exp_name` = 't8' and "
+                                "tags.`kd.stage` = 'report'")[0]
+    links = {k.removeprefix("kd.input_run.").replace("/", "@"): v
+             for k, v in report.data.tags.items()
+             if k.startswith("kd.input_run.")}
+    assert set(links) == {"teacher@a", "teacher@b", "export", "student", "baseline"}
+    for stage, run_id in links.items():
+        linked = client.get_run(run_id)  # raises if the run does not exist
+        assert linked.data.tags["kd.stage_name"] == stage
+    # the student that fed the t8 report is the t8 student
+    assert client.get_run(links["student"]).data.params["student.temperature"] == "8.0"
