@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from stages.atomic import atomic_path, write_json
 from stages.config import AugmentConfig, TrainConfig
@@ -175,29 +176,34 @@ def save_checkpoint(path: Path, model, opt, epoch: int, history: list, fingerpri
             t = value if torch.is_tensor(value) else torch.tensor(value)
             tensors[f"opt.{idx}.{name}"] = t.contiguous()
     path.mkdir(parents=True, exist_ok=True)
+    # the weights carry their epoch: a kill between the two writes leaves a JSON and weights
+    # that disagree, which load_checkpoint then refuses instead of mixing two epochs
     with atomic_path(path / "state.safetensors") as tmp:
-        save_file(tensors, str(tmp))
-    # the JSON names the epoch and is written last: it is what makes the checkpoint valid
+        save_file(tensors, str(tmp), metadata={"epoch": str(epoch), "fingerprint": fingerprint})
     write_json(path / "state.json", {"epoch": epoch, "history": history, "fingerprint": fingerprint,
                                      "param_groups": opt_state["param_groups"]})
 
 
 def load_checkpoint(path: Path, model, opt, fingerprint: str) -> tuple[int, list] | None:
-    """Restore (next epoch, history) from a checkpoint of the same run, else None."""
+    """Restore (next epoch, history) from a complete checkpoint of the same run, else None:
+    a missing, foreign, torn or corrupt checkpoint means starting over, never a crash."""
     try:
         meta = json.loads((path / "state.json").read_text())
         if meta["fingerprint"] != fingerprint:
             return None  # another config's checkpoint: start over
-        tensors = load_file(str(path / "state.safetensors"))
-    except (OSError, ValueError, KeyError):
+        with safe_open(str(path / "state.safetensors"), framework="pt") as f:
+            if f.metadata() != {"epoch": str(meta["epoch"]), "fingerprint": fingerprint}:
+                return None  # killed between the two writes
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        state: dict[int, dict] = {}
+        for key, value in tensors.items():
+            if key.startswith("opt."):
+                _, idx, name = key.split(".", 2)
+                state.setdefault(int(idx), {})[name] = value
+        opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError):
         return None
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    state: dict[int, dict] = {}
-    for key, value in tensors.items():
-        if key.startswith("opt."):
-            _, idx, name = key.split(".", 2)
-            state.setdefault(int(idx), {})[name] = value
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     return meta["epoch"] + 1, meta["history"]
 
 
@@ -207,9 +213,10 @@ def load_checkpoint(path: Path, model, opt, fingerprint: str) -> tuple[int, list
 class PrintProgress:
     """A tqdm bar per epoch in a terminal; one plain line per epoch otherwise (DVC, CI, logs)."""
 
-    def __init__(self, name: str, stream=sys.stderr):
-        self.name, self.stream, self.bar = name, stream, None
-        self.tty = hasattr(stream, "isatty") and stream.isatty()
+    def __init__(self, name: str, stream=None):
+        # resolved now, not at import: redirected stderr (CliRunner, redirect_stderr) is honoured
+        self.name, self.stream, self.bar = name, stream or sys.stderr, None
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
 
     def on_epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
         if self.tty:
