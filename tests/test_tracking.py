@@ -1,0 +1,92 @@
+"""MLflow tracking: the store's location, failing fast on a dead server, and `kd ui`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from stages.config import parse_config
+from stages.tracking import flatten, repo_root, tracking_uri
+from tests.conftest import assert_user_error
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_default_store_is_absolute_and_shared_by_queued_experiments(monkeypatch, tmp_path):
+    repo = tmp_path / "repo"
+    queued = repo / ".dvc" / "tmp" / "exps" / "tmpabc123"
+    queued.mkdir(parents=True)
+    monkeypatch.setenv("DVC_ROOT", str(queued))  # what DVC sets inside a queued experiment
+    assert repo_root() == repo.resolve()
+    assert tracking_uri(parse_config({})) == f"sqlite:///{repo.resolve() / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
+    assert tracking_uri(parse_config({})) == "http://127.0.0.1:1"
+
+
+def test_flatten_nested_params():
+    assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": "x"}) == {"a.b": 1, "a.c.d": [1, 2],
+                                                                     "e": "x"}
+
+
+def test_dead_tracking_server_fails_fast_with_one_line(write_params, kd, monkeypatch, tmp_path):
+    port = free_port()  # nothing listens here
+    uri = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("KD_TRACKING", "1")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    out = tmp_path / "prepared"
+    t0 = time.monotonic()
+    result = kd("prepare", "--params", write_params({"data": {"source": "digits"}}), "--out", out)
+    assert time.monotonic() - t0 < 15
+    assert_user_error(result, uri, "unreachable")
+    assert not out.exists()  # nothing was prepared before the check
+
+
+def test_tracking_can_be_switched_off(write_params, kd, monkeypatch, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")  # would fail if used
+    params = write_params({"data": {"source": "digits"}, "tracking": {"enabled": False}})
+    monkeypatch.setenv("KD_TRACKING", "1")
+    result = kd("prepare", "--params", params, "--out", tmp_path / "p")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "p" / "meta.json").is_file()
+
+
+@pytest.mark.slow
+def test_kd_ui_serves_the_store_on_loopback(tmp_path):
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    (tmp_path / "params.yaml").write_text("{}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "stages.cli", "ui", "--port", str(port)],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    assert r.status == 200
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read().decode()
+                assert time.monotonic() < deadline, "the UI did not come up in 90 s"
+                time.sleep(1)
+        # bound to loopback only: the port is not open on another local address
+        listening = Path("/proc/net/tcp").read_text()
+        hex_port = f"{port:04X}"
+        local = [line.split()[1] for line in listening.splitlines()[1:]
+                 if line.split()[1].endswith(f":{hex_port}") and line.split()[3] == "0A"]
+        assert local and all(addr.startswith("0100007F") for addr in local), local
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
