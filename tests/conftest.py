@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -103,3 +106,34 @@ def dvc_repo(tmp_path):
         return repo
 
     return make
+
+
+@contextlib.contextmanager
+def cwd(path: Path) -> Iterator[None]:
+    """Stages write checkpoints under data/.checkpoints relative to the working directory."""
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def build_pipeline(root: Path, params: dict, stages: tuple[str, ...] = ("prepare", "teacher",
+                                                                        "export")) -> Path:
+    """Run pipeline stages in-process, in order, in `root` (which gets the params.yaml)."""
+    from stages import baseline, export, prepare, student, teacher
+    from stages.config import parse_config
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    cfg = parse_config(params)
+    steps = {"prepare": lambda: prepare.run(cfg, Path("data/prepared")),
+             "teacher": lambda: [teacher.run(cfg, m) for m in cfg.teacher.members],
+             "export": lambda: export.run(cfg), "student": lambda: student.run(cfg),
+             "baseline": lambda: baseline.run(cfg)}
+    with cwd(root), pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KD_TRACKING", "0")
+        for name in stages:
+            steps[name]()
+    return root

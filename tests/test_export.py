@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,7 @@ from stages.datasets import load_meta, read_split
 from stages.errors import ArtifactError
 from stages.models import build_model, load_model, model_fingerprint, save_model
 from stages.shards import MANIFEST, read_manifest, read_shard_metadata, read_table, verify
-from tests.conftest import assert_user_error
+from tests.conftest import assert_user_error, build_pipeline, cwd
 
 TRAIN = {"epochs": 2, "batch_size": 64}
 MLP = {"arch": "mlp", "knobs": {"depth": 1, "width": 16}, "train": TRAIN}
@@ -46,29 +45,9 @@ PARAMS = {
 MEMBERS = ["a", "b"]
 
 
-@contextlib.contextmanager
-def cwd(path: Path) -> Iterator[None]:
-    """Stages write checkpoints under data/.checkpoints relative to the working directory."""
-    old = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
-
-
 def build(root: Path, params: dict) -> Path:
-    """prepare, every teacher member and export, in-process, in `root` (with its params.yaml)."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    cfg = parse_config(params)
-    with cwd(root), pytest.MonkeyPatch.context() as mp:
-        mp.setenv("KD_TRACKING", "0")
-        prepare.run(cfg, Path("data/prepared"))
-        for member in cfg.teacher.members:
-            teacher.run(cfg, member)
-        export.run(cfg)
-    return root
+    """prepare, every teacher member and export, in-process, in `root`."""
+    return build_pipeline(root, params)
 
 
 def files(d: Path) -> dict[str, bytes]:

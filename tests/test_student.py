@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,14 +23,14 @@ import pytest
 import torch
 import yaml
 
-from stages import baseline, export, prepare, student, teacher
+from stages import student
 from stages.config import parse_config
 from stages.datasets import read_split
 from stages.errors import ConfigError
 from stages.models import count_params, load_model
 from stages.shards import read_manifest
 from stages.training import predict
-from tests.conftest import assert_user_error, run_cmd
+from tests.conftest import assert_user_error, build_pipeline, cwd, run_cmd
 
 TRAIN = {"epochs": 2, "batch_size": 64}
 MLP = {"arch": "mlp", "knobs": {"depth": 1, "width": 16}, "train": TRAIN}
@@ -48,17 +47,6 @@ PARAMS = {
 OUT_FILES = ("model.safetensors", "model.json", "history.json", "metrics.json")
 
 
-@contextlib.contextmanager
-def cwd(path: Path) -> Iterator[None]:
-    """Stages write checkpoints under data/.checkpoints relative to the working directory."""
-    old = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
-
-
 def with_params(**sections) -> dict:
     return {**PARAMS, **sections}
 
@@ -66,19 +54,8 @@ def with_params(**sections) -> dict:
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory) -> Path:
     """prepare, teachers, export, student and baseline, in-process, in one directory."""
-    root = tmp_path_factory.mktemp("student") / "p"
-    root.mkdir()
-    (root / "params.yaml").write_text(yaml.safe_dump(PARAMS))
-    cfg = parse_config(PARAMS)
-    with cwd(root), pytest.MonkeyPatch.context() as mp:
-        mp.setenv("KD_TRACKING", "0")
-        prepare.run(cfg, Path("data/prepared"))
-        for member in cfg.teacher.members:
-            teacher.run(cfg, member)
-        export.run(cfg)
-        student.run(cfg)
-        baseline.run(cfg)
-    return root
+    return build_pipeline(tmp_path_factory.mktemp("student") / "p", PARAMS,
+                          ("prepare", "teacher", "export", "student", "baseline"))
 
 
 def shards_only(pipe: Path, dst: Path) -> Path:
