@@ -296,7 +296,9 @@ def load_meta(prepared: str | Path) -> dict:
 def _open(prepared: str | Path, split: str) -> pq.ParquetFile:
     path = Path(prepared) / f"{split}.parquet"
     try:
-        return pq.ParquetFile(path)
+        # pre_buffer (on by default) reads every row group ahead when streaming the whole file:
+        # memory would grow with the row count. Off, a stream holds one batch.
+        return pq.ParquetFile(path, pre_buffer=False)
     except FileNotFoundError:
         raise ArtifactError(f"{path}: not found; run `dvc repro prepare` first") from None
     except (pa.ArrowException, OSError) as e:

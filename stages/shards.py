@@ -380,7 +380,7 @@ class ShardReader:
         for key in ("members", "class_names", "feature_shape", "logits_dtype"):
             if meta.get(key) != self.manifest[key]:  # a shard from some other export
                 raise ArtifactError(f"{path}: {key} {meta.get(key)!r} disagrees with {MANIFEST}")
-        return pq.ParquetFile(path)
+        return pq.ParquetFile(path, pre_buffer=False)  # stream: hold one row group, not all
 
     def _decode(self, t: pa.Table) -> Batch:
         out, names = {"row_id": _np(t["row_id"])}, t.column_names
