@@ -51,7 +51,8 @@ from stages.datasets import load_meta, read_split  # noqa: E402
 from stages.errors import ArtifactError  # noqa: E402
 from stages.losses import kd_loss, soft_targets  # noqa: E402
 from stages.models import build_model, count_params, load_model  # noqa: E402
-from stages.shards import ShardReader, read_manifest, verify  # noqa: E402
+from stages.shard_reader import ShardReader
+from stages.shards import read_manifest, verify  # noqa: E402
 from stages.student import shard_batches  # noqa: E402
 from stages.training import Batch, fit, predict  # noqa: E402
 

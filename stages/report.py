@@ -37,7 +37,8 @@ from stages.evaluation import (
 from stages.losses import soft_targets
 from stages.models import count_params, load_model
 from stages.render import render_html, render_markdown
-from stages.shards import MANIFEST, ShardReader
+from stages.shard_reader import ShardReader
+from stages.shards import MANIFEST
 from stages.tracking import flatten, link_input_runs, stage_run
 
 

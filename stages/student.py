@@ -23,7 +23,8 @@ from stages.config import Config
 from stages.datasets import read_split
 from stages.losses import kd_loss, soft_targets
 from stages.models import build_model, count_params
-from stages.shards import ShardReader, read_manifest, verify
+from stages.shard_reader import ShardReader
+from stages.shards import read_manifest, verify
 from stages.tracking import TrackEpochs, log_pyfunc_model, stage_run
 from stages.training import (
     CHECKPOINTS,

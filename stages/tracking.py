@@ -145,7 +145,8 @@ def stage_run(
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO chatter in stage output
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(cfg.tracking.experiment)
-    exp_id = exp.experiment_id if exp else _create_experiment(client, cfg.tracking.experiment)
+    exp_id = exp.experiment_id if exp else _create_experiment(client, cfg.tracking.experiment,
+                                                              _artifact_root(uri))
     tags = {
         "kd.stage": stage.split("@")[0],
         "kd.stage_name": stage,
@@ -165,11 +166,20 @@ def stage_run(
     client.set_terminated(run.info.run_id, status="FINISHED")
 
 
-def _create_experiment(client, name: str) -> str:
+def _artifact_root(uri: str) -> str | None:
+    """Artifacts of a SQLite store go beside the database file. MLflow's default is ./mlruns
+    in the working directory, and a `dvc exp run --queue` worker's working directory is a
+    temporary copy that is deleted afterwards, artifacts and all."""
+    if not uri.startswith("sqlite:///"):
+        return None  # a server or another store decides for itself
+    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
+
+
+def _create_experiment(client, name: str, artifact_location: str | None) -> str:
     from mlflow.exceptions import MlflowException
 
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(name, artifact_location=artifact_location)
     except MlflowException:  # another process (a queued experiment) created it first
         return client.get_experiment_by_name(name).experiment_id
 

@@ -18,8 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stages.errors import ArtifactError
+from stages.shard_reader import ShardReader
 from stages.shards import (
-    ShardReader,
     ShardWriter,
     read_manifest,
     read_shard_metadata,

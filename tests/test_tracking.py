@@ -90,3 +90,23 @@ def test_kd_ui_serves_the_store_on_loopback(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_sqlite_store_keeps_artifacts_beside_the_database(write_params, kd, monkeypatch,
+                                                          tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    store, work = tmp_path / "store", tmp_path / "work"
+    store.mkdir()
+    work.mkdir()
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    monkeypatch.setenv("KD_TRACKING", "1")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(work)  # like a queued experiment's temporary copy
+    result = kd("prepare", "--params", write_params({"data": {"source": "digits"}}),
+                "--out", work / "prepared")
+    assert result.exit_code == 0, result.output
+    client = MlflowClient(uri)
+    run = client.search_runs([client.get_experiment_by_name("kd-pipeline").experiment_id])[0]
+    assert run.info.artifact_uri.startswith((store / "mlartifacts").as_uri())
+    assert (store / "mlartifacts").is_dir() and not (work / "mlruns").exists()
