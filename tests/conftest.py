@@ -137,3 +137,23 @@ def build_pipeline(root: Path, params: dict, stages: tuple[str, ...] = ("prepare
         for name in stages:
             steps[name]()
     return root
+
+
+def kill_when(proc, ready, timeout: float = 120) -> None:
+    """SIGKILL the subprocess `proc` as soon as `ready()` holds; fail if it ends first or is
+    not ready within `timeout` seconds. Its pipes are drained either way."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + timeout
+    try:
+        while not ready():
+            assert proc.poll() is None, f"it ended before it could be killed: {proc.communicate()}"
+            assert time.monotonic() < deadline, f"not ready to be killed within {timeout} s"
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()

@@ -12,10 +12,8 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +29,7 @@ from stages.datasets import load_meta, read_split
 from stages.errors import ArtifactError
 from stages.models import build_model, load_model, model_fingerprint, save_model
 from stages.shards import MANIFEST, read_manifest, read_shard_metadata, read_table, verify
-from tests.conftest import assert_user_error, build_pipeline, cwd
+from tests.conftest import assert_user_error, build_pipeline, cwd, kill_when
 
 TRAIN = {"epochs": 2, "batch_size": 64}
 MLP = {"arch": "mlp", "knobs": {"depth": 1, "width": 16}, "train": TRAIN}
@@ -252,20 +250,7 @@ def shard_files(root: Path) -> set[tuple[Path, int]]:
 def kill_mid_export(root: Path) -> None:
     """Start `kd export`, SIGKILL it once it has written a few shard files."""
     before = shard_files(root)
-    proc = kd_export(root)
-    try:
-        deadline = time.monotonic() + 120
-        while len(shard_files(root) - before) < 3:
-            assert proc.poll() is None, ("export ended before it could be killed: "
-                                         f"{proc.communicate()}; give it more rows")
-            assert time.monotonic() < deadline, "export never wrote a shard"
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
+    kill_when(kd_export(root), lambda: len(shard_files(root) - before) >= 3)
     # whatever the killed export left behind does not look like a complete set
     for d in tmp_dirs(root):
         assert not (d / MANIFEST).exists(), d

@@ -12,10 +12,8 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +28,7 @@ from stages.errors import ConfigError
 from stages.models import count_params, load_model
 from stages.shards import read_manifest
 from stages.training import predict
-from tests.conftest import assert_user_error, build_pipeline, cwd, run_cmd
+from tests.conftest import assert_user_error, build_pipeline, cwd, kill_when, run_cmd
 
 TRAIN = {"epochs": 2, "batch_size": 64}
 MLP = {"arch": "mlp", "knobs": {"depth": 1, "width": 16}, "train": TRAIN}
@@ -213,22 +211,13 @@ def test_student_resumes_after_sigkill_with_the_same_bytes(pipe, tmp_path):
     d = shards_only(pipe, tmp_path / "killed")
     (d / "params.yaml").write_text(yaml.safe_dump(RESUME))
     state = d / "data/.checkpoints/student/state.json"
-    proc = kd_student(d)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            with contextlib.suppress(OSError, ValueError):
-                if json.loads(state.read_text())["epoch"] >= 1:
-                    break
-            assert proc.poll() is None, f"student ended before it was killed: {proc.communicate()}"
-            assert time.monotonic() < deadline, "no checkpoint within 120 s"
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
+
+    def checkpointed() -> bool:
+        with contextlib.suppress(OSError, ValueError):
+            return json.loads(state.read_text())["epoch"] >= 1
+        return False
+
+    kill_when(kd_student(d), checkpointed)
     assert json.loads(state.read_text())["epoch"] < 5, "killed too late to test a resume"
     assert not (d / "data/student/metrics.json").exists()
 
