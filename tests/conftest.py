@@ -85,27 +85,30 @@ def project_params(overrides: dict) -> dict:
     return merged
 
 
-@pytest.fixture
-def dvc_repo(tmp_path):
-    """A real git + DVC repository holding this project's dvc.yaml and stages/, with the
-    project's params.yaml plus `overrides`; returns its path."""
+def make_repo(repo: Path, overrides: dict, extra_gitignore: str = "") -> Path:
+    """A real git + DVC repository at `repo` holding this project's stages/, dvc.yaml and
+    .dvcignore, with the project's params.yaml plus `overrides`, committed."""
     import shutil
 
-    def make(overrides: dict) -> Path:
-        repo = tmp_path / "repo"
-        repo.mkdir()
-        shutil.copytree(ROOT / "stages", repo / "stages",
-                        ignore=shutil.ignore_patterns("__pycache__"))
-        shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
-        (repo / "params.yaml").write_text(yaml.safe_dump(project_params(overrides)))
-        run_cmd(["git", "init", "-q"], repo)
-        run_cmd(["dvc", "init", "-q"], repo)
-        run_cmd(["dvc", "config", "core.analytics", "false"], repo)
-        run_cmd(["git", "add", "-A"], repo)
-        run_cmd(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"], repo)
-        return repo
+    repo.mkdir(parents=True)
+    shutil.copytree(ROOT / "stages", repo / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    run_cmd(["git", "init", "-q"], repo)
+    run_cmd(["dvc", "init", "-q"], repo)
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy(ROOT / name, repo / name)
+    (repo / "params.yaml").write_text(yaml.safe_dump(project_params(overrides)))
+    if extra_gitignore:
+        (repo / ".gitignore").write_text(extra_gitignore)
+    run_cmd(["dvc", "config", "core.analytics", "false"], repo)
+    run_cmd(["git", "add", "-A"], repo)
+    run_cmd(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"], repo)
+    return repo
 
-    return make
+
+@pytest.fixture
+def dvc_repo(tmp_path):
+    """make_repo in this test's tmp_path: `dvc_repo(overrides) -> path`."""
+    return lambda overrides: make_repo(tmp_path / "repo", overrides)
 
 
 @contextlib.contextmanager

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.conftest import run_cmd
+from tests.conftest import make_repo, run_cmd
 
 pytestmark = pytest.mark.slow
 
@@ -28,22 +28,8 @@ TINY = {
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     """The whole tiny pipeline, tracked in a SQLite store, then two temperature variants."""
-    import yaml
-
-    from tests.conftest import ROOT, project_params
-
-    repo = tmp_path_factory.mktemp("report") / "repo"
-    repo.mkdir()
-    import shutil
-
-    shutil.copytree(ROOT / "stages", repo / "stages", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
-    (repo / "params.yaml").write_text(yaml.safe_dump(project_params(TINY)))
-    (repo / ".gitignore").write_text("mlflow.db\n")
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"],
-                ["dvc", "config", "core.analytics", "false"], ["git", "add", "-A"],
-                ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"]):
-        run_cmd(cmd, repo)
+    repo = make_repo(tmp_path_factory.mktemp("report") / "repo", TINY,
+                     extra_gitignore="mlflow.db\nmlartifacts/\n")
     uri = f"sqlite:///{repo / 'mlflow.db'}"
     env = {"KD_TRACKING": "1", "MLFLOW_TRACKING_URI": uri}
     run_cmd(["dvc", "repro"], repo, env=env)
