@@ -1,7 +1,7 @@
 """The student as an MLflow pyfunc model, logged "from code" (no pickled Python object).
 
     model = mlflow.pyfunc.load_model("runs:/<run_id>/student")
-    probs = model.predict(x)          # x: (N, *feature_shape) or (N, F) float32 -> (N, C)
+    probs = model.predict(x)          # x: (N, F) float32 flat rows, as stored -> (N, C)
 
 The weights travel as the run's `model_dir` artifact (model.safetensors + model.json) and are
 rebuilt by `stages.models.load_model`; the `stages` package is bundled with the model.

@@ -115,7 +115,7 @@ def run(cfg: Config, out_dir: Path = Path("data/student"),
                 "n_classes": n_classes, "class_names": manifest["class_names"],
                 "params": n_params, "stage": stage}
         write_outputs(out_dir, model, spec, history, metrics, train_time, tracking)
-        log_pyfunc_model(tracking, out_dir, test.x[:5].reshape(-1, *shape))
+        log_pyfunc_model(tracking, out_dir, test.x[:5])  # flat rows (N, F), as stored
     clear_checkpoint(ckpt)
     print(f"{stage}: test accuracy {metrics['test_accuracy']:.4f}, "
           f"NLL {metrics['test_nll']:.4f} ({train_time:.1f}s) -> {out_dir}")

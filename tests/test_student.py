@@ -179,7 +179,7 @@ def test_student_pyfunc_model_predicts_probabilities(pipe, tracked):
 
     uri, run_id, d = tracked
     test, _ = read_split(pipe / "data/prepared", "test")
-    x = test.x.reshape(-1, 8, 8)
+    x = test.x  # flat rows (N, F), as the prepared data and the logged signature have them
     mlflow.set_tracking_uri(uri)
     try:
         pyfunc = mlflow.pyfunc.load_model(f"runs:/{run_id}/student")
