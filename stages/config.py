@@ -240,13 +240,19 @@ class Config(Section):
         return self
 
 
+# a small input each architecture accepts: building on it checks knob values before any work
+_PROBE_SHAPES = {"mlp": (4,), "cnn1d": (16,), "cnn2d": (8, 8)}
+
+
 def _check_arch(key: str, spec: ModelConfig) -> None:
-    """Architecture and knob names are known now; knob values are checked against the data's
-    shape when the stage builds the model, before it trains."""
-    from stages.models import resolve_knobs
+    """Architecture, knob names and knob values are checked now, by building the model on a
+    small probe input; whether it fits the data's feature shape is checked by the stage."""
+    from stages.models import build_model, resolve_knobs
 
     try:
         resolve_knobs(spec.arch, spec.knobs)
+        if spec.arch in _PROBE_SHAPES:
+            build_model(spec.arch, _PROBE_SHAPES[spec.arch], 2, spec.knobs)
     except ConfigError as e:
         what = "arch" if "unknown architecture" in str(e) else "knobs"
         raise ConfigError(f"{key}.{what}: {e}") from None

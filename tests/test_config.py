@@ -109,6 +109,9 @@ def test_config_error_is_raised_not_exit():
     ({"student": {"arch": "transformer"}}, "student.arch: unknown architecture 'transformer'"),
     ({"student": {"arch": "mlp", "knobs": {"channels": 3}}}, "student.knobs: unknown knob 'channels' for architecture 'mlp'"),
     ({"teacher": {"members": {"m": {"knobs": {"widht": 3}}}}}, "teacher.members.m.knobs: unknown knob 'widht'"),
+    ({"teacher": {"members": {"m": {"knobs": {"kernel": 4}}}}}, "teacher.members.m.knobs: cnn1d: knob kernel=4 must be odd"),
+    ({"teacher": {"defaults": {"knobs": {"channels": 0}}}}, "teacher.members."),
+    ({"student": {"knobs": {"dropout": 1.5}}}, "student.knobs: cnn1d: knob dropout=1.5"),
 ])
 def test_architecture_and_knob_names_are_checked_up_front(params, expected):
     with pytest.raises(ConfigError) as e:
