@@ -20,9 +20,5 @@ from stages.supervised import train_supervised
 def run(cfg: Config, out_dir: Path = Path("data/baseline"),
         prepared: Path = Path("data/prepared")) -> dict:
     st = cfg.student
-    update = {"augment": cfg.baseline.augment}
-    if cfg.baseline.epochs is not None:
-        update["epochs"] = cfg.baseline.epochs
-    train = st.train.model_copy(update=update)
-    spec = ModelConfig(arch=st.arch, knobs=st.knobs, train=train)
+    spec = ModelConfig(arch=st.arch, knobs=st.knobs, train=cfg.baseline_train())
     return train_supervised(cfg, "baseline", spec, out_dir, prepared)

@@ -32,7 +32,7 @@ MNIST1D_SEED = 42  # the seed of MNIST-1D's standard 4,000/1,000 split
 class Section(BaseModel):
     # strict: YAML already gives typed values, so "10" for an int or 3.5 for an epoch count is
     # a mistake to report, not something to coerce.
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------------- data
@@ -220,6 +220,14 @@ class Config(Section):
     baseline: BaselineConfig = BaselineConfig()
     tracking: TrackingConfig = TrackingConfig()
 
+    def baseline_train(self) -> TrainConfig:
+        """The student's training settings with the baseline's own augmentation and epochs,
+        validated like any other (warm-up shorter than the epochs, ...)."""
+        update = {"augment": self.baseline.augment.model_dump()}
+        if self.baseline.epochs is not None:
+            update["epochs"] = self.baseline.epochs
+        return TrainConfig.model_validate({**self.student.train.model_dump(), **update})
+
     @model_validator(mode="after")
     def _check_members(self) -> Config:
         # validate the shared defaults, then every member's merged settings, each with the key
@@ -237,6 +245,11 @@ class Config(Section):
                 ) from None
             _check_arch(f"teacher.members.{name}", member)
         _check_arch("student", self.student)
+        try:
+            self.baseline_train()
+        except ValidationError as e:
+            raise ConfigError(_format(e, prefix="student.train")
+                              + " (in the baseline's run, with baseline.epochs)") from None
         return self
 
 

@@ -161,7 +161,9 @@ def _features(path: Path, table: pa.Table, spec: str | list[str]) -> np.ndarray:
                 pos = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0])
                 raise DataError(f"{path}: column '{name}': missing value at row "
                                 f"{pos // max(int(lengths[0]), 1)}")
-            width = int(lengths[0]) if len(lengths) else 0
+            width = int(lengths[0]) if len(lengths) else getattr(kind, "list_size", 0)
+            if len(lengths) and width == 0:
+                raise DataError(f"{path}: column '{name}': rows have no features")
             cols.append(values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, width))
         elif pa.types.is_integer(kind) or pa.types.is_floating(kind):
             cols.append(col.to_numpy(zero_copy_only=False).astype(np.float32)[:, None])
@@ -310,7 +312,8 @@ def _batch_to_split(batch: pa.RecordBatch | pa.Table) -> tuple[Split, np.ndarray
     if isinstance(feats, pa.ChunkedArray):
         feats = feats.combine_chunks()
     n = len(batch)
-    x = feats.values.to_numpy(zero_copy_only=False).reshape(n, -1) if n else np.zeros((0, 0))
+    # flatten() honours the array's offset (a sliced batch); .values would not
+    x = feats.flatten().to_numpy(zero_copy_only=False).reshape(n, -1) if n else np.zeros((0, 0))
     y = batch.column("label").fill_null(-1).to_numpy(zero_copy_only=False)
     ids = batch.column("row_id").to_numpy(zero_copy_only=False)
     return _split(ids, x, y), batch.column("is_val").to_numpy(zero_copy_only=False)

@@ -253,7 +253,8 @@ def read_manifest(dir: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(m, dict) or m.get("schema_version") != SCHEMA_VERSION:
         got = m.get("schema_version") if isinstance(m, dict) else type(m).__name__
         raise ArtifactError(f"{path}: schema_version {got!r}, expected {SCHEMA_VERSION}")
-    if missing := {"shards", "totals", "class_names", "members", "feature_shape"} - set(m):
+    if missing := {"shards", "totals", "class_names", "members", "feature_shape",
+                   "logits_dtype"} - set(m):
         raise ArtifactError(f"{path}: missing keys {sorted(missing)}")
     return m
 

@@ -34,6 +34,7 @@ from stages.training import (
     evaluate,
     fingerprint,
     fit,
+    predict,
     prefetch,
     seed_everything,
     write_outputs,
@@ -88,7 +89,7 @@ def run(cfg: Config, out_dir: Path = Path("data/student"),
         out = evaluate(m, val_x, val_y)
         if len(val_y):  # how closely the student follows the ensemble on held-out rows
             t_top = soft_targets(torch.from_numpy(val_t), 1.0, st.combine).argmax(1)
-            s_top = m(torch.from_numpy(val_x)).argmax(1)
+            s_top = predict(m, val_x).argmax(1)  # eval mode, no graph, batched
             out["agreement"] = (t_top == s_top).float().mean().item()
         return out
 

@@ -117,3 +117,20 @@ def test_architecture_and_knob_names_are_checked_up_front(params, expected):
     with pytest.raises(ConfigError) as e:
         parse_config(params)
     assert expected in str(e.value)
+
+
+def test_baseline_settings_are_validated_when_params_load():
+    # the student's warm-up is valid for its 50 epochs, not for the baseline's 10
+    with pytest.raises(ConfigError, match="warmup_epochs: must be < epochs \\(10\\), got 40"):
+        parse_config({"student": {"train": {"epochs": 50, "warmup_epochs": 40}},
+                      "baseline": {"epochs": 10}})
+
+
+@pytest.mark.parametrize("params,key", [
+    ({"student": {"train": {"weight_decay": float("inf")}}}, "student.train.weight_decay"),
+    ({"teacher": {"members": {"m": {"train": {"lr": float("nan")}}}}}, "teacher.members.m.train.lr"),
+    ({"student": {"temperature": float("inf")}}, "student.temperature"),
+])
+def test_non_finite_numbers_are_rejected(params, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        parse_config(params)
