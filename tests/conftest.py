@@ -160,3 +160,50 @@ def kill_when(proc, ready, timeout: float = 120) -> None:
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def loopback_server(cmd: list[str], url: str, *, cwd: Path | None = None,
+                    env: dict | None = None, log: Path | None = None, timeout: float = 90):
+    """Start a server process, wait until `url` answers, yield the process, and always stop
+    its whole process group (workers included) afterwards."""
+    import signal
+    import subprocess
+    import time
+    import urllib.request
+
+    out = log.open("wb") if log else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2).close()
+                break
+            except OSError:
+                detail = log.read_text() if log else ""
+                assert proc.poll() is None, f"{cmd} exited before serving {url}\n{detail}"
+                assert time.monotonic() < deadline, f"{url} not up in {timeout} s\n{detail}"
+                time.sleep(0.3)
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError):  # workers that outlived their parent
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=20)
+        if log:
+            out.close()

@@ -5,18 +5,12 @@ clone pulls the teacher, shards, student and report instead of recomputing them.
 from __future__ import annotations
 
 import hashlib
-import os
-import signal
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_repo, run_cmd
-from tests.test_tracking import free_port
+from tests.conftest import free_port, loopback_server, make_repo, run_cmd
 
 pytestmark = pytest.mark.slow
 
@@ -90,29 +84,15 @@ def test_folder_remote_round_trip(repo, tmp_path):
 def s3_server():
     """moto's S3-compatible server on a free loopback port, with a bucket; stopped after."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
     endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(endpoint, timeout=2).close()
-                break
-            except OSError:
-                assert proc.poll() is None, "moto server exited"
-                assert time.monotonic() < deadline, "moto server did not start"
-                time.sleep(0.2)
+    with loopback_server([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                          str(port)], endpoint, timeout=60):
         import boto3
 
         boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
                      aws_secret_access_key="testing", region_name="us-east-1").create_bucket(
             Bucket="kd-team")
         yield endpoint
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
 
 
 def test_s3_remote_round_trip(repo, tmp_path, s3_server, monkeypatch):

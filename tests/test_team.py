@@ -8,13 +8,9 @@ import contextlib
 import json
 import os
 import re
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +19,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import ROOT, project_params
+from tests.conftest import ROOT, free_port, loopback_server, make_repo
 
 pytestmark = pytest.mark.slow
 
@@ -39,12 +35,6 @@ TINY = {
 }
 STAGES = ("prepare", "teacher@a", "export", "baseline", "student", "report")
 GIT = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -65,63 +55,24 @@ def sh(args: list[str], cwd: Path, env: dict[str, str], check: bool = True,
     return result
 
 
-def make_repo(base: Path, env: dict[str, str]) -> Path:
-    """A git + DVC repository holding this project's stages/, dvc.yaml, .gitignore (which
-    ignores mlflow.db and mlartifacts/) and .dvcignore, with the tiny params."""
-    repo = base / "repo"
-    repo.mkdir()
-    shutil.copytree(ROOT / "stages", repo / "stages", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".gitignore"):
-        shutil.copy(ROOT / name, repo / name)
-    (repo / "params.yaml").write_text(yaml.safe_dump(project_params(TINY)))
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"],
-                ["dvc", "config", "core.analytics", "false"], ["git", "add", "-A"],
-                [*GIT, "commit", "-qm", "init"]):
-        sh(cmd, repo, env)
-        if cmd[:2] == ["dvc", "init"]:  # the project's .dvcignore replaces dvc init's
-            shutil.copy(ROOT / ".dvcignore", repo / ".dvcignore")
-    return repo
+def new_repo(base: Path) -> Path:
+    """The project in a fresh git + DVC repository, with its .gitignore (which ignores
+    mlflow.db and mlartifacts/) and the tiny params."""
+    return make_repo(base / "repo", TINY, extra_gitignore=(ROOT / ".gitignore").read_text())
 
 
 @contextlib.contextmanager
 def mlflow_server(base: Path) -> Iterator[str]:
     """A real `mlflow server` on 127.0.0.1 (SQLite backend, proxied artifacts); its URI."""
     port = free_port()
-    log = (base / "server.log").open("wb")
-    proc = subprocess.Popen(
+    uri = f"http://127.0.0.1:{port}"
+    with loopback_server(
         [sys.executable, "-m", "mlflow", "server",
          "--backend-store-uri", f"sqlite:///{base / 'server.db'}",
          "--artifacts-destination", str(base / "artifacts"),
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=base, env=clean_env(), stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, (base / "server.log").read_text()
-            assert time.monotonic() < deadline, "mlflow server not up in 90 s:\n" + \
-                (base / "server.log").read_text()
-            time.sleep(0.5)
+        f"{uri}/health", cwd=base, env=clean_env(), log=base / "server.log"):
         yield uri
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=20)
-        with contextlib.suppress(ProcessLookupError):  # uvicorn/gunicorn children
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
 
 
 def test_every_stage_is_one_run_on_a_real_tracking_server(tmp_path):
@@ -131,7 +82,7 @@ def test_every_stage_is_one_run_on_a_real_tracking_server(tmp_path):
     from stages.datasets import read_split
     from stages.models import load_model
 
-    repo = make_repo(tmp_path, clean_env())
+    repo = new_repo(tmp_path)
     with mlflow_server(tmp_path) as uri:
         sh(["dvc", "repro"], repo, clean_env(KD_TRACKING="1", MLFLOW_TRACKING_URI=uri))
         assert not (repo / "mlflow.db").exists()  # everything went to the server
@@ -212,7 +163,7 @@ def queued(tmp_path_factory):
     two temperature variants run by two queue workers at once. Returns the repository, each
     variant's final queue state and each variant's `dvc queue logs`."""
     env = clean_env(KD_TRACKING="1")  # no MLFLOW_TRACKING_URI: the default store
-    repo = make_repo(tmp_path_factory.mktemp("queue"), env)
+    repo = new_repo(tmp_path_factory.mktemp("queue"))
     sh(["dvc", "repro"], repo, env)
     assert (repo / "mlflow.db").is_file()
     sh(["git", "add", "-A"], repo, env)

@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from stages.config import parse_config
 from stages.tracking import flatten, repo_root, tracking_uri
-from tests.conftest import assert_user_error
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import assert_user_error, free_port, loopback_server
 
 
 def test_default_store_is_absolute_and_shared_by_queued_experiments(monkeypatch, tmp_path):
@@ -67,29 +57,14 @@ def test_kd_ui_serves_the_store_on_loopback(tmp_path):
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     (tmp_path / "params.yaml").write_text("{}\n")
-    proc = subprocess.Popen([sys.executable, "-m", "stages.cli", "ui", "--port", str(port)],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                    assert r.status == 200
-                    break
-            except OSError:
-                assert proc.poll() is None, proc.stdout.read().decode()
-                assert time.monotonic() < deadline, "the UI did not come up in 90 s"
-                time.sleep(1)
+    cmd = [sys.executable, "-m", "stages.cli", "ui", "--port", str(port)]
+    with loopback_server(cmd, f"http://127.0.0.1:{port}/health", cwd=tmp_path, env=env):
         # bound to loopback only: the port is not open on another local address
         listening = Path("/proc/net/tcp").read_text()
         hex_port = f"{port:04X}"
         local = [line.split()[1] for line in listening.splitlines()[1:]
                  if line.split()[1].endswith(f":{hex_port}") and line.split()[3] == "0A"]
         assert local and all(addr.startswith("0100007F") for addr in local), local
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
 
 
 def test_sqlite_store_keeps_artifacts_beside_the_database(write_params, kd, monkeypatch,
