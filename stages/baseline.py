@@ -14,11 +14,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from stages.config import Config, ModelConfig
+from stages.distributed import SINGLE, Dist
 from stages.supervised import train_supervised
 
 
 def run(cfg: Config, out_dir: Path = Path("data/baseline"),
-        prepared: Path = Path("data/prepared")) -> dict:
+        prepared: Path = Path("data/prepared"), dist: Dist = SINGLE) -> dict:
     st = cfg.student
     spec = ModelConfig(arch=st.arch, knobs=st.knobs, train=cfg.baseline_train())
-    return train_supervised(cfg, "baseline", spec, out_dir, prepared)
+    return train_supervised(cfg, "baseline", spec, out_dir, prepared, dist)

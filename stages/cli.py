@@ -28,6 +28,13 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except KDError as e:
+            from stages.distributed import under_torchrun
+
+            if under_torchrun():  # one line from the launcher, not one per rank
+                from stages.distributed import report_error
+
+                report_error(str(e))
+                raise SystemExit(UserError.exit_code) from None
             raise UserError(str(e)) from None
 
 
@@ -45,6 +52,27 @@ def with_config(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(params_path: Path, **kwargs):
         return fn(load_config(params_path), **kwargs)
+
+    return wrapper
+
+
+def distributed(fn: Callable) -> Callable:
+    """Run the stage in a torch.distributed session: under torchrun when the user started one,
+    else under a torchrun that this command starts when `runtime.nproc > 1`, else alone.
+    The stage gets the session as `dist`."""
+
+    @functools.wraps(fn)
+    def wrapper(cfg: Config, **kwargs):
+        from stages import distributed as d
+
+        if cfg.runtime.nproc > 1 and not d.under_torchrun():
+            ctx = click.get_current_context()
+            args = [str(kwargs[p.name]) for p in ctx.command.params
+                    if isinstance(p, click.Argument)]
+            argv = [ctx.info_name, *args, "--params", str(ctx.params["params_path"])]
+            raise SystemExit(d.launch(argv, cfg.runtime))
+        with d.session(cfg.runtime) as dist:
+            return fn(cfg, dist=dist, **kwargs)
 
     return wrapper
 
@@ -71,39 +99,43 @@ def prepare(cfg: Config, out: Path) -> None:
 
 @cli.command()
 @with_config
+@distributed
 @click.argument("member")
-def teacher(cfg: Config, member: str) -> None:
+def teacher(cfg: Config, member: str, dist) -> None:
     """Train the ensemble member MEMBER (a key of `teacher.members`)."""
     from stages import teacher as stage
 
-    stage.run(cfg, member)
+    stage.run(cfg, member, dist=dist)
 
 
 @cli.command()
 @with_config
-def export(cfg: Config) -> None:
+@distributed
+def export(cfg: Config, dist) -> None:
     """Write every member's logits on the labeled and unlabeled rows as Parquet shards."""
     from stages import export as stage
 
-    stage.run(cfg)
+    stage.run(cfg, dist=dist)
 
 
 @cli.command()
 @with_config
-def student(cfg: Config) -> None:
+@distributed
+def student(cfg: Config, dist) -> None:
     """Distil the ensemble into the student, streaming the soft-target shards."""
     from stages import student as stage
 
-    stage.run(cfg)
+    stage.run(cfg, dist=dist)
 
 
 @cli.command()
 @with_config
-def baseline(cfg: Config) -> None:
+@distributed
+def baseline(cfg: Config, dist) -> None:
     """Train the student's architecture on the labels alone: what distillation must beat."""
     from stages import baseline as stage
 
-    stage.run(cfg)
+    stage.run(cfg, dist=dist)
 
 
 @cli.command()

@@ -212,6 +212,17 @@ class TrackingConfig(Section):
     timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
 
 
+class RuntimeConfig(Section):
+    """How the training and export stages run: one process, or `nproc` under torchrun."""
+
+    nproc: PositiveInt = 1  # processes per stage on this machine (torchrun --nproc-per-node)
+    backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl with CUDA GPUs, else gloo
+    threads: Annotated[int, Field(ge=0)] = 0  # torch threads per process; 0: cores / nproc
+    # global: train.batch_size is the effective batch, split over the ranks (the same
+    # optimisation as one process); per_rank: every rank takes train.batch_size rows a step
+    batch: Literal["global", "per_rank"] = "global"
+
+
 class Config(Section):
     data: DataConfig = DataConfig()
     teacher: TeacherConfig = TeacherConfig()
@@ -219,6 +230,7 @@ class Config(Section):
     student: StudentConfig = StudentConfig()
     baseline: BaselineConfig = BaselineConfig()
     tracking: TrackingConfig = TrackingConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
 
     def baseline_train(self) -> TrainConfig:
         """The student's training settings with the baseline's own augmentation and epochs,
@@ -245,6 +257,11 @@ class Config(Section):
                 ) from None
             _check_arch(f"teacher.members.{name}", member)
         _check_arch("student", self.student)
+        rt = self.runtime
+        if rt.nproc > 1 and rt.batch == "global" and self.student.train.batch_size % rt.nproc:
+            raise ConfigError(f"student.train.batch_size: {self.student.train.batch_size} rows "
+                              f"do not split evenly over runtime.nproc {rt.nproc} ranks "
+                              "(or set runtime.batch: per_rank)")
         try:
             self.baseline_train()
         except ValidationError as e:

@@ -325,8 +325,46 @@ def read_split(prepared: str | Path, split: str) -> tuple[Split, np.ndarray]:
 
 
 def iter_split(
-    prepared: str | Path, split: str, batch_size: int
+    prepared: str | Path, split: str, batch_size: int, rows: tuple[int, int] | None = None
 ) -> Iterator[tuple[Split, np.ndarray]]:
-    """Stream a prepared split in batches of `batch_size` rows; memory stays flat."""
-    for batch in _open(prepared, split).iter_batches(batch_size=batch_size):
-        yield _batch_to_split(batch)
+    """Stream a prepared split in batches of `batch_size` rows; memory stays flat. `rows`
+    (start, stop) reads only that range, touching only the row groups that hold it, in batches
+    that start at `start`: a range starting on a multiple of `batch_size` gets the very batches
+    a whole-split stream has there (distributed export relies on it)."""
+    pf = _open(prepared, split)
+    if rows is None:
+        for batch in pf.iter_batches(batch_size=batch_size):
+            yield _batch_to_split(batch)
+        return
+    start, stop = rows
+    groups, first, offset = [], None, 0
+    for g in range(pf.num_row_groups):
+        n = pf.metadata.row_group(g).num_rows
+        if offset < stop and offset + n > start:
+            groups.append(g)
+            first = offset if first is None else first
+        offset += n
+    if not groups:
+        return
+    pending: list[pa.RecordBatch] = []
+    have, pos = 0, first  # rows buffered; row index of the next batch from the file
+    for batch in pf.iter_batches(batch_size=batch_size, row_groups=groups):
+        lo, hi = max(start - pos, 0), min(stop - pos, len(batch))
+        pos += len(batch)
+        if lo < hi:
+            pending.append(batch.slice(lo, hi - lo))
+            have += hi - lo
+        while have >= batch_size or (have and pos >= stop):
+            table = pa.Table.from_batches(pending)
+            yield _batch_to_split(table.slice(0, batch_size))
+            rest = table.slice(batch_size)
+            pending, have = rest.to_batches(), rest.num_rows
+        if pos >= stop:
+            return
+    if have:  # `stop` was past the end of the file
+        yield _batch_to_split(pa.Table.from_batches(pending))
+
+
+def split_rows(prepared: str | Path, split: str) -> int:
+    """Rows in a prepared split, from the Parquet footer (no data read)."""
+    return _open(prepared, split).metadata.num_rows

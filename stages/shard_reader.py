@@ -62,6 +62,25 @@ class ShardReader:
         rows, val = (sum(info[f][k] for f in self._select(shards)) for k in ("rows", "val"))
         return val if only_val else rows - val if drop_val else rows
 
+    def partition(self, world: int, seed: int, epoch: int, *,
+                  drop_val: bool = False) -> list[list[str]]:
+        """The shards dealt to `world` ranks for one epoch: disjoint, together every shard.
+        A seeded shuffle, then largest first to the rank with the fewest rows so far, so
+        ranks get about the same number of rows and, with equal shards, other shards each
+        epoch."""
+        rows = {s["file"]: s["rows"] - (s["val"] if drop_val else 0)
+                for s in self.manifest["shards"]}
+        rng = np.random.default_rng([seed, epoch, world])
+        order = sorted((self.files[i] for i in rng.permutation(len(self.files))),
+                       key=lambda f: -rows[f])  # stable: equal shards keep the shuffled order
+        dealt: list[list[str]] = [[] for _ in range(world)]
+        load = [0] * world
+        for f in order:
+            r = load.index(min(load))
+            dealt[r].append(f)
+            load[r] += rows[f]
+        return dealt
+
     def iter_batches(self, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
                      buffer_rows: int = 50_000, shards: list[str] | None = None,
                      drop_val: bool = False, only_val: bool = False) -> Iterator[Batch]:

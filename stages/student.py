@@ -9,6 +9,11 @@ features, so shuffling can never mis-pair them); the ensemble's soft targets are
 held out of training and used for the per-epoch curves. Writes `data/student/` like a teacher
 member, and logs the student to MLflow as a pyfunc model (`mlflow.pyfunc.load_model` predicts
 with it; the weights still travel as safetensors).
+
+Under torch.distributed it is DistributedDataParallel over shards: each epoch the shards are
+dealt out to the ranks (disjoint, balanced by rows, reshuffled per epoch), each rank streams its
+own, and with `runtime.batch: global` each takes `batch_size / world` rows a step, so the
+effective batch, the loss and the number of steps are a single process's.
 """
 
 from __future__ import annotations
@@ -21,15 +26,16 @@ import torch
 
 from stages.config import Config
 from stages.datasets import read_split
+from stages.distributed import SINGLE, Dist, global_batch, progress, ranks, say
+from stages.errors import ArtifactError, ConfigError
 from stages.losses import kd_loss, soft_targets
 from stages.models import build_model, count_params
 from stages.shard_reader import ShardReader
 from stages.shards import read_manifest, verify
-from stages.tracking import TrackEpochs, log_pyfunc_model, stage_run
+from stages.tracking import log_pyfunc_model, stage_run
 from stages.training import (
     CHECKPOINTS,
     Batch,
-    PrintProgress,
     clear_checkpoint,
     evaluate,
     fingerprint,
@@ -41,12 +47,16 @@ from stages.training import (
 )
 
 
-def shard_batches(reader: ShardReader, batch_size: int, seed: int, buffer_rows: int):
-    """epoch -> shuffled training batches streamed from the shards (validation rows held out)."""
+def shard_batches(reader: ShardReader, batch_size: int, seed: int, buffer_rows: int,
+                  dist: Dist = SINGLE):
+    """epoch -> shuffled training batches streamed from the shards (validation rows held out);
+    distributed, from this rank's shards of the epoch only."""
 
     def batches(epoch: int):
+        mine = (reader.partition(dist.world, seed, epoch, drop_val=True)[dist.rank]
+                if dist.active else None)
         stream = reader.iter_batches(batch_size, shuffle=True, seed=seed, epoch=epoch,
-                                     buffer_rows=buffer_rows, drop_val=True)
+                                     buffer_rows=buffer_rows, drop_val=True, shards=mine)
         for b in prefetch(stream):  # decode the next batch while this one trains
             yield Batch(torch.from_numpy(b["features"]), torch.from_numpy(b["label"]),
                         torch.from_numpy(b["logits"]))  # (B, F), (B,), (M, B, C)
@@ -65,18 +75,27 @@ def held_out(reader: ShardReader) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def run(cfg: Config, out_dir: Path = Path("data/student"),
-        shards: Path = Path("data/soft_targets"), prepared: Path = Path("data/prepared")) -> dict:
+        shards: Path = Path("data/soft_targets"), prepared: Path = Path("data/prepared"),
+        dist: Dist = SINGLE) -> dict:
     st = cfg.student
-    verify(shards)  # every checksum and row count, before an hour of training
+    if dist.is_main:  # every checksum and row count, before an hour of training
+        verify(shards)
     manifest = read_manifest(shards)
     reader = ShardReader(shards)
+    if len(reader.files) < dist.world:
+        raise ArtifactError(f"{shards}: {len(reader.files)} shards for {dist.world} ranks; "
+                            "every rank streams whole shards, so lower export.rows_per_shard")
     shape = tuple(manifest["feature_shape"])
     n_classes = len(manifest["class_names"])
     seed_everything(st.train.seed)  # the initial weights come from this seed too
     model = build_model(st.arch, shape, n_classes, st.knobs)
     n_params = count_params(model)
     n_train = reader.num_rows(drop_val=True)
-    steps = -(-n_train // st.train.batch_size)
+    batch = global_batch(st.train.batch_size, cfg.runtime, dist)
+    if batch % dist.world:  # torchrun started by hand, with another count than runtime.nproc
+        raise ConfigError(f"student.train.batch_size: {batch} rows do not split evenly over "
+                          f"{dist.world} ranks")
+    steps = -(-n_train // batch)  # per rank: a rank takes batch / world rows a step
     val_x, val_y, val_t = held_out(reader)
     test, _ = read_split(prepared, "test")
     T, alpha = st.temperature, st.alpha
@@ -95,17 +114,20 @@ def run(cfg: Config, out_dir: Path = Path("data/student"),
 
     stage = "student"
     params = {"student": st.model_dump(), "shards": {"rows": manifest["totals"]["rows"],
-                                                     "members": manifest["members"]}}
-    with stage_run(cfg, stage, params=params) as tracking:
-        print(f"{stage}: {st.arch} {st.knobs}, {n_params:,} parameters, T={T}, alpha={alpha}, "
-              f"{n_train} training rows from {len(reader.files)} shards, {st.train.epochs} epochs")
+                                                     "members": manifest["members"]},
+              "world_size": dist.world}
+    with stage_run(cfg, stage, params=params, main=dist.is_main) as tracking:
+        say(dist, f"{stage}: {st.arch} {st.knobs}, {n_params:,} parameters, T={T}, "
+                  f"alpha={alpha}, {n_train} training rows from {len(reader.files)} shards, "
+                  f"{st.train.epochs} epochs{ranks(dist, batch)}")
         t0 = time.perf_counter()
         ckpt = CHECKPOINTS / stage
-        history = fit(model, shard_batches(reader, st.train.batch_size, st.train.seed,
-                                           st.shuffle_buffer),
+        history = fit(model, shard_batches(reader, batch // dist.world, st.train.seed,
+                                           st.shuffle_buffer, dist),
                       loss_fn, st.train, steps_per_epoch=steps, evaluate_fn=evaluate_fn,
-                      checkpoint=ckpt, fingerprint=fingerprint(st.model_dump(), manifest),
-                      callbacks=[PrintProgress(stage), TrackEpochs(tracking)])
+                      checkpoint=ckpt,
+                      fingerprint=fingerprint(st.model_dump(), manifest, dist.world),
+                      callbacks=progress(dist, stage, tracking), dist=dist)
         train_time = time.perf_counter() - t0
         test_m = evaluate(model, test.x, test.y)
         metrics = {"test_accuracy": test_m["accuracy"], "test_nll": test_m["nll"],
@@ -115,8 +137,11 @@ def run(cfg: Config, out_dir: Path = Path("data/student"),
         spec = {"arch": st.arch, "knobs": st.knobs, "input_shape": list(shape),
                 "n_classes": n_classes, "class_names": manifest["class_names"],
                 "params": n_params, "stage": stage}
-        write_outputs(out_dir, model, spec, history, metrics, train_time, tracking)
-        log_pyfunc_model(tracking, out_dir, test.x[:5])  # flat rows (N, F), as stored
+        if dist.is_main:
+            write_outputs(out_dir, model, spec, history, metrics, train_time, tracking)
+            log_pyfunc_model(tracking, out_dir, test.x[:5])  # flat rows (N, F), as stored
+    if not dist.is_main:
+        return metrics
     clear_checkpoint(ckpt)
     print(f"{stage}: test accuracy {metrics['test_accuracy']:.4f}, "
           f"NLL {metrics['test_nll']:.4f} ({train_time:.1f}s) -> {out_dir}")

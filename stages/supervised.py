@@ -16,11 +16,11 @@ import torch.nn.functional as F
 
 from stages.config import Config, ModelConfig
 from stages.datasets import load_meta, read_split
+from stages.distributed import SINGLE, Dist, global_batch, progress, ranks, say
 from stages.models import build_model, count_params
-from stages.tracking import TrackEpochs, stage_run
+from stages.tracking import stage_run
 from stages.training import (
     CHECKPOINTS,
-    PrintProgress,
     clear_checkpoint,
     evaluate,
     fingerprint,
@@ -32,8 +32,9 @@ from stages.training import (
 
 
 def train_supervised(cfg: Config, stage: str, spec: ModelConfig, out_dir: Path,
-                     prepared: Path) -> dict:
-    """Train `spec` on hard labels (a teacher member, or the baseline) and write its outputs."""
+                     prepared: Path, dist: Dist = SINGLE) -> dict:
+    """Train `spec` on hard labels (a teacher member, or the baseline) and write its outputs.
+    Distributed, it is DistributedDataParallel over slices of each batch; rank 0 writes."""
     meta = load_meta(prepared)
     labeled, is_val = read_split(prepared, "labeled")
     test, _ = read_split(prepared, "test")
@@ -43,20 +44,22 @@ def train_supervised(cfg: Config, stage: str, spec: ModelConfig, out_dir: Path,
     n_params = count_params(model)
     train_x, train_y = labeled.x[~is_val], labeled.y[~is_val]
     val_x, val_y = labeled.x[is_val], labeled.y[is_val]
-    steps = -(-len(train_y) // spec.train.batch_size)
-    batches = in_memory_batches(train_x, train_y, spec.train.batch_size, spec.train.seed,
-                                shape, spec.train.augment)
+    batch = global_batch(spec.train.batch_size, cfg.runtime, dist)
+    steps = -(-len(train_y) // batch)
+    batches = in_memory_batches(train_x, train_y, batch, spec.train.seed, shape,
+                                spec.train.augment, dist)
     ckpt = CHECKPOINTS / stage
 
-    params = {"stage": stage, "model": spec.model_dump(), "data": cfg.data.model_dump()}
-    with stage_run(cfg, stage, params=params) as tracking:
-        print(f"{stage}: {spec.arch} {spec.knobs}, {n_params:,} parameters, "
-              f"{len(train_y)} training rows, {spec.train.epochs} epochs")
+    params = {"stage": stage, "model": spec.model_dump(), "data": cfg.data.model_dump(),
+              "world_size": dist.world}
+    with stage_run(cfg, stage, params=params, main=dist.is_main) as tracking:
+        say(dist, f"{stage}: {spec.arch} {spec.knobs}, {n_params:,} parameters, "
+                  f"{len(train_y)} training rows, {spec.train.epochs} epochs{ranks(dist, batch)}")
         t0 = time.perf_counter()
         history = fit(model, batches, lambda logits, b: F.cross_entropy(logits, b.y), spec.train,
                       steps_per_epoch=steps, evaluate_fn=lambda m: evaluate(m, val_x, val_y),
-                      checkpoint=ckpt, fingerprint=fingerprint(spec.model_dump(), meta),
-                      callbacks=[PrintProgress(stage), TrackEpochs(tracking)])
+                      checkpoint=ckpt, fingerprint=fingerprint(spec.model_dump(), meta, dist.world),
+                      callbacks=progress(dist, stage, tracking), dist=dist)
         train_time = time.perf_counter() - t0
         test_m, val_m = evaluate(model, test.x, test.y), evaluate(model, val_x, val_y)
         metrics = {"test_accuracy": test_m["accuracy"], "test_nll": test_m["nll"],
@@ -67,7 +70,10 @@ def train_supervised(cfg: Config, stage: str, spec: ModelConfig, out_dir: Path,
         spec_out = {"arch": spec.arch, "knobs": spec.knobs, "input_shape": list(shape),
                     "n_classes": meta["n_classes"], "class_names": meta["class_names"],
                     "params": n_params, "stage": stage}
-        write_outputs(out_dir, model, spec_out, history, metrics, train_time, tracking)
+        if dist.is_main:
+            write_outputs(out_dir, model, spec_out, history, metrics, train_time, tracking)
+    if not dist.is_main:
+        return metrics
     clear_checkpoint(ckpt)
     print(f"{stage}: test accuracy {metrics['test_accuracy']:.4f}, "
           f"NLL {metrics['test_nll']:.4f} ({train_time:.1f}s) -> {out_dir}")

@@ -15,17 +15,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from stages.config import Config
+from stages.distributed import SINGLE, Dist
 from stages.errors import ConfigError
 from stages.supervised import train_supervised
 
 
 def run(cfg: Config, member: str, out_root: Path = Path("data/teachers"),
-        prepared: Path = Path("data/prepared")) -> dict:
+        prepared: Path = Path("data/prepared"), dist: Dist = SINGLE) -> dict:
     if member not in cfg.teacher.members:
         known = ", ".join(cfg.teacher.members)
         raise ConfigError(f"teacher.members: no member named {member!r} (members: {known})")
     return train_supervised(cfg, f"teacher@{member}", cfg.teacher.member(member),
-                            out_root / member, prepared)
+                            out_root / member, prepared, dist)
 
 
 __all__ = ["run", "train_supervised"]

@@ -127,10 +127,11 @@ class StageRun:
 
 @contextlib.contextmanager
 def stage_run(
-    cfg: Config, stage: str, params: Mapping[str, Any] | None = None
+    cfg: Config, stage: str, params: Mapping[str, Any] | None = None, *, main: bool = True
 ) -> Iterator[StageRun]:
-    """One MLflow run for one stage execution; FAILED if the stage raises, else FINISHED."""
-    if not tracking_enabled(cfg):
+    """One MLflow run for one stage execution; FAILED if the stage raises, else FINISHED.
+    Under torch.distributed only rank 0 (`main`) has a run: one run per stage, not per rank."""
+    if not main or not tracking_enabled(cfg):
         yield StageRun()
         return
     uri = tracking_uri(cfg)

@@ -10,10 +10,16 @@ of an epoch (shuffle order, augmentation, dropout) is drawn from generators seed
 (seed, epoch), so a run resumed from its last completed epoch ends with the same weights as a
 run that was never interrupted. Checkpoints are safetensors + JSON (no pickle), written
 atomically at the end of each epoch.
+
+Under torch.distributed (`dist.active`, stages/distributed.py) the same loop trains a
+DistributedDataParallel replica on every rank: each rank's `epoch_batches` yields its own rows,
+gradients are averaged over ranks, rank 0 alone writes checkpoints, and a resumed run reads rank
+0's checkpoint on every rank.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -29,11 +35,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
 from stages.atomic import atomic_path, write_json
 from stages.config import AugmentConfig, TrainConfig
+from stages.distributed import SINGLE, Dist
 
 CHECKPOINTS = Path("data/.checkpoints")  # outside every DVC output: `dvc repro` keeps them
 
@@ -43,6 +51,16 @@ class Batch:
     x: torch.Tensor  # (B, F) float32 features, flat
     y: torch.Tensor  # (B,) int64, -1 where unlabeled
     t_logits: torch.Tensor | None = None  # (M, B, C) teacher member logits, when distilling
+    # this rank's share of the global batch, times the world size: scaling a rank's mean loss
+    # by it makes DDP's gradient average the mean over the global batch, as in one process
+    scale: float = 1.0
+
+    def to(self, device: torch.device) -> Batch:
+        if device.type == "cpu":
+            return self
+        t = None if self.t_logits is None else self.t_logits.to(device, non_blocking=True)
+        return Batch(self.x.to(device, non_blocking=True), self.y.to(device, non_blocking=True),
+                     t, self.scale)
 
 
 def seed_everything(seed: int) -> None:
@@ -79,8 +97,12 @@ def augment(x: torch.Tensor, shape: Sequence[int], cfg: AugmentConfig,
 
 
 def in_memory_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int,
-                      shape: Sequence[int], aug: AugmentConfig) -> Callable[[int], Iterable[Batch]]:
-    """epoch -> shuffled, augmented batches of arrays held in memory (teacher, baseline)."""
+                      shape: Sequence[int], aug: AugmentConfig,
+                      dist: Dist = SINGLE) -> Callable[[int], Iterable[Batch]]:
+    """epoch -> shuffled, augmented batches of arrays held in memory (teacher, baseline).
+
+    Distributed, every rank draws the same global batch (same order, same augmentation as one
+    process) and trains on its contiguous slice of it: a global batch of `batch_size` rows."""
     xt, yt = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y.astype(np.int64))
 
     def batches(epoch: int) -> Iterable[Batch]:
@@ -88,7 +110,12 @@ def in_memory_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int,
         order = torch.randperm(len(yt), generator=gen)
         for i in range(0, len(order), batch_size):
             idx = order[i : i + batch_size]
-            yield Batch(augment(xt[idx], shape, aug, gen), yt[idx])
+            xb = augment(xt[idx], shape, aug, gen)  # the whole batch: the stream stays the same
+            if not dist.active:
+                yield Batch(xb, yt[idx])
+            elif len(idx) >= dist.world:  # a tail of fewer rows than ranks is dropped
+                rows = torch.tensor_split(torch.arange(len(idx)), dist.world)[dist.rank]
+                yield Batch(xb[rows], yt[idx][rows], scale=len(rows) * dist.world / len(idx))
 
     return batches
 
@@ -151,7 +178,9 @@ def predict(model: torch.nn.Module, x: np.ndarray | torch.Tensor, batch_size: in
     x = torch.as_tensor(x)
     if len(x) == 0:
         return torch.zeros(0, 0)
-    return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    device = next(model.parameters()).device  # a GPU rank's model: batches go there, logits back
+    return torch.cat([model(x[i : i + batch_size].to(device)).cpu()
+                      for i in range(0, len(x), batch_size)])
 
 
 def evaluate(model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -184,17 +213,39 @@ def save_checkpoint(path: Path, model, opt, epoch: int, history: list, fingerpri
                                      "param_groups": opt_state["param_groups"]})
 
 
-def load_checkpoint(path: Path, model, opt, fingerprint: str) -> tuple[int, list] | None:
+def _read_checkpoint(path: Path, dist: Dist) -> tuple[bytes, bytes]:
+    """The checkpoint's two files as bytes, as rank 0 sees them, on every rank (ranks on other
+    machines need not share rank 0's disk). Missing files are empty."""
+    parts = []
+    for name in ("state.json", "state.safetensors"):
+        data = None
+        if dist.is_main:
+            try:
+                data = (path / name).read_bytes()
+            except OSError:
+                data = b""
+        parts.append(dist.broadcast_bytes(data))
+    return parts[0], parts[1]
+
+
+def _safetensors_metadata(data: bytes) -> dict:
+    n = int.from_bytes(data[:8], "little")  # the format: u64 header size, then a JSON header
+    return json.loads(data[8 : 8 + n]).get("__metadata__", {})
+
+
+def load_checkpoint(path: Path, model, opt, fingerprint: str,
+                    dist: Dist = SINGLE) -> tuple[int, list] | None:
     """Restore (next epoch, history) from a complete checkpoint of the same run, else None:
     a missing, foreign, torn or corrupt checkpoint means starting over, never a crash."""
+    meta_bytes, weights = _read_checkpoint(path, dist)
     try:
-        meta = json.loads((path / "state.json").read_text())
+        meta = json.loads(meta_bytes)
         if meta["fingerprint"] != fingerprint:
             return None  # another config's checkpoint: start over
-        with safe_open(str(path / "state.safetensors"), framework="pt") as f:
-            if f.metadata() != {"epoch": str(meta["epoch"]), "fingerprint": fingerprint}:
-                return None  # killed between the two writes
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        if _safetensors_metadata(weights) != {"epoch": str(meta["epoch"]),
+                                              "fingerprint": fingerprint}:
+            return None  # killed between the two writes
+        tensors = load_safetensors(weights)
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         state: dict[int, dict] = {}
         for key, value in tensors.items():
@@ -202,7 +253,8 @@ def load_checkpoint(path: Path, model, opt, fingerprint: str) -> tuple[int, list
                 _, idx, name = key.split(".", 2)
                 state.setdefault(int(idx), {})[name] = value
         opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError):
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError,
+            UnicodeDecodeError):
         return None
     return meta["epoch"] + 1, meta["history"]
 
@@ -253,43 +305,89 @@ def fit(model: torch.nn.Module, epoch_batches: Callable[[int], Iterable[Batch]],
         loss_fn: Callable[[torch.Tensor, Batch], torch.Tensor], cfg: TrainConfig, *,
         steps_per_epoch: int, evaluate_fn: Callable[[torch.nn.Module], dict] | None = None,
         checkpoint: Path | None = None, fingerprint: str = "", callbacks: Sequence = (),
-        ) -> list[dict]:
-    """Train `model` for cfg.epochs; returns the per-epoch history (train loss, val metrics)."""
+        dist: Dist = SINGLE) -> list[dict]:
+    """Train `model` for cfg.epochs; returns the per-epoch history (train loss, val metrics).
+    `steps_per_epoch` counts one rank's optimizer steps (the learning-rate schedule's unit)."""
     seed_everything(cfg.seed)
+    model.to(dist.device)
     opt = make_optimizer(model, cfg)
     total, warmup = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
     start, history = 0, []
     if checkpoint is not None:
-        resumed = load_checkpoint(checkpoint, model, opt, fingerprint)
+        resumed = load_checkpoint(checkpoint, model, opt, fingerprint, dist)
         if resumed is not None:
             start, history = resumed
-            print(f"resuming from epoch {start} of {cfg.epochs} ({checkpoint})", file=sys.stderr)
+            if dist.is_main:
+                print(f"resuming from epoch {start} of {cfg.epochs} ({checkpoint})",
+                      file=sys.stderr)
+    # DDP broadcasts rank 0's weights now and averages gradients in backward()
+    net = _ddp(model, dist) if dist.active else model
     for epoch in range(start, cfg.epochs):
-        torch.manual_seed(epoch_seed(cfg.seed + 1, epoch))  # dropout's stream for this epoch
+        # dropout's stream for this epoch; ranks see other rows, so they draw other masks
+        torch.manual_seed(epoch_seed(cfg.seed + 1, epoch) + dist.rank)
         _call(callbacks, "on_epoch_start", epoch, cfg.epochs, steps_per_epoch)
         model.train()
-        t0, loss_sum, n = time.perf_counter(), torch.zeros(()), 0
-        for step, batch in enumerate(epoch_batches(epoch)):
-            for group in opt.param_groups:
-                group["lr"] = lr_at(epoch * steps_per_epoch + step, total, warmup, cfg)
-            loss = loss_fn(model(batch.x), batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += loss.detach() * len(batch.y)
-            n += len(batch.y)
-            _call(callbacks, "on_step", loss.detach())
+        t0, loss_sum, n = time.perf_counter(), torch.zeros((), device=dist.device), 0
+        with _join(net, dist):  # ranks may run out of rows at different steps (student)
+            for step, batch in enumerate(epoch_batches(epoch)):
+                batch = batch.to(dist.device)
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(epoch * steps_per_epoch + step, total, warmup, cfg)
+                loss = loss_fn(net(batch.x), batch)
+                opt.zero_grad(set_to_none=True)
+                (loss * batch.scale if batch.scale != 1.0 else loss).backward()
+                opt.step()
+                loss_sum += loss.detach() * len(batch.y)
+                n += len(batch.y)
+                _call(callbacks, "on_step", loss.detach())
+        loss_sum, n = _sum_over_ranks(loss_sum, n, dist)
+        _sync_buffers(model, dist)  # BatchNorm statistics as rank 0 has them, on every rank
         metrics = {"epoch": epoch + 1, "train_loss": (loss_sum / max(n, 1)).item(),
                    "lr": opt.param_groups[0]["lr"],
                    "epoch_time_s": time.perf_counter() - t0, "samples": n}
         if evaluate_fn is not None:
             metrics.update({f"val_{k}": v for k, v in evaluate_fn(model).items()})
         history.append(metrics)
-        if checkpoint is not None:
+        if checkpoint is not None and dist.is_main:
             save_checkpoint(checkpoint, model, opt, epoch, history, fingerprint)
         _call(callbacks, "on_epoch_end", epoch, metrics)
     model.eval()
     return history
+
+
+def _ddp(model: torch.nn.Module, dist: Dist) -> torch.nn.Module:
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [dist.device] if dist.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+def _join(net: torch.nn.Module, dist: Dist):
+    """DDP's own answer to uneven inputs: a rank out of batches shadows the others' all-reduces
+    until every rank is done, instead of leaving them waiting forever."""
+    if not dist.active:
+        return contextlib.nullcontext()
+    from torch.distributed.algorithms.join import Join
+
+    return Join([net])
+
+
+def _sum_over_ranks(loss_sum: torch.Tensor, n: int, dist: Dist) -> tuple[torch.Tensor, int]:
+    if not dist.active:
+        return loss_sum, n
+    import torch.distributed as td
+
+    both = torch.stack([loss_sum.double(), torch.tensor(float(n), device=dist.device).double()])
+    td.all_reduce(both)
+    return both[0].float(), int(both[1].item())
+
+
+def _sync_buffers(model: torch.nn.Module, dist: Dist) -> None:
+    if dist.active:
+        import torch.distributed as td
+
+        for buf in model.buffers():
+            td.broadcast(buf, 0)
 
 
 def clear_checkpoint(path: Path) -> None:

@@ -1,0 +1,212 @@
+"""torch.distributed for the training and export stages: PyTorch's own runtime, no launcher of ours.
+
+    runtime: {nproc: 2}                                  # params.yaml: `dvc repro` as before
+    torchrun --nproc-per-node 2 -m stages.cli student    # or start torchrun yourself
+    torchrun --nnodes 2 --node-rank 0 --rdzv-endpoint host0:29400 --nproc-per-node 8 \
+        -m stages.cli export                             # ... and --node-rank 1 on the other node
+
+A stage calls `session(cfg.runtime)` and gets a `Dist`: rank, world size, device and the few
+collectives the stages need. Outside torchrun it is a single process (`world == 1`) and every
+collective is a no-op, so the stage code has one path. With `runtime.nproc > 1` and no torchrun
+around, `kd <stage>` re-runs itself under torchrun (`launch`): torchrun's own `run()` with
+`--standalone`, so DVC's command line stays `kd <stage>`.
+
+The backend follows the hardware: nccl (one CUDA device per local rank) when CUDA GPUs are
+there, gloo on CPU. Objects cross ranks as JSON or raw bytes in uint8 tensors, never pickles.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from stages.config import RuntimeConfig
+from stages.errors import KDError
+
+CPU = torch.device("cpu")
+ERROR_DIR = "KD_ERROR_DIR"  # set by `launch`: ranks leave their one-line user errors here
+
+
+def under_torchrun() -> bool:
+    """True in a process that torchrun (or torch.distributed.run) started."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or {"RANK", "WORLD_SIZE"} <= set(os.environ)
+
+
+def choose_backend(wanted: str) -> str:
+    if wanted == "auto":
+        return "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
+    if wanted == "nccl" and not torch.cuda.is_available():
+        raise KDError("runtime.backend: nccl needs CUDA GPUs and none is visible; use gloo or auto")
+    return wanted
+
+
+def threads_per_process(rt: RuntimeConfig, world_on_node: int) -> int:
+    """Torch threads for one process: the cores split over this node's processes."""
+    return rt.threads or max(1, (os.cpu_count() or 1) // max(1, world_on_node))
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in the job. The collectives are no-ops in a single process."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: CPU)
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
+    def broadcast_bytes(self, data: bytes | None) -> bytes:
+        """Rank 0's `data` on every rank (others pass None)."""
+        if not self.active:
+            return data or b""
+        size = torch.tensor([len(data or b"")], dtype=torch.int64, device=self.device)
+        dist.broadcast(size, 0)
+        buf = torch.empty(int(size.item()), dtype=torch.uint8, device=self.device)
+        if self.is_main and data:
+            buf.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+        dist.broadcast(buf, 0)
+        return buf.cpu().numpy().tobytes()
+
+    def gather_json(self, obj) -> list:
+        """Every rank's JSON-able `obj`, in rank order, on every rank."""
+        if not self.active:
+            return [obj]
+        data = torch.frombuffer(bytearray(json.dumps(obj).encode()), dtype=torch.uint8)
+        size = torch.tensor([len(data)], dtype=torch.int64, device=self.device)
+        sizes = [torch.zeros_like(size) for _ in range(self.world)]
+        dist.all_gather(sizes, size)
+        longest = int(max(s.item() for s in sizes))
+        padded = torch.zeros(longest, dtype=torch.uint8, device=self.device)
+        padded[: len(data)] = data.to(self.device)
+        parts = [torch.zeros_like(padded) for _ in range(self.world)]
+        dist.all_gather(parts, padded)
+        return [json.loads(p[: int(s.item())].cpu().numpy().tobytes())
+                for p, s in zip(parts, sizes, strict=True)]
+
+
+SINGLE = Dist()  # one process, no process group: what every stage is without torchrun
+
+
+@contextlib.contextmanager
+def session(rt: RuntimeConfig) -> Iterator[Dist]:
+    """The process group for one stage run under torchrun, or a single-process `Dist`."""
+    if not under_torchrun():
+        yield Dist()
+        return
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    backend = choose_backend(rt.backend)
+    device = CPU
+    if backend == "nccl":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        # deterministic cuBLAS, for torch.use_deterministic_algorithms(True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.set_num_threads(threads_per_process(rt, local_world))
+    # a rank that dies of a user error must not leave the others waiting for half an hour
+    dist.init_process_group(backend, timeout=datetime.timedelta(minutes=10))
+    try:
+        yield Dist(rank, world, local_rank, device)
+    finally:
+        dist.destroy_process_group()
+
+
+def report_error(message: str) -> None:
+    """A rank's one-line user error: to the launcher's error dir, or to stderr with the rank."""
+    where = os.environ.get(ERROR_DIR)
+    rank = os.environ.get("RANK", "0")
+    if where:
+        Path(where, f"rank{int(rank):05d}").write_text(message)
+    else:
+        print(f"[rank {rank}] Error: {message}", file=sys.stderr, flush=True)
+
+
+def launch(argv: list[str], rt: RuntimeConfig) -> int:
+    """Run `kd <argv>` under torchrun with `rt.nproc` processes on this machine; returns 0 when
+    every rank succeeded. A user error in any rank is raised here as one KDError; a rank that
+    crashed (its traceback is already on stderr) or was killed gives its exit status."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    # torchrun logs its rendezvous and, on failure, every rank's exit; the ranks say why
+    logging.getLogger("torch.distributed").setLevel(logging.CRITICAL)
+    env = {"OMP_NUM_THREADS": str(threads_per_process(rt, rt.nproc))}
+    with tempfile.TemporaryDirectory(prefix="kd-ranks-") as errors, _environ(
+            **env, **{ERROR_DIR: errors}):
+        args = parse_args(["--standalone", f"--nproc-per-node={rt.nproc}", "--max-restarts=0",
+                           "--module", "stages.cli", *argv])
+        try:
+            run(args)
+        except ChildFailedError as e:
+            reported = sorted(Path(errors).iterdir())
+            if reported:  # the lowest rank's message; the others died of the same cause
+                raise KDError(reported[0].read_text()) from None
+            rank, failure = min(e.failures.items())
+            print(f"torchrun: rank {rank} failed with exit status {failure.exitcode}",
+                  file=sys.stderr, flush=True)
+            return failure.exitcode if failure.exitcode > 0 else 1
+    return 0
+
+
+@contextlib.contextmanager
+def _environ(**values: str) -> Iterator[None]:
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+# ------------------------------------------------------------- what a stage does per rank
+
+
+def global_batch(batch_size: int, rt: RuntimeConfig, d: Dist) -> int:
+    """Rows per optimizer step over all ranks: `batch_size` itself (runtime.batch: global, the
+    single-process optimisation), or `batch_size` per rank (per_rank)."""
+    return batch_size * d.world if rt.batch == "per_rank" else batch_size
+
+
+def say(d: Dist, message: str) -> None:
+    """Print once per job, not once per rank."""
+    if d.is_main:
+        print(message, flush=True)
+
+
+def ranks(d: Dist, batch: int) -> str:
+    return f", {d.world} ranks ({d.device.type}), global batch {batch}" if d.active else ""
+
+
+def progress(d: Dist, stage: str, tracking) -> list:
+    """The training callbacks: progress lines and MLflow curves, from rank 0 only."""
+    from stages.tracking import TrackEpochs
+    from stages.training import PrintProgress
+
+    return [PrintProgress(stage), TrackEpochs(tracking)] if d.is_main else []
