@@ -56,6 +56,19 @@ def with_config(fn: Callable) -> Callable:
     return wrapper
 
 
+def _same_command() -> list[str]:
+    """This command's arguments, as `kd` would take them again (for the torchrun it starts)."""
+    ctx = click.get_current_context()
+    argv = [ctx.info_name]
+    for p in ctx.command.params:
+        value = ctx.params.get(p.name)
+        if isinstance(p, click.Argument):
+            argv.append(str(value))
+        elif value is not None and not p.is_flag:
+            argv += [p.opts[0], str(value)]
+    return argv
+
+
 def distributed(fn: Callable) -> Callable:
     """Run the stage in a torch.distributed session: under torchrun when the user started one,
     else under a torchrun that this command starts when `runtime.nproc > 1`, else alone.
@@ -66,11 +79,7 @@ def distributed(fn: Callable) -> Callable:
         from stages import distributed as d
 
         if cfg.runtime.nproc > 1 and not d.under_torchrun():
-            ctx = click.get_current_context()
-            args = [str(kwargs[p.name]) for p in ctx.command.params
-                    if isinstance(p, click.Argument)]
-            argv = [ctx.info_name, *args, "--params", str(ctx.params["params_path"])]
-            raise SystemExit(d.launch(argv, cfg.runtime))
+            raise SystemExit(d.launch(_same_command(), cfg.runtime))
         with d.session(cfg.runtime) as dist:
             return fn(cfg, dist=dist, **kwargs)
 
@@ -121,11 +130,14 @@ def export(cfg: Config, dist) -> None:
 @cli.command()
 @with_config
 @distributed
-def student(cfg: Config, dist) -> None:
+@click.option("--shards", "shards", default="data/soft_targets", show_default=True,
+              help="The soft-target shard set: a directory, or a URI such as "
+                   "s3://bucket/prefix that every node can read (README: More than one machine).")
+def student(cfg: Config, shards: str, dist) -> None:
     """Distil the ensemble into the student, streaming the soft-target shards."""
     from stages import student as stage
 
-    stage.run(cfg, dist=dist)
+    stage.run(cfg, shards=shards, dist=dist)
 
 
 @cli.command()
@@ -176,14 +188,14 @@ def shards() -> None:
     """Inspect and check a soft-target shard directory."""
 
 
-shard_dir = click.argument("directory", default="data/soft_targets",
-                           type=click.Path(file_okay=False, path_type=Path))
+# a directory or a URI (s3://...): a plain string, which click.Path would mangle
+shard_dir = click.argument("directory", default="data/soft_targets")
 
 
 @shards.command("show")
 @shard_dir
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def shards_show(directory: Path, as_json: bool) -> None:
+def shards_show(directory: str, as_json: bool) -> None:
     """Summarise DIRECTORY: rows per split, classes, members, size on disk."""
     import json
 
@@ -205,7 +217,7 @@ def shards_show(directory: Path, as_json: bool) -> None:
 
 @shards.command("verify")
 @shard_dir
-def shards_verify(directory: Path) -> None:
+def shards_verify(directory: str) -> None:
     """Check every shard's checksum and row count against the manifest (exit 2 on the first
     bad shard, naming it)."""
     from stages.shards import verify
@@ -213,6 +225,19 @@ def shards_verify(directory: Path) -> None:
     info = verify(directory)
     click.echo(f"{directory}: ok, {info['shards']} shards, {info['rows']:,} rows "
                "match the manifest")
+
+
+@shards.command("copy")
+@click.argument("source")
+@click.argument("destination")
+def shards_copy(source: str, destination: str) -> None:
+    """Copy the shard set SOURCE to DESTINATION (a directory or a URI such as s3://bucket/kd),
+    verified before and after; the manifest goes last, so a half-done copy is never complete."""
+    from stages.shards import copy
+
+    info = copy(source, destination)
+    click.echo(f"{destination}: ok, {info['shards']} shards, {info['rows']:,} rows copied "
+               f"and verified")
 
 
 @cli.command("check-params")

@@ -32,6 +32,7 @@ from stages.shards import (
     take_rows,
     verify,
 )
+from stages.storage import is_uri, locate
 
 
 class ShardReader:
@@ -44,7 +45,8 @@ class ShardReader:
 
     def __init__(self, dir: str | os.PathLike, *, columns: list[str] | None = None,
                  verify_checksums: bool = False):
-        self.dir = Path(dir)
+        self.dir = dir if is_uri(dir) else Path(dir)
+        self.loc = locate(dir)
         if verify_checksums:
             verify(self.dir)
         self.manifest = m = read_manifest(self.dir)
@@ -119,7 +121,7 @@ class ShardReader:
         source = {"is_labeled": ["split"], "logits": [logits_column(m) for m in self.members]}
         cols = [c for k in COLUMNS if k in want for c in source.get(k, [k])]
         for f in files:
-            with self._open(f) as pf:
+            with self.loc.open(f) as source, self._open(f, source) as pf:
                 n = pf.num_row_groups
                 for g in range(n) if rng is None else rng.permutation(n):
                     out = self._decode(pf.read_row_group(int(g), columns=cols))
@@ -127,12 +129,13 @@ class ShardReader:
                         out = take_rows(out, out["is_val"] == only_val)
                     yield {k: v for k, v in out.items() if k in self.columns}
 
-    def _open(self, file: str) -> pq.ParquetFile:
-        path, meta = self.dir / file, read_shard_metadata(self.dir / file)
+    def _open(self, file: str, source) -> pq.ParquetFile:
+        path = self.loc.show(file)  # local or remote, read one way
+        meta = read_shard_metadata(source, path)
         for key in ("members", "class_names", "feature_shape", "logits_dtype"):
             if meta.get(key) != self.manifest[key]:  # a shard from some other export
                 raise ArtifactError(f"{path}: {key} {meta.get(key)!r} disagrees with {MANIFEST}")
-        return pq.ParquetFile(path, pre_buffer=False)  # stream: hold one row group, not all
+        return pq.ParquetFile(source, pre_buffer=False)  # stream: hold one row group, not all
 
     def _decode(self, t: pa.Table) -> Batch:
         out, names = {"row_id": _np(t["row_id"])}, t.column_names

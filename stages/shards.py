@@ -22,8 +22,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stages.atomic import read_json, write_json
+from stages.atomic import write_json
 from stages.errors import ArtifactError
+from stages.storage import Location, copy_files, locate
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -38,12 +39,14 @@ def logits_column(member: str) -> str:
     return f"logits.{member}"
 
 
-def read_shard_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The `kd` metadata of one shard: schema_version, class_names, members, feature_shape, ..."""
+def read_shard_metadata(source: str | os.PathLike | pa.NativeFile,
+                        shown: str | None = None) -> dict[str, Any]:
+    """The `kd` metadata of one shard (a path, or an open file named `shown`): schema_version,
+    class_names, members, feature_shape, ..."""
     try:
-        return json.loads(pq.read_schema(path).metadata[META_KEY.encode()])
+        return json.loads(pq.read_schema(source).metadata[META_KEY.encode()])
     except (OSError, pa.ArrowException, KeyError, TypeError, ValueError) as e:
-        raise ArtifactError(f"{path}: not a readable soft-target shard ({e})") from None
+        raise ArtifactError(f"{shown or source}: not a readable soft-target shard ({e})") from None
 
 
 class ShardWriter:
@@ -248,8 +251,13 @@ def write_manifest(out_dir: str | os.PathLike, shards: list[dict], *, members: l
 
 
 def read_manifest(dir: str | os.PathLike) -> dict[str, Any]:
-    path = Path(dir) / MANIFEST
-    m = read_json(path, ArtifactError)
+    """The manifest of a shard set: a local directory or a URI (stages/storage.py)."""
+    loc = locate(dir)
+    try:
+        m = json.loads(loc.read_bytes(MANIFEST))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{loc.show(MANIFEST)}: not valid JSON ({e})") from None
+    path = loc.show(MANIFEST)
     if not isinstance(m, dict) or m.get("schema_version") != SCHEMA_VERSION:
         got = m.get("schema_version") if isinstance(m, dict) else type(m).__name__
         raise ArtifactError(f"{path}: schema_version {got!r}, expected {SCHEMA_VERSION}")
@@ -263,36 +271,36 @@ def verify(dir: str | os.PathLike, *, checksums: bool = True) -> dict[str, Any]:
     """Check that every listed shard exists, is readable Parquet, and has the manifest's row
     count and sha256, and that no unlisted part-*.parquet is present. Returns summary(dir);
     raises ArtifactError naming the first bad shard and what is wrong with it."""
-    dir = Path(dir)
-    m = read_manifest(dir)
+    loc, m = locate(dir), read_manifest(dir)
     for s in m["shards"]:
-        p = dir / s["file"]
-        if not p.is_file():
+        p = loc.show(s["file"])
+        if loc.size(s["file"]) is None:
             raise ArtifactError(f"{p}: shard listed in {MANIFEST} is missing")
         try:
-            with pq.ParquetFile(p) as pf:
+            with loc.open(s["file"]) as f, pq.ParquetFile(f) as pf:
                 rows = pf.metadata.num_rows
         except (OSError, pa.ArrowException) as e:
             raise ArtifactError(f"{p}: unreadable Parquet, truncated or corrupt ({e})") from None
         if rows != s["rows"]:
             raise ArtifactError(f"{p}: row count mismatch, file has {rows}, manifest {s['rows']}")
-        if checksums and _sha256(p) != s["sha256"]:
+        if checksums and _sha256(loc, s["file"]) != s["sha256"]:
             raise ArtifactError(f"{p}: sha256 checksum mismatch with {MANIFEST}")
     listed = {s["file"] for s in m["shards"]}
-    if unlisted := sorted(p.name for p in dir.glob("part-*.parquet") if p.name not in listed):
-        raise ArtifactError(f"{dir / unlisted[0]}: shard not listed in {MANIFEST}")
+    if unlisted := [f for f in loc.glob("part-*.parquet") if f not in listed]:
+        raise ArtifactError(f"{loc.show(unlisted[0])}: shard not listed in {MANIFEST}")
     if sum(s["rows"] for s in m["shards"]) != m["totals"]["rows"]:
-        raise ArtifactError(f"{dir / MANIFEST}: totals.rows disagrees with its shards")
+        raise ArtifactError(f"{loc.show(MANIFEST)}: totals.rows disagrees with its shards")
     return summary(dir)
 
 
 def summary(dir: str | os.PathLike) -> dict[str, Any]:
     """What `kd shards show` prints: counts, classes, members, shapes and bytes on disk."""
-    dir, m = Path(dir), read_manifest(dir)
-    try:
-        size = sum((dir / s["file"]).stat().st_size for s in m["shards"])
-    except FileNotFoundError as e:
-        raise ArtifactError(f"{e.filename}: shard listed in {MANIFEST} is missing") from None
+    loc, m = locate(dir), read_manifest(dir)
+    size = 0
+    for s in m["shards"]:
+        if (n := loc.size(s["file"])) is None:
+            raise ArtifactError(f"{loc.show(s['file'])}: shard listed in {MANIFEST} is missing")
+        size += n
     t = m["totals"]
     return dict(dir=str(dir), shards=len(m["shards"]), rows=t["rows"], splits=t["splits"],
                 val=t["val"], class_names=m["class_names"], num_classes=len(m["class_names"]),
@@ -302,8 +310,21 @@ def summary(dir: str | os.PathLike) -> dict[str, Any]:
 
 def read_table(dir: str | os.PathLike) -> pa.Table:
     """The whole soft-target set as one Table, shards in manifest order (small data, tests)."""
-    tables = [pq.read_table(Path(dir) / s["file"]) for s in read_manifest(dir)["shards"]]
+    loc = locate(dir)
+    tables = []
+    for s in read_manifest(dir)["shards"]:
+        with loc.open(s["file"]) as f:
+            tables.append(pq.read_table(f))
     return pa.concat_tables(tables) if tables else pa.table({})
+
+
+def copy(src: str | os.PathLike, dst: str | os.PathLike) -> dict[str, Any]:
+    """Copy a verified shard set to `dst` (a directory or URI), shards first and the manifest
+    last, so a reader never sees a manifest before its shards; verifies the copy."""
+    verify(src)
+    files = [s["file"] for s in read_manifest(src)["shards"]]
+    copy_files(locate(src), locate(dst), [*files, MANIFEST])
+    return verify(dst)
 
 
 # A Batch holds rows along axis 0, except `logits` (M, B, C) along axis 1.
@@ -317,9 +338,9 @@ def concat_rows(parts: list[Batch]) -> Batch:
     return {k: np.concatenate([p[k] for p in parts], axis=int(k == "logits")) for k in parts[0]}
 
 
-def _sha256(path: Path) -> str:
+def _sha256(path: Path | Location, file: str | None = None) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(path, "rb") if file is None else path.open(file) as f:
         while block := f.read(1 << 20):
             h.update(block)
     return h.hexdigest()

@@ -75,7 +75,7 @@ def held_out(reader: ShardReader) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def run(cfg: Config, out_dir: Path = Path("data/student"),
-        shards: Path = Path("data/soft_targets"), prepared: Path = Path("data/prepared"),
+        shards: Path | str = Path("data/soft_targets"), prepared: Path = Path("data/prepared"),
         dist: Dist = SINGLE) -> dict:
     st = cfg.student
     if dist.is_main:  # every checksum and row count, before an hour of training
