@@ -115,6 +115,7 @@ def session(rt: RuntimeConfig) -> Iterator[Dist]:
     if not under_torchrun():
         yield Dist()
         return
+    _die_with_parent()
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
@@ -132,6 +133,22 @@ def session(rt: RuntimeConfig) -> Iterator[Dist]:
         yield Dist(rank, world, local_rank, device)
     finally:
         dist.destroy_process_group()
+
+
+def _die_with_parent() -> None:
+    """torchrun starts each rank in a session of its own, so a SIGKILL of the job (a scheduler,
+    a killed `dvc repro`) reaches torchrun but not the ranks, which would go on and write a
+    stage's outputs after it was killed. On Linux a rank asks to be killed with its parent."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the request was in place
+        os._exit(1)
 
 
 def report_error(message: str) -> None:

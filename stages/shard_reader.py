@@ -83,6 +83,43 @@ class ShardReader:
             load[r] += rows[f]
         return dealt
 
+    def rank_steps(self, batch_size: int, world: int, seed: int, epoch: int) -> int:
+        """Steps every rank takes in `epoch`: enough for the rank dealt the most training rows."""
+        return max(-(-self.num_rows(shards=s, drop_val=True) // batch_size)
+                   for s in self.partition(world, seed, epoch, drop_val=True))
+
+    def iter_rank_batches(self, batch_size: int, *, world: int, rank: int, seed: int,
+                          epoch: int, buffer_rows: int = 50_000) -> Iterator[Batch]:
+        """One rank's training rows for `epoch`: its dealt shards, shuffled, as exactly
+        `rank_steps` full batches. A rank dealt fewer rows goes round its shards again (as
+        torch's DistributedSampler pads by repeating rows), so every rank takes the same steps:
+        no all-reduce waits on a rank that has run out, and no optimizer steps alone."""
+        mine = self.partition(world, seed, epoch, drop_val=True)[rank]
+        steps = self.rank_steps(batch_size, world, seed, epoch)
+        if self.num_rows(shards=mine, drop_val=True) == 0:
+            raise ArtifactError(f"{self.dir}: rank {rank} was dealt shards without training "
+                                f"rows ({', '.join(mine)}); lower export.rows_per_shard")
+
+        def passes() -> Iterator[Batch]:
+            while True:
+                yield from self.iter_batches(batch_size, shuffle=True, seed=seed, epoch=epoch,
+                                             buffer_rows=buffer_rows, drop_val=True,
+                                             shards=mine)
+
+        buf: list[Batch] = []
+        n = 0
+        for part in passes():
+            buf.append(part)
+            n += len(part["row_id"])
+            while n >= batch_size and steps:
+                data = buf[0] if len(buf) == 1 else concat_rows(buf)
+                yield take_rows(data, 0, batch_size)
+                steps -= 1
+                rest = [take_rows(data, batch_size, n)] if n > batch_size else []
+                buf, n = rest, n - batch_size
+            if not steps:
+                return
+
     def iter_batches(self, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
                      buffer_rows: int = 50_000, shards: list[str] | None = None,
                      drop_val: bool = False, only_val: bool = False) -> Iterator[Batch]:

@@ -53,10 +53,12 @@ def shard_batches(reader: ShardReader, batch_size: int, seed: int, buffer_rows: 
     distributed, from this rank's shards of the epoch only."""
 
     def batches(epoch: int):
-        mine = (reader.partition(dist.world, seed, epoch, drop_val=True)[dist.rank]
-                if dist.active else None)
-        stream = reader.iter_batches(batch_size, shuffle=True, seed=seed, epoch=epoch,
-                                     buffer_rows=buffer_rows, drop_val=True, shards=mine)
+        if dist.active:
+            stream = reader.iter_rank_batches(batch_size, world=dist.world, rank=dist.rank,
+                                              seed=seed, epoch=epoch, buffer_rows=buffer_rows)
+        else:
+            stream = reader.iter_batches(batch_size, shuffle=True, seed=seed, epoch=epoch,
+                                         buffer_rows=buffer_rows, drop_val=True)
         for b in prefetch(stream):  # decode the next batch while this one trains
             yield Batch(torch.from_numpy(b["features"]), torch.from_numpy(b["label"]),
                         torch.from_numpy(b["logits"]))  # (B, F), (B,), (M, B, C)
@@ -95,7 +97,10 @@ def run(cfg: Config, out_dir: Path = Path("data/student"),
     if batch % dist.world:  # torchrun started by hand, with another count than runtime.nproc
         raise ConfigError(f"student.train.batch_size: {batch} rows do not split evenly over "
                           f"{dist.world} ranks")
-    steps = -(-n_train // batch)  # per rank: a rank takes batch / world rows a step
+    steps = -(-n_train // batch)
+    if dist.active:  # every rank steps as often as the rank dealt the most rows that epoch
+        steps = max(reader.rank_steps(batch // dist.world, dist.world, st.train.seed, e)
+                    for e in range(st.train.epochs))
     val_x, val_y, val_t = held_out(reader)
     test, _ = read_split(prepared, "test")
     T, alpha = st.temperature, st.alpha

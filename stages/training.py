@@ -19,7 +19,6 @@ gradients are averaged over ranks, rank 0 alone writes checkpoints, and a resume
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -328,18 +327,19 @@ def fit(model: torch.nn.Module, epoch_batches: Callable[[int], Iterable[Batch]],
         _call(callbacks, "on_epoch_start", epoch, cfg.epochs, steps_per_epoch)
         model.train()
         t0, loss_sum, n = time.perf_counter(), torch.zeros((), device=dist.device), 0
-        with _join(net, dist):  # ranks may run out of rows at different steps (student)
-            for step, batch in enumerate(epoch_batches(epoch)):
-                batch = batch.to(dist.device)
-                for group in opt.param_groups:
-                    group["lr"] = lr_at(epoch * steps_per_epoch + step, total, warmup, cfg)
-                loss = loss_fn(net(batch.x), batch)
-                opt.zero_grad(set_to_none=True)
-                (loss * batch.scale if batch.scale != 1.0 else loss).backward()
-                opt.step()
-                loss_sum += loss.detach() * len(batch.y)
-                n += len(batch.y)
-                _call(callbacks, "on_step", loss.detach())
+        # distributed, every rank's `epoch_batches` yields the same number of batches (the
+        # stages see to it): each step's all-reduce has all ranks, and their optimizers agree
+        for step, batch in enumerate(epoch_batches(epoch)):
+            batch = batch.to(dist.device)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(epoch * steps_per_epoch + step, total, warmup, cfg)
+            loss = loss_fn(net(batch.x), batch)
+            opt.zero_grad(set_to_none=True)
+            (loss * batch.scale if batch.scale != 1.0 else loss).backward()
+            opt.step()
+            loss_sum += loss.detach() * len(batch.y)
+            n += len(batch.y)
+            _call(callbacks, "on_step", loss.detach())
         loss_sum, n = _sum_over_ranks(loss_sum, n, dist)
         _sync_buffers(model, dist)  # BatchNorm statistics as rank 0 has them, on every rank
         metrics = {"epoch": epoch + 1, "train_loss": (loss_sum / max(n, 1)).item(),
@@ -360,16 +360,6 @@ def _ddp(model: torch.nn.Module, dist: Dist) -> torch.nn.Module:
 
     ids = [dist.device] if dist.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
-
-
-def _join(net: torch.nn.Module, dist: Dist):
-    """DDP's own answer to uneven inputs: a rank out of batches shadows the others' all-reduces
-    until every rank is done, instead of leaving them waiting forever."""
-    if not dist.active:
-        return contextlib.nullcontext()
-    from torch.distributed.algorithms.join import Join
-
-    return Join([net])
 
 
 def _sum_over_ranks(loss_sum: torch.Tensor, n: int, dist: Dist) -> tuple[torch.Tensor, int]:

@@ -142,9 +142,10 @@ def build_pipeline(root: Path, params: dict, stages: tuple[str, ...] = ("prepare
     return root
 
 
-def kill_when(proc, ready, timeout: float = 120) -> None:
+def kill_when(proc, ready, timeout: float = 120, group: bool = False) -> None:
     """SIGKILL the subprocess `proc` as soon as `ready()` holds; fail if it ends first or is
-    not ready within `timeout` seconds. Its pipes are drained either way."""
+    not ready within `timeout` seconds. Its pipes are drained either way. `group`: kill its
+    whole process group (it was started with start_new_session), children included."""
     import signal
     import time
 
@@ -154,7 +155,10 @@ def kill_when(proc, ready, timeout: float = 120) -> None:
             assert proc.poll() is None, f"it ended before it could be killed: {proc.communicate()}"
             assert time.monotonic() < deadline, f"not ready to be killed within {timeout} s"
             time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
+        if group:
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=30) == -signal.SIGKILL
     finally:
         if proc.poll() is None:
@@ -207,3 +211,21 @@ def loopback_server(cmd: list[str], url: str, *, cwd: Path | None = None,
         proc.wait(timeout=20)
         if log:
             out.close()
+
+
+@pytest.fixture
+def s3_server():
+    """moto's S3-compatible server on a free loopback port, with a bucket `kd-team`; stopped
+    after. Yields the endpoint URL (credentials: testing/testing)."""
+    import sys
+
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    with loopback_server([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                          str(port)], endpoint, timeout=60):
+        import boto3
+
+        boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
+                     aws_secret_access_key="testing", region_name="us-east-1").create_bucket(
+            Bucket="kd-team")
+        yield endpoint

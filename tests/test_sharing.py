@@ -5,12 +5,11 @@ clone pulls the teacher, shards, student and report instead of recomputing them.
 from __future__ import annotations
 
 import hashlib
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, loopback_server, make_repo, run_cmd
+from tests.conftest import make_repo, run_cmd
 
 pytestmark = pytest.mark.slow
 
@@ -78,21 +77,6 @@ def test_folder_remote_round_trip(repo, tmp_path):
     clone = tmp_path / "teammate"
     push_and_pull(repo, clone, "shared", str(tmp_path / "remote"), {}, {})
     assert_teammate_has_everything(repo, clone)
-
-
-@pytest.fixture
-def s3_server():
-    """moto's S3-compatible server on a free loopback port, with a bucket; stopped after."""
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    with loopback_server([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                          str(port)], endpoint, timeout=60):
-        import boto3
-
-        boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
-                     aws_secret_access_key="testing", region_name="us-east-1").create_bucket(
-            Bucket="kd-team")
-        yield endpoint
 
 
 def test_s3_remote_round_trip(repo, tmp_path, s3_server, monkeypatch):

@@ -1,0 +1,341 @@
+"""Stages under torch.distributed: real torchrun, 2 processes, gloo on CPU, against the same
+stages run in one process. The pieces that decide who reads what (shard dealing, row ranges,
+batch slices) are checked directly first, without a process group."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+
+from stages.config import AugmentConfig, parse_config
+from stages.datasets import Split, iter_split, to_table
+from stages.distributed import SINGLE, Dist
+from stages.export import rank_rows
+from stages.shard_reader import ShardReader
+from stages.shards import ShardWriter, read_table, verify, write_manifest
+from stages.training import in_memory_batches
+from tests.conftest import build_pipeline, kill_when, make_repo, run_cmd
+
+MLP = {"arch": "mlp", "knobs": {"depth": 1, "width": 32}, "train": {"epochs": 8}}
+PARAMS = {
+    "data": {"source": "digits"},
+    "teacher": {"members": {"a": MLP, "b": {**MLP, "train": {"epochs": 8, "seed": 1}}}},
+    "export": {"rows_per_shard": 150, "row_group_size": 50, "batch_size": 100},
+    "student": {"arch": "mlp", "knobs": {"depth": 1, "width": 16},
+                "train": {"epochs": 8, "batch_size": 64}, "temperature": 3.0, "alpha": 0.7},
+    "baseline": {"epochs": 3},
+    "tracking": {"enabled": False},
+}
+OFF = {"KD_TRACKING": "0"}
+
+
+def with_nproc(params: dict, n: int) -> dict:
+    return {**params, "runtime": {"nproc": n}}
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def kd(args: list[str], cwd: Path, check: bool = True, **kw):
+    return run_cmd([str(Path(sys.executable).parent / "kd"), *args], cwd, env=OFF, check=check,
+                   **kw)
+
+
+# ------------------------------------------------------------- who reads what, no processes
+
+
+def test_single_process_collectives_are_identities():
+    assert not SINGLE.active and SINGLE.is_main
+    assert SINGLE.broadcast_bytes(b"abc") == b"abc"
+    assert SINGLE.gather_json({"a": 1}) == [{"a": 1}]
+
+
+@pytest.mark.parametrize("n,batch,world", [(719, 128, 2), (719, 128, 3), (100, 128, 2),
+                                           (1024, 128, 8), (5, 2, 4), (0, 64, 2)])
+def test_rank_rows_are_contiguous_whole_batches_covering_the_split(n, batch, world):
+    spans = [rank_rows(n, batch, Dist(rank=r, world=world)) for r in range(world)]
+    assert spans[0][0] == 0 and spans[-1][1] == n
+    for (_, hi), (lo, _) in zip(spans, spans[1:], strict=False):
+        assert hi == lo  # no gap, no overlap
+    assert all(lo % batch == 0 for lo, _ in spans)  # a single process's batch boundaries
+
+
+def test_row_ranges_read_the_batches_a_whole_stream_has(tmp_path):
+    n, rng = 1000, np.random.default_rng(0)
+    split = Split(np.arange(n) * 3, rng.normal(size=(n, 4)).astype(np.float32),
+                  rng.integers(0, 3, n))
+    # small row groups, so ranges start and stop inside and across them
+    pq.write_table(to_table(split, np.zeros(n, bool)), tmp_path / "unlabeled.parquet",
+                   row_group_size=70)
+    whole = list(iter_split(tmp_path, "unlabeled", 64))
+    for world in (1, 2, 3, 7):
+        parts = [b for r in range(world) for b in iter_split(
+            tmp_path, "unlabeled", 64, rank_rows(n, 64, Dist(rank=r, world=world)))]
+        assert [len(p.row_id) for p, _ in parts] == [len(p.row_id) for p, _ in whole]
+        for (a, _), (b, _) in zip(whole, parts, strict=True):
+            np.testing.assert_array_equal(a.row_id, b.row_id)
+            np.testing.assert_array_equal(a.x, b.x)
+
+
+def test_rank_slices_of_a_batch_are_the_single_process_batch():
+    x = np.random.default_rng(1).normal(size=(300, 6)).astype(np.float32)
+    y = np.arange(300) % 4
+    aug = AugmentConfig(shift=2)
+    single = list(in_memory_batches(x, y, 64, 0, (6,), aug)(3))
+    ranks = [list(in_memory_batches(x, y, 64, 0, (6,), aug, Dist(rank=r, world=3))(3))
+             for r in range(3)]
+    assert all(len(r) == len(single) for r in ranks)
+    for i, whole in enumerate(single):
+        parts = [r[i] for r in ranks]
+        torch.testing.assert_close(torch.cat([p.x for p in parts]), whole.x, rtol=0, atol=0)
+        assert torch.equal(torch.cat([p.y for p in parts]), whole.y)
+        # per-row losses: each rank's scaled mean, averaged over ranks as DDP averages
+        # gradients, is the mean over the global batch, whatever the slice sizes
+        loss = torch.rand(len(whole.y), dtype=torch.float64)
+        pieces = torch.tensor_split(loss, 3)
+        ddp = sum(p.scale * piece.mean() for p, piece in zip(parts, pieces, strict=True)) / 3
+        assert ddp.item() == pytest.approx(loss.mean().item(), rel=1e-12)
+
+
+def _shard_set(tmp_path: Path, sizes: list[int]) -> Path:
+    rid = 0
+    infos = []
+    for i, n in enumerate(sizes):
+        w = ShardWriter(tmp_path, members=["a"], class_names=["x", "y"], feature_shape=(2,),
+                        rows_per_shard=10_000, first_shard_index=i)
+        w.write(np.arange(rid, rid + n), "unlabeled", None, None, np.zeros((n, 2)),
+                {"a": np.zeros((n, 2))})
+        infos += w.close()
+        rid += n
+    write_manifest(tmp_path, infos, members=["a"], class_names=["x", "y"], feature_shape=(2,),
+                   logits_dtype="float32", member_fingerprints={"a": "f"}, params={})
+    return tmp_path
+
+
+def test_rank_streams_cover_their_shards_in_equal_full_batches(tmp_path):
+    reader = ShardReader(_shard_set(tmp_path, [40, 40, 40, 10, 30, 25]))
+    for world in (2, 3):
+        for epoch in range(3):
+            steps = reader.rank_steps(16, world, 0, epoch)
+            dealt = reader.partition(world, 0, epoch)
+            for rank in range(world):
+                batches = list(reader.iter_rank_batches(16, world=world, rank=rank, seed=0,
+                                                        epoch=epoch, buffer_rows=32))
+                assert [len(b["row_id"]) for b in batches] == [16] * steps
+                ids = np.concatenate([b["row_id"] for b in batches])
+                own = np.concatenate([b["row_id"] for b in reader.iter_batches(
+                    64, shuffle=False, shards=dealt[rank])])
+                assert set(ids) == set(own)  # every dealt row, and only those
+
+
+def test_shards_are_dealt_disjoint_complete_and_balanced(tmp_path):
+    reader = ShardReader(_shard_set(tmp_path, [40, 40, 40, 40, 40, 40, 40, 10, 30, 20]))
+    rows = {s["file"]: s["rows"] for s in reader.manifest["shards"]}
+    deals = set()
+    for world in (1, 2, 3, 4):
+        for epoch in range(4):
+            dealt = reader.partition(world, seed=0, epoch=epoch)
+            flat = [f for r in dealt for f in r]
+            assert sorted(flat) == sorted(reader.files) and len(set(flat)) == len(flat)
+            load = [sum(rows[f] for f in r) for r in dealt]
+            assert max(load) - min(load) <= max(rows.values())
+            assert dealt == reader.partition(world, seed=0, epoch=epoch)  # seeded
+            if world == 2:
+                deals.add(json.dumps(dealt))
+    assert len(deals) > 1  # other shards each epoch
+
+
+# ------------------------------------------------------------------ real torchrun, 2 ranks
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory) -> Path:
+    """prepare, teachers, export and student in one process: the reference."""
+    return build_pipeline(tmp_path_factory.mktemp("dist") / "p", PARAMS,
+                          ("prepare", "teacher", "export", "student"))
+
+
+def copy_inputs(pipe: Path, dst: Path, params: dict, *parts: str) -> Path:
+    dst.mkdir()
+    for part in parts:
+        shutil.copytree(pipe / "data" / part, dst / "data" / part)
+    (dst / "params.yaml").write_text(yaml.safe_dump(params))
+    return dst
+
+
+def by_row_id(dir: Path):
+    t = read_table(dir).to_pandas().set_index("row_id").sort_index()
+    return t
+
+
+def test_export_on_two_ranks_has_the_single_process_rows_and_logits(pipe, tmp_path):
+    run = copy_inputs(pipe, tmp_path / "r2", with_nproc(PARAMS, 2), "prepared", "teachers")
+    out = kd(["export"], run)  # runtime.nproc 2: the command starts torchrun itself
+    assert "on 2 ranks" in out.stdout
+    shards = run / "data/soft_targets"
+    manifest = json.loads((shards / "manifest.json").read_text())
+    assert {s["file"][:9] for s in manifest["shards"]} == {"part-r000", "part-r001"}
+    assert manifest["extra"]["ranks"] == 2
+    verify(shards)
+    one, two = by_row_id(pipe / "data/soft_targets"), by_row_id(shards)
+    assert one.index.equals(two.index) and len(one) == manifest["totals"]["rows"]
+    for col in one.columns:
+        if col.startswith("logits.") or col == "features":  # exactly, not approximately
+            np.testing.assert_array_equal(np.stack(one[col].values), np.stack(two[col].values))
+        else:
+            assert one[col].equals(two[col]), col
+    assert not list((run / "data").glob(".tmp-*"))
+
+
+def test_teacher_on_two_ranks_is_the_single_process_teacher(pipe, tmp_path):
+    """Every rank trains on its slice of the same global batch, its mean loss scaled by its
+    share: DDP's gradient average is then the global batch's, as in one process."""
+    run = copy_inputs(pipe, tmp_path / "r2", with_nproc(PARAMS, 2), "prepared")
+    kd(["teacher", "a"], run)
+    from safetensors.torch import load_file
+
+    one = load_file(pipe / "data/teachers/a/model.safetensors")
+    two = load_file(run / "data/teachers/a/model.safetensors")
+    for k in one:  # the same up to the order of floating-point sums
+        torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=1e-5)
+    m1 = json.loads((pipe / "data/teachers/a/metrics.json").read_text())
+    m2 = json.loads((run / "data/teachers/a/metrics.json").read_text())
+    assert m2["test_accuracy"] == pytest.approx(m1["test_accuracy"], abs=1 / 360 + 1e-9)
+
+
+def test_student_under_torchrun_matches_one_process(pipe, tmp_path):
+    """The documented entry: torchrun started by hand, 2 ranks streaming disjoint shards with
+    the single-process effective batch. Written once, by rank 0; deterministic."""
+    run = copy_inputs(pipe, tmp_path / "r2", PARAMS, "prepared", "soft_targets")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc-per-node", "2", "-m", "stages.cli", "student"]
+    out = run_cmd(torchrun, run, env=OFF)
+    assert out.stdout.count("student: test accuracy") == 1  # one rank reports
+    assert "2 ranks (cpu), global batch 64" in out.stdout
+    m1 = json.loads((pipe / "data/student/metrics.json").read_text())
+    m2 = json.loads((run / "data/student/metrics.json").read_text())
+    history = json.loads((run / "data/student/history.json").read_text())
+    assert [h["epoch"] for h in history] == list(range(1, 9))
+    # every rank takes the same number of full batches: the rank dealt fewer rows repeats
+    # some (as DistributedSampler pads), never more than one shard's worth
+    reader = ShardReader(run / "data/soft_targets")
+    n_train, most = reader.num_rows(drop_val=True), max(s["rows"] for s in reader.manifest["shards"])
+    for epoch, h in enumerate(history):
+        assert h["samples"] == 2 * 32 * reader.rank_steps(32, 2, 0, epoch)
+        assert n_train <= h["samples"] <= n_train + most + 2 * 32
+    assert abs(m2["test_accuracy"] - m1["test_accuracy"]) <= 0.05  # 360 test rows: noisy
+    first = sha(run / "data/student/model.safetensors")
+    run_cmd(torchrun, run, env=OFF)
+    assert sha(run / "data/student/model.safetensors") == first
+
+
+def test_killed_two_rank_student_resumes_to_the_same_bytes(pipe, tmp_path):
+    import subprocess
+
+    params = with_nproc({**PARAMS, "student": {**PARAMS["student"],
+                                               "train": {"epochs": 30, "batch_size": 64}}}, 2)
+    ref = copy_inputs(pipe, tmp_path / "ref", params, "prepared", "soft_targets")
+    kd(["student"], ref)
+    run = copy_inputs(pipe, tmp_path / "run", params, "prepared", "soft_targets")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "kd"), "student"], cwd=run,
+                            env={**__import__("os").environ, **OFF}, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    ckpt = run / "data/.checkpoints/student/state.json"
+
+    def mid_training() -> bool:
+        return ckpt.exists() and json.loads(ckpt.read_text() or "{}").get("epoch", 0) >= 3
+
+    # the whole job at once, as a scheduler does: launcher, torchrun agent and both ranks
+    kill_when(proc, mid_training, group=True)
+    assert not (run / "data/student/model.safetensors").exists()
+    out = kd(["student"], run)
+    assert "resuming from epoch" in out.stderr
+    assert sha(run / "data/student/model.safetensors") == sha(ref / "data/student/model.safetensors")
+
+
+def test_user_error_in_the_ranks_is_one_line_from_the_launcher(pipe, tmp_path):
+    run = copy_inputs(pipe, tmp_path / "r2", with_nproc(PARAMS, 2), "prepared")
+    out = kd(["teacher", "nosuch"], run, check=False)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr + out.stdout
+    assert out.stderr.strip().splitlines() == [
+        "Error: teacher.members: no member named 'nosuch' (members: a, b)"]
+
+
+def test_too_few_shards_for_the_ranks_is_one_line(pipe, tmp_path):
+    run = copy_inputs(pipe, tmp_path / "r4", with_nproc(PARAMS, 2), "prepared", "soft_targets")
+    shards = run / "data/soft_targets"
+    manifest = json.loads((shards / "manifest.json").read_text())
+    keep = manifest["shards"][0]
+    for s in manifest["shards"][1:]:
+        (shards / s["file"]).unlink()
+    manifest["shards"] = [keep]
+    manifest["totals"] = {"rows": keep["rows"], "val": keep["val"], "splits": keep["splits"]}
+    (shards / "manifest.json").write_text(json.dumps(manifest))
+    out = kd(["student"], run, check=False)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "1 shards for 2 ranks" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_batch_that_does_not_split_over_the_ranks_is_a_params_error():
+    from stages.errors import ConfigError
+
+    bad = with_nproc({**PARAMS, "student": {**PARAMS["student"],
+                                            "train": {"epochs": 1, "batch_size": 63}}}, 2)
+    with pytest.raises(ConfigError, match=r"^student.train.batch_size: 63 rows do not split"):
+        parse_config(bad)
+    parse_config({**bad, "runtime": {"nproc": 2, "batch": "per_rank"}})  # each rank takes 63
+
+
+def test_student_reads_shards_from_s3_on_two_ranks(pipe, tmp_path, s3_server, monkeypatch):
+    """Multi-node students read one shard set from object storage through pyarrow's
+    filesystem layer: copied there with `kd shards copy`, read by URI by every rank."""
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": s3_server}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    uri = "s3://kd-team/runs/1/soft_targets"
+    local = copy_inputs(pipe, tmp_path / "local", with_nproc(PARAMS, 2), "prepared",
+                        "soft_targets")
+    out = kd(["shards", "copy", "data/soft_targets", uri], local)
+    assert f"{uri}: ok" in out.stdout
+    kd(["shards", "verify", uri], local)
+    remote = copy_inputs(pipe, tmp_path / "remote", with_nproc(PARAMS, 2), "prepared")
+    kd(["student", "--shards", uri], remote)  # this node has no local shards at all
+    kd(["student"], local)
+    for name in ("model.safetensors", "metrics.json", "history.json"):
+        assert sha(remote / "data/student" / name) == sha(local / "data/student" / name)
+    missing = kd(["student", "--shards", "s3://kd-team/nope"], remote, check=False)
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == "Error: s3://kd-team/nope/manifest.json: file not found"
+
+
+@pytest.mark.slow
+def test_dvc_repro_with_nproc_2_runs_every_stage_under_torchrun(tmp_path):
+    repo = make_repo(tmp_path / "repo", with_nproc({**PARAMS, "tracking": {"enabled": False}}, 2))
+    out = run_cmd(["dvc", "repro"], repo, env=OFF)
+    # teacher@a, teacher@b, student and baseline say so when they start; export when it ends
+    assert out.stdout.count(", 2 ranks (cpu)") == 4, out.stdout
+    assert "on 2 ranks" in out.stdout
+    manifest = json.loads((repo / "data/soft_targets/manifest.json").read_text())
+    assert manifest["extra"]["ranks"] == 2
+    assert (repo / "data/report/metrics.json").exists()
+    assert "up to date" in run_cmd(["dvc", "status"], repo).stdout
+    # the process count is a declared param: changing it reruns what it changes, not prepare
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["runtime"]["nproc"] = 1
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    status = run_cmd(["dvc", "status", "--json"], repo).stdout
+    changed = set(json.loads(status))
+    assert {"teacher@a", "teacher@b", "export", "student", "baseline"} <= changed
+    assert "prepare" not in changed
