@@ -113,6 +113,8 @@ SINGLE = Dist()  # one process, no process group: what every stage is without to
 def session(rt: RuntimeConfig) -> Iterator[Dist]:
     """The process group for one stage run under torchrun, or a single-process `Dist`."""
     if not under_torchrun():
+        if rt.threads:
+            torch.set_num_threads(rt.threads)
         yield Dist()
         return
     _die_with_parent()
