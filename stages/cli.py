@@ -33,7 +33,7 @@ class Group(click.Group):
 
 params_option = click.option(
     "--params", "params_path", default="params.yaml", show_default=True,
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),  # load_config names a directory in one line
     help="The params file; the whole file is validated before any work.",
 )
 

@@ -304,7 +304,8 @@ def _open(prepared: str | Path, split: str) -> pq.ParquetFile:
     except FileNotFoundError:
         raise ArtifactError(f"{path}: not found; run `dvc repro prepare` first") from None
     except (pa.ArrowException, OSError) as e:
-        raise ArtifactError(f"{path}: unreadable ({str(e).splitlines()[0]})") from None
+        raise ArtifactError(f"{path}: unreadable Parquet, truncated or corrupt "
+                            f"({str(e).splitlines()[0]})") from None
 
 
 def _batch_to_split(batch: pa.RecordBatch | pa.Table) -> tuple[Split, np.ndarray]:

@@ -46,6 +46,24 @@ def read_shard_metadata(path: str | os.PathLike) -> dict[str, Any]:
         raise ArtifactError(f"{path}: not a readable soft-target shard ({e})") from None
 
 
+def check_shard_metadata(path: str | os.PathLike, meta: dict[str, Any],
+                         manifest: dict[str, Any]) -> None:
+    """ArtifactError unless a shard's own metadata agrees with the manifest listing it: a shard
+    from another export (other members, classes, shapes) must not be read as part of this one."""
+    for key in ("members", "class_names", "feature_shape", "logits_dtype"):
+        if meta.get(key) != manifest[key]:
+            raise ArtifactError(f"{path}: {key} {meta.get(key)!r} disagrees with {MANIFEST} "
+                                f"({manifest[key]!r})")
+
+
+def check_members(dir: str | os.PathLike, manifest: dict[str, Any], members: list[str]) -> None:
+    """ArtifactError unless the shards hold the ensemble that params.yaml names: shards from
+    another ensemble are stale, and distilling them would silently ignore the change."""
+    if sorted(manifest["members"]) != sorted(members):
+        raise ArtifactError(f"{Path(dir) / MANIFEST}: shards hold members {manifest['members']}, "
+                            f"teacher.members is {list(members)}; rerun `kd export`")
+
+
 class ShardWriter:
     """Stream rows into `<prefix>-NNNNN.parquet` shards of `rows_per_shard` rows each.
 
@@ -249,6 +267,8 @@ def write_manifest(out_dir: str | os.PathLike, shards: list[dict], *, members: l
 
 def read_manifest(dir: str | os.PathLike) -> dict[str, Any]:
     path = Path(dir) / MANIFEST
+    if not path.is_file():
+        raise ArtifactError(f"{path}: not found; run `dvc repro export` first")
     m = read_json(path, ArtifactError)
     if not isinstance(m, dict) or m.get("schema_version") != SCHEMA_VERSION:
         got = m.get("schema_version") if isinstance(m, dict) else type(m).__name__
@@ -277,7 +297,8 @@ def verify(dir: str | os.PathLike, *, checksums: bool = True) -> dict[str, Any]:
         if rows != s["rows"]:
             raise ArtifactError(f"{p}: row count mismatch, file has {rows}, manifest {s['rows']}")
         if checksums and _sha256(p) != s["sha256"]:
-            raise ArtifactError(f"{p}: sha256 checksum mismatch with {MANIFEST}")
+            raise ArtifactError(f"{p}: sha256 does not match {MANIFEST} (file corrupt or replaced)")
+        check_shard_metadata(p, read_shard_metadata(p), m)
     listed = {s["file"] for s in m["shards"]}
     if unlisted := sorted(p.name for p in dir.glob("part-*.parquet") if p.name not in listed):
         raise ArtifactError(f"{dir / unlisted[0]}: shard not listed in {MANIFEST}")

@@ -21,10 +21,11 @@ import torch
 
 from stages.config import Config
 from stages.datasets import read_split
+from stages.errors import ArtifactError
 from stages.losses import kd_loss, soft_targets
 from stages.models import build_model, count_params
 from stages.shard_reader import ShardReader
-from stages.shards import read_manifest, verify
+from stages.shards import MANIFEST, check_members, read_manifest, verify
 from stages.tracking import TrackEpochs, log_pyfunc_model, stage_run
 from stages.training import (
     CHECKPOINTS,
@@ -69,16 +70,20 @@ def run(cfg: Config, out_dir: Path = Path("data/student"),
     st = cfg.student
     verify(shards)  # every checksum and row count, before an hour of training
     manifest = read_manifest(shards)
+    check_members(shards, manifest, list(cfg.teacher.members))
     reader = ShardReader(shards)
     shape = tuple(manifest["feature_shape"])
     n_classes = len(manifest["class_names"])
+    test, _ = read_split(prepared, "test")
+    if len(test.y) and not 0 <= test.y.min() <= test.y.max() < n_classes:  # another data set
+        raise ArtifactError(f"{prepared / 'test.parquet'}: labels {test.y.min()}..{test.y.max()} "
+                            f"are not classes of {shards / MANIFEST} ({n_classes} classes)")
     seed_everything(st.train.seed)  # the initial weights come from this seed too
     model = build_model(st.arch, shape, n_classes, st.knobs)
     n_params = count_params(model)
     n_train = reader.num_rows(drop_val=True)
     steps = -(-n_train // st.train.batch_size)
     val_x, val_y, val_t = held_out(reader)
-    test, _ = read_split(prepared, "test")
     T, alpha = st.temperature, st.alpha
 
     def loss_fn(s_logits: torch.Tensor, b: Batch) -> torch.Tensor:

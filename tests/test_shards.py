@@ -296,7 +296,7 @@ def _edit_rows(d):
 
 @pytest.mark.parametrize("damage, file, message", [
     (_truncate, "part-00001.parquet", "unreadable"),
-    (_flip, "part-00001.parquet", "checksum mismatch"),
+    (_flip, "part-00001.parquet", "sha256 does not match"),
     (lambda d: (d / "part-00001.parquet").unlink(), "part-00001.parquet", "missing"),
     (lambda d: (d / "part-00009.parquet").write_bytes(b"x"), "part-00009.parquet", "not listed"),
     (_edit_rows, "part-00001.parquet", "row count mismatch"),

@@ -1,0 +1,182 @@
+"""Corrupt or mismatched artifacts: every stage that reads one fails with one line naming it.
+
+Each case copies a small built pipeline (tests/catalogue.py), damages one artifact the way a
+disk, an interrupted copy or a stale file would, and runs the reading stage through the real
+`kd` command: exit 2, one line naming the file, no traceback, and nothing written (the copy's
+bytes are compared before and after). The lines are the "artifacts" rows of docs/errors.md.
+
+    readers: export (teachers, prepared), student (shards, test split), report (teachers,
+    student, baseline, shards, prepared), kd shards verify (shards)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from stages.models import model_fingerprint
+from tests.catalogue import PIPELINE_PARAMS, Case, assert_case
+
+Damage = Callable[[Path], None]
+SHARD = "data/soft_targets/part-00001.parquet"
+MANIFEST = "data/soft_targets/manifest.json"
+
+
+def truncate(rel: str) -> Damage:
+    def damage(d: Path) -> None:
+        p = d / rel
+        p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+
+    return damage
+
+
+def flip(rel: str, offset: int) -> Damage:
+    """XOR one byte; a negative offset counts from the end (inside safetensors' data)."""
+    def damage(d: Path) -> None:
+        data = bytearray((d / rel).read_bytes())
+        data[offset if offset >= 0 else len(data) + offset] ^= 0xFF
+        (d / rel).write_bytes(bytes(data))
+
+    return damage
+
+
+def delete(rel: str) -> Damage:
+    return lambda d: (d / rel).unlink()
+
+
+def edit_json(rel: str, edit: Callable[[dict], None]) -> Damage:
+    def damage(d: Path) -> None:
+        obj = json.loads((d / rel).read_text())
+        edit(obj)
+        (d / rel).write_text(json.dumps(obj))
+
+    return damage
+
+
+def write(rel: str, text: str) -> Damage:
+    return lambda d: (d / rel).write_text(text)
+
+
+def wrong_shapes(model_dir: str) -> Damage:
+    """Weights whose first layer has another shape; model.json's checksum re-stamped so that
+    the shape check, not the checksum, is what catches it."""
+    def damage(d: Path) -> None:
+        path = d / model_dir / "model.safetensors"
+        tensors = load_file(path)
+        w = tensors["net.1.weight"]
+        tensors["net.1.weight"] = torch.zeros(w.shape[0] + 1, w.shape[1])
+        save_file(tensors, path)
+        edit_json(f"{model_dir}/model.json",
+                  lambda s: s.update(weights_sha256=model_fingerprint(d / model_dir)))(d)
+
+    return damage
+
+
+def params(edit: Callable[[dict], None]) -> Damage:
+    def damage(d: Path) -> None:
+        p = yaml.safe_load((d / "params.yaml").read_text())
+        edit(p)
+        (d / "params.yaml").write_text(yaml.safe_dump(p))
+
+    return damage
+
+
+def _other_classes(s: dict) -> None:
+    s["class_names"] = [f"c{i}" for i in range(len(s["class_names"]))]
+
+
+def _add_member(p: dict) -> None:
+    p["teacher"]["members"]["c"] = p["teacher"]["members"]["a"]
+
+
+def model_damage(model_dir: str) -> list[tuple[str, str, Damage, str]]:
+    """(id, mistake, damage, file named) for one model directory."""
+    w, j = f"{model_dir}/model.safetensors", f"{model_dir}/model.json"
+    return [
+        ("weights_truncated", "safetensors file cut in half", truncate(w), w),
+        ("weights_flipped", "one byte flipped in the weights", flip(w, -10), w),
+        ("weights_deleted", "safetensors file deleted", delete(w), w),
+        ("weights_shapes", "safetensors holding tensors of the wrong shape", wrong_shapes(model_dir),
+         w),
+        ("json_deleted", "model.json deleted", delete(j), j),
+        ("json_invalid", "model.json cut short", write(j, '{"arch": "mlp",'), j),
+        ("json_arch", "model.json naming an unknown architecture",
+         edit_json(j, lambda s: s.update(arch="resnet")), j),
+        ("json_missing_key", "model.json without `knobs`", edit_json(j, lambda s: s.pop("knobs")),
+         j),
+        ("json_shapes", "model.json whose knobs build other shapes than the weights",
+         edit_json(j, lambda s: s["knobs"].update(width=9)), w),
+        ("json_classes", "model.json naming other classes than the prepared data",
+         edit_json(j, _other_classes), j),
+    ]
+
+
+def shard_damage(with_params: bool) -> list[tuple[str, str, Damage, str]]:
+    rows = [
+        ("shard_truncated", "a shard cut in half", truncate(SHARD), SHARD),
+        ("shard_flipped", "one byte flipped in a shard", flip(SHARD, 2000), SHARD),
+        ("shard_deleted", "a shard deleted", delete(SHARD), SHARD),
+        ("shard_unlisted", "a shard the manifest does not list",
+         write("data/soft_targets/part-00007.parquet", "x"), "part-00007.parquet"),
+        ("manifest_rows", "manifest row count edited",
+         edit_json(MANIFEST, lambda m: m["shards"][1].update(rows=1)), SHARD),
+        ("manifest_sha256", "manifest checksum edited",
+         edit_json(MANIFEST, lambda m: m["shards"][1].update(sha256="0" * 64)), SHARD),
+        ("manifest_classes", "manifest class names that its shards do not hold",
+         edit_json(MANIFEST, _other_classes), "part-00000.parquet"),
+        ("manifest_deleted", "manifest deleted", delete(MANIFEST), MANIFEST),
+        ("manifest_invalid", "manifest cut short", write(MANIFEST, '{"shards": ['), MANIFEST),
+    ]
+    if with_params:
+        rows.append(("manifest_members", "shards from another ensemble than teacher.members",
+                     params(_add_member), MANIFEST))
+    return rows
+
+
+def cases() -> list[Case]:
+    readers = {  # stage -> (argv, [(artifact, damage rows)])
+        "export": (("export",), [("teacher", model_damage("data/teachers/b"))]),
+        "student": (("student",), [("shards", shard_damage(True))]),
+        "report": (("report",), [("teacher", model_damage("data/teachers/a")),
+                                 ("student", model_damage("data/student")),
+                                 ("baseline", model_damage("data/baseline")[:5]),
+                                 ("shards", shard_damage(True))]),
+        "verify": (("shards", "verify"), [("shards", shard_damage(False))]),
+    }
+    out = []
+    for stage, (argv, artifacts) in readers.items():
+        for artifact, rows in artifacts:
+            for what, mistake, damage, named in rows:
+                out.append(Case(f"{stage}.{artifact}.{what}", "artifacts", mistake, argv, damage,
+                                (named,), base="pipeline"))
+    # the prepared data, read by every later stage
+    out += [
+        Case("export.prepared.meta_invalid", "artifacts", "prepared meta.json cut short",
+             ("export",), write("data/prepared/meta.json", "{"), ("data/prepared/meta.json",),
+             base="pipeline"),
+        Case("export.prepared.labeled_truncated", "artifacts", "prepared labeled split cut "
+             "in half", ("export",), truncate("data/prepared/labeled.parquet"),
+             ("data/prepared/labeled.parquet",), base="pipeline"),
+        Case("student.prepared.test_truncated", "artifacts", "prepared test split cut in half",
+             ("student",), truncate("data/prepared/test.parquet"),
+             ("data/prepared/test.parquet",), base="pipeline"),
+        Case("report.prepared.test_truncated", "artifacts", "prepared test split cut in half",
+             ("report",), truncate("data/prepared/test.parquet"),
+             ("data/prepared/test.parquet",), base="pipeline"),
+    ]
+    return out
+
+
+CASES = cases()
+assert PIPELINE_PARAMS["teacher"]["members"].keys() == {"a", "b"}  # the damage above names them
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_corrupt_artifact(case, tmp_path):
+    assert_case(case, tmp_path)
