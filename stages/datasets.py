@@ -290,7 +290,7 @@ def load_meta(prepared: str | Path) -> dict:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise ArtifactError(f"{path}: not found; run `dvc repro prepare` first") from None
+        raise ArtifactError(f"{path}: file not found; run `dvc repro prepare` first") from None
     except json.JSONDecodeError as e:
         raise ArtifactError(f"{path}: not valid JSON ({e})") from None
 
@@ -302,7 +302,7 @@ def _open(prepared: str | Path, split: str) -> pq.ParquetFile:
         # memory would grow with the row count. Off, a stream holds one batch.
         return pq.ParquetFile(path, pre_buffer=False)
     except FileNotFoundError:
-        raise ArtifactError(f"{path}: not found; run `dvc repro prepare` first") from None
+        raise ArtifactError(f"{path}: file not found; run `dvc repro prepare` first") from None
     except (pa.ArrowException, OSError) as e:
         raise ArtifactError(f"{path}: unreadable Parquet, truncated or corrupt "
                             f"({str(e).splitlines()[0]})") from None

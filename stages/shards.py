@@ -268,7 +268,7 @@ def write_manifest(out_dir: str | os.PathLike, shards: list[dict], *, members: l
 def read_manifest(dir: str | os.PathLike) -> dict[str, Any]:
     path = Path(dir) / MANIFEST
     if not path.is_file():
-        raise ArtifactError(f"{path}: not found; run `dvc repro export` first")
+        raise ArtifactError(f"{path}: file not found; run `dvc repro export` first")
     m = read_json(path, ArtifactError)
     if not isinstance(m, dict) or m.get("schema_version") != SCHEMA_VERSION:
         got = m.get("schema_version") if isinstance(m, dict) else type(m).__name__
