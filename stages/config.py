@@ -233,9 +233,11 @@ class Config(Section):
         # validate the shared defaults, then every member's merged settings, each with the key
         # path where the mistake was written
         try:
-            ModelConfig.model_validate(self.teacher.defaults)
+            defaults = ModelConfig.model_validate(self.teacher.defaults)
         except ValidationError as e:
             raise ConfigError(_format(e, prefix="teacher.defaults", model=ModelConfig)) from None
+        if "arch" in self.teacher.defaults:  # blame the defaults, not the first member
+            _check_arch("teacher.defaults", defaults)
         for name in self.teacher.members:
             try:
                 member = self.teacher.member(name)

@@ -13,8 +13,10 @@ from what the program prints: change a message, rerun this script, review the di
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import hashlib
+import io
 import os
 import re
 import shutil
@@ -75,8 +77,10 @@ def pipeline() -> Path:
 
     root = Path(tempfile.mkdtemp(prefix="kd-catalogue-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)
-    return build_pipeline(root / "p", PIPELINE_PARAMS,
-                          ("prepare", "teacher", "export", "student", "baseline"))
+    quiet = io.StringIO()  # the stages' progress lines are not what the catalogue is about
+    with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+        return build_pipeline(root / "p", PIPELINE_PARAMS,
+                              ("prepare", "teacher", "export", "student", "baseline"))
 
 
 def snapshot(d: Path) -> dict[str, str]:

@@ -109,6 +109,8 @@ PARAMS_CASES = [
       ("teacher.members.a.train.augment.shift", "-1")),
     P("teacher.defaults.epochs", "zero epochs for every member",
       {"teacher": {"defaults": {"train": {"epochs": 0}}}}, ("teacher.defaults.train.epochs",)),
+    P("teacher.defaults.arch", "an unknown architecture for every member",
+      {"teacher": {"defaults": {"arch": "vit"}}}, ("teacher.defaults.arch", "'vit'")),
     P("teacher.defaults.optimizer", "an unknown optimizer",
       {"teacher": {"defaults": {"train": {"optimizer": "adam"}}}},
       ("teacher.defaults.train.optimizer", "'adam'")),
