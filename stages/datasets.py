@@ -295,17 +295,22 @@ def load_meta(prepared: str | Path) -> dict:
         raise ArtifactError(f"{path}: not valid JSON ({e})") from None
 
 
-def _open(prepared: str | Path, split: str) -> pq.ParquetFile:
+def _corrupt(path: Path, e: Exception) -> ArtifactError:
+    return ArtifactError(f"{path}: unreadable Parquet, truncated or corrupt "
+                         f"({str(e).splitlines()[0]})")
+
+
+def _open(prepared: str | Path, split: str) -> tuple[Path, pq.ParquetFile]:
     path = Path(prepared) / f"{split}.parquet"
     try:
         # pre_buffer (on by default) reads every row group ahead when streaming the whole file:
-        # memory would grow with the row count. Off, a stream holds one batch.
-        return pq.ParquetFile(path, pre_buffer=False)
+        # memory would grow with the row count. Off, a stream holds one batch. Page checksums
+        # are verified where the file has them.
+        return path, pq.ParquetFile(path, pre_buffer=False, page_checksum_verification=True)
     except FileNotFoundError:
         raise ArtifactError(f"{path}: file not found; run `dvc repro prepare` first") from None
     except (pa.ArrowException, OSError) as e:
-        raise ArtifactError(f"{path}: unreadable Parquet, truncated or corrupt "
-                            f"({str(e).splitlines()[0]})") from None
+        raise _corrupt(path, e) from None
 
 
 def _batch_to_split(batch: pa.RecordBatch | pa.Table) -> tuple[Split, np.ndarray]:
@@ -322,12 +327,25 @@ def _batch_to_split(batch: pa.RecordBatch | pa.Table) -> tuple[Split, np.ndarray
 
 def read_split(prepared: str | Path, split: str) -> tuple[Split, np.ndarray]:
     """A whole prepared split in memory, with its `is_val` mask."""
-    return _batch_to_split(_open(prepared, split).read())
+    path, pf = _open(prepared, split)
+    try:  # a damaged page (a flipped byte) surfaces only when the data is decoded
+        table = pf.read()
+    except (pa.ArrowException, OSError) as e:
+        raise _corrupt(path, e) from None
+    return _batch_to_split(table)
 
 
 def iter_split(
     prepared: str | Path, split: str, batch_size: int
 ) -> Iterator[tuple[Split, np.ndarray]]:
     """Stream a prepared split in batches of `batch_size` rows; memory stays flat."""
-    for batch in _open(prepared, split).iter_batches(batch_size=batch_size):
+    path, pf = _open(prepared, split)
+    batches = pf.iter_batches(batch_size=batch_size)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (pa.ArrowException, OSError) as e:
+            raise _corrupt(path, e) from None
         yield _batch_to_split(batch)

@@ -163,6 +163,15 @@ def cases() -> list[Case]:
         Case("export.prepared.labeled_truncated", "artifacts", "prepared labeled split cut "
              "in half", ("export",), truncate("data/prepared/labeled.parquet"),
              ("data/prepared/labeled.parquet",), base="pipeline"),
+        Case("export.prepared.labeled_flipped", "artifacts", "one byte flipped in the prepared "
+             "labeled split's data", ("export",), flip("data/prepared/labeled.parquet", 1000),
+             ("data/prepared/labeled.parquet",), base="pipeline"),
+        Case("student.prepared.test_flipped", "artifacts", "one byte flipped in the prepared "
+             "test split's data", ("student",), flip("data/prepared/test.parquet", 3000),
+             ("data/prepared/test.parquet",), base="pipeline"),
+        Case("report.prepared.test_flipped", "artifacts", "one byte flipped in the prepared "
+             "test split's data", ("report",), flip("data/prepared/test.parquet", 3000),
+             ("data/prepared/test.parquet",), base="pipeline"),
         Case("student.prepared.test_truncated", "artifacts", "prepared test split cut in half",
              ("student",), truncate("data/prepared/test.parquet"),
              ("data/prepared/test.parquet",), base="pipeline"),
