@@ -188,6 +188,9 @@ This page is generated: `python -m tests.catalogue` runs every case of
 `tests/test_catalogue.py` (params, data, commands) and `tests/test_corrupt.py` (artifacts) and
 writes what each printed. `pytest tests/test_catalogue.py tests/test_corrupt.py` fails when a
 message differs from this page, when a case has no row here, or a row no case.
+
+Not listed: mistakes in the command line itself (an unknown option, `--port 0`) are click's
+usage errors, also exit status 2, printed with a usage hint.
 """
 
 
