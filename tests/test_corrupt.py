@@ -189,3 +189,28 @@ assert PIPELINE_PARAMS["teacher"]["members"].keys() == {"a", "b"}  # the damage 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_corrupt_artifact(case, tmp_path):
     assert_case(case, tmp_path)
+
+
+# A flipped byte anywhere, not only where the catalogue's cases flip it: every artifact a stage
+# reads either has a checksum (weights: model.json's sha256; shards: the manifest; prepared
+# splits: Parquet page CRCs) or is JSON, where a flipped byte is no longer UTF-8.
+SWEPT = [
+    ("export", "data/prepared/labeled.parquet"), ("export", "data/teachers/a/model.safetensors"),
+    ("export", "data/teachers/a/model.json"), ("student", "data/prepared/test.parquet"),
+    ("student", SHARD), ("student", MANIFEST), ("report", "data/baseline/model.safetensors"),
+    ("report", "data/prepared/test.parquet"), ("verify", SHARD),
+]
+POSITIONS = 8
+
+
+@pytest.mark.parametrize("stage,rel", SWEPT, ids=[f"{s}:{r}" for s, r in SWEPT])
+def test_a_flipped_byte_anywhere_is_caught(stage, rel, tmp_path):
+    from tests.catalogue import check, pipeline, run_case
+
+    size = (pipeline() / rel).stat().st_size
+    argv = ("shards", "verify") if stage == "verify" else (stage,)
+    for i in range(POSITIONS):
+        offset = (2 * i + 1) * size // (2 * POSITIONS)  # spread over the whole file
+        case = Case(f"sweep.{i}", "artifacts", "", argv, flip(rel, offset), (rel,),
+                    base="pipeline")
+        check(case, run_case(case, tmp_path / str(i)))
