@@ -16,11 +16,12 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stages.atomic import read_json, write_json
 from stages.errors import ArtifactError
@@ -265,6 +266,36 @@ def write_manifest(out_dir: str | os.PathLike, shards: list[dict], *, members: l
     return manifest
 
 
+Count = Annotated[int, Field(ge=0)]
+
+
+class _Entry(BaseModel):  # what readers use of a manifest; extra keys are kept, not checked
+    model_config = ConfigDict(strict=True)
+
+
+class _Shard(_Entry):
+    file: Annotated[str, Field(pattern=r"^part(-[\w-]+)?-\d{5}\.parquet$")]  # no paths
+    rows: Count
+    val: Count
+    sha256: str
+    splits: dict[Literal["labeled", "unlabeled"], Count]
+
+
+class _Totals(_Entry):
+    rows: Count
+    val: Count
+    splits: dict[Literal["labeled", "unlabeled"], Count]
+
+
+class _Manifest(_Entry):
+    shards: list[_Shard]
+    totals: _Totals
+    class_names: Annotated[list[str], Field(min_length=1)]
+    members: Annotated[list[Annotated[str, Field(pattern=r"^[\w-]+$")]], Field(min_length=1)]
+    feature_shape: Annotated[list[Annotated[int, Field(gt=0)]], Field(min_length=1)]
+    logits_dtype: Literal["float32", "float16"]
+
+
 def read_manifest(dir: str | os.PathLike) -> dict[str, Any]:
     path = Path(dir) / MANIFEST
     if not path.is_file():
@@ -276,6 +307,12 @@ def read_manifest(dir: str | os.PathLike) -> dict[str, Any]:
     if missing := {"shards", "totals", "class_names", "members", "feature_shape",
                    "logits_dtype"} - set(m):
         raise ArtifactError(f"{path}: missing keys {sorted(missing)}")
+    try:  # a hand-edited or damaged manifest must not become a KeyError deep in a reader
+        _Manifest.model_validate(m)
+    except ValidationError as e:
+        err = e.errors(include_url=False)[0]
+        key = ".".join(str(p) for p in err["loc"])
+        raise ArtifactError(f"{path}: {key}: {err['msg'].lower()}, got {err['input']!r}") from None
     return m
 
 

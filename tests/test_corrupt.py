@@ -12,15 +12,21 @@ bytes are compared before and after). The lines are the "artifacts" rows of docs
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from stages.models import model_fingerprint
+from stages.errors import ArtifactError
+from stages.models import load_model, model_fingerprint
+from stages.shard_reader import ShardReader
+from stages.shards import verify
 from tests.catalogue import PIPELINE_PARAMS, Case, assert_case
 
 Damage = Callable[[Path], None]
@@ -130,6 +136,9 @@ def shard_damage(with_params: bool) -> list[tuple[str, str, Damage, str]]:
          edit_json(MANIFEST, lambda m: m["shards"][1].update(sha256="0" * 64)), SHARD),
         ("manifest_classes", "manifest class names that its shards do not hold",
          edit_json(MANIFEST, _other_classes), "part-00000.parquet"),
+        ("manifest_path", "manifest listing a file outside the shard directory",
+         edit_json(MANIFEST, lambda m: m["shards"][1].update(file="../prepared/test.parquet")),
+         MANIFEST),
         ("manifest_deleted", "manifest deleted", delete(MANIFEST), MANIFEST),
         ("manifest_invalid", "manifest cut short", write(MANIFEST, '{"shards": ['), MANIFEST),
     ]
@@ -214,3 +223,65 @@ def test_a_flipped_byte_anywhere_is_caught(stage, rel, tmp_path):
         case = Case(f"sweep.{i}", "artifacts", "", argv, flip(rel, offset), (rel,),
                     base="pipeline")
         check(case, run_case(case, tmp_path / str(i)))
+
+
+# Any edit of the JSON artifacts (a key deleted, a value of another type) is either harmless or
+# an ArtifactError naming the file, never a KeyError or TypeError from deep inside a stage.
+JUNK = [None, "x", -1, 0, 1.5, True, [], {}, ["a"], {"k": 1}]
+
+
+def _paths(obj, prefix=()):
+    yield prefix
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) \
+        else ()
+    for k, v in items:
+        yield from _paths(v, (*prefix, k))
+
+
+@st.composite
+def json_edit(draw, obj):
+    """A copy of `obj` with one node deleted or replaced by junk; (edited, path)."""
+    obj = json.loads(json.dumps(obj))
+    path = draw(st.sampled_from([p for p in _paths(obj) if p]))
+    parent = obj
+    for k in path[:-1]:
+        parent = parent[k]
+    if isinstance(parent, dict) and draw(st.booleans()):
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = draw(st.sampled_from(JUNK))
+    return obj, path
+
+
+def _edit_and_read(tmp_path_factory, rel: str, read, data) -> None:
+    from tests.catalogue import pipeline
+
+    d = tmp_path_factory.mktemp("edit")
+    src = pipeline() / Path(rel).parent
+    shutil.copytree(src, d / "x")
+    target = d / "x" / Path(rel).name
+    edited, path = data.draw(json_edit(json.loads(target.read_text())))
+    target.write_text(json.dumps(edited))
+    try:
+        read(d / "x")
+    except ArtifactError as e:
+        assert "\n" not in str(e) and str(d / "x") in str(e), (path, str(e))
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_manifest_edit_is_harmless_or_an_artifact_error(tmp_path_factory, data):
+    def read(d: Path) -> None:
+        verify(d)
+        for _ in ShardReader(d).iter_batches(700, shuffle=True, drop_val=True):
+            pass
+
+    _edit_and_read(tmp_path_factory, MANIFEST, read, data)
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_model_json_edit_is_harmless_or_an_artifact_error(tmp_path_factory, data):
+    _edit_and_read(tmp_path_factory, "data/teachers/a/model.json", load_model, data)
