@@ -285,3 +285,16 @@ def test_any_manifest_edit_is_harmless_or_an_artifact_error(tmp_path_factory, da
 @given(data=st.data())
 def test_any_model_json_edit_is_harmless_or_an_artifact_error(tmp_path_factory, data):
     _edit_and_read(tmp_path_factory, "data/teachers/a/model.json", load_model, data)
+
+
+def test_the_installed_kd_command_prints_the_same_one_line(tmp_path):
+    """The cases run `kd` in-process; the console script in a subprocess behaves the same:
+    the documented line on stderr, nothing on stdout, exit status 2."""
+    from tests.catalogue import read_doc, run_case
+    from tests.conftest import run_cmd
+
+    case = next(c for c in CASES if c.id == "student.shards.shard_flipped")
+    run_case(case, tmp_path / "p")  # leaves the damaged copy behind
+    result = run_cmd(["kd", *case.argv], tmp_path / "p", env={"KD_TRACKING": "0"}, check=False)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip() == read_doc()[case.id]
