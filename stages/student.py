@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from stages.config import Config
-from stages.datasets import read_split
+from stages.datasets import Split, read_split
 from stages.errors import ArtifactError
 from stages.losses import kd_loss, soft_targets
 from stages.models import build_model, count_params
@@ -65,6 +65,19 @@ def held_out(reader: ShardReader) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             np.concatenate([p["logits"] for p in parts], axis=1))
 
 
+def check_test_split(test: Split, manifest: dict, path: Path, manifest_path: Path) -> None:
+    """The test split must be the shards' data set: same feature width, labels among their
+    classes. A test split from another prepare would otherwise fail mid-evaluation, after
+    the training, or score the student against the wrong labels."""
+    width, n_classes = int(np.prod(manifest["feature_shape"])), len(manifest["class_names"])
+    if len(test.y) and test.x.shape[1] != width:
+        raise ArtifactError(f"{path}: rows have {test.x.shape[1]} features, the shards in "
+                            f"{manifest_path} have {width}")
+    if len(test.y) and not 0 <= test.y.min() <= test.y.max() < n_classes:
+        raise ArtifactError(f"{path}: labels {test.y.min()}..{test.y.max()} are not classes "
+                            f"of {manifest_path} ({n_classes} classes)")
+
+
 def run(cfg: Config, out_dir: Path = Path("data/student"),
         shards: Path = Path("data/soft_targets"), prepared: Path = Path("data/prepared")) -> dict:
     st = cfg.student
@@ -75,9 +88,7 @@ def run(cfg: Config, out_dir: Path = Path("data/student"),
     shape = tuple(manifest["feature_shape"])
     n_classes = len(manifest["class_names"])
     test, _ = read_split(prepared, "test")
-    if len(test.y) and not 0 <= test.y.min() <= test.y.max() < n_classes:  # another data set
-        raise ArtifactError(f"{prepared / 'test.parquet'}: labels {test.y.min()}..{test.y.max()} "
-                            f"are not classes of {shards / MANIFEST} ({n_classes} classes)")
+    check_test_split(test, manifest, prepared / "test.parquet", shards / MANIFEST)
     seed_everything(st.train.seed)  # the initial weights come from this seed too
     model = build_model(st.arch, shape, n_classes, st.knobs)
     n_params = count_params(model)

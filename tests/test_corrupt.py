@@ -84,6 +84,20 @@ def wrong_shapes(model_dir: str) -> Damage:
     return damage
 
 
+def other_test_split(width: int = 64, label: int = 0) -> Damage:
+    """A well-formed prepared test split of 3 rows, from some other data set."""
+    def damage(d: Path) -> None:
+        import numpy as np
+        import pyarrow.parquet as pq
+
+        from stages.datasets import Split, to_table
+
+        split = Split(np.arange(3), np.zeros((3, width), np.float32), np.array([0, 1, label]))
+        pq.write_table(to_table(split, np.zeros(3, bool)), d / "data/prepared/test.parquet")
+
+    return damage
+
+
 def params(edit: Callable[[dict], None]) -> Damage:
     def damage(d: Path) -> None:
         p = yaml.safe_load((d / "params.yaml").read_text())
@@ -180,6 +194,12 @@ def cases() -> list[Case]:
              ("data/prepared/test.parquet",), base="pipeline"),
         Case("report.prepared.test_flipped", "artifacts", "one byte flipped in the prepared "
              "test split's data", ("report",), flip("data/prepared/test.parquet", 3000),
+             ("data/prepared/test.parquet",), base="pipeline"),
+        Case("student.prepared.test_other_width", "artifacts", "a test split from a data set "
+             "with other features than the shards'", ("student",), other_test_split(width=5),
+             ("data/prepared/test.parquet",), base="pipeline"),
+        Case("student.prepared.test_other_labels", "artifacts", "a test split with more classes "
+             "than the shards'", ("student",), other_test_split(label=12),
              ("data/prepared/test.parquet",), base="pipeline"),
         Case("student.prepared.test_truncated", "artifacts", "prepared test split cut in half",
              ("student",), truncate("data/prepared/test.parquet"),
