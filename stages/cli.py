@@ -40,7 +40,7 @@ class Group(click.Group):
 
 params_option = click.option(
     "--params", "params_path", default="params.yaml", show_default=True,
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),  # load_config names a directory in one line
     help="The params file; the whole file is validated before any work.",
 )
 
@@ -162,7 +162,8 @@ def report(cfg: Config) -> None:
 @cli.command()
 @with_config
 @click.option("--host", default="127.0.0.1", show_default=True,
-              help="Interface to bind; the default keeps the UI on this machine.")
+              help="Interface to bind; the default keeps the UI on this machine. Anything "
+                   "else exposes the runs, unauthenticated, to the network.")
 @click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535),
               help="Port to serve on.")
 def ui(cfg: Config, host: str, port: int) -> None:
@@ -177,10 +178,24 @@ def ui(cfg: Config, host: str, port: int) -> None:
     if uri.startswith(("http://", "https://")):
         click.echo(f"tracking goes to the server {uri}: open it in a browser")
         return
+    if not _is_loopback(host):  # MLflow's UI has no authentication: say so, then do as told
+        click.echo(f"warning: binding {host}, not a loopback address: anyone who can reach "
+                   f"this machine on port {port} can read and change the runs", err=True)
     click.echo(f"MLflow UI for {uri} on http://{host}:{port} (Ctrl-C stops it)")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
            "--host", host, "--port", str(port)]
     raise SystemExit(subprocess.call(cmd, env=os.environ.copy()))
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
 
 
 @cli.group()

@@ -245,9 +245,11 @@ class Config(Section):
         # validate the shared defaults, then every member's merged settings, each with the key
         # path where the mistake was written
         try:
-            ModelConfig.model_validate(self.teacher.defaults)
+            defaults = ModelConfig.model_validate(self.teacher.defaults)
         except ValidationError as e:
             raise ConfigError(_format(e, prefix="teacher.defaults", model=ModelConfig)) from None
+        if "arch" in self.teacher.defaults:  # blame the defaults, not the first member
+            _check_arch("teacher.defaults", defaults)
         for name in self.teacher.members:
             try:
                 member = self.teacher.member(name)
@@ -341,6 +343,7 @@ _MESSAGES = {
     "model_type": "must be a mapping",
     "model_attributes_type": "must be a mapping",
     "missing": "required",
+    "finite_number": "must be a finite number",
 }
 
 
@@ -388,8 +391,12 @@ def load_config(path: str | Path = "params.yaml") -> Config:
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"{path}: params file not found") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read params file ({e.__class__.__name__})") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: cannot read params file (it is a directory)") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: cannot read params file (permission denied)") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: cannot read params file (not UTF-8 text)") from None
     try:
         raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except ConfigError as e:
@@ -398,5 +405,10 @@ def load_config(path: str | Path = "params.yaml") -> Config:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or "invalid YAML"
+        tag = re.search(r"tag:yaml\.org,2002:(python/\S+?)'?$", problem)
+        if tag:  # the safe loader never builds Python objects: say so rather than "invalid"
+            problem = f"tag '!!{tag[1]}' is not allowed, params are plain data"
         raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"{path}: must be a mapping of sections, got {type(raw).__name__}")
     return parse_config(raw)

@@ -290,21 +290,27 @@ def load_meta(prepared: str | Path) -> dict:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise ArtifactError(f"{path}: not found; run `dvc repro prepare` first") from None
+        raise ArtifactError(f"{path}: file not found; run `dvc repro prepare` first") from None
     except json.JSONDecodeError as e:
         raise ArtifactError(f"{path}: not valid JSON ({e})") from None
 
 
-def _open(prepared: str | Path, split: str) -> pq.ParquetFile:
+def _corrupt(path: Path, e: Exception) -> ArtifactError:
+    return ArtifactError(f"{path}: unreadable Parquet, truncated or corrupt "
+                         f"({str(e).splitlines()[0]})")
+
+
+def _open(prepared: str | Path, split: str) -> tuple[Path, pq.ParquetFile]:
     path = Path(prepared) / f"{split}.parquet"
     try:
         # pre_buffer (on by default) reads every row group ahead when streaming the whole file:
-        # memory would grow with the row count. Off, a stream holds one batch.
-        return pq.ParquetFile(path, pre_buffer=False)
+        # memory would grow with the row count. Off, a stream holds one batch. Page checksums
+        # are verified where the file has them.
+        return path, pq.ParquetFile(path, pre_buffer=False, page_checksum_verification=True)
     except FileNotFoundError:
-        raise ArtifactError(f"{path}: not found; run `dvc repro prepare` first") from None
+        raise ArtifactError(f"{path}: file not found; run `dvc repro prepare` first") from None
     except (pa.ArrowException, OSError) as e:
-        raise ArtifactError(f"{path}: unreadable ({str(e).splitlines()[0]})") from None
+        raise _corrupt(path, e) from None
 
 
 def _batch_to_split(batch: pa.RecordBatch | pa.Table) -> tuple[Split, np.ndarray]:
@@ -321,7 +327,12 @@ def _batch_to_split(batch: pa.RecordBatch | pa.Table) -> tuple[Split, np.ndarray
 
 def read_split(prepared: str | Path, split: str) -> tuple[Split, np.ndarray]:
     """A whole prepared split in memory, with its `is_val` mask."""
-    return _batch_to_split(_open(prepared, split).read())
+    path, pf = _open(prepared, split)
+    try:  # a damaged page (a flipped byte) surfaces only when the data is decoded
+        table = pf.read()
+    except (pa.ArrowException, OSError) as e:
+        raise _corrupt(path, e) from None
+    return _batch_to_split(table)
 
 
 def iter_split(
@@ -331,10 +342,9 @@ def iter_split(
     (start, stop) reads only that range, touching only the row groups that hold it, in batches
     that start at `start`: a range starting on a multiple of `batch_size` gets the very batches
     a whole-split stream has there (distributed export relies on it)."""
-    pf = _open(prepared, split)
+    path, pf = _open(prepared, split)
     if rows is None:
-        for batch in pf.iter_batches(batch_size=batch_size):
-            yield _batch_to_split(batch)
+        yield from map(_batch_to_split, _checked(path, pf.iter_batches(batch_size=batch_size)))
         return
     start, stop = rows
     groups, first, offset = [], None, 0
@@ -348,7 +358,7 @@ def iter_split(
         return
     pending: list[pa.RecordBatch] = []
     have, pos = 0, first  # rows buffered; row index of the next batch from the file
-    for batch in pf.iter_batches(batch_size=batch_size, row_groups=groups):
+    for batch in _checked(path, pf.iter_batches(batch_size=batch_size, row_groups=groups)):
         lo, hi = max(start - pos, 0), min(stop - pos, len(batch))
         pos += len(batch)
         if lo < hi:
@@ -365,6 +375,18 @@ def iter_split(
         yield _batch_to_split(pa.Table.from_batches(pending))
 
 
+def _checked(path: Path, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """`batches`, with a damaged page (a checksum or decoding error) named by its file."""
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (pa.ArrowException, OSError) as e:
+            raise _corrupt(path, e) from None
+        yield batch
+
+
 def split_rows(prepared: str | Path, split: str) -> int:
     """Rows in a prepared split, from the Parquet footer (no data read)."""
-    return _open(prepared, split).metadata.num_rows
+    return _open(prepared, split)[1].metadata.num_rows

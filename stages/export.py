@@ -30,8 +30,7 @@ from stages.atomic import atomic_dir
 from stages.config import Config
 from stages.datasets import iter_split, load_meta, split_rows
 from stages.distributed import CPU, SINGLE, Dist
-from stages.errors import ArtifactError
-from stages.models import load_model, model_fingerprint
+from stages.models import check_fits, load_model, model_fingerprint
 from stages.shards import MANIFEST, ShardWriter, summary, write_manifest
 from stages.tracking import stage_run, tag_output
 
@@ -41,14 +40,7 @@ def load_members(cfg: Config, meta: dict, root: Path) -> dict[str, torch.nn.Modu
     models = {}
     for name in cfg.teacher.members:
         model, spec = load_model(root / name)
-        where = root / name / "model.json"
-        if spec["n_classes"] != meta["n_classes"]:
-            raise ArtifactError(f"{where}: member '{name}' predicts {spec['n_classes']} classes, "
-                                f"the prepared data has {meta['n_classes']}")
-        if list(spec["input_shape"]) != list(meta["feature_shape"]):
-            raise ArtifactError(f"{where}: member '{name}' takes features of shape "
-                                f"{tuple(spec['input_shape'])}, the prepared data has "
-                                f"{tuple(meta['feature_shape'])}")
+        check_fits(spec, root / name, meta, f"member '{name}'")
         models[name] = model.eval()
     return models
 

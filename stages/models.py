@@ -318,13 +318,33 @@ def load_model(model_dir: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]
         t = tensors[name]
         if t.shape != want[name].shape:
             raise ArtifactError(f"{weights_path}: tensor {name!r} has shape {tuple(t.shape)}, "
-                                f"expected {tuple(want[name].shape)}")
+                                f"{SPEC_FILE} builds {tuple(want[name].shape)}")
         if t.dtype != want[name].dtype:
             raise ArtifactError(f"{weights_path}: tensor {name!r} has dtype {t.dtype}, "
                                 f"expected {want[name].dtype}")
     model.load_state_dict(tensors, strict=True)
     spec["input_shape"] = tuple(spec["input_shape"])
     return model.eval(), spec
+
+
+def check_fits(spec: dict[str, Any], model_dir: str | os.PathLike, meta: dict[str, Any],
+               what: str) -> None:
+    """ArtifactError unless the loaded model takes the prepared data's features and predicts
+    its classes, in its class order: a model from another data set would otherwise run and
+    give meaningless numbers. `meta` is data/prepared/meta.json; `what` names the model."""
+    where = Path(model_dir) / SPEC_FILE
+    if spec["n_classes"] != meta["n_classes"]:
+        raise ArtifactError(f"{where}: {what} predicts {spec['n_classes']} classes, "
+                            f"the prepared data has {meta['n_classes']}")
+    if list(spec["input_shape"]) != list(meta["feature_shape"]):
+        raise ArtifactError(f"{where}: {what} takes features of shape "
+                            f"{tuple(spec['input_shape'])}, the prepared data has "
+                            f"{tuple(meta['feature_shape'])}")
+    for i, (ours, theirs) in enumerate(zip(spec["class_names"], meta["class_names"],
+                                           strict=False)):
+        if ours != theirs:
+            raise ArtifactError(f"{where}: {what} calls class {i} {ours!r}, the prepared data "
+                                f"calls it {theirs!r}")
 
 
 def model_fingerprint(model_dir: str | os.PathLike) -> str:

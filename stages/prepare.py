@@ -50,8 +50,11 @@ def run(cfg: Config, out_dir: str | Path = "data/prepared", root: str | Path = "
                 split.x = ((split.x - mean) / std).astype(np.float32)  # (N, F)
                 is_val = (val_mask(len(split.row_id), cfg.data.val_fraction, cfg.data.split_seed)
                           if name == "labeled" else np.zeros(len(split.row_id), bool))
+                # page checksums: the prepared data has no manifest, so a flipped byte in a
+                # page would otherwise decode into wrong features without a word
                 pq.write_table(to_table(split, is_val), tmp / f"{name}.parquet",
-                               compression="zstd", row_group_size=8192)
+                               compression="zstd", row_group_size=8192,
+                               write_page_checksum=True)
                 rows[name] = len(split.row_id)
             rows["val"] = int(round(rows["labeled"] * cfg.data.val_fraction))
             meta = {

@@ -24,6 +24,7 @@ from stages import plots
 from stages.atomic import atomic_dir, write_json
 from stages.config import Config
 from stages.datasets import load_meta, read_split
+from stages.errors import ArtifactError
 from stages.evaluation import (
     agreement,
     compression,
@@ -35,10 +36,10 @@ from stages.evaluation import (
     speed,
 )
 from stages.losses import soft_targets
-from stages.models import count_params, load_model
+from stages.models import check_fits, count_params, load_model
 from stages.render import render_html, render_markdown
 from stages.shard_reader import ShardReader
-from stages.shards import MANIFEST
+from stages.shards import MANIFEST, check_members, read_manifest, verify
 from stages.tracking import flatten, link_input_runs, stage_run
 
 
@@ -65,6 +66,17 @@ def soft_target_entropy(shards: Path, T: float, combine: str) -> dict[str, np.nd
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
+def check_shards(shards: Path, members: list[str], meta: dict) -> None:
+    """Every input is checked before any output is written: the shards' checksums, and that
+    they come from this ensemble and these classes (the entropy plot reads them)."""
+    verify(shards)
+    manifest = read_manifest(shards)
+    check_members(shards, manifest, members)
+    if manifest["class_names"] != meta["class_names"]:
+        raise ArtifactError(f"{shards / MANIFEST}: class_names {manifest['class_names']} differ "
+                            f"from the prepared data's {meta['class_names']}; rerun `kd export`")
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -77,10 +89,14 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
     test, _ = read_split(prepared, "test")
     shape, n_classes = tuple(meta["feature_shape"]), meta["n_classes"]
     x = torch.from_numpy(test.x).view(len(test.x), *shape)  # (N, *shape)
-    dirs = {name: teachers / name for name in cfg.teacher.members}
-    dirs.update(student=student_dir, baseline=baseline_dir)
-    models = {name: load_model(d)[0] for name, d in dirs.items()}
     members = list(cfg.teacher.members)
+    check_shards(shards, members, meta)
+    dirs = {name: teachers / name for name in members}
+    dirs.update(student=student_dir, baseline=baseline_dir)
+    models = {}
+    for name, d in dirs.items():
+        models[name], spec = load_model(d)
+        check_fits(spec, d, meta, f"member '{name}'" if name in members else f"the {name}")
     with torch.no_grad():
         logits = {name: m(x) for name, m in models.items()}  # each (N, C)
     probs = {name: softmax(lg) for name, lg in logits.items()}

@@ -25,6 +25,7 @@ from stages.shards import (
     COLUMNS,
     MANIFEST,
     Batch,
+    check_shard_metadata,
     concat_rows,
     logits_column,
     read_manifest,
@@ -161,17 +162,19 @@ class ShardReader:
             with self.loc.open(f) as source, self._open(f, source) as pf:
                 n = pf.num_row_groups
                 for g in range(n) if rng is None else rng.permutation(n):
-                    out = self._decode(pf.read_row_group(int(g), columns=cols))
+                    try:  # without verify(), a damaged page surfaces only here
+                        table = pf.read_row_group(int(g), columns=cols)
+                    except (OSError, pa.ArrowException) as e:
+                        raise ArtifactError(f"{self.dir / f}: row group {g} unreadable, "
+                                            f"corrupt ({str(e).splitlines()[0]})") from None
+                    out = self._decode(table)
                     if drop_val or only_val:
                         out = take_rows(out, out["is_val"] == only_val)
                     yield {k: v for k, v in out.items() if k in self.columns}
 
     def _open(self, file: str, source) -> pq.ParquetFile:
         path = self.loc.show(file)  # local or remote, read one way
-        meta = read_shard_metadata(source, path)
-        for key in ("members", "class_names", "feature_shape", "logits_dtype"):
-            if meta.get(key) != self.manifest[key]:  # a shard from some other export
-                raise ArtifactError(f"{path}: {key} {meta.get(key)!r} disagrees with {MANIFEST}")
+        check_shard_metadata(path, read_shard_metadata(source, path), self.manifest)
         return pq.ParquetFile(source, pre_buffer=False)  # stream: hold one row group, not all
 
     def _decode(self, t: pa.Table) -> Batch:

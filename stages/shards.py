@@ -16,11 +16,12 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stages.atomic import write_json
 from stages.errors import ArtifactError
@@ -47,6 +48,25 @@ def read_shard_metadata(source: str | os.PathLike | pa.NativeFile,
         return json.loads(pq.read_schema(source).metadata[META_KEY.encode()])
     except (OSError, pa.ArrowException, KeyError, TypeError, ValueError) as e:
         raise ArtifactError(f"{shown or source}: not a readable soft-target shard ({e})") from None
+
+
+def check_shard_metadata(path: str | os.PathLike, meta: dict[str, Any],
+                         manifest: dict[str, Any]) -> None:
+    """ArtifactError unless a shard's own metadata agrees with the manifest listing it: a shard
+    from another export (other members, classes, shapes) must not be read as part of this one."""
+    for key in ("members", "class_names", "feature_shape", "logits_dtype"):
+        if meta.get(key) != manifest[key]:
+            raise ArtifactError(f"{path}: {key} {meta.get(key)!r} disagrees with {MANIFEST} "
+                                f"({manifest[key]!r})")
+
+
+def check_members(dir: str | os.PathLike, manifest: dict[str, Any], members: list[str]) -> None:
+    """ArtifactError unless the shards hold the ensemble that params.yaml names: shards from
+    another ensemble are stale, and distilling them would silently ignore the change."""
+    if sorted(manifest["members"]) != sorted(members):
+        raise ArtifactError(f"{locate(dir).show(MANIFEST)}: shards hold members "
+                            f"{manifest['members']}, teacher.members is {list(members)}; "
+                            "rerun `kd export`")
 
 
 class ShardWriter:
@@ -250,20 +270,58 @@ def write_manifest(out_dir: str | os.PathLike, shards: list[dict], *, members: l
     return manifest
 
 
+Count = Annotated[int, Field(ge=0)]
+
+
+class _Entry(BaseModel):  # what readers use of a manifest; extra keys are kept, not checked
+    model_config = ConfigDict(strict=True)
+
+
+class _Shard(_Entry):
+    file: Annotated[str, Field(pattern=r"^part(-[\w-]+)?-\d{5}\.parquet$")]  # no paths
+    rows: Count
+    val: Count
+    sha256: str
+    splits: dict[Literal["labeled", "unlabeled"], Count]
+
+
+class _Totals(_Entry):
+    rows: Count
+    val: Count
+    splits: dict[Literal["labeled", "unlabeled"], Count]
+
+
+class _Manifest(_Entry):
+    shards: list[_Shard]
+    totals: _Totals
+    class_names: Annotated[list[str], Field(min_length=1)]
+    members: Annotated[list[Annotated[str, Field(pattern=r"^[\w-]+$")]], Field(min_length=1)]
+    feature_shape: Annotated[list[Annotated[int, Field(gt=0)]], Field(min_length=1)]
+    logits_dtype: Literal["float32", "float16"]
+
+
 def read_manifest(dir: str | os.PathLike) -> dict[str, Any]:
     """The manifest of a shard set: a local directory or a URI (stages/storage.py)."""
     loc = locate(dir)
+    path = loc.show(MANIFEST)
+    if loc.size(MANIFEST) is None:
+        raise ArtifactError(f"{path}: file not found; run `dvc repro export` first")
     try:
         m = json.loads(loc.read_bytes(MANIFEST))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{loc.show(MANIFEST)}: not valid JSON ({e})") from None
-    path = loc.show(MANIFEST)
+        raise ArtifactError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(m, dict) or m.get("schema_version") != SCHEMA_VERSION:
         got = m.get("schema_version") if isinstance(m, dict) else type(m).__name__
         raise ArtifactError(f"{path}: schema_version {got!r}, expected {SCHEMA_VERSION}")
     if missing := {"shards", "totals", "class_names", "members", "feature_shape",
                    "logits_dtype"} - set(m):
         raise ArtifactError(f"{path}: missing keys {sorted(missing)}")
+    try:  # a hand-edited or damaged manifest must not become a KeyError deep in a reader
+        _Manifest.model_validate(m)
+    except ValidationError as e:
+        err = e.errors(include_url=False)[0]
+        key = ".".join(str(p) for p in err["loc"])
+        raise ArtifactError(f"{path}: {key}: {err['msg'].lower()}, got {err['input']!r}") from None
     return m
 
 
@@ -284,7 +342,9 @@ def verify(dir: str | os.PathLike, *, checksums: bool = True) -> dict[str, Any]:
         if rows != s["rows"]:
             raise ArtifactError(f"{p}: row count mismatch, file has {rows}, manifest {s['rows']}")
         if checksums and _sha256(loc, s["file"]) != s["sha256"]:
-            raise ArtifactError(f"{p}: sha256 checksum mismatch with {MANIFEST}")
+            raise ArtifactError(f"{p}: sha256 does not match {MANIFEST} (file corrupt or replaced)")
+        with loc.open(s["file"]) as f:
+            check_shard_metadata(p, read_shard_metadata(f, p), m)
     listed = {s["file"] for s in m["shards"]}
     if unlisted := [f for f in loc.glob("part-*.parquet") if f not in listed]:
         raise ArtifactError(f"{loc.show(unlisted[0])}: shard not listed in {MANIFEST}")

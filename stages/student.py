@@ -25,13 +25,14 @@ import numpy as np
 import torch
 
 from stages.config import Config
-from stages.datasets import read_split
+from stages.datasets import Split, read_split
 from stages.distributed import SINGLE, Dist, global_batch, progress, ranks, say
 from stages.errors import ArtifactError, ConfigError
 from stages.losses import kd_loss, soft_targets
 from stages.models import build_model, count_params
 from stages.shard_reader import ShardReader
-from stages.shards import read_manifest, verify
+from stages.shards import MANIFEST, check_members, read_manifest, verify
+from stages.storage import locate
 from stages.tracking import log_pyfunc_model, stage_run
 from stages.training import (
     CHECKPOINTS,
@@ -76,6 +77,19 @@ def held_out(reader: ShardReader) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             np.concatenate([p["logits"] for p in parts], axis=1))
 
 
+def check_test_split(test: Split, manifest: dict, path: Path, manifest_path: str) -> None:
+    """The test split must be the shards' data set: same feature width, labels among their
+    classes. A test split from another prepare would otherwise fail mid-evaluation, after
+    the training, or score the student against the wrong labels."""
+    width, n_classes = int(np.prod(manifest["feature_shape"])), len(manifest["class_names"])
+    if len(test.y) and test.x.shape[1] != width:
+        raise ArtifactError(f"{path}: rows have {test.x.shape[1]} features, the shards in "
+                            f"{manifest_path} have {width}")
+    if len(test.y) and not 0 <= test.y.min() <= test.y.max() < n_classes:
+        raise ArtifactError(f"{path}: labels {test.y.min()}..{test.y.max()} are not classes "
+                            f"of {manifest_path} ({n_classes} classes)")
+
+
 def run(cfg: Config, out_dir: Path = Path("data/student"),
         shards: Path | str = Path("data/soft_targets"), prepared: Path = Path("data/prepared"),
         dist: Dist = SINGLE) -> dict:
@@ -83,12 +97,15 @@ def run(cfg: Config, out_dir: Path = Path("data/student"),
     if dist.is_main:  # every checksum and row count, before an hour of training
         verify(shards)
     manifest = read_manifest(shards)
+    check_members(shards, manifest, list(cfg.teacher.members))
     reader = ShardReader(shards)
     if len(reader.files) < dist.world:
         raise ArtifactError(f"{shards}: {len(reader.files)} shards for {dist.world} ranks; "
                             "every rank streams whole shards, so lower export.rows_per_shard")
     shape = tuple(manifest["feature_shape"])
     n_classes = len(manifest["class_names"])
+    test, _ = read_split(prepared, "test")
+    check_test_split(test, manifest, prepared / "test.parquet", locate(shards).show(MANIFEST))
     seed_everything(st.train.seed)  # the initial weights come from this seed too
     model = build_model(st.arch, shape, n_classes, st.knobs)
     n_params = count_params(model)
@@ -102,7 +119,6 @@ def run(cfg: Config, out_dir: Path = Path("data/student"),
         steps = max(reader.rank_steps(batch // dist.world, dist.world, st.train.seed, e)
                     for e in range(st.train.epochs))
     val_x, val_y, val_t = held_out(reader)
-    test, _ = read_split(prepared, "test")
     T, alpha = st.temperature, st.alpha
 
     def loss_fn(s_logits: torch.Tensor, b: Batch) -> torch.Tensor:

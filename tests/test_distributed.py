@@ -317,7 +317,8 @@ def test_student_reads_shards_from_s3_on_two_ranks(pipe, tmp_path, s3_server, mo
         assert sha(remote / "data/student" / name) == sha(local / "data/student" / name)
     missing = kd(["student", "--shards", "s3://kd-team/nope"], remote, check=False)
     assert missing.returncode == 2
-    assert missing.stderr.strip() == "Error: s3://kd-team/nope/manifest.json: file not found"
+    assert missing.stderr.strip() == (
+        "Error: s3://kd-team/nope/manifest.json: file not found; run `dvc repro export` first")
 
 
 @pytest.mark.slow

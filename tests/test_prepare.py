@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 from stages.config import parse_config
 from stages.datasets import read_split
 from stages.prepare import run
-from tests.conftest import assert_user_error
 
 
 def prepare(params: dict, out, root="."):
@@ -131,99 +127,4 @@ def test_user_parquet_scalar_columns_ids_and_no_unlabeled(tmp_path):
     assert test.row_id.tolist() == list(range(1000, 1012))
 
 
-def _nan_row(t):
-    return t.set_column(0, "pixels", pa.array([[0.0, 1.0]] * 5 + [[float("nan"), 1.0]],
-                                              pa.list_(pa.float32())))
-
-
-BAD_DATA = [
-    # (how to break the files or params, expected words in the one-line error)
-    ("missing_file", "lab.parquet: file not found"),
-    ("missing_column", "lab.parquet: no column 'pixels'"),
-    ("ragged", "lab.parquet: column 'pixels': row 3 has 5 features, expected 6"),
-    ("non_numeric", "lab.parquet: column 'pixels': non-numeric features"),
-    ("nan", "lab.parquet: features: NaN or infinite value at row 5"),
-    ("inf", "test.parquet: features: NaN or infinite value at row 2"),
-    ("unknown_test_label", "test.parquet: column 'animal': label 'fox' at row 1 does not occur"),
-    ("one_class", "lab.parquet: column 'animal': needs at least two classes, found 1"),
-    ("empty_labeled", "lab.parquet: the labeled split has no rows"),
-    ("empty_test", "test.parquet: the test split has no rows"),
-    ("null_label", "lab.parquet: column 'animal': missing label at row 2"),
-    ("not_parquet", "lab.parquet: not a readable Parquet file"),
-    ("bad_shape", "data.shape: [4, 4] holds 16 values, but each row has 6 features"),
-    ("width_mismatch", "unl.parquet: rows have 4 features, the labeled split has 6"),
-    ("duplicate_ids", "data.id: row id 0 occurs more than once"),
-    ("float_labels", "lab.parquet: column 'animal': labels must be integers or strings"),
-]
-
-
-def break_files(case, tmp_path):
-    paths = user_files(tmp_path)
-    overrides = {}
-    lab = pq.read_table(paths["lab"])
-    if case == "missing_file":
-        paths["lab"].unlink()
-    elif case == "missing_column":
-        pq.write_table(lab.drop(["pixels"]), paths["lab"])
-    elif case == "ragged":
-        rows = lab.column("pixels").to_pylist()
-        rows[3] = rows[3][:5]
-        pq.write_table(lab.set_column(0, "pixels", pa.array(rows)), paths["lab"])
-    elif case == "non_numeric":
-        pq.write_table(lab.set_column(0, "pixels", pa.array([["a"]] * 30)), paths["lab"])
-    elif case == "nan":
-        pq.write_table(_nan_row(lab.slice(0, 6)), paths["lab"])
-        overrides = {"features": "pixels"}
-        # keep widths consistent with the test/unlabeled files
-        for p in (paths["test"], paths["unl"]):
-            t = pq.read_table(p)
-            pq.write_table(t.set_column(0, "pixels", pa.array([[0.0, 1.0]] * len(t))), p)
-    elif case == "inf":
-        t = pq.read_table(paths["test"])
-        rows = t.column("pixels").to_pylist()
-        rows[2][0] = float("inf")
-        pq.write_table(t.set_column(0, "pixels", pa.array(rows)), paths["test"])
-    elif case == "unknown_test_label":
-        t = pq.read_table(paths["test"])
-        labels = t.column("animal").to_pylist()
-        labels[1] = "fox"
-        pq.write_table(t.set_column(1, "animal", pa.array(labels)), paths["test"])
-    elif case == "one_class":
-        pq.write_table(lab.set_column(1, "animal", pa.array(["cat"] * 30)), paths["lab"])
-    elif case == "empty_labeled":
-        pq.write_table(lab.slice(0, 0), paths["lab"])
-    elif case == "empty_test":
-        pq.write_table(pq.read_table(paths["test"]).slice(0, 0), paths["test"])
-    elif case == "null_label":
-        labels = lab.column("animal").to_pylist()
-        labels[2] = None
-        pq.write_table(lab.set_column(1, "animal", pa.array(labels)), paths["lab"])
-    elif case == "not_parquet":
-        paths["lab"].write_text("row_id,label\n1,2\n")
-    elif case == "bad_shape":
-        overrides = {"shape": [4, 4]}
-    elif case == "width_mismatch":
-        t = pq.read_table(paths["unl"])
-        pq.write_table(t.set_column(0, "pixels", pa.array([[0.0] * 4] * len(t))), paths["unl"])
-    elif case == "duplicate_ids":
-        for name in ("lab", "test", "unl"):
-            t = pq.read_table(paths[name])
-            pq.write_table(t.append_column("key", pa.array(np.arange(len(t)))), paths[name])
-        overrides = {"id": "key"}
-    elif case == "float_labels":
-        pq.write_table(lab.set_column(1, "animal", pa.array(np.linspace(0, 1, 30))), paths["lab"])
-    return overrides
-
-
-@pytest.mark.parametrize("case,expected", BAD_DATA, ids=[c[0] for c in BAD_DATA])
-def test_bad_user_data_fails_with_one_line(case, expected, tmp_path, write_params, kd, monkeypatch):
-    overrides = break_files(case, tmp_path)
-    out = tmp_path / "prepared"
-    out.mkdir()
-    (out / "meta.json").write_text('{"earlier": "output"}')  # a previous good run's output
-    monkeypatch.chdir(tmp_path)
-    result = kd("prepare", "--params", write_params(parquet_params(tmp_path, **overrides)),
-                "--out", out)
-    assert_user_error(result, expected)
-    assert json.loads((out / "meta.json").read_text()) == {"earlier": "output"}
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")) == []
+# Bad user data: every case is in tests/test_catalogue.py, checked against docs/errors.md.

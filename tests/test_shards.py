@@ -296,7 +296,7 @@ def _edit_rows(d):
 
 @pytest.mark.parametrize("damage, file, message", [
     (_truncate, "part-00001.parquet", "unreadable"),
-    (_flip, "part-00001.parquet", "checksum mismatch"),
+    (_flip, "part-00001.parquet", "sha256 does not match"),
     (lambda d: (d / "part-00001.parquet").unlink(), "part-00001.parquet", "missing"),
     (lambda d: (d / "part-00009.parquet").write_bytes(b"x"), "part-00009.parquet", "not listed"),
     (_edit_rows, "part-00001.parquet", "row count mismatch"),
@@ -405,34 +405,84 @@ def test_columns_subset(tmp_path):
 
 # -- property test --
 
-@settings(max_examples=25, deadline=None)
-@given(width=st.integers(1, 9), C=st.integers(1, 6), n_lab=st.integers(0, 40),
-       n_unlab=st.integers(0, 40), rows_per_shard=st.integers(1, 30),
-       row_group_size=st.integers(1, 12), batch=st.integers(1, 17),
-       dtype=st.sampled_from(["float32", "float16"]), seed=st.integers(0, 3))
-def test_property_round_trip(tmp_path_factory, width, C, n_lab, n_unlab, rows_per_shard,
-                             row_group_size, batch, dtype, seed):
+@st.composite
+def shard_sets(draw) -> dict:
+    """Random rows (ids, splits, null labels, validation flags, features, logits) and writer
+    settings; values come from a drawn seed, shapes and counts from hypothesis."""
+    n = draw(st.integers(0, 60))
+    spec = dict(
+        shape=tuple(draw(st.lists(st.integers(1, 4), min_size=1, max_size=3))),
+        classes=[f"c{i}" for i in range(draw(st.integers(1, 6)))],
+        members=draw(st.lists(st.from_regex(r"[A-Za-z0-9_-]{1,6}", fullmatch=True),
+                              min_size=1, max_size=4, unique=True)),
+        ids=np.array(draw(st.lists(st.integers(-2**40, 2**40), min_size=n, max_size=n,
+                                   unique=True)), np.int64),
+        labeled=np.array(draw(st.lists(st.booleans(), min_size=n, max_size=n)), bool),
+        dtype=draw(st.sampled_from(["float32", "float16"])),
+        compression=draw(st.sampled_from(["zstd", "snappy", "gzip", "lz4", "none"])),
+        rows_per_shard=draw(st.integers(1, 25)), batch=draw(st.integers(1, 17)),
+        seed=draw(st.integers(0, 2**16)))
+    spec["row_group_size"] = draw(st.integers(1, spec["rows_per_shard"]))
+    rng = np.random.default_rng(spec["seed"])
+    C, width = len(spec["classes"]), int(np.prod(spec["shape"]))
+    spec["label"] = np.where(spec["labeled"], rng.integers(0, C, n), -1)
+    spec["val"] = spec["labeled"] & (rng.random(n) < 0.3)
+    spec["features"] = rng.normal(size=(n, width)).astype(np.float32)
+    spec["logits"] = {m: (rng.normal(size=(n, C)) * 20).astype(np.float32)
+                      for m in spec["members"]}
+    return spec
+
+
+def write_random_set(d: Path, s: dict) -> None:
+    """Rows in the drawn order, in batches of `batch` that never mix the two splits."""
+    n = len(s["ids"])
+    with ShardWriter(d, members=s["members"], class_names=s["classes"],
+                     feature_shape=s["shape"], rows_per_shard=s["rows_per_shard"],
+                     row_group_size=s["row_group_size"], logits_dtype=s["dtype"],
+                     compression=s["compression"]) as w:
+        i = 0
+        while i < n:
+            j = i + 1
+            while j < n and j - i < s["batch"] and s["labeled"][j] == s["labeled"][i]:
+                j += 1
+            lab = bool(s["labeled"][i])
+            w.write(s["ids"][i:j], "labeled" if lab else "unlabeled", s["label"][i:j],
+                    s["val"][i:j], s["features"][i:j].reshape(j - i, *s["shape"]),
+                    {m: z[i:j] for m, z in s["logits"].items()})
+            i = j
+    write_manifest(d, w.shards, members=s["members"], class_names=s["classes"],
+                   feature_shape=s["shape"], logits_dtype=s["dtype"],
+                   member_fingerprints=dict.fromkeys(s["members"], "x"), params={})
+
+
+@settings(max_examples=40, deadline=None)
+@given(s=shard_sets(), shuffle=st.booleans(), buffer_rows=st.integers(1, 40))
+def test_property_round_trip(tmp_path_factory, s, shuffle, buffer_rows):
     d = tmp_path_factory.mktemp("prop")
-    classes = [f"c{i}" for i in range(C)]
-    shards = write_set(d, n_lab=n_lab, n_unlab=n_unlab, n_val=n_lab // 3, classes=classes,
-                       shape=(width,), members=["t0", "t1", "t2"], rows_per_shard=rows_per_shard,
-                       row_group_size=row_group_size, batch=batch, logits_dtype=dtype)
-    n = n_lab + n_unlab
-    assert len(shards) == -(-n // rows_per_shard) and verify(d)["rows"] == n
-    r = ShardReader(d)
-    got = list(r.iter_batches(batch, shuffle=True, seed=seed, buffer_rows=row_group_size * 2))
+    write_random_set(d, s)
+    n = len(s["ids"])
+    info = verify(d)
+    assert info["rows"] == n and info["shards"] == -(-n // s["rows_per_shard"])
+    assert info["splits"] == {"labeled": int(s["labeled"].sum()),
+                              "unlabeled": int((~s["labeled"]).sum())}
+    assert info["val"] == int(s["val"].sum())
+    got = list(ShardReader(d).iter_batches(s["batch"], shuffle=shuffle, seed=s["seed"],
+                                           buffer_rows=buffer_rows))
     if not n:
         assert got == []
         return
     cat = {k: np.concatenate([b[k] for b in got], axis=1 if k == "logits" else 0)
            for k in got[0]}
-    order = np.argsort(cat["row_id"])
-    rid = cat["row_id"][order]
-    np.testing.assert_array_equal(rid, np.arange(n))
-    np.testing.assert_array_equal(cat["features"][order], feats(rid, width))
-    for k in range(3):
-        np.testing.assert_array_equal(cat["logits"][k][order], logit(rid, k, C))
-    labels = np.where(rid < n_lab, rid % C, -1)
-    np.testing.assert_array_equal(cat["label"][order], labels)
-    np.testing.assert_array_equal(cat["is_labeled"][order], rid < n_lab)
-    np.testing.assert_array_equal(cat["is_val"][order], rid < n_lab // 3)
+    # read back equals written, row by row id, whatever order the reader chose
+    back, want = np.argsort(cat["row_id"]), np.argsort(s["ids"])
+    np.testing.assert_array_equal(cat["row_id"][back], s["ids"][want])
+    np.testing.assert_array_equal(cat["label"][back], s["label"][want])
+    np.testing.assert_array_equal(cat["is_labeled"][back], s["labeled"][want])
+    np.testing.assert_array_equal(cat["is_val"][back], s["val"][want])
+    np.testing.assert_array_equal(cat["features"][back], s["features"][want])
+    for k, m in enumerate(s["members"]):  # stored in the chosen dtype, read as float32
+        stored = s["logits"][m].astype(s["dtype"]).astype(np.float32)
+        np.testing.assert_array_equal(cat["logits"][k][back], stored[want])
+    # plain pyarrow sees null labels where the row is unlabeled
+    t = read_table(d)
+    assert t.column("label").null_count == int((~s["labeled"]).sum())

@@ -1,0 +1,272 @@
+"""The bad-input catalogue (docs/errors.md) for params, user data and commands.
+
+Each case makes one mistake, runs the real `kd` command and expects exit 2, one line naming the
+key/file/column/row, no traceback, nothing written, and exactly the line docs/errors.md shows
+for its id. Artifact cases live in tests/test_corrupt.py; `python -m tests.catalogue` rewrites
+the page from both. These are the project's only lists of bad params and bad data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from tests.catalogue import Case, all_cases, assert_case, read_doc
+from tests.test_prepare import parquet_params, user_files
+
+EARLIER = '{"earlier": "output"}'  # a previous good run's output, which must survive
+
+
+def _with_earlier_output(d: Path) -> None:
+    (d / "data/prepared").mkdir(parents=True)
+    (d / "data/prepared/meta.json").write_text(EARLIER)
+
+
+# ----------------------------------------------------------------------------- params
+
+
+def params_case(case_id: str, mistake: str, params: dict | str, names: tuple[str, ...],
+                argv: tuple[str, ...] = ("prepare",)) -> Case:
+    text = params if isinstance(params, str) else yaml.safe_dump(params)
+
+    def setup(d: Path) -> None:
+        (d / "params.yaml").write_text(text)
+        _with_earlier_output(d)
+
+    return Case(f"params.{case_id}", "params", mistake, argv, setup, names)
+
+
+PARQUET = {"source": "parquet", "labeled": "l", "test": "t", "label": "y", "features": "f"}
+P = params_case
+PARAMS_CASES = [
+    P("student.temperature.range", "a temperature that is not positive",
+      {"student": {"temperature": -1}}, ("student.temperature", "-1")),
+    P("student.temperature.typo", "a misspelt key (a close match is suggested)",
+      {"student": {"temprature": 4}}, ("student.temprature", "temperature")),
+    P("section.unknown", "a section that does not exist", {"studnt": {}}, ("studnt",)),
+    P("student.alpha.range", "alpha outside [0, 1]", {"student": {"alpha": 1.5}},
+      ("student.alpha", "1.5")),
+    P("student.combine.choice", "a value not among the choices",
+      {"student": {"combine": "max"}}, ("student.combine", "'max'")),
+    P("student.train.augment", "augmentation for the student (its soft targets belong to the "
+      "unaugmented rows)", {"student": {"train": {"augment": {"shift": 2}}}},
+      ("student.train", "shift=2")),
+    P("student.train.batch_size.bool", "a boolean where an integer belongs",
+      {"student": {"train": {"batch_size": True}}}, ("student.train.batch_size", "True")),
+    P("student.arch.unknown", "an architecture that is not registered",
+      {"student": {"arch": "transformer"}}, ("student.arch", "'transformer'")),
+    P("student.knobs.unknown", "a knob the architecture does not have",
+      {"student": {"arch": "mlp", "knobs": {"channels": 3}}}, ("student.knobs", "'channels'")),
+    P("student.knobs.value", "a knob value out of range",
+      {"student": {"knobs": {"dropout": 1.5}}}, ("student.knobs", "dropout=1.5")),
+    P("student.train.weight_decay.inf", "an infinite number",
+      "student:\n  train:\n    weight_decay: .inf\n", ("student.train.weight_decay", "inf")),
+    P("data.source.choice", "an unknown data source", {"data": {"source": "cifar"}},
+      ("data.source", "'cifar'")),
+    P("data.unlabeled_size.string", "a number written as a string",
+      {"data": {"unlabeled_size": "10"}}, ("data.unlabeled_size", "'10'")),
+    P("data.unlabeled_size.float", "a fraction where a count belongs",
+      {"data": {"unlabeled_size": 2.5}}, ("data.unlabeled_size", "2.5")),
+    P("data.unlabeled_size.negative", "a negative count", {"data": {"unlabeled_size": -5}},
+      ("data.unlabeled_size", "-5")),
+    P("data.val_fraction.range", "more than half the labeled rows for validation",
+      {"data": {"val_fraction": 0.9}}, ("data.val_fraction", "0.9")),
+    P("data.unlabeled_seed.42", "mnist1d's transfer set drawn with the labeled split's seed",
+      {"data": {"unlabeled_seed": 42}}, ("data.unlabeled_seed", "42")),
+    P("data.labeled.not_parquet", "a parquet-only key with another source",
+      {"data": {"labeled": "x.parquet"}}, ("data.labeled", "'mnist1d'")),
+    P("data.labeled.required", "source parquet without its labeled file",
+      {"data": {"source": "parquet", "test": "t.parquet"}}, ("data.labeled",)),
+    P("data.features.type", "features that are neither a column name nor a list of names",
+      {"data": {**PARQUET, "features": 3}}, ("data.features", "3")),
+    P("data.shape.zero", "a zero in the feature shape", {"data": {**PARQUET, "shape": [8, 0]}},
+      ("data.shape.1", "0")),
+    P("data.fractions.sum", "digits fractions that leave no labeled rows",
+      {"data": {"source": "digits", "test_fraction": 0.5, "unlabeled_fraction": 0.5}},
+      ("data.unlabeled_fraction", "0.5 + 0.5")),
+    P("data.normalize.choice", "an unknown normalisation", {"data": {"normalize": "minmax"}},
+      ("data.normalize", "'minmax'")),
+    P("teacher.members.empty", "an ensemble without members", {"teacher": {"members": {}}},
+      ("teacher.members",)),
+    P("teacher.members.name", "a member name with a space", {"teacher": {"members": {"a b": {}}}},
+      ("teacher.members", "'a b'")),
+    P("teacher.members.lr", "a member's learning rate of 0",
+      {"teacher": {"members": {"a": {"train": {"lr": 0}}}}}, ("teacher.members.a.train.lr",)),
+    P("teacher.members.typo", "a misspelt key inside a member",
+      {"teacher": {"members": {"a": {"train": {"epoch": 3}}}}},
+      ("teacher.members.a.train.epoch", "epochs")),
+    P("teacher.members.kernel", "an even kernel for a member",
+      {"teacher": {"members": {"m": {"knobs": {"kernel": 4}}}}},
+      ("teacher.members.m.knobs", "kernel=4")),
+    P("teacher.members.shift", "a negative augmentation shift",
+      {"teacher": {"members": {"a": {"train": {"augment": {"shift": -1}}}}}},
+      ("teacher.members.a.train.augment.shift", "-1")),
+    P("teacher.defaults.epochs", "zero epochs for every member",
+      {"teacher": {"defaults": {"train": {"epochs": 0}}}}, ("teacher.defaults.train.epochs",)),
+    P("teacher.defaults.arch", "an unknown architecture for every member",
+      {"teacher": {"defaults": {"arch": "vit"}}}, ("teacher.defaults.arch", "'vit'")),
+    P("teacher.defaults.optimizer", "an unknown optimizer",
+      {"teacher": {"defaults": {"train": {"optimizer": "adam"}}}},
+      ("teacher.defaults.train.optimizer", "'adam'")),
+    P("teacher.defaults.warmup", "a warm-up as long as training",
+      {"teacher": {"defaults": {"train": {"epochs": 5, "warmup_epochs": 5}}}},
+      ("teacher.defaults.train.warmup_epochs", "5")),
+    P("baseline.epochs.warmup", "the student's warm-up longer than the baseline's epochs",
+      {"student": {"train": {"epochs": 50, "warmup_epochs": 40}}, "baseline": {"epochs": 10}},
+      ("student.train.warmup_epochs", "baseline.epochs")),
+    P("export.rows_per_shard.zero", "zero rows per shard", {"export": {"rows_per_shard": 0}},
+      ("export.rows_per_shard",)),
+    P("export.row_group_size.range", "row groups larger than a shard",
+      {"export": {"rows_per_shard": 100, "row_group_size": 1000}},
+      ("export.row_group_size", "1000")),
+    P("export.logits_dtype.choice", "an unsupported logits dtype",
+      {"export": {"logits_dtype": "float64"}}, ("export.logits_dtype", "'float64'")),
+    P("tracking.enabled.type", "'yes' for a boolean", {"tracking": {"enabled": "yes"}},
+      ("tracking.enabled", "'yes'")),
+    P("yaml.syntax", "a YAML syntax error", "data: [unclosed", ("params.yaml", "line 1")),
+    P("yaml.duplicate", "a key written twice",
+      "data:\n  source: mnist1d\n  source: digits\n", ("params.yaml", "source", "line 3")),
+    P("yaml.not_mapping", "a list instead of sections", "- 1\n- 2\n", ("params",)),
+    P("yaml.python_tag", "a YAML tag that would run code (never constructed)",
+      "data: !!python/object/apply:os.system ['touch hacked']\n", ("params.yaml",)),
+    P("file.missing", "a params file that does not exist", "{}\n", ("nope.yaml",),
+      argv=("prepare", "--params", "nope.yaml")),
+    P("file.directory", "a directory given as the params file", "{}\n", ("data",),
+      argv=("prepare", "--params", "data")),
+]
+
+
+# ------------------------------------------------------------------------------- data
+
+def _rewrite(path: Path, column: int, name: str, values) -> None:
+    t = pq.read_table(path)
+    pq.write_table(t.set_column(column, name, pa.array(values)), path)
+
+
+def _nan(d: Path, p: dict) -> dict:
+    for path in p.values():  # two features everywhere, a NaN in labeled row 5
+        n = pq.read_table(path).num_rows
+        _rewrite(path, 0, "pixels", [[0.0, 1.0]] * n)
+    rows = [[0.0, 1.0]] * 30
+    rows[5] = [float("nan"), 1.0]
+    _rewrite(p["lab"], 0, "pixels", rows)
+    return {}
+
+
+def _cell(path: Path, column: int, name: str, row: int, value) -> None:
+    values = pq.read_table(path).column(column).to_pylist()
+    values[row] = value(values[row])
+    _rewrite(path, column, name, values)
+
+
+def _ids(d: Path, p: dict, kind: str) -> dict:
+    for path in p.values():
+        n = pq.read_table(path).num_rows
+        ids = {"duplicate": np.arange(n), "float": np.arange(n) + 0.5,
+               "null": pa.array([None, *range(1, n)], pa.int64())}[kind]
+        pq.write_table(pq.read_table(path).append_column("key", pa.array(ids)), path)
+    return {"id": "key"}
+
+
+Breaker = Callable[[Path, dict], dict | None]
+DATA = [
+    # (id, mistake, names, breaker(dir, paths) -> params overrides)
+    ("file.missing", "the labeled file does not exist", ("lab.parquet",),
+     lambda d, p: p["lab"].unlink()),
+    ("file.not_parquet", "a CSV file where Parquet belongs", ("lab.parquet",),
+     lambda d, p: p["lab"].write_text("row_id,label\n1,2\n")),
+    ("column.missing", "the features column is absent", ("lab.parquet", "'pixels'"),
+     lambda d, p: pq.write_table(pq.read_table(p["lab"]).drop(["pixels"]), p["lab"])),
+    ("features.ragged", "rows with different numbers of features",
+     ("lab.parquet", "'pixels'", "row 3"), lambda d, p: _cell(p["lab"], 0, "pixels", 3,
+                                                              lambda v: v[:5])),
+    ("features.non_numeric", "text features", ("lab.parquet", "'pixels'"),
+     lambda d, p: _rewrite(p["lab"], 0, "pixels", [["a"]] * 30)),
+    ("features.missing", "a missing feature value", ("lab.parquet", "'pixels'", "row 4"),
+     lambda d, p: _cell(p["lab"], 0, "pixels", 4, lambda v: None)),
+    ("features.nan", "a NaN feature", ("lab.parquet", "row 5"), _nan),
+    ("features.inf", "an infinite feature in the test file", ("test.parquet", "row 2"),
+     lambda d, p: _cell(p["test"], 0, "pixels", 2, lambda v: [float("inf"), *v[1:]])),
+    ("features.width", "files whose feature widths differ", ("unl.parquet", "4", "6"),
+     lambda d, p: _rewrite(p["unl"], 0, "pixels", [[0.0] * 4] * 20)),
+    ("shape.mismatch", "a shape that does not hold the features", ("data.shape", "[4, 4]"),
+     lambda d, p: {"shape": [4, 4]}),
+    ("label.missing", "a labeled row without a label", ("lab.parquet", "'animal'", "row 2"),
+     lambda d, p: _cell(p["lab"], 1, "animal", 2, lambda v: None)),
+    ("label.float", "labels that are numbers with fractions", ("lab.parquet", "'animal'"),
+     lambda d, p: _rewrite(p["lab"], 1, "animal", np.linspace(0, 1, 30))),
+    ("label.unknown_in_test", "a test label the labeled split never has",
+     ("test.parquet", "'animal'", "'fox'", "row 1"),
+     lambda d, p: _cell(p["test"], 1, "animal", 1, lambda v: "fox")),
+    ("label.one_class", "a single class", ("lab.parquet", "'animal'"),
+     lambda d, p: _rewrite(p["lab"], 1, "animal", ["cat"] * 30)),
+    ("split.empty_labeled", "an empty labeled file", ("lab.parquet",),
+     lambda d, p: pq.write_table(pq.read_table(p["lab"]).slice(0, 0), p["lab"])),
+    ("split.empty_test", "an empty test file", ("test.parquet",),
+     lambda d, p: pq.write_table(pq.read_table(p["test"]).slice(0, 0), p["test"])),
+    ("id.duplicate", "the same id in two files", ("data.id", "0"),
+     lambda d, p: _ids(d, p, "duplicate")),
+    ("id.float", "ids that are not integers", ("lab.parquet", "'key'"),
+     lambda d, p: _ids(d, p, "float")),
+    ("id.null", "a missing id", ("lab.parquet", "'key'", "row 0"),
+     lambda d, p: _ids(d, p, "null")),
+]
+
+
+def data_case(case_id: str, mistake: str, names: tuple[str, ...], breaker: Breaker) -> Case:
+    def setup(d: Path) -> None:
+        paths = user_files(d)
+        overrides = breaker(d, paths)  # a dict of params overrides, or anything else: none
+        overrides = overrides if isinstance(overrides, dict) else {}
+        (d / "params.yaml").write_text(yaml.safe_dump(parquet_params(d, **overrides)))
+        _with_earlier_output(d)
+
+    return Case(f"data.{case_id}", "data", mistake, ("prepare",), setup, names)
+
+
+DATA_CASES = [data_case(*row) for row in DATA]
+
+
+# --------------------------------------------------------------------------- commands
+
+def _params(d: Path, params: dict | None = None) -> None:
+    (d / "params.yaml").write_text(yaml.safe_dump(params or {}))
+
+
+CLI_CASES = [
+    Case("cli.teacher.unknown_member", "cli", "training a member params.yaml does not list",
+         ("teacher", "nosuch"), _params, ("teacher.members", "'nosuch'")),
+    Case("cli.export.before_prepare", "cli", "a stage run before the one it reads from",
+         ("export",), _params, ("data/prepared/meta.json", "dvc repro prepare")),
+    Case("cli.student.before_export", "cli", "the student run before the export",
+         ("student",), _params, ("data/soft_targets/manifest.json", "dvc repro export")),
+    Case("cli.shards.no_manifest", "cli", "`kd shards verify` on a directory without shards",
+         ("shards", "verify", "nowhere"), _params, ("nowhere/manifest.json",)),
+    Case("cli.tracking.unreachable", "cli", "tracking to a server that is down",
+         ("prepare",), lambda d: _params(d, {"data": {"source": "digits"}}),
+         ("http://127.0.0.1:1", "KD_TRACKING=0"),
+         env={"KD_TRACKING": "1", "MLFLOW_TRACKING_URI": "http://127.0.0.1:1"}),
+]
+
+CASES = [*PARAMS_CASES, *DATA_CASES, *CLI_CASES]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_case(case, tmp_path):
+    assert_case(case, tmp_path)
+
+
+def test_every_case_is_documented_and_every_row_has_a_case():
+    ids, documented = {c.id for c in all_cases()}, read_doc()
+    assert sorted(ids - set(documented)) == [], "cases without a row in docs/errors.md"
+    assert sorted(set(documented) - ids) == [], "rows in docs/errors.md without a case"
+
+
+def test_at_least_thirty_params_and_data_cases():
+    assert len(PARAMS_CASES) + len(DATA_CASES) >= 30
