@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from stages.faults import failpoint
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -27,6 +29,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success move it into place, else delete it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # a write killed before its rename left a randomly named sibling that nothing else removes
+    for stale in path.parent.glob(f".tmp-{path.name}.*"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
@@ -35,6 +40,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb") as f:  # data on disk before the rename makes it visible
             os.fsync(f.fileno())
+        failpoint("atomic.rename", path.name)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -53,9 +59,11 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
+        failpoint("atomic.dir", path.name)
         if path.exists():
             old = path.with_name(f".old-{path.name}.{os.getpid()}")
             os.replace(path, old)
+            failpoint("atomic.swap", path.name)  # the old set moved away, the new not yet in
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
         else:

@@ -22,6 +22,7 @@ from stages.atomic import atomic_dir
 from stages.config import Config
 from stages.datasets import iter_split, load_meta
 from stages.errors import ArtifactError
+from stages.faults import failpoint
 from stages.models import load_model, model_fingerprint
 from stages.shards import MANIFEST, ShardWriter, summary, write_manifest
 from stages.tracking import stage_run, tag_output
@@ -76,6 +77,7 @@ def run(cfg: Config, out_dir: Path = Path("data/soft_targets"),
                         writer.write(part.row_id, split, part.y, is_val, part.x, logits)
                         rows += len(part.row_id)
                 shards = writer.close()
+            failpoint("export.manifest")  # every shard in place, the set not yet complete
             write_manifest(
                 tmp, shards, members=list(models), class_names=meta["class_names"],
                 feature_shape=shape, logits_dtype=ex.logits_dtype,

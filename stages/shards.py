@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from stages.atomic import read_json, write_json
 from stages.errors import ArtifactError
+from stages.faults import failpoint
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -217,6 +218,7 @@ class ShardWriter:
             splits=dict(labeled=c["labeled"], unlabeled=c["rows"] - c["labeled"]),
             bytes=tmp.stat().st_size))
         os.replace(tmp, final)
+        failpoint("shard.done", final.name)
         self._index += 1
         self._counts = dict(rows=0, labeled=0, val=0)
 

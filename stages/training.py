@@ -34,6 +34,7 @@ from safetensors.torch import save_file
 
 from stages.atomic import atomic_path, write_json
 from stages.config import AugmentConfig, TrainConfig
+from stages.faults import failpoint
 
 CHECKPOINTS = Path("data/.checkpoints")  # outside every DVC output: `dvc repro` keeps them
 
@@ -180,6 +181,7 @@ def save_checkpoint(path: Path, model, opt, epoch: int, history: list, fingerpri
     # that disagree, which load_checkpoint then refuses instead of mixing two epochs
     with atomic_path(path / "state.safetensors") as tmp:
         save_file(tensors, str(tmp), metadata={"epoch": str(epoch), "fingerprint": fingerprint})
+    failpoint("checkpoint.between")
     write_json(path / "state.json", {"epoch": epoch, "history": history, "fingerprint": fingerprint,
                                      "param_groups": opt_state["param_groups"]})
 
@@ -264,6 +266,7 @@ def fit(model: torch.nn.Module, epoch_batches: Callable[[int], Iterable[Batch]],
         if resumed is not None:
             start, history = resumed
             print(f"resuming from epoch {start} of {cfg.epochs} ({checkpoint})", file=sys.stderr)
+    failpoint("train.start")
     for epoch in range(start, cfg.epochs):
         torch.manual_seed(epoch_seed(cfg.seed + 1, epoch))  # dropout's stream for this epoch
         _call(callbacks, "on_epoch_start", epoch, cfg.epochs, steps_per_epoch)
@@ -276,6 +279,7 @@ def fit(model: torch.nn.Module, epoch_batches: Callable[[int], Iterable[Batch]],
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            failpoint("train.batch")
             loss_sum += loss.detach() * len(batch.y)
             n += len(batch.y)
             _call(callbacks, "on_step", loss.detach())
@@ -287,6 +291,7 @@ def fit(model: torch.nn.Module, epoch_batches: Callable[[int], Iterable[Batch]],
         history.append(metrics)
         if checkpoint is not None:
             save_checkpoint(checkpoint, model, opt, epoch, history, fingerprint)
+        failpoint("train.epoch")
         _call(callbacks, "on_epoch_end", epoch, metrics)
     model.eval()
     return history
