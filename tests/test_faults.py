@@ -222,6 +222,24 @@ def test_failpoint_counts_hits_and_names_details(tmp_path):
     assert run("q").returncode == 0  # a point that is never reached
 
 
+def test_atomic_write_removes_dead_writers_temp_files_only(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from stages.atomic import write_json
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    for name in (f".tmp-m.json.{dead}.x1", ".tmp-m.json.x2", f".tmp-m.json.{os.getpid()}.x3",
+                 ".tmp-other.json.1.x4"):
+        (tmp_path / name).write_text("partial")
+    write_json(tmp_path / "m.json", {"a": 1})
+    # a live writer of the same path (here: this process) keeps its file; others of m.json go
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f".tmp-m.json.{os.getpid()}.x3", ".tmp-other.json.1.x4", "m.json"]
+
+
 def test_bad_failpoint_spec_is_a_one_line_error(tmp_path):
     (tmp_path / "params.yaml").write_text("data: {source: digits}\n")
     result = run_cmd(["kd", "prepare"], tmp_path, env={**ENV, "KD_FAILPOINT": "x@0"},
