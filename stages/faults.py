@@ -22,7 +22,8 @@ Points (grep `failpoint(` for the full list):
     checkpoint.between                        after a checkpoint's weights, before its JSON
     atomic.rename:<file>                      a file fully written, before its rename
     atomic.dir:<dir>                          a directory fully written, before its swap
-    shard.done                                a soft-target shard renamed into place
+    atomic.swap:<dir>                         the old directory moved aside, the new not yet in
+    shard.done:<shard>                        a soft-target shard renamed into place
     export.manifest                           every shard written, before the manifest
     report.write                              the report measured, before anything is written
 """
