@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from stages.faults import failpoint
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -22,12 +24,32 @@ def _umask() -> int:
     return mask
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _remove_stale(path: Path) -> None:
+    """A write killed before its rename left `.tmp-<name>.<pid>.<random>`, which nothing else
+    removes; remove those of dead processes (a live one may be writing the same path now)."""
+    for stale in path.parent.glob(f".tmp-{path.name}.*"):
+        pid = stale.name[len(f".tmp-{path.name}."):].split(".", 1)[0]
+        if not (pid.isdigit() and _alive(int(pid))):
+            stale.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success move it into place, else delete it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
+    _remove_stale(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.{os.getpid()}.", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are ordinary files
@@ -35,6 +57,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb") as f:  # data on disk before the rename makes it visible
             os.fsync(f.fileno())
+        failpoint("atomic.rename", path.name)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -53,9 +76,11 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
+        failpoint("atomic.dir", path.name)
         if path.exists():
             old = path.with_name(f".old-{path.name}.{os.getpid()}")
             os.replace(path, old)
+            failpoint("atomic.swap", path.name)  # the old set moved away, the new not yet in
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
         else:

@@ -30,6 +30,7 @@ from stages.atomic import atomic_dir
 from stages.config import Config
 from stages.datasets import iter_split, load_meta, split_rows
 from stages.distributed import CPU, SINGLE, Dist
+from stages.faults import failpoint
 from stages.models import check_fits, load_model, model_fingerprint
 from stages.shards import MANIFEST, ShardWriter, summary, write_manifest
 from stages.tracking import stage_run, tag_output
@@ -106,6 +107,7 @@ def run(cfg: Config, out_dir: Path = Path("data/soft_targets"),
             # a collective: past it, every rank has finished and renamed its shards
             per_rank = dist.gather_json({"shards": shards, "rows": rows, "forward_s": forward_s})
             if dist.is_main:
+                failpoint("export.manifest")  # every shard in place, the set not yet complete
                 write_manifest(
                     tmp, [s for r in per_rank for s in r["shards"]], members=list(models),
                     class_names=meta["class_names"], feature_shape=shape,

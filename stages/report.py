@@ -8,6 +8,10 @@ teacher), measures size and speed of each on the same threads, and writes
 `data/report/metrics.json` (DVC metrics), `report.md`, a self-contained `report.html`,
 `plots/*.png` (DVC plots) and `confusion/*.json` (DVC's confusion template). Its MLflow run holds
 every key metric and every param, and links to the runs that produced its inputs.
+
+Everything above is a function of the models and the data, so two runs give the same bytes.
+Wall-clock figures (latency, throughput, speedup) and the machine they were measured on go to
+`timing.json` alone: a DVC metric with `cache: false`, left out of the determinism contract.
 """
 
 from __future__ import annotations
@@ -34,13 +38,17 @@ from stages.evaluation import (
     reliability,
     softmax,
     speed,
+    speed_ratios,
 )
+from stages.faults import failpoint
 from stages.losses import soft_targets
 from stages.models import check_fits, count_params, load_model
 from stages.render import render_html, render_markdown
 from stages.shard_reader import ShardReader
 from stages.shards import MANIFEST, check_members, read_manifest, verify
 from stages.tracking import flatten, link_input_runs, stage_run
+
+TIMING = "timing.json"  # wall-clock figures: not cached, differ between identical runs
 
 
 def machine() -> dict:
@@ -113,8 +121,7 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
     def summary(name: str) -> dict:
         e = evals[name]
         return {"accuracy": e["accuracy"], "nll": e["nll"], "ece": e["ece"],
-                "errors": e["errors"], "params": params[name], "bytes": size[name],
-                **{k: v for k, v in speeds[name].items() if k != "threads"}}
+                "errors": e["errors"], "params": params[name], "bytes": size[name]}
 
     t_acc, s_acc, b_acc = (evals[n]["accuracy"] for n in ("teacher", "student", "baseline"))
     metrics = {
@@ -129,20 +136,30 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
         "compression": compression(metrics["teacher"], metrics["student"], metrics["baseline"]),
         "student_temperature": cfg.student.temperature, "student_alpha": cfg.student.alpha,
     }
-    context = {"metrics": metrics, "evals": evals, "members": members, "machine": machine(),
+    # the same keys as metrics.json, so `dvc metrics show` lines them up (student.accuracy,
+    # student.latency_ms_median, compression.speedup, ...)
+    timing = {name: speeds[name] for name in ("teacher", "student", "baseline")} | {
+        "members": {m: speeds[m] for m in members},
+        "compression": speed_ratios(speeds["teacher"], speeds["student"]),
+        "machine": machine(),
+    }
+    context = {"metrics": metrics, "evals": evals, "members": members,
                "class_names": meta["class_names"], "test_rows": len(test.y)}
 
     with stage_run(cfg, "report", params=flatten(cfg.model_dump())) as tracking:
+        failpoint("report.write")
         with atomic_dir(out_dir) as tmp:
             _figures(tmp, cfg, meta, evals, probs, test.y, params, dirs, members, shards)
             write_json(tmp / "metrics.json", metrics)
             write_json(tmp / "details.json", {k: {"per_class_accuracy": v["per_class_accuracy"],
                                                   "confusion": v["confusion"]}
-                                              for k, v in evals.items()} | {
-                                                 "machine": context["machine"]})
+                                              for k, v in evals.items()})
+            write_json(tmp / TIMING, timing)
             (tmp / "report.md").write_text(render_markdown(context))
             (tmp / "report.html").write_text(render_html(context, tmp / "plots"))
         tracking.log_metrics(metrics)
+        tracking.log_metrics(timing)  # the MLflow run keeps the speed figures next to the rest
+        tracking.set_tags({f"kd.machine.{k}": v for k, v in timing["machine"].items()})
         lock = Path("dvc.lock")
         tracking.set_tags({"kd.dvc_lock_sha256": sha256(lock) if lock.exists() else "none"})
         link_input_runs(tracking, {f"teacher@{m}": dirs[m] / "model.safetensors" for m in members}
@@ -153,9 +170,9 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
     c = metrics["compression"]
     print(f"report: teacher {t_acc:.4f} ({params['teacher']:,} params), student {s_acc:.4f} "
           f"({params['student']:,}), baseline {b_acc:.4f}; {c['params_ratio']:.1f}x fewer "
-          f"parameters, {c['speedup']:.1f}x faster, {c['accuracy_retained']:.4f} of the "
-          f"teacher's accuracy -> {out_dir}/report.html")
-    return metrics
+          f"parameters, {timing['compression']['speedup']:.1f}x faster, "
+          f"{c['accuracy_retained']:.4f} of the teacher's accuracy -> {out_dir}/report.html")
+    return metrics | {"timing": timing}
 
 
 def _figures(out: Path, cfg: Config, meta: dict, evals: dict, probs: dict, y: np.ndarray,

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stages.atomic import write_json
 from stages.errors import ArtifactError
+from stages.faults import failpoint
 from stages.storage import Location, copy_files, locate
 
 SCHEMA_VERSION = 1
@@ -240,6 +241,7 @@ class ShardWriter:
             splits=dict(labeled=c["labeled"], unlabeled=c["rows"] - c["labeled"]),
             bytes=tmp.stat().st_size))
         os.replace(tmp, final)
+        failpoint("shard.done", final.name)
         self._index += 1
         self._counts = dict(rows=0, labeled=0, val=0)
 

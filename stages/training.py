@@ -41,6 +41,7 @@ from safetensors.torch import save_file
 from stages.atomic import atomic_path, write_json
 from stages.config import AugmentConfig, TrainConfig
 from stages.distributed import SINGLE, Dist
+from stages.faults import failpoint
 
 CHECKPOINTS = Path("data/.checkpoints")  # outside every DVC output: `dvc repro` keeps them
 
@@ -208,6 +209,7 @@ def save_checkpoint(path: Path, model, opt, epoch: int, history: list, fingerpri
     # that disagree, which load_checkpoint then refuses instead of mixing two epochs
     with atomic_path(path / "state.safetensors") as tmp:
         save_file(tensors, str(tmp), metadata={"epoch": str(epoch), "fingerprint": fingerprint})
+    failpoint("checkpoint.between")
     write_json(path / "state.json", {"epoch": epoch, "history": history, "fingerprint": fingerprint,
                                      "param_groups": opt_state["param_groups"]})
 
@@ -319,6 +321,7 @@ def fit(model: torch.nn.Module, epoch_batches: Callable[[int], Iterable[Batch]],
             if dist.is_main:
                 print(f"resuming from epoch {start} of {cfg.epochs} ({checkpoint})",
                       file=sys.stderr)
+    failpoint("train.start")
     # DDP broadcasts rank 0's weights now and averages gradients in backward()
     net = _ddp(model, dist) if dist.active else model
     for epoch in range(start, cfg.epochs):
@@ -337,6 +340,7 @@ def fit(model: torch.nn.Module, epoch_batches: Callable[[int], Iterable[Batch]],
             opt.zero_grad(set_to_none=True)
             (loss * batch.scale if batch.scale != 1.0 else loss).backward()
             opt.step()
+            failpoint("train.batch")
             loss_sum += loss.detach() * len(batch.y)
             n += len(batch.y)
             _call(callbacks, "on_step", loss.detach())
@@ -350,6 +354,7 @@ def fit(model: torch.nn.Module, epoch_batches: Callable[[int], Iterable[Batch]],
         history.append(metrics)
         if checkpoint is not None and dist.is_main:
             save_checkpoint(checkpoint, model, opt, epoch, history, fingerprint)
+        failpoint("train.epoch")
         _call(callbacks, "on_epoch_end", epoch, metrics)
     model.eval()
     return history

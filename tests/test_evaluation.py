@@ -18,6 +18,7 @@ from stages.evaluation import (
     quality,
     reliability,
     speed,
+    speed_ratios,
 )
 from stages.render import render_html, render_markdown
 
@@ -60,13 +61,14 @@ def test_agreement_confusion_and_per_class_by_hand():
 
 
 def test_compression_ratios_by_hand():
-    teacher = {"accuracy": 0.99, "params": 200_000, "bytes": 800_000, "latency_ms_median": 1.0,
-               "throughput_rows_per_s": 1_000.0}
-    student = {"accuracy": 0.985, "params": 5_000, "bytes": 25_000, "latency_ms_median": 0.125,
-               "throughput_rows_per_s": 9_000.0}
+    teacher = {"accuracy": 0.99, "params": 200_000, "bytes": 800_000}
+    student = {"accuracy": 0.985, "params": 5_000, "bytes": 25_000}
     c = compression(teacher, student, {"accuracy": 0.97})
-    assert c["params_ratio"] == 40 and c["size_ratio"] == 32 and c["speedup"] == 8
-    assert c["throughput_ratio"] == 9
+    assert c["params_ratio"] == 40 and c["size_ratio"] == 32
+    assert "speedup" not in c  # wall-clock: speed_ratios, kept out of the cached metrics
+    s = speed_ratios({"latency_ms_median": 1.0, "throughput_rows_per_s": 1_000.0},
+                     {"latency_ms_median": 0.125, "throughput_rows_per_s": 9_000.0})
+    assert s == {"speedup": 8, "throughput_ratio": 9}
     assert c["accuracy_retained"] == pytest.approx(0.985 / 0.99)
     assert c["gap_recovered"] == pytest.approx(0.75)  # (0.985 - 0.97) / (0.99 - 0.97)
     # a baseline as good as the teacher leaves no gap to recover: None, not a division by 0
@@ -90,18 +92,15 @@ def test_speed_reports_latency_and_throughput():
 
 
 def _ctx():
-    row = {"accuracy": 0.99, "nll": 0.03, "ece": 0.01, "errors": 10, "params": 100, "bytes": 2048,
-           "latency_ms_median": 1.0, "latency_ms_p95": 2.0, "throughput_rows_per_s": 1000.0,
-           "throughput_batch": 512}
+    row = {"accuracy": 0.99, "nll": 0.03, "ece": 0.01, "errors": 10, "params": 100, "bytes": 2048}
     metrics = {"teacher": row, "student": {**row, "agreement": 0.98}, "baseline": row,
                "members": {"a": row},
-               "compression": {"params_ratio": 35.0, "size_ratio": 30.0, "speedup": 7.0,
-                               "throughput_ratio": 5.0, "accuracy_retained": 1.0,
+               "compression": {"params_ratio": 35.0, "size_ratio": 30.0, "accuracy_retained": 1.0,
                                "gap_recovered": None},
                "student_temperature": 4.0, "student_alpha": 0.9}
     ev = {k: {"per_class_accuracy": [1.0, 0.5]} for k in ("teacher", "student", "baseline")}
     return {"metrics": metrics, "evals": ev, "members": ["a"], "class_names": ["x", "y"],
-            "machine": {"cpu": "test"}, "test_rows": 10}
+            "test_rows": 10}
 
 
 def test_html_is_self_contained(tmp_path):
@@ -120,4 +119,5 @@ def test_html_is_self_contained(tmp_path):
 def test_markdown_headline_handles_an_undefined_gap():
     md = render_markdown(_ctx())
     assert "35.0x fewer parameters" in md and "n/a (the baseline already matches" in md
-    assert "rows/s (batch 512)" in md
+    # speed is wall-clock: not in the cached report, which points to timing.json instead
+    assert "latency ms" not in md and "rows/s" not in md and "timing.json" in md

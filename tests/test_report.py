@@ -45,9 +45,15 @@ def test_report_outputs_and_metrics(pipeline):
     repo, _, _ = pipeline
     report = repo / "data/report"
     metrics = json.loads((report / "metrics.json").read_text())
-    for key in ("accuracy", "params", "latency_ms_median", "latency_ms_p95",
-                "throughput_rows_per_s", "ece", "nll"):
+    for key in ("accuracy", "params", "bytes", "ece", "nll"):
         assert key in metrics["teacher"] and key in metrics["student"], key
+    # wall-clock figures live in the uncached timing.json, under the same model keys
+    timing = json.loads((report / "timing.json").read_text())
+    for key in ("latency_ms_median", "latency_ms_p95", "throughput_rows_per_s"):
+        assert timing["teacher"][key] > 0 and timing["student"][key] > 0, key
+        assert key not in metrics["teacher"], key
+    assert timing["compression"]["speedup"] == pytest.approx(
+        timing["teacher"]["latency_ms_median"] / timing["student"]["latency_ms_median"])
     c = metrics["compression"]
     assert c["params_ratio"] == pytest.approx(metrics["teacher"]["params"] /
                                               metrics["student"]["params"])
@@ -63,7 +69,7 @@ def test_report_outputs_and_metrics(pipeline):
 def test_dvc_metrics_plots_and_experiments_work(pipeline):
     repo, _, _ = pipeline
     shown = run_cmd(["dvc", "metrics", "show", "--json"], repo).stdout
-    assert "compression" in shown and "params_ratio" in shown
+    assert "compression" in shown and "params_ratio" in shown and "speedup" in shown
     run_cmd(["dvc", "plots", "show", "-o", str(repo / "plots_html")], repo)
     assert (repo / "plots_html" / "index.html").is_file()
     exps = run_cmd(["dvc", "exp", "show", "--json"], repo).stdout
@@ -83,6 +89,8 @@ def test_variants_are_two_mlflow_report_runs_that_differ_in_temperature(pipeline
     assert temps["8.0"].data.tags["dvc.exp_name"] == "t8"
     for r in (temps["2.0"], temps["8.0"]):  # every key metric is on the report's run
         assert "compression.params_ratio" in r.data.metrics
+        assert r.data.metrics["compression.speedup"] > 0  # from timing.json: still logged
+        assert "student.latency_ms_median" in r.data.metrics
         assert "student.accuracy" in r.data.metrics
         assert r.data.tags["kd.dvc_lock_sha256"] != "none"
 

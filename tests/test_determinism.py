@@ -1,0 +1,62 @@
+"""Two `dvc repro` runs from scratch, in two separate repositories, give identical hashes in
+dvc.lock for every output and dependency, except the report's wall-clock timing file (not
+cached by DVC: latency and throughput differ between any two runs).
+
+The pipeline is the tiny one of tests/repro.py (about 25 s per run on 2 cores); the first run
+is the session's shared reference, which the fault-injection suite reuses.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from tests.conftest import run_cmd
+from tests.repro import TIMING, fresh_run, lock_hashes, output_bytes, reference
+
+pytestmark = pytest.mark.slow
+
+
+def test_two_runs_from_scratch_give_identical_dvc_lock_hashes(tmp_path_factory, tmp_path):
+    first = reference(tmp_path_factory)
+    second = fresh_run(tmp_path / "second")
+    a, b = lock_hashes(first), lock_hashes(second)
+    assert a.keys() == b.keys()
+    timing = {k for k in a if k.endswith(f"/{TIMING}")}
+    assert timing == {"report outs data/report/timing.json"}  # the one uncached file
+    differing = sorted(k for k in a if k not in timing and a[k] != b[k])
+    assert not differing, f"outputs that differ between two identical runs: {differing}"
+    # every stage ran in both, and every output besides the timing file is in the lock
+    stages = yaml.safe_load((first / "dvc.lock").read_text())["stages"]
+    assert set(stages) == {"prepare", "teacher@a", "teacher@b", "export", "baseline", "student",
+                           "report"}
+    # the bytes themselves, too (this also catches files inside directory outputs)
+    ours, theirs = output_bytes(first), output_bytes(second)
+    assert ours.keys() == theirs.keys()
+    assert [p for p in ours if ours[p] != theirs[p]] == []
+
+
+def test_timing_file_is_an_uncached_metric_with_the_speed_figures(tmp_path_factory):
+    repo = reference(tmp_path_factory)
+    stage = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]["report"]
+    assert {"data/report/timing.json": {"cache": False}} in stage["metrics"]
+    # not in DVC's cache, so not git-ignored either (unlike every cached output)
+    assert "timing.json" not in (repo / "data/report/.gitignore").read_text()
+    report = repo / "data/report"
+    timing = json.loads((report / TIMING).read_text())
+    assert timing["compression"]["speedup"] > 0 and timing["student"]["latency_ms_median"] > 0
+    assert set(timing["members"]) == {"a", "b"} and timing["machine"]["cpu_count"] >= 1
+    # none of it in the cached outputs
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert "speedup" not in metrics["compression"]
+    assert "latency_ms_median" not in metrics["student"]
+    assert "machine" not in json.loads((report / "details.json").read_text())
+    md = (report / "report.md").read_text()
+    assert "latency ms" not in md and "rows/s" not in md and "timing.json" in md
+    # `dvc metrics show` still shows the speedup, beside the cached metrics
+    shown = json.loads(run_cmd(["dvc", "metrics", "show", "--json"], repo).stdout)
+    files = next(iter(shown.values()))["data"]
+    assert files["data/report/timing.json"]["data"]["compression"]["speedup"] > 0
+    assert "params_ratio" in files["data/report/metrics.json"]["data"]["compression"]
