@@ -128,7 +128,8 @@ def test_killed_stage_reruns_to_the_uninterrupted_bytes(case: Case, ref, tmp_pat
     TALLY["injected"] += 1
     assert killed.returncode != 0, f"{case}: the stage was not killed\n{log}"
     assert f"failpoint {case.point.split('@')[0]} hit" in log, log
-    assert "exited with -9" in log, log
+    # SIGKILL: dvc reports -9 when the shell execs kd, 128 + 9 when a shell (dash) waits on it
+    assert re.search(r"exited with (-9|137)\b", log), log
     assert RAN.findall(killed.stdout) == [case.stage], "a stage after the killed one ran"
 
     # nothing a later stage could read is partial; nobody else's files moved
