@@ -46,14 +46,20 @@ def soft_targets(t_logits: Tensor, T: float, combine: str = "mean_probs") -> Ten
     raise ValueError(f"combine={combine!r} must be one of {COMBINES}")
 
 
-def hard_loss(s_logits: Tensor, labels: Tensor) -> Tensor:
-    """Cross-entropy averaged over labeled rows (labels >= 0); exactly 0 if there are none."""
-    labeled = labels >= 0  # (B,)
-    targets = torch.where(labeled, labels, -1)  # any negative label means unlabeled
+def hard_loss(s_logits: Tensor, labels: Tensor, labeled: Tensor | None = None) -> Tensor:
+    """Cross-entropy averaged over labeled rows (labels >= 0); exactly 0 if there are none.
+
+    `labeled` replaces the batch's own labeled count as the divisor. Under DDP a rank passes
+    (labeled rows in the global batch) / (ranks): DDP's average of the rank losses is then
+    the global batch's mean, however the labeled rows fall on the ranks."""
+    is_labeled = labels >= 0  # (B,)
+    targets = torch.where(is_labeled, labels, -1)  # any negative label means unlabeled
     # sum / count instead of a boolean gather + mean: no host sync, no NaN on an empty set,
     # and the result stays attached to the graph even when it is 0
     ce_sum = F.cross_entropy(s_logits.float(), targets, ignore_index=-1, reduction="sum")
-    return ce_sum / labeled.sum().clamp(min=1)
+    if labeled is None:
+        return ce_sum / is_labeled.sum().clamp(min=1)
+    return ce_sum / labeled.clamp(min=1e-6)  # no labeled rows anywhere: ce_sum is exactly 0
 
 
 def soft_loss(s_logits: Tensor, t_probs: Tensor, T: float) -> Tensor:
@@ -67,12 +73,14 @@ def soft_loss(s_logits: Tensor, t_probs: Tensor, T: float) -> Tensor:
 
 
 def kd_loss_parts(
-    s_logits: Tensor, t_probs: Tensor, labels: Tensor, T: float, alpha: float
+    s_logits: Tensor, t_probs: Tensor, labels: Tensor, T: float, alpha: float,
+    labeled: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(total, soft, hard) with total = alpha * soft + (1 - alpha) * hard; see module doc.
 
     s_logits (B, C) student logits; t_probs (B, C) teacher probabilities at T (soft_targets);
     labels (B,) int64 with -1 for unlabeled rows. `soft` already includes the T^2 factor.
+    `labeled`: the divisor of the hard term (see hard_loss), for distributed training.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha={alpha!r} must be in [0, 1]")
@@ -82,10 +90,11 @@ def kd_loss_parts(
     if labels.shape != s_logits.shape[:1]:
         raise ValueError(f"labels {tuple(labels.shape)} must be (B,) = ({s_logits.shape[0]},)")
     soft = soft_loss(s_logits, t_probs, T)
-    hard = hard_loss(s_logits, labels)
+    hard = hard_loss(s_logits, labels, labeled)
     return alpha * soft + (1.0 - alpha) * hard, soft, hard
 
 
-def kd_loss(s_logits: Tensor, t_probs: Tensor, labels: Tensor, T: float, alpha: float) -> Tensor:
+def kd_loss(s_logits: Tensor, t_probs: Tensor, labels: Tensor, T: float, alpha: float,
+            labeled: Tensor | None = None) -> Tensor:
     """Hinton's distillation loss, a scalar: alpha * soft + (1 - alpha) * hard."""
-    return kd_loss_parts(s_logits, t_probs, labels, T, alpha)[0]
+    return kd_loss_parts(s_logits, t_probs, labels, T, alpha, labeled)[0]

@@ -148,6 +148,24 @@ def test_unlabeled_rows_enter_only_the_soft_term():
     assert s.grad[~unl].abs().sum() > 0
 
 
+def test_rank_losses_with_the_global_labeled_count_average_to_the_whole_batch_loss():
+    """DDP averages the ranks' losses (and gradients). With each rank dividing its hard term
+    by the global batch's labeled rows per rank, that average is the one-process loss, however
+    unevenly the labeled rows fall; dividing by a rank's own count is not."""
+    s, p, labels = batch(B=12, seed=11, unlabeled=0.0)
+    labels[:5] = -1  # rank 0: 1 labeled row of 6, rank 1: 6 of 6
+    whole = kd_loss(s, p, labels, 3.0, 0.4)
+    halves = [slice(0, 6), slice(6, 12)]
+    per_rank = torch.tensor(float((labels >= 0).sum()) / 2)
+    ddp = sum(kd_loss(s[h], p[h], labels[h], 3.0, 0.4, per_rank) for h in halves) / 2
+    naive = sum(kd_loss(s[h], p[h], labels[h], 3.0, 0.4) for h in halves) / 2
+    assert ddp.item() == pytest.approx(whole.item(), rel=1e-6)
+    assert abs(naive.item() - whole.item()) > 1e-2
+    # no labeled row anywhere: the hard term is 0, not a division by zero
+    none = torch.full_like(labels, -1)
+    assert kd_loss_parts(s, p, none, 3.0, 0.4, torch.tensor(0.0))[2].item() == 0.0
+
+
 def test_all_unlabeled_batch_gives_the_soft_term_alone():
     s, p, _ = batch(seed=8)
     labels = torch.full((s.shape[0],), -1)
