@@ -12,7 +12,8 @@ around, `kd <stage>` re-runs itself under torchrun (`launch`): torchrun's own `r
 `--standalone`, so DVC's command line stays `kd <stage>`.
 
 The backend follows the hardware: nccl (one CUDA device per local rank) when CUDA GPUs are
-there, gloo on CPU. Objects cross ranks as JSON or raw bytes in uint8 tensors, never pickles.
+there, gloo on CPU; the model and batches go where the backend is (a single process, without
+torchrun, trains on CPU). Objects cross ranks as JSON or raw bytes in uint8 tensors, never pickles.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,6 +90,29 @@ class Dist:
         dist.broadcast(buf, 0)
         return buf.cpu().numpy().tobytes()
 
+    def on_main(self, fn: Callable[..., object], *args) -> None:
+        """Run a check on rank 0 only (one reader of a large artifact) and fail every rank
+        with its KDError, so none walks on into a collective that rank 0 never joins."""
+        error = b""
+        if self.is_main:
+            try:
+                fn(*args)
+            except KDError as e:
+                error = f"{type(e).__name__}\0{e}".encode()
+        error = self.broadcast_bytes(error)
+        if error:
+            kind, _, message = error.decode().partition("\0")
+            raise next(c for c in (*KDError.__subclasses__(), KDError)
+                       if c.__name__ == kind)(message)
+
+    def mean_over_ranks(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean of a scalar over all ranks (a sync point: every rank must call it)."""
+        if not self.active:
+            return value
+        total = value.detach().to(self.device, torch.float64).reshape(1).clone()
+        dist.all_reduce(total)
+        return (total / self.world).float().reshape(())
+
     def gather_json(self, obj) -> list:
         """Every rank's JSON-able `obj`, in rank order, on every rank."""
         if not self.active:
@@ -113,6 +137,7 @@ SINGLE = Dist()  # one process, no process group: what every stage is without to
 def session(rt: RuntimeConfig) -> Iterator[Dist]:
     """The process group for one stage run under torchrun, or a single-process `Dist`."""
     if not under_torchrun():
+        choose_backend(rt.backend)  # nccl asked for where there is no GPU: say so, alone too
         if rt.threads:
             torch.set_num_threads(rt.threads)
         yield Dist()
@@ -124,6 +149,10 @@ def session(rt: RuntimeConfig) -> Iterator[Dist]:
     backend = choose_backend(rt.backend)
     device = CPU
     if backend == "nccl":
+        if local_rank >= torch.cuda.device_count():
+            raise KDError(f"runtime.backend: nccl gives each process a GPU of its own; local "
+                          f"rank {local_rank} has none ({torch.cuda.device_count()} visible), "
+                          "so lower runtime.nproc (or --nproc-per-node) or use gloo")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
         # deterministic cuBLAS, for torch.use_deterministic_algorithms(True)
@@ -131,10 +160,10 @@ def session(rt: RuntimeConfig) -> Iterator[Dist]:
     torch.set_num_threads(threads_per_process(rt, local_world))
     # a rank that dies of a user error must not leave the others waiting for half an hour
     dist.init_process_group(backend, timeout=datetime.timedelta(minutes=10))
-    try:
-        yield Dist(rank, world, local_rank, device)
-    finally:
-        dist.destroy_process_group()
+    yield Dist(rank, world, local_rank, device)
+    # only after a clean run: with an error in flight, peers may still be in a collective,
+    # and tearing the group down under them can hang (nccl); the exiting process frees it
+    dist.destroy_process_group()
 
 
 def _die_with_parent() -> None:
@@ -160,7 +189,9 @@ def report_error(message: str) -> None:
     if where:
         Path(where, f"rank{int(rank):05d}").write_text(message)
     else:
-        print(f"[rank {rank}] Error: {message}", file=sys.stderr, flush=True)
+        # one write: the ranks share stderr, and print() writes the newline apart
+        sys.stderr.write(f"[rank {rank}] Error: {message}\n")
+        sys.stderr.flush()
 
 
 def launch(argv: list[str], rt: RuntimeConfig) -> int:
