@@ -85,21 +85,32 @@ class ShardReader:
         return dealt
 
     def rank_steps(self, batch_size: int, world: int, seed: int, epoch: int) -> int:
-        """Steps every rank takes in `epoch`: enough for the rank dealt the most training rows."""
-        return max(-(-self.num_rows(shards=s, drop_val=True) // batch_size)
-                   for s in self.partition(world, seed, epoch, drop_val=True))
+        """Steps every rank takes in `epoch`: enough for the rank dealt the most training rows.
+        A dealing that leaves a rank without training rows is an ArtifactError, the same on
+        every rank (the dealing is a pure function of seed, epoch and world)."""
+        rows = [self.num_rows(shards=s, drop_val=True)
+                for s in self.partition(world, seed, epoch, drop_val=True)]
+        if min(rows) == 0:
+            rank = rows.index(0)
+            mine = self.partition(world, seed, epoch, drop_val=True)[rank]
+            raise ArtifactError(f"{self.loc.show()}: epoch {epoch + 1} deals rank {rank} shards "
+                                f"without training rows ({', '.join(mine)}); lower "
+                                "export.rows_per_shard")
+        return max(-(-r // batch_size) for r in rows)
 
     def iter_rank_batches(self, batch_size: int, *, world: int, rank: int, seed: int,
-                          epoch: int, buffer_rows: int = 50_000) -> Iterator[Batch]:
-        """One rank's training rows for `epoch`: its dealt shards, shuffled, as exactly
-        `rank_steps` full batches. A rank dealt fewer rows goes round its shards again (as
-        torch's DistributedSampler pads by repeating rows), so every rank takes the same steps:
-        no all-reduce waits on a rank that has run out, and no optimizer steps alone."""
+                          epoch: int, buffer_rows: int = 50_000,
+                          steps: int | None = None) -> Iterator[Batch]:
+        """One rank's training rows for `epoch`: its dealt shards, shuffled, as exactly `steps`
+        full batches (default `rank_steps`). A rank dealt fewer rows goes round its shards
+        again (as torch's DistributedSampler pads by repeating rows), so every rank takes the
+        same steps: no all-reduce waits on a rank that has run out, no optimizer steps alone."""
         mine = self.partition(world, seed, epoch, drop_val=True)[rank]
-        steps = self.rank_steps(batch_size, world, seed, epoch)
+        if steps is None:
+            steps = self.rank_steps(batch_size, world, seed, epoch)
         if self.num_rows(shards=mine, drop_val=True) == 0:
-            raise ArtifactError(f"{self.dir}: rank {rank} was dealt shards without training "
-                                f"rows ({', '.join(mine)}); lower export.rows_per_shard")
+            raise ArtifactError(f"{self.loc.show()}: rank {rank} was dealt shards without "
+                                f"training rows ({', '.join(mine)}); lower export.rows_per_shard")
 
         def passes() -> Iterator[Batch]:
             while True:
@@ -150,7 +161,7 @@ class ShardReader:
         if shards is None:
             return list(self.files)
         if unknown := set(shards) - set(self.files):
-            raise ArtifactError(f"{self.dir}: shards not in {MANIFEST}: {sorted(unknown)}")
+            raise ArtifactError(f"{self.loc.show()}: shards not in {MANIFEST}: {sorted(unknown)}")
         return [f for f in self.files if f in set(shards)]  # manifest order, however given
 
     def _row_groups(self, files: list[str], rng: np.random.Generator | None, drop_val: bool,
@@ -165,7 +176,7 @@ class ShardReader:
                     try:  # without verify(), a damaged page surfaces only here
                         table = pf.read_row_group(int(g), columns=cols)
                     except (OSError, pa.ArrowException) as e:
-                        raise ArtifactError(f"{self.dir / f}: row group {g} unreadable, "
+                        raise ArtifactError(f"{self.loc.show(f)}: row group {g} unreadable, "
                                             f"corrupt ({str(e).splitlines()[0]})") from None
                     out = self._decode(table)
                     if drop_val or only_val:

@@ -49,14 +49,15 @@ from stages.training import (
 
 
 def shard_batches(reader: ShardReader, batch_size: int, seed: int, buffer_rows: int,
-                  dist: Dist = SINGLE):
+                  dist: Dist = SINGLE, steps: int | None = None):
     """epoch -> shuffled training batches streamed from the shards (validation rows held out);
     distributed, from this rank's shards of the epoch only."""
 
     def batches(epoch: int):
         if dist.active:
             stream = reader.iter_rank_batches(batch_size, world=dist.world, rank=dist.rank,
-                                              seed=seed, epoch=epoch, buffer_rows=buffer_rows)
+                                              seed=seed, epoch=epoch, buffer_rows=buffer_rows,
+                                              steps=steps)
         else:
             stream = reader.iter_batches(batch_size, shuffle=True, seed=seed, epoch=epoch,
                                          buffer_rows=buffer_rows, drop_val=True)
@@ -94,14 +95,15 @@ def run(cfg: Config, out_dir: Path = Path("data/student"),
         shards: Path | str = Path("data/soft_targets"), prepared: Path = Path("data/prepared"),
         dist: Dist = SINGLE) -> dict:
     st = cfg.student
-    if dist.is_main:  # every checksum and row count, before an hour of training
-        verify(shards)
+    # every checksum and row count, before an hour of training: rank 0 reads, all ranks fail
+    dist.on_main(verify, shards)
     manifest = read_manifest(shards)
     check_members(shards, manifest, list(cfg.teacher.members))
     reader = ShardReader(shards)
     if len(reader.files) < dist.world:
-        raise ArtifactError(f"{shards}: {len(reader.files)} shards for {dist.world} ranks; "
-                            "every rank streams whole shards, so lower export.rows_per_shard")
+        raise ArtifactError(f"{reader.loc.show()}: {len(reader.files)} shards for {dist.world} "
+                            "ranks; every rank streams whole shards, so lower "
+                            "export.rows_per_shard")
     shape = tuple(manifest["feature_shape"])
     n_classes = len(manifest["class_names"])
     test, _ = read_split(prepared, "test")
@@ -115,7 +117,9 @@ def run(cfg: Config, out_dir: Path = Path("data/student"),
         raise ConfigError(f"student.train.batch_size: {batch} rows do not split evenly over "
                           f"{dist.world} ranks")
     steps = -(-n_train // batch)
-    if dist.active:  # every rank steps as often as the rank dealt the most rows that epoch
+    if dist.active:  # every epoch, every rank steps as often as the rank dealt the most rows
+        # in any epoch, so the schedule ends where one process's does; the dealing of every
+        # epoch is checked here, on every rank alike, so a bad one fails them all at once
         steps = max(reader.rank_steps(batch // dist.world, dist.world, st.train.seed, e)
                     for e in range(st.train.epochs))
     val_x, val_y, val_t = held_out(reader)
@@ -123,7 +127,10 @@ def run(cfg: Config, out_dir: Path = Path("data/student"),
 
     def loss_fn(s_logits: torch.Tensor, b: Batch) -> torch.Tensor:
         t_probs = soft_targets(b.t_logits, T, st.combine)  # (B, C)
-        return kd_loss(s_logits, t_probs, b.y, T, alpha)
+        # distributed: the hard term divides by the global batch's labeled rows (per rank),
+        # not this rank's, so ranks dealt more or fewer labeled rows weigh them as one process
+        labeled = dist.mean_over_ranks((b.y >= 0).sum()) if dist.active else None
+        return kd_loss(s_logits, t_probs, b.y, T, alpha, labeled)
 
     def evaluate_fn(m: torch.nn.Module) -> dict:
         out = evaluate(m, val_x, val_y)
@@ -144,10 +151,10 @@ def run(cfg: Config, out_dir: Path = Path("data/student"),
         t0 = time.perf_counter()
         ckpt = CHECKPOINTS / stage
         history = fit(model, shard_batches(reader, batch // dist.world, st.train.seed,
-                                           st.shuffle_buffer, dist),
+                                           st.shuffle_buffer, dist, steps),
                       loss_fn, st.train, steps_per_epoch=steps, evaluate_fn=evaluate_fn,
                       checkpoint=ckpt,
-                      fingerprint=fingerprint(st.model_dump(), manifest, dist.world),
+                      fingerprint=fingerprint(st.model_dump(), manifest, dist.world, batch),
                       callbacks=progress(dist, stage, tracking), dist=dist)
         train_time = time.perf_counter() - t0
         test_m = evaluate(model, test.x, test.y)

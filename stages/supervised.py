@@ -45,7 +45,8 @@ def train_supervised(cfg: Config, stage: str, spec: ModelConfig, out_dir: Path,
     train_x, train_y = labeled.x[~is_val], labeled.y[~is_val]
     val_x, val_y = labeled.x[is_val], labeled.y[is_val]
     batch = global_batch(spec.train.batch_size, cfg.runtime, dist)
-    steps = -(-len(train_y) // batch)
+    # a last batch of fewer rows than ranks is dropped (a rank can't train on no rows)
+    steps = len(train_y) // batch + (len(train_y) % batch >= dist.world)
     batches = in_memory_batches(train_x, train_y, batch, spec.train.seed, shape,
                                 spec.train.augment, dist)
     ckpt = CHECKPOINTS / stage
@@ -58,7 +59,8 @@ def train_supervised(cfg: Config, stage: str, spec: ModelConfig, out_dir: Path,
         t0 = time.perf_counter()
         history = fit(model, batches, lambda logits, b: F.cross_entropy(logits, b.y), spec.train,
                       steps_per_epoch=steps, evaluate_fn=lambda m: evaluate(m, val_x, val_y),
-                      checkpoint=ckpt, fingerprint=fingerprint(spec.model_dump(), meta, dist.world),
+                      checkpoint=ckpt,
+                      fingerprint=fingerprint(spec.model_dump(), meta, dist.world, batch),
                       callbacks=progress(dist, stage, tracking), dist=dist)
         train_time = time.perf_counter() - t0
         test_m, val_m = evaluate(model, test.x, test.y), evaluate(model, val_x, val_y)
