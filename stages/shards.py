@@ -382,10 +382,18 @@ def read_table(dir: str | os.PathLike) -> pa.Table:
 
 def copy(src: str | os.PathLike, dst: str | os.PathLike) -> dict[str, Any]:
     """Copy a verified shard set to `dst` (a directory or URI), shards first and the manifest
-    last, so a reader never sees a manifest before its shards; verifies the copy."""
+    last, so a reader never sees a manifest before its shards; verifies the copy.
+
+    Over an older set at `dst`: its manifest goes first (no reader pairs it with half-replaced
+    shards), its shards that the new set lacks go before the new manifest is written."""
     verify(src)
     files = [s["file"] for s in read_manifest(src)["shards"]]
-    copy_files(locate(src), locate(dst), [*files, MANIFEST])
+    out = locate(dst)
+    out.delete(MANIFEST)
+    copy_files(locate(src), out, files)
+    for stale in sorted(set(out.glob("part-*.parquet")) - set(files)):
+        out.delete(stale)
+    copy_files(locate(src), out, [MANIFEST])
     return verify(dst)
 
 

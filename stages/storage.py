@@ -33,7 +33,7 @@ class Location:
 
     fs: pafs.FileSystem
     base: str  # the directory as `fs` knows it
-    name: str  # as the user wrote it, query string dropped (no secrets in messages)
+    name: str  # as the user wrote it, query and user:password dropped (no secrets in messages)
 
     def path(self, file: str) -> str:
         return f"{self.base.rstrip('/')}/{file}"
@@ -64,6 +64,15 @@ class Location:
         info = self.fs.get_file_info(self.path(file))
         return info.size if info.type == pafs.FileType.File else None
 
+    def delete(self, file: str) -> None:
+        """Remove `file` if it is there."""
+        if self.size(file) is None:
+            return
+        try:
+            self.fs.delete_file(self.path(file))
+        except (OSError, pa.ArrowException) as e:
+            raise ArtifactError(f"{self.show(file)}: cannot delete ({_first_line(e)})") from None
+
     def glob(self, pattern: str) -> list[str]:
         """Names of the files directly in this directory that match `pattern`."""
         try:
@@ -81,11 +90,13 @@ def locate(location: str | os.PathLike) -> Location:
         return Location(pafs.LocalFileSystem(), path.as_posix(), str(location))
     uri = str(location)
     parts = urlsplit(uri)
-    shown = parts._replace(query="", fragment="").geturl()
+    # as the user wrote it, less what may hold secrets: the query and any user:password@
+    shown = parts._replace(netloc=parts.netloc.rpartition("@")[2], query="",
+                           fragment="").geturl()
     if parts.scheme == "s3" and "endpoint_override" not in dict(parse_qsl(parts.query)):
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         if endpoint:  # pyarrow does not read these itself; boto3 and DVC do
-            e = urlsplit(endpoint)
+            e = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
             extra = f"endpoint_override={e.netloc}&scheme={e.scheme or 'https'}"
             uri = parts._replace(query="&".join(filter(None, [parts.query, extra]))).geturl()
     try:
@@ -97,6 +108,11 @@ def locate(location: str | os.PathLike) -> Location:
 
 def copy_files(src: Location, dst: Location, files: list[str]) -> None:
     """Copy `files` from src to dst, in the order given (callers put the manifest last)."""
+    if isinstance(dst.fs, pafs.LocalFileSystem):  # object stores have no directories to make
+        try:
+            dst.fs.create_dir(dst.base, recursive=True)
+        except OSError as e:
+            raise ArtifactError(f"{dst.show()}: cannot create ({_first_line(e)})") from None
     for f in files:
         try:
             pafs.copy_files(src.path(f), dst.path(f), source_filesystem=src.fs,
