@@ -57,16 +57,25 @@ def with_config(fn: Callable) -> Callable:
 
 
 def _same_command() -> list[str]:
-    """This command's arguments, as `kd` would take them again (for the torchrun it starts)."""
+    """This command's arguments, as `kd` would take them again (for the torchrun it starts):
+    options first, flags as given, then `--` and the positional arguments (a path may start
+    with a dash)."""
     ctx = click.get_current_context()
-    argv = [ctx.info_name]
+    options, positional = [ctx.info_name], []
     for p in ctx.command.params:
         value = ctx.params.get(p.name)
         if isinstance(p, click.Argument):
-            argv.append(str(value))
-        elif value is not None and not p.is_flag:
-            argv += [p.opts[0], str(value)]
-    return argv
+            positional += [str(v) for v in (value if p.nargs != 1 else [value])]
+        elif value is None:
+            continue
+        elif p.is_flag and p.secondary_opts:  # --x/--no-x
+            options.append(p.opts[0] if value else p.secondary_opts[0])
+        elif p.is_flag:
+            options += [p.opts[0]] if value != p.default else []
+        else:
+            for v in value if p.multiple else [value]:
+                options += [p.opts[0], str(v)]
+    return options + (["--", *positional] if positional else [])
 
 
 def distributed(fn: Callable) -> Callable:

@@ -22,7 +22,7 @@ from stages.distributed import SINGLE, Dist
 from stages.export import rank_rows
 from stages.shard_reader import ShardReader
 from stages.shards import ShardWriter, read_table, verify, write_manifest
-from stages.training import in_memory_batches
+from stages.training import in_memory_batches, lr_at
 from tests.conftest import build_pipeline, kill_when, make_repo, run_cmd
 
 MLP = {"arch": "mlp", "knobs": {"depth": 1, "width": 32}, "train": {"epochs": 8}}
@@ -230,9 +230,15 @@ def test_student_under_torchrun_matches_one_process(pipe, tmp_path):
     # some (as DistributedSampler pads), never more than one shard's worth
     reader = ShardReader(run / "data/soft_targets")
     n_train, most = reader.num_rows(drop_val=True), max(s["rows"] for s in reader.manifest["shards"])
-    for epoch, h in enumerate(history):
-        assert h["samples"] == 2 * 32 * reader.rank_steps(32, 2, 0, epoch)
+    # and every epoch as many as the most any epoch needs, so the LR schedule runs to its end
+    steps = max(reader.rank_steps(32, 2, 0, epoch) for epoch in range(8))
+    for h in history:
+        assert h["samples"] == 2 * 32 * steps
         assert n_train <= h["samples"] <= n_train + most + 2 * 32
+    train = parse_config(PARAMS).student.train
+    total = train.epochs * steps  # the last step's rate is the schedule's last, as in 1 process
+    assert history[-1]["lr"] == pytest.approx(
+        lr_at(total - 1, total, train.warmup_epochs * steps, train))
     assert abs(m2["test_accuracy"] - m1["test_accuracy"]) <= 0.05  # 360 test rows: noisy
     first = sha(run / "data/student/model.safetensors")
     run_cmd(torchrun, run, env=OFF)
@@ -285,6 +291,85 @@ def test_too_few_shards_for_the_ranks_is_one_line(pipe, tmp_path):
     out = kd(["student"], run, check=False)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "1 shards for 2 ranks" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_corrupt_shard_found_by_rank_0_fails_every_rank_in_one_line(pipe, tmp_path):
+    """Only rank 0 reads every checksum; the others must not walk on into training alone."""
+    run = copy_inputs(pipe, tmp_path / "r2", with_nproc(PARAMS, 2), "prepared", "soft_targets")
+    shard = sorted((run / "data/soft_targets").glob("part-*.parquet"))[1]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    out = kd(["student"], run, check=False)
+    assert out.returncode == 2 and "Traceback" not in out.stderr + out.stdout
+    [line] = out.stderr.strip().splitlines()
+    assert line.startswith(f"Error: data/soft_targets/{shard.name}: ") and "sha256" in line, line
+    assert not (run / "data/student").exists()
+    # torchrun started by hand: each rank says it itself, rank 1 with rank 0's finding
+    (run / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    out = run_cmd([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   "--nproc-per-node", "2", "-m", "stages.cli", "student"], run, env=OFF,
+                  check=False)
+    said = sorted(x for x in out.stderr.splitlines() if x.startswith("[rank "))
+    assert said == [f"[rank {r}] {line}" for r in (0, 1)], out.stderr
+
+
+def test_shards_copy_over_a_larger_set_leaves_only_the_new_one(pipe, tmp_path):
+    """A reader of the destination never pairs an old manifest with new shards, and shards the
+    new set lacks do not linger (verify would reject them as unlisted)."""
+    from stages.shards import copy
+
+    dst = tmp_path / "team/soft_targets"
+    copy(pipe / "data/soft_targets", dst)
+    small = copy_inputs(pipe, tmp_path / "small", PARAMS, "soft_targets") / "data/soft_targets"
+    manifest = json.loads((small / "manifest.json").read_text())
+    keep = manifest["shards"][:2]
+    for s in manifest["shards"][2:]:
+        (small / s["file"]).unlink()
+    manifest["shards"] = keep
+    manifest["totals"] = {"rows": sum(s["rows"] for s in keep),
+                          "val": sum(s["val"] for s in keep),
+                          "splits": {k: sum(s["splits"].get(k, 0) for s in keep)
+                                     for k in ("labeled", "unlabeled")}}
+    (small / "manifest.json").write_text(json.dumps(manifest))
+    verify(small)
+    copy(small, dst)
+    assert sorted(p.name for p in dst.glob("part-*")) == sorted(s["file"] for s in keep)
+    assert verify(dst)["rows"] == manifest["totals"]["rows"]
+
+
+def test_relaunched_command_line_parses_back_to_the_same_arguments():
+    import click
+
+    from stages.cli import _same_command
+
+    seen = []
+
+    @click.command()
+    @click.option("--shards", default="data/soft_targets")
+    @click.option("--fast/--slow", default=True)
+    @click.option("--verbose", is_flag=True)
+    @click.argument("member")
+    def stage(**kwargs):
+        seen.append((kwargs, _same_command()))
+
+    stage.main(["--shards", "s3://b/x", "--slow", "--verbose", "--", "-odd"],
+               prog_name="student", standalone_mode=False)
+    kwargs, argv = seen[0]
+    assert argv == ["student", "--shards", "s3://b/x", "--slow", "--verbose", "--", "-odd"]
+    stage.main(argv[1:], prog_name="student", standalone_mode=False)
+    assert seen[1] == (kwargs, argv)
+
+
+def test_storage_names_hide_credentials_and_take_endpoints_without_scheme(monkeypatch):
+    from stages.storage import locate
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "127.0.0.1:9000")
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    loc = locate("s3://AKIAKEY:s3cret@bucket/kd/soft_targets?region=us-east-1")
+    assert loc.show("manifest.json") == "s3://bucket/kd/soft_targets/manifest.json"
+    options = loc.fs.__reduce__()[1][0]  # how pyarrow rebuilds it: its settings
+    assert (options["endpoint_override"], options["scheme"]) == ("127.0.0.1:9000", "https")
 
 
 def test_batch_that_does_not_split_over_the_ranks_is_a_params_error():
