@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.catalogue import Case, all_cases, assert_case, read_doc
+from tests.catalogue import PIPELINE_PARAMS, Case, all_cases, assert_case, read_doc
 from tests.test_prepare import parquet_params, user_files
 
 EARLIER = '{"earlier": "output"}'  # a previous good run's output, which must survive
@@ -129,6 +129,12 @@ PARAMS_CASES = [
       {"export": {"logits_dtype": "float64"}}, ("export.logits_dtype", "'float64'")),
     P("tracking.enabled.type", "'yes' for a boolean", {"tracking": {"enabled": "yes"}},
       ("tracking.enabled", "'yes'")),
+    P("runtime.nproc.range", "no processes", {"runtime": {"nproc": 0}}, ("runtime.nproc", "0")),
+    P("runtime.backend.choice", "a backend torch.distributed has no use for here",
+      {"runtime": {"backend": "mpi"}}, ("runtime.backend", "'mpi'")),
+    P("runtime.batch.split", "a global batch that does not split over the processes",
+      {"runtime": {"nproc": 3}, "student": {"train": {"batch_size": 256}}},
+      ("student.train.batch_size", "256", "3")),
     P("yaml.syntax", "a YAML syntax error", "data: [unclosed", ("params.yaml", "line 1")),
     P("yaml.duplicate", "a key written twice",
       "data:\n  source: mnist1d\n  source: digits\n", ("params.yaml", "source", "line 3")),
@@ -248,6 +254,14 @@ CLI_CASES = [
          ("student",), _params, ("data/soft_targets/manifest.json", "dvc repro export")),
     Case("cli.shards.no_manifest", "cli", "`kd shards verify` on a directory without shards",
          ("shards", "verify", "nowhere"), _params, ("nowhere/manifest.json",)),
+    Case("cli.runtime.nccl_without_cuda", "cli", "`runtime.backend: nccl` on a machine without "
+         "CUDA GPUs", ("export",), lambda d: _params(d, {"runtime": {"backend": "nccl"}}),
+         ("runtime.backend", "nccl"), env={"CUDA_VISIBLE_DEVICES": ""}),
+    Case("cli.student.too_few_shards", "cli", "more processes than the student has shards to "
+         "deal out", ("student",), lambda d: _params(d, {**PIPELINE_PARAMS,
+                                                           "runtime": {"nproc": 4}}),
+         ("data/soft_targets", "3 shards for 4 ranks", "export.rows_per_shard"),
+         base="pipeline"),
     Case("cli.tracking.unreachable", "cli", "tracking to a server that is down",
          ("prepare",), lambda d: _params(d, {"data": {"source": "digits"}}),
          ("http://127.0.0.1:1", "KD_TRACKING=0"),
