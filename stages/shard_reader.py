@@ -11,6 +11,7 @@ schema, writer and manifest live in stages/shards.py.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +36,8 @@ from stages.shards import (
 )
 from stages.storage import is_uri, locate
 
+Piece = tuple[str, int, int, int]  # (file, row group, start, stop) among its training rows
+
 
 class ShardReader:
     """Stream a shard set as numpy batches, shuffled per shard and within a row buffer.
@@ -56,6 +59,7 @@ class ShardReader:
         self.width, self.num_classes = int(np.prod(self.feature_shape)), len(self.class_names)
         self.files = [s["file"] for s in m["shards"]]
         self.columns = list(COLUMNS) if columns is None else ["row_id", *columns]
+        self._train_groups: list[tuple[str, int, int]] | None = None
         if unknown := set(self.columns) - set(COLUMNS):
             raise ValueError(f"unknown columns {sorted(unknown)}; choose from {COLUMNS}")
 
@@ -65,72 +69,100 @@ class ShardReader:
         rows, val = (sum(info[f][k] for f in self._select(shards)) for k in ("rows", "val"))
         return val if only_val else rows - val if drop_val else rows
 
-    def partition(self, world: int, seed: int, epoch: int, *,
-                  drop_val: bool = False) -> list[list[str]]:
-        """The shards dealt to `world` ranks for one epoch: disjoint, together every shard.
-        A seeded shuffle, then largest first to the rank with the fewest rows so far, so
-        ranks get about the same number of rows and, with equal shards, other shards each
-        epoch."""
-        rows = {s["file"]: s["rows"] - (s["val"] if drop_val else 0)
-                for s in self.manifest["shards"]}
-        rng = np.random.default_rng([seed, epoch, world])
-        order = sorted((self.files[i] for i in rng.permutation(len(self.files))),
-                       key=lambda f: -rows[f])  # stable: equal shards keep the shuffled order
-        dealt: list[list[str]] = [[] for _ in range(world)]
-        load = [0] * world
-        for f in order:
-            r = load.index(min(load))
-            dealt[r].append(f)
-            load[r] += rows[f]
-        return dealt
+    def training_rows(self) -> list[tuple[str, int, int]]:
+        """(file, row group, training rows) of every row group, in manifest order: the units the
+        ranks' row ranges are cut from. Reads the small `is_val` column once."""
+        if self._train_groups is None:
+            groups = []
+            for f in self.files:
+                with self.loc.open(f) as source, self._open(f, source) as pf:
+                    for g in range(pf.num_row_groups):
+                        try:
+                            is_val = pf.read_row_group(g, columns=["is_val"])["is_val"]
+                        except (OSError, pa.ArrowException) as e:
+                            raise ArtifactError(f"{self.loc.show(f)}: row group {g} "
+                                                f"unreadable, corrupt ({_first(e)})") from None
+                        groups.append((f, g, len(is_val) - (pc.sum(is_val).as_py() or 0)))
+            self._train_groups = groups
+        return self._train_groups
 
-    def rank_steps(self, batch_size: int, world: int, seed: int, epoch: int) -> int:
-        """Steps every rank takes in `epoch`: enough for the rank dealt the most training rows.
-        A dealing that leaves a rank without training rows is an ArtifactError, the same on
-        every rank (the dealing is a pure function of seed, epoch and world)."""
-        rows = [self.num_rows(shards=s, drop_val=True)
-                for s in self.partition(world, seed, epoch, drop_val=True)]
-        if min(rows) == 0:
-            rank = rows.index(0)
-            mine = self.partition(world, seed, epoch, drop_val=True)[rank]
-            raise ArtifactError(f"{self.loc.show()}: epoch {epoch + 1} deals rank {rank} shards "
-                                f"without training rows ({', '.join(mine)}); lower "
-                                "export.rows_per_shard")
-        return max(-(-r // batch_size) for r in rows)
+    def rank_ranges(self, world: int, seed: int, epoch: int) -> list[list[Piece]]:
+        """Each rank's training rows for one epoch, as (file, row group, start, stop) pieces
+        (start:stop among the group's training rows). The epoch's order of shards, and of row
+        groups within each, is a seeded shuffle shared by every rank; rank r takes the r-th of
+        `world` equal runs of it, rows apart by at most one. Runs stay within few files, and
+        every epoch deals other rows to each rank."""
+        rng = np.random.default_rng([seed, epoch])
+        groups: dict[str, list[tuple[int, int]]] = {}
+        for f, g, n in self.training_rows():
+            groups.setdefault(f, []).append((g, n))
+        files = [self.files[j] for j in rng.permutation(len(self.files))]
+        order = [(f, *groups[f][i]) for f in files for i in rng.permutation(len(groups[f]))]
+        total = sum(n for _, _, n in order)
+        bounds = [total * r // world for r in range(world + 1)]
+        out: list[list[Piece]] = [[] for _ in range(world)]
+        at = 0
+        for f, g, n in order:
+            for r in range(world):  # the part of [at, at + n) in rank r's run
+                lo, hi = max(at, bounds[r]), min(at + n, bounds[r + 1])
+                if lo < hi:
+                    out[r].append((f, g, lo - at, hi - at))
+            at += n
+        return out
+
+    def rank_steps(self, batch_size: int, world: int) -> int:
+        """Steps every rank takes each epoch: enough for the largest run of training rows
+        (ceil(rows / world)), so `world` ranks take one process's steps at batch_size * world."""
+        n = self.num_rows(drop_val=True)
+        if world > 1 and n < world:
+            raise ArtifactError(f"{self.loc.show()}: {n} training rows for {world} ranks; "
+                                "every rank needs at least one")
+        most = -(-n // world)
+        return -(-most // batch_size)
 
     def iter_rank_batches(self, batch_size: int, *, world: int, rank: int, seed: int,
                           epoch: int, buffer_rows: int = 50_000,
                           steps: int | None = None) -> Iterator[Batch]:
-        """One rank's training rows for `epoch`: its dealt shards, shuffled, as exactly `steps`
-        full batches (default `rank_steps`). A rank dealt fewer rows goes round its shards
-        again (as torch's DistributedSampler pads by repeating rows), so every rank takes the
-        same steps: no all-reduce waits on a rank that has run out, no optimizer steps alone."""
-        mine = self.partition(world, seed, epoch, drop_val=True)[rank]
-        if steps is None:
-            steps = self.rank_steps(batch_size, world, seed, epoch)
-        if self.num_rows(shards=mine, drop_val=True) == 0:
-            raise ArtifactError(f"{self.loc.show()}: rank {rank} was dealt shards without "
-                                f"training rows ({', '.join(mine)}); lower export.rows_per_shard")
+        """One rank's training rows for `epoch` (its run of `rank_ranges`), shuffled within a
+        row buffer, as exactly `steps` full batches (default `rank_steps`). A rank whose run is
+        a row short of a last full batch goes round it again (as torch's DistributedSampler
+        pads by repeating rows), so every rank takes the same steps: no all-reduce waits on a
+        rank that has run out, and no optimizer steps alone."""
+        mine = self.rank_ranges(world, seed, epoch)[rank]
+        steps = self.rank_steps(batch_size, world) if steps is None else steps
+        rng = np.random.default_rng([seed, epoch, world, rank])
 
-        def passes() -> Iterator[Batch]:
-            while True:
-                yield from self.iter_batches(batch_size, shuffle=True, seed=seed, epoch=epoch,
-                                             buffer_rows=buffer_rows, drop_val=True,
-                                             shards=mine)
+        def shuffled_pass() -> Iterator[Batch]:  # the run once, mixed a buffer at a time
+            buf: list[Batch] = []
+            n = 0
+            for f, run in itertools.groupby(mine, key=lambda p: p[0]):  # one open per file
+                run = list(run)
+                for part, (_, _, start, stop) in zip(
+                        self._read(f, [g for _, g, _, _ in run], drop_val=True), run, strict=True):
+                    buf.append(take_rows(part, start, stop))
+                    n += stop - start
+                    if n >= buffer_rows:
+                        yield _mix(buf, rng)
+                        buf, n = [], 0
+            if n:
+                yield _mix(buf, rng)
 
-        buf: list[Batch] = []
+        carry: list[Batch] = []
         n = 0
-        for part in passes():
-            buf.append(part)
-            n += len(part["row_id"])
-            while n >= batch_size and steps:
-                data = buf[0] if len(buf) == 1 else concat_rows(buf)
-                yield take_rows(data, 0, batch_size)
-                steps -= 1
-                rest = [take_rows(data, batch_size, n)] if n > batch_size else []
-                buf, n = rest, n - batch_size
-            if not steps:
-                return
+        while True:  # a second pass only pads the last batch
+            for block in shuffled_pass():
+                carry.append(block)
+                n += len(block["row_id"])
+                if n < batch_size:
+                    continue
+                data = carry[0] if len(carry) == 1 else concat_rows(carry)
+                k = n - n % batch_size
+                for i in range(0, k, batch_size):
+                    yield take_rows(data, i, i + batch_size)
+                    steps -= 1
+                    if not steps:
+                        return
+                carry, n = ([take_rows(data, k, n)] if k < n else []), n - k
 
     def iter_batches(self, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
                      buffer_rows: int = 50_000, shards: list[str] | None = None,
@@ -166,22 +198,29 @@ class ShardReader:
 
     def _row_groups(self, files: list[str], rng: np.random.Generator | None, drop_val: bool,
                     only_val: bool) -> Iterator[Batch]:
-        want = set(self.columns) | ({"is_val"} if drop_val or only_val else set())
-        source = {"is_labeled": ["split"], "logits": [logits_column(m) for m in self.members]}
-        cols = [c for k in COLUMNS if k in want for c in source.get(k, [k])]
         for f in files:
             with self.loc.open(f) as source, self._open(f, source) as pf:
                 n = pf.num_row_groups
-                for g in range(n) if rng is None else rng.permutation(n):
-                    try:  # without verify(), a damaged page surfaces only here
-                        table = pf.read_row_group(int(g), columns=cols)
-                    except (OSError, pa.ArrowException) as e:
-                        raise ArtifactError(f"{self.loc.show(f)}: row group {g} unreadable, "
-                                            f"corrupt ({str(e).splitlines()[0]})") from None
-                    out = self._decode(table)
-                    if drop_val or only_val:
-                        out = take_rows(out, out["is_val"] == only_val)
-                    yield {k: v for k, v in out.items() if k in self.columns}
+            order = range(n) if rng is None else [int(g) for g in rng.permutation(n)]
+            yield from self._read(f, order, drop_val=drop_val, only_val=only_val)
+
+    def _read(self, file: str, groups: list[int], *, drop_val: bool = False,
+              only_val: bool = False) -> Iterator[Batch]:
+        """Row groups `groups` of `file`, decoded, in that order."""
+        want = set(self.columns) | ({"is_val"} if drop_val or only_val else set())
+        source = {"is_labeled": ["split"], "logits": [logits_column(m) for m in self.members]}
+        cols = [c for k in COLUMNS if k in want for c in source.get(k, [k])]
+        with self.loc.open(file) as stream, self._open(file, stream) as pf:
+            for g in groups:
+                try:  # without verify(), a damaged page surfaces only here
+                    table = pf.read_row_group(g, columns=cols)
+                except (OSError, pa.ArrowException) as e:
+                    raise ArtifactError(f"{self.loc.show(file)}: row group {g} unreadable, "
+                                        f"corrupt ({_first(e)})") from None
+                out = self._decode(table)
+                if drop_val or only_val:
+                    out = take_rows(out, out["is_val"] == only_val)
+                yield {k: v for k, v in out.items() if k in self.columns}
 
     def _open(self, file: str, source) -> pq.ParquetFile:
         path = self.loc.show(file)  # local or remote, read one way
@@ -206,6 +245,10 @@ class ShardReader:
                 z[i] = _np(t[logits_column(m)]).reshape(-1, self.num_classes)
             out["logits"] = z
         return out
+
+
+def _first(e: BaseException) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0]
 
 
 def _np(col: pa.ChunkedArray) -> np.ndarray:

@@ -10,10 +10,10 @@ held out of training and used for the per-epoch curves. Writes `data/student/` l
 member, and logs the student to MLflow as a pyfunc model (`mlflow.pyfunc.load_model` predicts
 with it; the weights still travel as safetensors).
 
-Under torch.distributed it is DistributedDataParallel over shards: each epoch the shards are
-dealt out to the ranks (disjoint, balanced by rows, reshuffled per epoch), each rank streams its
-own, and with `runtime.batch: global` each takes `batch_size / world` rows a step, so the
-effective batch, the loss and the number of steps are a single process's.
+Under torch.distributed it is DistributedDataParallel over row ranges: each epoch the shuffled
+order of row groups is cut into one equal run of rows per rank (ShardReader.rank_ranges), each
+rank streams its own, and with `runtime.batch: global` each takes `batch_size / world` rows a
+step, so the effective batch, the loss and the number of steps are a single process's.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from stages.training import (
 def shard_batches(reader: ShardReader, batch_size: int, seed: int, buffer_rows: int,
                   dist: Dist = SINGLE, steps: int | None = None):
     """epoch -> shuffled training batches streamed from the shards (validation rows held out);
-    distributed, from this rank's shards of the epoch only."""
+    distributed, from this rank's run of rows of the epoch only."""
 
     def batches(epoch: int):
         if dist.active:
@@ -100,10 +100,6 @@ def run(cfg: Config, out_dir: Path = Path("data/student"),
     manifest = read_manifest(shards)
     check_members(shards, manifest, list(cfg.teacher.members))
     reader = ShardReader(shards)
-    if len(reader.files) < dist.world:
-        raise ArtifactError(f"{reader.loc.show()}: {len(reader.files)} shards for {dist.world} "
-                            "ranks; every rank streams whole shards, so lower "
-                            "export.rows_per_shard")
     shape = tuple(manifest["feature_shape"])
     n_classes = len(manifest["class_names"])
     test, _ = read_split(prepared, "test")
@@ -116,12 +112,8 @@ def run(cfg: Config, out_dir: Path = Path("data/student"),
     if batch % dist.world:  # torchrun started by hand, with another count than runtime.nproc
         raise ConfigError(f"student.train.batch_size: {batch} rows do not split evenly over "
                           f"{dist.world} ranks")
-    steps = -(-n_train // batch)
-    if dist.active:  # every epoch, every rank steps as often as the rank dealt the most rows
-        # in any epoch, so the schedule ends where one process's does; the dealing of every
-        # epoch is checked here, on every rank alike, so a bad one fails them all at once
-        steps = max(reader.rank_steps(batch // dist.world, dist.world, st.train.seed, e)
-                    for e in range(st.train.epochs))
+    # distributed: each rank takes an equal run of the rows, so as many steps as one process
+    steps = reader.rank_steps(batch // dist.world, dist.world)
     val_x, val_y, val_t = held_out(reader)
     T, alpha = st.temperature, st.alpha
 

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.catalogue import PIPELINE_PARAMS, Case, all_cases, assert_case, read_doc
+from tests.catalogue import Case, all_cases, assert_case, read_doc
 from tests.test_prepare import parquet_params, user_files
 
 EARLIER = '{"earlier": "output"}'  # a previous good run's output, which must survive
@@ -257,11 +257,6 @@ CLI_CASES = [
     Case("cli.runtime.nccl_without_cuda", "cli", "`runtime.backend: nccl` on a machine without "
          "CUDA GPUs", ("export",), lambda d: _params(d, {"runtime": {"backend": "nccl"}}),
          ("runtime.backend", "nccl"), env={"CUDA_VISIBLE_DEVICES": ""}),
-    Case("cli.student.too_few_shards", "cli", "more processes than the student has shards to "
-         "deal out", ("student",), lambda d: _params(d, {**PIPELINE_PARAMS,
-                                                           "runtime": {"nproc": 4}}),
-         ("data/soft_targets", "3 shards for 4 ranks", "export.rows_per_shard"),
-         base="pipeline"),
     Case("cli.tracking.unreachable", "cli", "tracking to a server that is down",
          ("prepare",), lambda d: _params(d, {"data": {"source": "digits"}}),
          ("http://127.0.0.1:1", "KD_TRACKING=0"),
