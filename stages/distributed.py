@@ -90,18 +90,18 @@ class Dist:
         dist.broadcast(buf, 0)
         return buf.cpu().numpy().tobytes()
 
-    def on_main(self, fn: Callable[..., object], *args) -> None:
-        """Run a check on rank 0 only (one reader of a large artifact) and fail every rank
-        with its KDError, so none walks on into a collective that rank 0 never joins."""
-        error = b""
-        if self.is_main:
-            try:
-                fn(*args)
-            except KDError as e:
-                error = f"{type(e).__name__}\0{e}".encode()
-        error = self.broadcast_bytes(error)
-        if error:
-            kind, _, message = error.decode().partition("\0")
+    def fail_together(self, fn: Callable[..., object], *args, **kwargs) -> None:
+        """Run a check on every rank (each its own part of it) and, if any rank's raised a
+        KDError, raise the lowest such rank's on all of them: no rank walks on into a
+        collective that a failed rank never joins, and every rank says the same line."""
+        try:
+            fn(*args, **kwargs)
+            mine = None
+        except KDError as e:
+            mine = [type(e).__name__, str(e)]
+        failed = [f for f in self.gather_json(mine) if f]
+        if failed:
+            kind, message = failed[0]
             raise next(c for c in (*KDError.__subclasses__(), KDError)
                        if c.__name__ == kind)(message)
 

@@ -95,8 +95,9 @@ def run(cfg: Config, out_dir: Path = Path("data/student"),
         shards: Path | str = Path("data/soft_targets"), prepared: Path = Path("data/prepared"),
         dist: Dist = SINGLE) -> dict:
     st = cfg.student
-    # every checksum and row count, before an hour of training: rank 0 reads, all ranks fail
-    dist.on_main(verify, shards)
+    # every checksum and row count, before an hour of training: the ranks share the hashing,
+    # and a bad shard fails all of them with one line
+    dist.fail_together(verify, shards, part=(dist.rank, dist.world))
     manifest = read_manifest(shards)
     check_members(shards, manifest, list(cfg.teacher.members))
     reader = ShardReader(shards)

@@ -290,7 +290,8 @@ def test_user_error_in_the_ranks_is_one_line_from_the_launcher(pipe, tmp_path):
 
 
 def test_corrupt_shard_found_by_rank_0_fails_every_rank_in_one_line(pipe, tmp_path):
-    """Only rank 0 reads every checksum; the others must not walk on into training alone."""
+    """The ranks share the hashing; the one that finds the bad shard fails every rank, so
+    none walks on into training alone."""
     run = copy_inputs(pipe, tmp_path / "r2", with_nproc(PARAMS, 2), "prepared", "soft_targets")
     shard = sorted((run / "data/soft_targets").glob("part-*.parquet"))[1]
     data = bytearray(shard.read_bytes())
@@ -301,7 +302,7 @@ def test_corrupt_shard_found_by_rank_0_fails_every_rank_in_one_line(pipe, tmp_pa
     [line] = out.stderr.strip().splitlines()
     assert line.startswith(f"Error: data/soft_targets/{shard.name}: ") and "sha256" in line, line
     assert not (run / "data/student").exists()
-    # torchrun started by hand: each rank says it itself, rank 1 with rank 0's finding
+    # torchrun started by hand: each rank says it itself, rank 0 with rank 1's finding
     (run / "params.yaml").write_text(yaml.safe_dump(PARAMS))
     out = run_cmd([sys.executable, "-m", "torch.distributed.run", "--standalone",
                    "--nproc-per-node", "2", "-m", "stages.cli", "student"], run, env=OFF,

@@ -312,6 +312,23 @@ def test_verify_catches_damage(tmp_path, damage, file, message):
         ShardReader(tmp_path, verify_checksums=True)
 
 
+@pytest.mark.parametrize("damage, file, found_by", [
+    (_flip, "part-00001.parquet", 1),  # shards 0 and 2 are part 0's, shard 1 is part 1's
+    (lambda d: (d / "part-00009.parquet").write_bytes(b"x"), "part-00009.parquet", 0),
+])
+def test_verify_parts_split_the_shards_and_together_check_all(tmp_path, damage, file, found_by):
+    """Ranks share the hashing: part (i, n) checks every n-th shard from the i-th, part 0
+    also the set as a whole; exactly one part finds a given damage."""
+    write_set(tmp_path, rows_per_shard=80)  # 220 rows: 3 shards
+    damage(tmp_path)
+    for i in range(2):
+        if i == found_by:
+            with pytest.raises(ArtifactError, match=file):
+                verify(tmp_path, part=(i, 2))
+        else:
+            assert verify(tmp_path, part=(i, 2))["rows"] == 220
+
+
 def test_reader_rejects_shard_from_another_set(tmp_path):
     write_set(tmp_path / "a")
     write_set(tmp_path / "b", classes=["x", "y", "z"])
