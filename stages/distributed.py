@@ -93,17 +93,23 @@ class Dist:
     def fail_together(self, fn: Callable[..., object], *args, **kwargs) -> None:
         """Run a check on every rank (each its own part of it) and, if any rank's raised a
         KDError, raise the lowest such rank's on all of them: no rank walks on into a
-        collective that a failed rank never joins, and every rank says the same line."""
+        collective that a failed rank never joins, and every rank says the same line. Any
+        other exception still reaches the collective first, then is raised."""
+        mine, crash = None, None
         try:
             fn(*args, **kwargs)
-            mine = None
         except KDError as e:
             mine = [type(e).__name__, str(e)]
-        failed = [f for f in self.gather_json(mine) if f]
+        except Exception as e:  # a bug or an I/O failure: peers must not wait for it
+            mine, crash = ["", f"{type(e).__name__}: {e}"], e
+        failed = [(r, f) for r, f in enumerate(self.gather_json(mine)) if f]
+        if crash is not None:
+            raise crash
         if failed:
-            kind, message = failed[0]
-            raise next(c for c in (*KDError.__subclasses__(), KDError)
-                       if c.__name__ == kind)(message)
+            rank, (kind, message) = failed[0]
+            if not kind:
+                raise RuntimeError(f"rank {rank} failed: {message}")
+            raise next((c for c in _subclasses(KDError) if c.__name__ == kind), KDError)(message)
 
     def mean_over_ranks(self, value: torch.Tensor) -> torch.Tensor:
         """The mean of a scalar over all ranks (a sync point: every rank must call it)."""
@@ -128,6 +134,10 @@ class Dist:
         dist.all_gather(parts, padded)
         return [json.loads(p[: int(s.item())].cpu().numpy().tobytes())
                 for p, s in zip(parts, sizes, strict=True)]
+
+
+def _subclasses(cls: type) -> list[type]:
+    return [cls, *(d for c in cls.__subclasses__() for d in _subclasses(c))]
 
 
 SINGLE = Dist()  # one process, no process group: what every stage is without torchrun

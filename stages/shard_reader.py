@@ -130,6 +130,12 @@ class ShardReader:
         rank that has run out, and no optimizer steps alone."""
         mine = self.rank_ranges(world, seed, epoch)[rank]
         steps = self.rank_steps(batch_size, world) if steps is None else steps
+        if steps <= 0:
+            return
+        if not mine:  # the files hold fewer training rows than the manifest says
+            raise ArtifactError(f"{self.loc.show()}: rank {rank} of {world} has no training "
+                                f"rows in epoch {epoch + 1}; the shards' is_val columns "
+                                f"disagree with {MANIFEST}")
         rng = np.random.default_rng([seed, epoch, world, rank])
 
         def shuffled_pass() -> Iterator[Batch]:  # the run once, mixed a buffer at a time

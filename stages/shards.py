@@ -11,6 +11,7 @@ complete. A quick look:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -392,16 +393,23 @@ def copy(src: str | os.PathLike, dst: str | os.PathLike) -> dict[str, Any]:
     last, so a reader never sees a manifest before its shards; verifies the copy.
 
     Over an older set at `dst`: its manifest goes first (no reader pairs it with half-replaced
-    shards), its shards that the new set lacks go before the new manifest is written."""
+    shards), its shards that the new set lacks go before the new manifest is written. Files the
+    old manifest did not list are never deleted (verify then refuses the copy)."""
     verify(src)
     files = [s["file"] for s in read_manifest(src)["shards"]]
-    out = locate(dst)
+    source, out = locate(src), locate(dst)
+    if type(source.fs) is type(out.fs) and source.base.rstrip("/") == out.base.rstrip("/"):
+        return verify(dst)  # the same place: deleting its manifest would lose the set
+    old: list[str] = []
+    if out.size(MANIFEST) is not None:
+        with contextlib.suppress(ArtifactError):  # an unreadable old manifest lists nothing
+            old = [s["file"] for s in read_manifest(dst)["shards"]]
     out.delete(MANIFEST)
-    copy_files(locate(src), out, files)
-    for stale in sorted(set(out.glob("part-*.parquet")) - set(files)):
+    copy_files(source, out, files)
+    for stale in sorted(set(old) - set(files)):  # only the old set's own shards
         out.delete(stale)
-    copy_files(locate(src), out, [MANIFEST])
-    return verify(dst)
+    copy_files(source, out, [MANIFEST])
+    return verify(dst)  # any other part-*.parquet there is refused, not deleted
 
 
 # A Batch holds rows along axis 0, except `logits` (M, B, C) along axis 1.

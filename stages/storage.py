@@ -86,7 +86,7 @@ class Location:
 def locate(location: str | os.PathLike) -> Location:
     """A local path or a URI (`s3://bucket/prefix`, `gs://...`, `hdfs://...`) -> Location."""
     if not is_uri(location):
-        path = Path(str(location).removeprefix("file://")).absolute()
+        path = Path(os.path.realpath(str(location).removeprefix("file://")))  # one spelling
         return Location(pafs.LocalFileSystem(), path.as_posix(), str(location))
     uri = str(location)
     parts = urlsplit(uri)

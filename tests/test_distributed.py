@@ -314,6 +314,7 @@ def test_corrupt_shard_found_by_rank_0_fails_every_rank_in_one_line(pipe, tmp_pa
 def test_shards_copy_over_a_larger_set_leaves_only_the_new_one(pipe, tmp_path):
     """A reader of the destination never pairs an old manifest with new shards, and shards the
     new set lacks do not linger (verify would reject them as unlisted)."""
+    from stages.errors import ArtifactError
     from stages.shards import copy
 
     dst = tmp_path / "team/soft_targets"
@@ -333,6 +334,16 @@ def test_shards_copy_over_a_larger_set_leaves_only_the_new_one(pipe, tmp_path):
     copy(small, dst)
     assert sorted(p.name for p in dst.glob("part-*")) == sorted(s["file"] for s in keep)
     assert verify(dst)["rows"] == manifest["totals"]["rows"]
+    # onto itself (another spelling of the path): nothing to do, nothing lost
+    assert copy(dst, tmp_path / "team" / ".." / "team" / "soft_targets")["rows"] == \
+        manifest["totals"]["rows"]
+    verify(dst)
+    # a file no manifest listed is someone else's: kept, and the copy is refused
+    foreign = dst / "part-00000-spark-c000.snappy.parquet"
+    foreign.write_bytes(b"not ours")
+    with pytest.raises(ArtifactError, match="not listed"):
+        copy(small, dst)
+    assert foreign.read_bytes() == b"not ours"
 
 
 def test_relaunched_command_line_parses_back_to_the_same_arguments():
