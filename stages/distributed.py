@@ -170,9 +170,16 @@ def session(rt: RuntimeConfig) -> Iterator[Dist]:
     torch.set_num_threads(threads_per_process(rt, local_world))
     # a rank that dies of a user error must not leave the others waiting for half an hour
     dist.init_process_group(backend, timeout=datetime.timedelta(minutes=10))
-    yield Dist(rank, world, local_rank, device)
-    # only after a clean run: with an error in flight, peers may still be in a collective,
-    # and tearing the group down under them can hang (nccl); the exiting process frees it
+    try:
+        yield Dist(rank, world, local_rank, device)
+    except BaseException:
+        # with an error in flight peers may still be in a collective, and tearing an nccl
+        # group down under them can hang: the exiting process frees it. A gloo group is torn
+        # down here: left to interpreter exit, its worker threads abort the process
+        # ("terminate called without an active exception")
+        if backend != "nccl":
+            dist.destroy_process_group()
+        raise
     dist.destroy_process_group()
 
 
