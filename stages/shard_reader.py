@@ -77,11 +77,7 @@ class ShardReader:
             for f in self.files:
                 with self.loc.open(f) as source, self._open(f, source) as pf:
                     for g in range(pf.num_row_groups):
-                        try:
-                            is_val = pf.read_row_group(g, columns=["is_val"])["is_val"]
-                        except (OSError, pa.ArrowException) as e:
-                            raise ArtifactError(f"{self.loc.show(f)}: row group {g} "
-                                                f"unreadable, corrupt ({_first(e)})") from None
+                        is_val = self._read_group(pf, f, g, ["is_val"])["is_val"]
                         groups.append((f, g, len(is_val) - (pc.sum(is_val).as_py() or 0)))
             self._train_groups = groups
         return self._train_groups
@@ -121,15 +117,14 @@ class ShardReader:
         return -(-most // batch_size)
 
     def iter_rank_batches(self, batch_size: int, *, world: int, rank: int, seed: int,
-                          epoch: int, buffer_rows: int = 50_000,
-                          steps: int | None = None) -> Iterator[Batch]:
+                          epoch: int, buffer_rows: int = 50_000) -> Iterator[Batch]:
         """One rank's training rows for `epoch` (its run of `rank_ranges`), shuffled within a
-        row buffer, as exactly `steps` full batches (default `rank_steps`). A rank whose run is
+        row buffer, as exactly `rank_steps` full batches. A rank whose run is
         a row short of a last full batch goes round it again (as torch's DistributedSampler
         pads by repeating rows), so every rank takes the same steps: no all-reduce waits on a
         rank that has run out, and no optimizer steps alone."""
         mine = self.rank_ranges(world, seed, epoch)[rank]
-        steps = self.rank_steps(batch_size, world) if steps is None else steps
+        steps = self.rank_steps(batch_size, world)
         if steps <= 0:
             return
         if not mine:  # the files hold fewer training rows than the manifest says
@@ -218,15 +213,17 @@ class ShardReader:
         cols = [c for k in COLUMNS if k in want for c in source.get(k, [k])]
         with self.loc.open(file) as stream, self._open(file, stream) as pf:
             for g in groups:
-                try:  # without verify(), a damaged page surfaces only here
-                    table = pf.read_row_group(g, columns=cols)
-                except (OSError, pa.ArrowException) as e:
-                    raise ArtifactError(f"{self.loc.show(file)}: row group {g} unreadable, "
-                                        f"corrupt ({_first(e)})") from None
-                out = self._decode(table)
+                out = self._decode(self._read_group(pf, file, g, cols))
                 if drop_val or only_val:
                     out = take_rows(out, out["is_val"] == only_val)
                 yield {k: v for k, v in out.items() if k in self.columns}
+
+    def _read_group(self, pf: pq.ParquetFile, file: str, g: int, cols: list[str]) -> pa.Table:
+        try:  # without verify(), a damaged page surfaces only here
+            return pf.read_row_group(g, columns=cols)
+        except (OSError, pa.ArrowException) as e:
+            raise ArtifactError(f"{self.loc.show(file)}: row group {g} unreadable, corrupt "
+                                f"({_first(e)})") from None
 
     def _open(self, file: str, source) -> pq.ParquetFile:
         path = self.loc.show(file)  # local or remote, read one way

@@ -353,9 +353,9 @@ def verify(dir: str | os.PathLike, *, checksums: bool = True,
             raise ArtifactError(f"{p}: sha256 does not match {MANIFEST} (file corrupt or replaced)")
         with loc.open(s["file"]) as f:
             check_shard_metadata(p, read_shard_metadata(f, p), m)
-    listed = {s["file"] for s in m["shards"]}
     if i != 0:
         return summary(dir)
+    listed = {s["file"] for s in m["shards"]}
     if unlisted := [f for f in loc.glob("part-*.parquet") if f not in listed]:
         raise ArtifactError(f"{loc.show(unlisted[0])}: shard not listed in {MANIFEST}")
     if sum(s["rows"] for s in m["shards"]) != m["totals"]["rows"]:

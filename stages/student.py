@@ -49,15 +49,14 @@ from stages.training import (
 
 
 def shard_batches(reader: ShardReader, batch_size: int, seed: int, buffer_rows: int,
-                  dist: Dist = SINGLE, steps: int | None = None):
+                  dist: Dist = SINGLE):
     """epoch -> shuffled training batches streamed from the shards (validation rows held out);
     distributed, from this rank's run of rows of the epoch only."""
 
     def batches(epoch: int):
         if dist.active:
             stream = reader.iter_rank_batches(batch_size, world=dist.world, rank=dist.rank,
-                                              seed=seed, epoch=epoch, buffer_rows=buffer_rows,
-                                              steps=steps)
+                                              seed=seed, epoch=epoch, buffer_rows=buffer_rows)
         else:
             stream = reader.iter_batches(batch_size, shuffle=True, seed=seed, epoch=epoch,
                                          buffer_rows=buffer_rows, drop_val=True)
@@ -144,7 +143,7 @@ def run(cfg: Config, out_dir: Path = Path("data/student"),
         t0 = time.perf_counter()
         ckpt = CHECKPOINTS / stage
         history = fit(model, shard_batches(reader, batch // dist.world, st.train.seed,
-                                           st.shuffle_buffer, dist, steps),
+                                           st.shuffle_buffer, dist),
                       loss_fn, st.train, steps_per_epoch=steps, evaluate_fn=evaluate_fn,
                       checkpoint=ckpt,
                       fingerprint=fingerprint(st.model_dump(), manifest, dist.world, batch),
