@@ -52,7 +52,7 @@ def run_stage(stage: str, workdir: Path, params: dict) -> float:
 
 
 def by_row_id(shards: Path) -> dict[str, np.ndarray]:
-    from stages.shards import read_table
+    from kd.targets.shardset import read_table
 
     t = read_table(shards)
     order = np.argsort(t["row_id"].to_numpy())

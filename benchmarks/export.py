@@ -52,9 +52,9 @@ import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
+from kd.config import parse_config  # noqa: E402
+from kd.datasets import Split, load_meta, read_split, to_table  # noqa: E402
 from stages import export  # noqa: E402
-from stages.config import parse_config  # noqa: E402
-from stages.datasets import Split, load_meta, read_split, to_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -180,7 +180,7 @@ from pathlib import Path
 import torch, yaml
 torch.set_num_threads(int(sys.argv[5]))
 from stages import export
-from stages.config import parse_config
+from kd.config import parse_config
 raw = yaml.safe_load(Path(sys.argv[1]).read_text())
 raw["teacher"]["members"] = {m: raw["teacher"]["members"][m] for m in sys.argv[6].split(",")}
 cfg = parse_config(raw)

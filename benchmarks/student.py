@@ -3,12 +3,12 @@
     KD_TRACKING=0 python benchmarks/student.py            # ~2-3 min on 2 busy cores
     KD_TRACKING=0 python benchmarks/student.py --quick    # smoke run, under a minute
 
-(a) Data path. `stages.training.fit` with the default student config, fed by the real
+(a) Data path. `kd.train.loop.fit` with the default student config, fed by the real
     `stages.student.shard_batches` over the soft-target shards, against the same loop fed by
     a factory that shuffles the same rows held in memory as tensors (features, labels, member
     logits (M, B, C)), same batch size, same model init, same loss, same epochs (2). Target:
     shard-fed samples/s >= 0.9 x in-memory samples/s.
-(b) Online distillation, the usual approach: the 5 teacher members (stages.models.load_model)
+(b) Online distillation, the usual approach: the 5 teacher members (kd.models.load_model)
     run forward on every batch of every epoch to make the logits, on the same in-memory rows.
     Reported: how many times faster a shard-fed student epoch is.
 (c) Quality, from the pipeline's outputs: student and ensemble parameters (target ratio >= 30),
@@ -45,16 +45,18 @@ import pyarrow as pa  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
+from kd.config import parse_config  # noqa: E402
+from kd.datasets import load_meta, read_split  # noqa: E402
+from kd.distill.losses import kd_loss, soft_targets  # noqa: E402
+from kd.errors import ArtifactError  # noqa: E402
+from kd.models import build_model, count_params, load_model  # noqa: E402
+from kd.targets.reader import ShardReader
+from kd.targets.shards import read_manifest  # noqa: E402
+from kd.targets.shardset import verify
+from kd.train.batches import Batch
+from kd.train.distill import shard_batches
+from kd.train.loop import fit, predict  # noqa: E402
 from stages import export  # noqa: E402
-from stages.config import parse_config  # noqa: E402
-from stages.datasets import load_meta, read_split  # noqa: E402
-from stages.errors import ArtifactError  # noqa: E402
-from stages.losses import kd_loss, soft_targets  # noqa: E402
-from stages.models import build_model, count_params, load_model  # noqa: E402
-from stages.shard_reader import ShardReader
-from stages.shards import read_manifest, verify  # noqa: E402
-from stages.student import shard_batches  # noqa: E402
-from stages.training import Batch, fit, predict  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

@@ -36,12 +36,12 @@ os.environ["KD_TRACKING"] = "0"  # a benchmark is not an experiment: no MLflow r
 
 import torch  # noqa: E402
 
-from stages.config import load_config  # noqa: E402
-from stages.datasets import read_split  # noqa: E402
-from stages.models import load_model  # noqa: E402
+from kd.config import load_config  # noqa: E402
+from kd.datasets import read_split  # noqa: E402
+from kd.models import load_model  # noqa: E402
+from kd.train.loop import predict  # noqa: E402
 from stages.prepare import run as prepare  # noqa: E402
 from stages.teacher import train_supervised  # noqa: E402
-from stages.training import predict  # noqa: E402
 
 TIME_BUDGET_S = 240.0
 ENSEMBLE_TARGET = 0.99

@@ -1,7 +1,4 @@
-"""kd-pipeline: knowledge distillation from an ensemble teacher as a DVC pipeline.
+"""One thin module per DVC stage: read inputs, call `kd`, write outputs, return metrics.
 
-Each DVC stage is a `kd` subcommand (see `stages/cli.py`); shared code lives in the
-modules beside this file.
+Each is a `kd` subcommand (kd/cli.py); the library they call is the `kd` package.
 """
-
-__version__ = "0.1.0"

@@ -13,13 +13,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stages.config import Config, ModelConfig
-from stages.distributed import SINGLE, Dist
-from stages.supervised import train_supervised
+from kd.config import Config, ModelConfig
+from kd.runtime.distributed import SINGLE, Dist
+from kd.tracking import stage_run
+from kd.train.callbacks import progress
+from kd.train.runner import train_and_write
+from kd.train.supervised import supervised_job
 
 
 def run(cfg: Config, out_dir: Path = Path("data/baseline"),
         prepared: Path = Path("data/prepared"), dist: Dist = SINGLE) -> dict:
     st = cfg.student
     spec = ModelConfig(arch=st.arch, knobs=st.knobs, train=cfg.baseline_train())
-    return train_supervised(cfg, "baseline", spec, out_dir, prepared, dist)
+    job = supervised_job(cfg, "baseline", spec, prepared, dist)
+    with stage_run(cfg, job.stage, params=job.params, main=dist.is_main) as tracking:
+        return train_and_write(job, out_dir, callbacks=progress(dist, job.stage, tracking),
+                               dist=dist)

@@ -3,11 +3,11 @@
     kd export                         # or: dvc repro export
 
 Streams the prepared labeled and unlabeled splits in batches of `export.batch_size`, runs each
-member forward, and writes `data/soft_targets/part-*.parquet` + `manifest.json` (stages/shards.py
-holds the schema). Logits, not probabilities: the student applies its own temperature, so a new
-`T` never needs a new export. Memory stays flat in the number of rows. The directory appears
-whole when complete (the manifest last inside it), so a killed export leaves nothing a student
-could mistake for a finished one; a rerun gives byte-identical shards.
+member forward (kd/teachers/), and writes `data/soft_targets/part-*.parquet` + `manifest.json`
+(kd/targets/shards.py holds the schema). Logits, not probabilities: the student applies its own
+temperature, so a new `T` never needs a new export. Memory stays flat in the number of rows.
+The directory appears whole when complete (the manifest last inside it), so a killed export
+leaves nothing a student could mistake for a finished one; a rerun gives byte-identical shards.
 
 Under torch.distributed (`runtime.nproc > 1`, or torchrun) each rank takes a contiguous range of
 whole batches of each split, reads only those rows and writes its own shards
@@ -18,62 +18,18 @@ single process's (the same batches go through the same members); only shard boun
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from stages.atomic import atomic_dir
-from stages.config import Config
-from stages.datasets import iter_split, load_meta, split_rows
-from stages.distributed import CPU, SINGLE, Dist
-from stages.faults import failpoint
-from stages.models import check_fits, load_model, model_fingerprint
-from stages.shards import MANIFEST, ShardWriter, summary, write_manifest
-from stages.tracking import stage_run, tag_output
-
-
-def load_members(cfg: Config, meta: dict, root: Path) -> dict[str, torch.nn.Module]:
-    """Every member, checked against the prepared data (and so against each other)."""
-    models = {}
-    for name in cfg.teacher.members:
-        model, spec = load_model(root / name)
-        check_fits(spec, root / name, meta, f"member '{name}'")
-        models[name] = model.eval()
-    return models
-
-
-@torch.no_grad()
-def member_logits(models: dict[str, torch.nn.Module], x: np.ndarray, shape: tuple[int, ...],
-                  device: torch.device = CPU) -> dict[str, np.ndarray]:
-    xt = torch.from_numpy(x).view(len(x), *shape).to(device)  # (B, *shape)
-    return {name: m(xt).cpu().numpy() for name, m in models.items()}  # each (B, C)
-
-
-def rank_rows(n: int, batch_size: int, dist: Dist) -> tuple[int, int]:
-    """This rank's rows of a split of `n`: a contiguous run of whole batches."""
-    batches = -(-n // batch_size)
-    lo, hi = batches * dist.rank // dist.world, batches * (dist.rank + 1) // dist.world
-    return min(lo * batch_size, n), min(hi * batch_size, n)
-
-
-@contextlib.contextmanager
-def shared_atomic_dir(out_dir: Path, dist: Dist) -> Iterator[Path]:
-    """atomic_dir for all ranks: rank 0 makes the temporary directory and tells the others its
-    name; it is published (by rank 0) only when the block completes on rank 0."""
-    if not dist.active:
-        with atomic_dir(out_dir) as tmp:
-            yield tmp
-        return
-    if dist.is_main:
-        with atomic_dir(out_dir) as tmp:
-            dist.broadcast_bytes(str(tmp).encode())
-            yield tmp
-    else:
-        yield Path(dist.broadcast_bytes(None).decode())
+from kd.config import Config
+from kd.datasets import iter_split, load_meta, split_rows
+from kd.io.faults import failpoint
+from kd.models import model_fingerprint
+from kd.runtime.distributed import SINGLE, Dist, rank_rows, shared_atomic_dir
+from kd.targets.shards import MANIFEST, ShardWriter, write_manifest
+from kd.targets.shardset import summary
+from kd.teachers.native import load_members, member_logits
+from kd.tracking import stage_run, tag_output
 
 
 def run(cfg: Config, out_dir: Path = Path("data/soft_targets"),

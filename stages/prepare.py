@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from stages.atomic import atomic_dir, write_json
-from stages.config import Config
-from stages.datasets import SPLITS, load_source, to_table
-from stages.tracking import stage_run, tracking_uri
+from kd.config import Config
+from kd.datasets import SPLITS, load_source, to_table
+from kd.io.atomic import atomic_dir, write_json
+from kd.tracking import stage_run, tracking_uri
 
 SCHEMA_VERSION = 1
 

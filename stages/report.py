@@ -24,12 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stages import plots
-from stages.atomic import atomic_dir, write_json
-from stages.config import Config
-from stages.datasets import load_meta, read_split
-from stages.errors import ArtifactError
-from stages.evaluation import (
+from kd.config import Config
+from kd.datasets import load_meta, read_split
+from kd.distill.losses import soft_targets
+from kd.errors import ArtifactError
+from kd.evaluate.metrics import (
     agreement,
     compression,
     ensemble_probs,
@@ -40,13 +39,15 @@ from stages.evaluation import (
     speed,
     speed_ratios,
 )
-from stages.faults import failpoint
-from stages.losses import soft_targets
-from stages.models import check_fits, count_params, load_model
-from stages.render import render_html, render_markdown
-from stages.shard_reader import ShardReader
-from stages.shards import MANIFEST, check_members, read_manifest, verify
-from stages.tracking import flatten, link_input_runs, stage_run
+from kd.io.atomic import atomic_dir, write_json
+from kd.io.faults import failpoint
+from kd.models import check_fits, count_params, load_model
+from kd.report import plots
+from kd.report.render import render_html, render_markdown
+from kd.targets.reader import ShardReader
+from kd.targets.shards import MANIFEST, check_members, read_manifest
+from kd.targets.shardset import verify
+from kd.tracking import flatten, link_input_runs, stage_run
 
 TIMING = "timing.json"  # wall-clock figures: not cached, differ between identical runs
 

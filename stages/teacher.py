@@ -14,10 +14,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stages.config import Config
-from stages.distributed import SINGLE, Dist
-from stages.errors import ConfigError
-from stages.supervised import train_supervised
+from kd.config import Config
+from kd.errors import ConfigError
+from kd.runtime.distributed import SINGLE, Dist
+from kd.tracking import stage_run
+from kd.train.callbacks import progress
+from kd.train.runner import train_and_write
+from kd.train.supervised import supervised_job
 
 
 def run(cfg: Config, member: str, out_root: Path = Path("data/teachers"),
@@ -25,8 +28,7 @@ def run(cfg: Config, member: str, out_root: Path = Path("data/teachers"),
     if member not in cfg.teacher.members:
         known = ", ".join(cfg.teacher.members)
         raise ConfigError(f"teacher.members: no member named {member!r} (members: {known})")
-    return train_supervised(cfg, f"teacher@{member}", cfg.teacher.member(member),
-                            out_root / member, prepared, dist)
-
-
-__all__ = ["run", "train_supervised"]
+    job = supervised_job(cfg, f"teacher@{member}", cfg.teacher.member(member), prepared, dist)
+    with stage_run(cfg, job.stage, params=job.params, main=dist.is_main) as tracking:
+        return train_and_write(job, out_root / member,
+                               callbacks=progress(dist, job.stage, tracking), dist=dist)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from click.testing import CliRunner, Result
 
-from stages.cli import cli
+from kd.cli import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "errors.md"

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from stages.cli import cli
+from kd.cli import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,7 +73,7 @@ def run_cmd(args: list[str], cwd: Path, env: dict | None = None, check: bool = T
 def project_params(overrides: dict) -> dict:
     """The repository's params.yaml with `overrides` merged in (sections merge, values replace;
     `teacher.members` and `student.knobs` are replaced whole so a test controls the models)."""
-    from stages.config import _deep_merge
+    from kd.config import _deep_merge
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     members = overrides.get("teacher", {}).get("members")
@@ -86,12 +86,13 @@ def project_params(overrides: dict) -> dict:
 
 
 def make_repo(repo: Path, overrides: dict, extra_gitignore: str = "") -> Path:
-    """A real git + DVC repository at `repo` holding this project's stages/, dvc.yaml and
+    """A real git + DVC repository at `repo` holding this project's kd/, stages/, dvc.yaml and
     .dvcignore, with the project's params.yaml plus `overrides`, committed."""
     import shutil
 
     repo.mkdir(parents=True)
-    shutil.copytree(ROOT / "stages", repo / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    for pkg in ("kd", "stages"):  # the code deps of dvc.yaml
+        shutil.copytree(ROOT / pkg, repo / pkg, ignore=shutil.ignore_patterns("__pycache__"))
     run_cmd(["git", "init", "-q"], repo)
     run_cmd(["dvc", "init", "-q"], repo)
     for name in ("dvc.yaml", ".dvcignore"):
@@ -125,8 +126,8 @@ def cwd(path: Path) -> Iterator[None]:
 def build_pipeline(root: Path, params: dict, stages: tuple[str, ...] = ("prepare", "teacher",
                                                                         "export")) -> Path:
     """Run pipeline stages in-process, in order, in `root` (which gets the params.yaml)."""
+    from kd.config import parse_config
     from stages import baseline, export, prepare, student, teacher
-    from stages.config import parse_config
 
     root.mkdir(parents=True, exist_ok=True)
     (root / "params.yaml").write_text(yaml.safe_dump(params))

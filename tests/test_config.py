@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from stages.config import Config, load_config, parse_config
-from stages.errors import ConfigError
+from kd.config import Config, load_config, parse_config
+from kd.errors import ConfigError
 from tests.conftest import assert_user_error
 
 # The one-line message of every bad-params case is checked, through `kd`, against

@@ -2,7 +2,7 @@
 
     pytest tests/test_config_properties.py
 
-Valid params are drawn field by field from `stages/config.py`'s types and bounds (plus the few
+Valid params are drawn field by field from `kd/config.py`'s types and bounds (plus the few
 cross-field rules its validators state), written as YAML, loaded, and must come back equal and
 survive a dump/load round trip. Then one random mutation (a wrong type, a value past a bound,
 an unknown key, a required key deleted) must always give a `ConfigError` whose one-line message
@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from stages.config import (
+from kd.config import (
     BaselineConfig,
     Config,
     DataConfig,
@@ -34,7 +34,7 @@ from stages.config import (
     TrainConfig,
     load_config,
 )
-from stages.errors import ConfigError
+from kd.errors import ConfigError
 
 SETTINGS = settings(max_examples=60, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -281,7 +281,7 @@ REQUIRED_FOR_PARQUET = ("labeled", "test", "features", "label")
 @settings(max_examples=20, deadline=None)
 @given(missing=st.sampled_from(REQUIRED_FOR_PARQUET), blank=st.sampled_from([None, "", "del"]))
 def test_deleting_a_required_key_names_it(missing, blank):
-    from stages.config import parse_config
+    from kd.config import parse_config
 
     data = {"source": "parquet", "labeled": "l.parquet", "test": "t.parquet",
             "features": "pixels", "label": "y"}

@@ -23,10 +23,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from stages.errors import ArtifactError
-from stages.models import load_model, model_fingerprint
-from stages.shard_reader import ShardReader
-from stages.shards import verify
+from kd.errors import ArtifactError
+from kd.models import load_model, model_fingerprint
+from kd.targets.reader import ShardReader
+from kd.targets.shardset import verify
 from tests.catalogue import PIPELINE_PARAMS, Case, assert_case
 
 Damage = Callable[[Path], None]
@@ -90,7 +90,7 @@ def other_test_split(width: int = 64, label: int = 0) -> Damage:
         import numpy as np
         import pyarrow.parquet as pq
 
-        from stages.datasets import Split, to_table
+        from kd.datasets import Split, to_table
 
         split = Split(np.arange(3), np.zeros((3, width), np.float32), np.array([0, 1, label]))
         pq.write_table(to_table(split, np.zeros(3, bool)), d / "data/prepared/test.parquet")

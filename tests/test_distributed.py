@@ -17,13 +17,14 @@ import pytest
 import torch
 import yaml
 
-from stages.config import AugmentConfig, parse_config
-from stages.datasets import Split, iter_split, to_table
-from stages.distributed import SINGLE, Dist
-from stages.export import rank_rows
-from stages.shard_reader import ShardReader
-from stages.shards import ShardWriter, read_table, verify, write_manifest
-from stages.training import in_memory_batches, lr_at
+from kd.config import AugmentConfig, parse_config
+from kd.datasets import Split, iter_split, to_table
+from kd.runtime.distributed import SINGLE, Dist, rank_rows
+from kd.targets.reader import ShardReader
+from kd.targets.shards import ShardWriter, write_manifest
+from kd.targets.shardset import read_table, verify
+from kd.train.batches import in_memory_batches
+from kd.train.loop import lr_at
 from tests.conftest import build_pipeline, kill_when, make_repo, run_cmd
 
 MLP = {"arch": "mlp", "knobs": {"depth": 1, "width": 32}, "train": {"epochs": 8}}
@@ -160,7 +161,7 @@ def test_each_epoch_deals_other_rows_to_each_rank(tmp_path):
 
 
 def test_fewer_training_rows_than_ranks_is_an_artifact_error(tmp_path):
-    from stages.errors import ArtifactError
+    from kd.errors import ArtifactError
 
     reader = ShardReader(_shard_set(tmp_path, [2]))
     with pytest.raises(ArtifactError, match="2 training rows for 3 ranks"):
@@ -230,7 +231,7 @@ def test_student_under_torchrun_matches_one_process(pipe, tmp_path):
     the single-process effective batch. Written once, by rank 0; deterministic."""
     run = copy_inputs(pipe, tmp_path / "r2", PARAMS, "prepared", "soft_targets")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                "--nproc-per-node", "2", "-m", "stages.cli", "student"]
+                "--nproc-per-node", "2", "-m", "kd.cli", "student"]
     out = run_cmd(torchrun, run, env=OFF)
     assert out.stdout.count("student: test accuracy") == 1  # one rank reports
     assert "2 ranks (cpu), global batch 64" in out.stdout
@@ -305,7 +306,7 @@ def test_corrupt_shard_found_by_rank_0_fails_every_rank_in_one_line(pipe, tmp_pa
     # torchrun started by hand: each rank says it itself, rank 0 with rank 1's finding
     (run / "params.yaml").write_text(yaml.safe_dump(PARAMS))
     out = run_cmd([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   "--nproc-per-node", "2", "-m", "stages.cli", "student"], run, env=OFF,
+                   "--nproc-per-node", "2", "-m", "kd.cli", "student"], run, env=OFF,
                   check=False)
     said = sorted(x for x in out.stderr.splitlines() if x.startswith("[rank "))
     assert said == [f"[rank {r}] {line}" for r in (0, 1)], out.stderr
@@ -314,8 +315,8 @@ def test_corrupt_shard_found_by_rank_0_fails_every_rank_in_one_line(pipe, tmp_pa
 def test_shards_copy_over_a_larger_set_leaves_only_the_new_one(pipe, tmp_path):
     """A reader of the destination never pairs an old manifest with new shards, and shards the
     new set lacks do not linger (verify would reject them as unlisted)."""
-    from stages.errors import ArtifactError
-    from stages.shards import copy
+    from kd.errors import ArtifactError
+    from kd.targets.shardset import copy
 
     dst = tmp_path / "team/soft_targets"
     copy(pipe / "data/soft_targets", dst)
@@ -349,7 +350,7 @@ def test_shards_copy_over_a_larger_set_leaves_only_the_new_one(pipe, tmp_path):
 def test_relaunched_command_line_parses_back_to_the_same_arguments():
     import click
 
-    from stages.cli import _same_command
+    from kd.cli import _same_command
 
     seen = []
 
@@ -370,7 +371,7 @@ def test_relaunched_command_line_parses_back_to_the_same_arguments():
 
 
 def test_storage_names_hide_credentials_and_take_endpoints_without_scheme(monkeypatch):
-    from stages.storage import locate
+    from kd.io.storage import locate
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", "127.0.0.1:9000")
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
@@ -381,7 +382,7 @@ def test_storage_names_hide_credentials_and_take_endpoints_without_scheme(monkey
 
 
 def test_batch_that_does_not_split_over_the_ranks_is_a_params_error():
-    from stages.errors import ConfigError
+    from kd.errors import ConfigError
 
     bad = with_nproc({**PARAMS, "student": {**PARAMS["student"],
                                             "train": {"epochs": 1, "batch_size": 63}}}, 2)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from stages.evaluation import (
+from kd.evaluate.metrics import (
     agreement,
     compression,
     confusion,
@@ -20,7 +20,7 @@ from stages.evaluation import (
     speed,
     speed_ratios,
 )
-from stages.render import render_html, render_markdown
+from kd.report.render import render_html, render_markdown
 
 
 def test_ece_by_hand():

@@ -23,12 +23,13 @@ import pytest
 import torch
 import yaml
 
+from kd.config import parse_config
+from kd.datasets import load_meta, read_split
+from kd.errors import ArtifactError
+from kd.models import build_model, load_model, model_fingerprint, save_model
+from kd.targets.shards import MANIFEST, read_manifest, read_shard_metadata
+from kd.targets.shardset import read_table, verify
 from stages import export, prepare, teacher
-from stages.config import parse_config
-from stages.datasets import load_meta, read_split
-from stages.errors import ArtifactError
-from stages.models import build_model, load_model, model_fingerprint, save_model
-from stages.shards import MANIFEST, read_manifest, read_shard_metadata, read_table, verify
 from tests.conftest import assert_user_error, build_pipeline, cwd, kill_when
 
 TRAIN = {"epochs": 2, "batch_size": 64}
@@ -230,7 +231,7 @@ def write_parquet_source(root: Path) -> None:
 
 def kd_export(root: Path) -> subprocess.Popen:
     env = {**os.environ, "KD_TRACKING": "0"}
-    return subprocess.Popen([sys.executable, "-m", "stages.cli", "export"], cwd=root, env=env,
+    return subprocess.Popen([sys.executable, "-m", "kd.cli", "export"], cwd=root, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -1,4 +1,4 @@
-"""Fault injection: every stage SIGKILLed at exact points (stages/faults.py failpoints), then
+"""Fault injection: every stage SIGKILLed at exact points (kd/io/faults.py failpoints), then
 rerun; the result must be the uninterrupted run's bytes, and nothing in between may look done.
 
 Each case copies the session's reference repository (tests/repro.py: a tiny pipeline, run once
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.shards import verify
+from kd.targets.shardset import verify
 from tests.conftest import run_cmd
 from tests.repro import (
     ENV,
@@ -206,7 +206,7 @@ def test_failpoint_counts_hits_and_names_details(tmp_path):
     import subprocess
     import sys
 
-    code = ("from stages.faults import failpoint\n"
+    code = ("from kd.io.faults import failpoint\n"
             "for i in range(4):\n"
             "    failpoint('p', 'a.json'); failpoint('p', 'b.json'); print(i, flush=True)\n")
 
@@ -228,7 +228,7 @@ def test_atomic_write_removes_dead_writers_temp_files_only(tmp_path):
     import subprocess
     import sys
 
-    from stages.atomic import write_json
+    from kd.io.atomic import write_json
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True).stdout.strip()

@@ -1,4 +1,4 @@
-"""Tests for stages.losses against hand-written references (explicit loops, float64 math)."""
+"""Tests for kd.distill.losses against hand-written references (explicit loops, float64 math)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stages.losses import hard_loss, kd_loss, kd_loss_parts, soft_loss, soft_targets
+from kd.distill.losses import hard_loss, kd_loss, kd_loss_parts, soft_loss, soft_targets
 
 # -----------------------------------------------------------------------------
 # references: nothing from torch.nn.functional, just the formulas

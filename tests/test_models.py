@@ -1,4 +1,4 @@
-"""Tests for stages.models: registry, shapes, parameter counts, safetensors save/load."""
+"""Tests for kd.models: registry, shapes, parameter counts, safetensors save/load."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from stages.errors import ArtifactError, ConfigError
-from stages.models import (
+from kd.errors import ArtifactError, ConfigError
+from kd.models import (
     ARCHITECTURES,
     build_model,
     count_params,

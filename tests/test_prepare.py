@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stages.config import parse_config
-from stages.datasets import read_split
+from kd.config import parse_config
+from kd.datasets import read_split
 from stages.prepare import run
 
 

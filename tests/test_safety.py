@@ -12,11 +12,11 @@ import subprocess
 import pytest
 import yaml
 
-from stages.config import load_config
-from stages.errors import ConfigError
+from kd.config import load_config
+from kd.errors import ConfigError
 from tests.conftest import ROOT, assert_user_error
 
-SCANNED = ("stages", "benchmarks")
+SCANNED = ("kd", "stages", "benchmarks")
 PICKLE_MODULES = {"pickle", "_pickle", "cPickle", "cloudpickle", "dill", "shelve", "marshal",
                   "joblib"}
 EVALUATORS = {"eval", "exec", "compile", "__import__"}
@@ -162,7 +162,7 @@ def ui_command(monkeypatch, tmp_path):
     """Run `kd ui ...` in-process with the server start replaced: returns (result, command)."""
     from click.testing import CliRunner
 
-    from stages.cli import cli
+    from kd.cli import cli
 
     seen: list[list[str]] = []
     monkeypatch.setattr(subprocess, "call", lambda cmd, **kw: seen.append(cmd) or 0)
@@ -202,7 +202,7 @@ def test_ui_binds_where_told_and_warns_off_loopback(ui_command, host, warns):
 
 def test_pickle_free_model_files(tmp_path):
     """What the pipeline writes for a model is safetensors + JSON: no pickle opcode header."""
-    from stages.models import build_model, save_model
+    from kd.models import build_model, save_model
 
     save_model(tmp_path, build_model("mlp", (4,), 2, {}), {
         "arch": "mlp", "knobs": {}, "input_shape": [4], "n_classes": 2, "class_names": ["a", "b"]})

@@ -17,17 +17,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stages.errors import ArtifactError
-from stages.shard_reader import ShardReader
-from stages.shards import (
-    ShardWriter,
-    read_manifest,
-    read_shard_metadata,
-    read_table,
-    summary,
-    verify,
-    write_manifest,
-)
+from kd.errors import ArtifactError
+from kd.targets.reader import ShardReader
+from kd.targets.shards import ShardWriter, read_manifest, read_shard_metadata, write_manifest
+from kd.targets.shardset import read_table, summary, verify
 
 MEMBERS = ["mlp_a", "cnn-b"]
 CLASSES = ["zero", "one", "two"]

@@ -21,13 +21,13 @@ import pytest
 import torch
 import yaml
 
+from kd.config import parse_config
+from kd.datasets import read_split
+from kd.errors import ConfigError
+from kd.models import count_params, load_model
+from kd.targets.shards import read_manifest
+from kd.train.loop import predict
 from stages import student
-from stages.config import parse_config
-from stages.datasets import read_split
-from stages.errors import ConfigError
-from stages.models import count_params, load_model
-from stages.shards import read_manifest
-from stages.training import predict
 from tests.conftest import assert_user_error, build_pipeline, cwd, kill_when, run_cmd
 
 TRAIN = {"epochs": 2, "batch_size": 64}
@@ -200,7 +200,7 @@ RESUME = with_params(student={**STUDENT, "train": {"epochs": 6, "batch_size": 32
 
 def kd_student(d: Path) -> subprocess.Popen:
     env = {**os.environ, "KD_TRACKING": "0"}
-    return subprocess.Popen([sys.executable, "-m", "stages.cli", "student"], cwd=d, env=env,
+    return subprocess.Popen([sys.executable, "-m", "kd.cli", "student"], cwd=d, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

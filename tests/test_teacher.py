@@ -21,11 +21,11 @@ import pytest
 import torch
 import yaml
 
-from stages.config import parse_config
-from stages.datasets import read_split
-from stages.models import count_params, load_model
+from kd.config import parse_config
+from kd.datasets import read_split
+from kd.models import count_params, load_model
+from kd.train.loop import predict
 from stages.prepare import run as prepare_run
-from stages.training import predict
 from tests.conftest import assert_user_error, run_cmd
 
 DATA = {"source": "digits"}
@@ -69,7 +69,7 @@ def workdir(tmp_path, prepared_digits):
 def kd_subprocess(args: list[str], cwd: Path, **popen) -> subprocess.Popen:
     """`kd ...` as a real process (this interpreter, so this environment's packages)."""
     env = {**os.environ, **ENV}
-    return subprocess.Popen([sys.executable, "-m", "stages.cli", *args], cwd=cwd, env=env,
+    return subprocess.Popen([sys.executable, "-m", "kd.cli", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 

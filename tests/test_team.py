@@ -79,8 +79,8 @@ def test_every_stage_is_one_run_on_a_real_tracking_server(tmp_path):
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from stages.datasets import read_split
-    from stages.models import load_model
+    from kd.datasets import read_split
+    from kd.models import load_model
 
     repo = new_repo(tmp_path)
     with mlflow_server(tmp_path) as uri:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from stages.config import parse_config
-from stages.tracking import flatten, repo_root, tracking_uri
+from kd.config import parse_config
+from kd.tracking import flatten, repo_root, tracking_uri
 from tests.conftest import assert_user_error, free_port, loopback_server
 
 
@@ -57,7 +57,7 @@ def test_kd_ui_serves_the_store_on_loopback(tmp_path):
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     (tmp_path / "params.yaml").write_text("{}\n")
-    cmd = [sys.executable, "-m", "stages.cli", "ui", "--port", str(port)]
+    cmd = [sys.executable, "-m", "kd.cli", "ui", "--port", str(port)]
     with loopback_server(cmd, f"http://127.0.0.1:{port}/health", cwd=tmp_path, env=env):
         # bound to loopback only: the port is not open on another local address
         listening = Path("/proc/net/tcp").read_text()

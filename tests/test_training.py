@@ -16,19 +16,12 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
-from stages.config import AugmentConfig, TrainConfig
-from stages.models import build_model
-from stages.training import (
-    PrintProgress,
-    augment,
-    evaluate,
-    fit,
-    in_memory_batches,
-    load_checkpoint,
-    lr_at,
-    make_optimizer,
-    save_checkpoint,
-)
+from kd.config import AugmentConfig, TrainConfig
+from kd.models import build_model
+from kd.train.batches import augment, in_memory_batches
+from kd.train.callbacks import PrintProgress
+from kd.train.checkpoints import load_checkpoint, save_checkpoint
+from kd.train.loop import evaluate, fit, lr_at, make_optimizer
 
 # --------------------------------------------------------------------------- augment
 

@@ -20,7 +20,7 @@ import torch
 
 def ensemble_probs(member_logits: list[torch.Tensor], combine: str = "mean_probs") -> np.ndarray:
     """The ensemble's predictive distribution at T=1 (the same rule the student imitates)."""
-    from stages.losses import soft_targets
+    from kd.distill.losses import soft_targets
 
     return soft_targets(torch.stack(member_logits), 1.0, combine).numpy()  # (N, C)
 

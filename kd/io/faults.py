@@ -18,7 +18,7 @@ Just before the kill, one line `failpoint <name> hit (<n>): SIGKILL` goes to std
 can tell a failpoint kill from any other death.
 
 Points (grep `failpoint(` for the full list):
-    train.start, train.batch, train.epoch     the training loop (stages/training.py)
+    train.start, train.batch, train.epoch     the training loop (kd/train/loop.py)
     checkpoint.between                        after a checkpoint's weights, before its JSON
     atomic.rename:<file>                      a file fully written, before its rename
     atomic.dir:<dir>                          a directory fully written, before its swap
@@ -35,7 +35,7 @@ import re
 import signal
 import sys
 
-from stages.errors import ConfigError
+from kd.errors import ConfigError
 
 ENV = "KD_FAILPOINT"
 _SPEC = re.compile(r"(?P<name>[\w.-]+(?::[^@]+)?)(?:@(?P<n>[1-9]\d*))?")

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import click
 
-from stages.config import Config, load_config
-from stages.errors import KDError
+from kd.config import Config, load_config
+from kd.errors import KDError
 
 
 class UserError(click.ClickException):
@@ -28,10 +28,10 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except KDError as e:
-            from stages.distributed import under_torchrun
+            from kd.runtime.distributed import under_torchrun
 
             if under_torchrun():  # one line from the launcher, not one per rank
-                from stages.distributed import report_error
+                from kd.runtime.distributed import report_error
 
                 report_error(str(e))
                 raise SystemExit(UserError.exit_code) from None
@@ -85,7 +85,7 @@ def distributed(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(cfg: Config, **kwargs):
-        from stages import distributed as d
+        from kd.runtime import distributed as d
 
         if cfg.runtime.nproc > 1 and not d.under_torchrun():
             raise SystemExit(d.launch(_same_command(), cfg.runtime))
@@ -181,7 +181,7 @@ def ui(cfg: Config, host: str, port: int) -> None:
     import subprocess
     import sys
 
-    from stages.tracking import tracking_uri
+    from kd.tracking import tracking_uri
 
     uri = tracking_uri(cfg)
     if uri.startswith(("http://", "https://")):
@@ -223,7 +223,7 @@ def shards_show(directory: str, as_json: bool) -> None:
     """Summarise DIRECTORY: rows per split, classes, members, size on disk."""
     import json
 
-    from stages.shards import summary
+    from kd.targets.shardset import summary
 
     info = summary(directory)
     if as_json:
@@ -244,7 +244,7 @@ def shards_show(directory: str, as_json: bool) -> None:
 def shards_verify(directory: str) -> None:
     """Check every shard's checksum and row count against the manifest (exit 2 on the first
     bad shard, naming it)."""
-    from stages.shards import verify
+    from kd.targets.shardset import verify
 
     info = verify(directory)
     click.echo(f"{directory}: ok, {info['shards']} shards, {info['rows']:,} rows "
@@ -257,7 +257,7 @@ def shards_verify(directory: str) -> None:
 def shards_copy(source: str, destination: str) -> None:
     """Copy the shard set SOURCE to DESTINATION (a directory or a URI such as s3://bucket/kd),
     verified before and after; the manifest goes last, so a half-done copy is never complete."""
-    from stages.shards import copy
+    from kd.targets.shardset import copy
 
     info = copy(source, destination)
     click.echo(f"{destination}: ok, {info['shards']} shards, {info['rows']:,} rows copied "

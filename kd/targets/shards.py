@@ -6,28 +6,30 @@ id, split, label, features and every member's LOGITS, so inputs and targets are 
 in the same row, never by position. The manifest is written last: its presence means the set is
 complete. A quick look:
 
-    python -c "from stages.shards import verify; print(verify('data/soft_targets'))"
+    python -c "from kd.targets.shardset import verify; print(verify('data/soft_targets'))"
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from stages.atomic import write_json
-from stages.errors import ArtifactError
-from stages.faults import failpoint
-from stages.storage import Location, copy_files, locate
+from kd.errors import ArtifactError
+from kd.io.atomic import write_json
+from kd.io.faults import failpoint
+from kd.io.storage import Location, locate
+
+if TYPE_CHECKING:  # annotations only: the prepared data's reader is not a dependency
+    from kd.datasets import Split
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -238,7 +240,7 @@ class ShardWriter:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())  # bytes on disk before the rename makes the shard visible
         self.shards.append(dict(
-            file=final.name, rows=c["rows"], val=c["val"], sha256=_sha256(tmp),
+            file=final.name, rows=c["rows"], val=c["val"], sha256=file_sha256(tmp),
             splits=dict(labeled=c["labeled"], unlabeled=c["rows"] - c["labeled"]),
             bytes=tmp.stat().st_size))
         os.replace(tmp, final)
@@ -303,8 +305,21 @@ class _Manifest(_Entry):
     logits_dtype: Literal["float32", "float16"]
 
 
+def check_test_split(test: Split, manifest: dict, path: Path, manifest_path: str) -> None:
+    """The test split must be the shards' data set: same feature width, labels among their
+    classes. A test split from another prepare would otherwise fail mid-evaluation, after
+    the training, or score the student against the wrong labels."""
+    width, n_classes = int(np.prod(manifest["feature_shape"])), len(manifest["class_names"])
+    if len(test.y) and test.x.shape[1] != width:
+        raise ArtifactError(f"{path}: rows have {test.x.shape[1]} features, the shards in "
+                            f"{manifest_path} have {width}")
+    if len(test.y) and not 0 <= test.y.min() <= test.y.max() < n_classes:
+        raise ArtifactError(f"{path}: labels {test.y.min()}..{test.y.max()} are not classes "
+                            f"of {manifest_path} ({n_classes} classes)")
+
+
 def read_manifest(dir: str | os.PathLike) -> dict[str, Any]:
-    """The manifest of a shard set: a local directory or a URI (stages/storage.py)."""
+    """The manifest of a shard set: a local directory or a URI (kd/io/storage.py)."""
     loc = locate(dir)
     path = loc.show(MANIFEST)
     if loc.size(MANIFEST) is None:
@@ -328,90 +343,6 @@ def read_manifest(dir: str | os.PathLike) -> dict[str, Any]:
     return m
 
 
-def verify(dir: str | os.PathLike, *, checksums: bool = True,
-           part: tuple[int, int] = (0, 1)) -> dict[str, Any]:
-    """Check that every listed shard exists, is readable Parquet, and has the manifest's row
-    count and sha256, and that no unlisted part-*.parquet is present. Returns summary(dir);
-    raises ArtifactError naming the first bad shard and what is wrong with it.
-
-    `part=(i, n)` checks only every n-th shard from the i-th (n processes share the hashing;
-    part 0 also checks the set as a whole)."""
-    loc, m = locate(dir), read_manifest(dir)
-    i, n = part
-    for s in m["shards"][i::n]:
-        p = loc.show(s["file"])
-        if loc.size(s["file"]) is None:
-            raise ArtifactError(f"{p}: shard listed in {MANIFEST} is missing")
-        try:
-            with loc.open(s["file"]) as f, pq.ParquetFile(f) as pf:
-                rows = pf.metadata.num_rows
-        except (OSError, pa.ArrowException) as e:
-            raise ArtifactError(f"{p}: unreadable Parquet, truncated or corrupt ({e})") from None
-        if rows != s["rows"]:
-            raise ArtifactError(f"{p}: row count mismatch, file has {rows}, manifest {s['rows']}")
-        if checksums and _sha256(loc, s["file"]) != s["sha256"]:
-            raise ArtifactError(f"{p}: sha256 does not match {MANIFEST} (file corrupt or replaced)")
-        with loc.open(s["file"]) as f:
-            check_shard_metadata(p, read_shard_metadata(f, p), m)
-    if i != 0:
-        return summary(dir)
-    listed = {s["file"] for s in m["shards"]}
-    if unlisted := [f for f in loc.glob("part-*.parquet") if f not in listed]:
-        raise ArtifactError(f"{loc.show(unlisted[0])}: shard not listed in {MANIFEST}")
-    if sum(s["rows"] for s in m["shards"]) != m["totals"]["rows"]:
-        raise ArtifactError(f"{loc.show(MANIFEST)}: totals.rows disagrees with its shards")
-    return summary(dir)
-
-
-def summary(dir: str | os.PathLike) -> dict[str, Any]:
-    """What `kd shards show` prints: counts, classes, members, shapes and bytes on disk."""
-    loc, m = locate(dir), read_manifest(dir)
-    size = 0
-    for s in m["shards"]:
-        if (n := loc.size(s["file"])) is None:
-            raise ArtifactError(f"{loc.show(s['file'])}: shard listed in {MANIFEST} is missing")
-        size += n
-    t = m["totals"]
-    return dict(dir=str(dir), shards=len(m["shards"]), rows=t["rows"], splits=t["splits"],
-                val=t["val"], class_names=m["class_names"], num_classes=len(m["class_names"]),
-                members=m["members"], feature_shape=m["feature_shape"],
-                logits_dtype=m["logits_dtype"], bytes=size)
-
-
-def read_table(dir: str | os.PathLike) -> pa.Table:
-    """The whole soft-target set as one Table, shards in manifest order (small data, tests)."""
-    loc = locate(dir)
-    tables = []
-    for s in read_manifest(dir)["shards"]:
-        with loc.open(s["file"]) as f:
-            tables.append(pq.read_table(f))
-    return pa.concat_tables(tables) if tables else pa.table({})
-
-
-def copy(src: str | os.PathLike, dst: str | os.PathLike) -> dict[str, Any]:
-    """Copy a verified shard set to `dst` (a directory or URI), shards first and the manifest
-    last, so a reader never sees a manifest before its shards; verifies the copy.
-
-    Over an older set at `dst`: its manifest goes first (no reader pairs it with half-replaced
-    shards), its shards that the new set lacks go before the new manifest is written. Files the
-    old manifest did not list are never deleted (verify then refuses the copy)."""
-    verify(src)
-    files = [s["file"] for s in read_manifest(src)["shards"]]
-    source, out = locate(src), locate(dst)
-    if type(source.fs) is type(out.fs) and source.base.rstrip("/") == out.base.rstrip("/"):
-        return verify(dst)  # the same place: deleting its manifest would lose the set
-    old: list[str] = []
-    if out.size(MANIFEST) is not None:
-        with contextlib.suppress(ArtifactError):  # an unreadable old manifest lists nothing
-            old = [s["file"] for s in read_manifest(dst)["shards"]]
-    out.delete(MANIFEST)
-    copy_files(source, out, files)
-    for stale in sorted(set(old) - set(files)):  # only the old set's own shards
-        out.delete(stale)
-    copy_files(source, out, [MANIFEST])
-    return verify(dst)  # any other part-*.parquet there is refused, not deleted
-
-
 # A Batch holds rows along axis 0, except `logits` (M, B, C) along axis 1.
 def take_rows(data: Batch, a: int | np.ndarray, b: int | None = None) -> Batch:
     """Rows a:b of every column, or the rows `a` picks (a boolean mask or an index array)."""
@@ -423,7 +354,7 @@ def concat_rows(parts: list[Batch]) -> Batch:
     return {k: np.concatenate([p[k] for p in parts], axis=int(k == "logits")) for k in parts[0]}
 
 
-def _sha256(path: Path | Location, file: str | None = None) -> str:
+def file_sha256(path: Path | Location, file: str | None = None) -> str:
     h = hashlib.sha256()
     with open(path, "rb") if file is None else path.open(file) as f:
         while block := f.read(1 << 20):

@@ -1,6 +1,6 @@
 """params.yaml -> one typed, validated `Config` that every stage receives.
 
-    from stages.config import load_config
+    from kd.config import load_config
     cfg = load_config("params.yaml")
     # a mistake raises ConfigError("student.temperature: must be > 0, got -1")
 
@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from stages.errors import ConfigError
+from kd.errors import ConfigError
 
 PositiveInt = Annotated[int, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0, lt=1)]
@@ -218,6 +218,8 @@ class RuntimeConfig(Section):
     nproc: PositiveInt = 1  # processes per stage on this machine (torchrun --nproc-per-node)
     backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl with CUDA GPUs, else gloo
     threads: Annotated[int, Field(ge=0)] = 0  # torch threads per process; 0: cores / nproc
+    # where one process trains and exports: auto takes a CUDA GPU when one is visible
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     # global: train.batch_size is the effective batch, split over the ranks (the same
     # optimisation as one process); per_rank: every rank takes train.batch_size rows a step
     batch: Literal["global", "per_rank"] = "global"
@@ -272,19 +274,14 @@ class Config(Section):
         return self
 
 
-# a small input each architecture accepts: building on it checks knob values before any work
-_PROBE_SHAPES = {"mlp": (4,), "cnn1d": (16,), "cnn2d": (8, 8)}
-
-
 def _check_arch(key: str, spec: ModelConfig) -> None:
-    """Architecture, knob names and knob values are checked now, by building the model on a
-    small probe input; whether it fits the data's feature shape is checked by the stage."""
-    from stages.models import build_model, resolve_knobs
+    """Architecture, knob names and knob values are checked now, by building the model on the
+    small input its class declares (`probe_shape`); whether it fits the data's feature shape is
+    checked by the stage."""
+    from kd.models import check_arch
 
     try:
-        resolve_knobs(spec.arch, spec.knobs)
-        if spec.arch in _PROBE_SHAPES:
-            build_model(spec.arch, _PROBE_SHAPES[spec.arch], 2, spec.knobs)
+        check_arch(spec.arch, spec.knobs)
     except ConfigError as e:
         what = "arch" if "unknown architecture" in str(e) else "knobs"
         raise ConfigError(f"{key}.{what}: {e}") from None

@@ -6,7 +6,7 @@
 
 A row's features and logits come from the same Parquet row, so no shuffle can mis-pair them.
 At most about `buffer_rows` rows plus one row group are in memory, never a whole set; the
-schema, writer and manifest live in stages/shards.py.
+schema, writer and manifest live in kd/targets/shards.py.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from stages.errors import ArtifactError
-from stages.shards import (
+from kd.errors import ArtifactError
+from kd.io.storage import is_uri, locate
+from kd.targets.shards import (
     COLUMNS,
     MANIFEST,
     Batch,
@@ -32,9 +33,8 @@ from stages.shards import (
     read_manifest,
     read_shard_metadata,
     take_rows,
-    verify,
 )
-from stages.storage import is_uri, locate
+from kd.targets.shardset import verify
 
 Piece = tuple[str, int, int, int]  # (file, row group, start, stop) among its training rows
 

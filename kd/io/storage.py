@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl, urlsplit
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from stages.errors import ArtifactError
+from kd.errors import ArtifactError
 
 
 def is_uri(location: str | os.PathLike) -> bool:

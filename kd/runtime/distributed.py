@@ -1,9 +1,9 @@
 """torch.distributed for the training and export stages: PyTorch's own runtime, no launcher of ours.
 
     runtime: {nproc: 2}                                  # params.yaml: `dvc repro` as before
-    torchrun --nproc-per-node 2 -m stages.cli student    # or start torchrun yourself
+    torchrun --nproc-per-node 2 -m kd.cli student    # or start torchrun yourself
     torchrun --nnodes 2 --node-rank 0 --rdzv-endpoint host0:29400 --nproc-per-node 8 \
-        -m stages.cli export                             # ... and --node-rank 1 on the other node
+        -m kd.cli export                             # ... and --node-rank 1 on the other node
 
 A stage calls `session(cfg.runtime)` and gets a `Dist`: rank, world size, device and the few
 collectives the stages need. Outside torchrun it is a single process (`world == 1`) and every
@@ -12,8 +12,9 @@ around, `kd <stage>` re-runs itself under torchrun (`launch`): torchrun's own `r
 `--standalone`, so DVC's command line stays `kd <stage>`.
 
 The backend follows the hardware: nccl (one CUDA device per local rank) when CUDA GPUs are
-there, gloo on CPU; the model and batches go where the backend is (a single process, without
-torchrun, trains on CPU). Objects cross ranks as JSON or raw bytes in uint8 tensors, never pickles.
+there, gloo on CPU; the model and batches go where the backend is. A single process, without
+torchrun, trains on `runtime.device`: a CUDA GPU when one is visible (auto), else the CPU.
+Objects cross ranks as JSON or raw bytes in uint8 tensors, never pickles.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from stages.config import RuntimeConfig
-from stages.errors import KDError
+from kd.config import RuntimeConfig
+from kd.errors import KDError
+from kd.io.atomic import atomic_dir
 
 CPU = torch.device("cpu")
 ERROR_DIR = "KD_ERROR_DIR"  # set by `launch`: ranks leave their one-line user errors here
@@ -50,6 +52,17 @@ def choose_backend(wanted: str) -> str:
     if wanted == "nccl" and not torch.cuda.is_available():
         raise KDError("runtime.backend: nccl needs CUDA GPUs and none is visible; use gloo or auto")
     return wanted
+
+
+def choose_device(wanted: str) -> torch.device:
+    """The device of a single process: a CUDA GPU when asked for or (auto) when one is visible."""
+    if wanted == "cpu" or (wanted == "auto" and not torch.cuda.is_available()):
+        return CPU
+    if not torch.cuda.is_available():
+        raise KDError("runtime.device: cuda needs a CUDA GPU and none is visible; use cpu or auto")
+    # deterministic cuBLAS, for torch.use_deterministic_algorithms(True)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 def threads_per_process(rt: RuntimeConfig, world_on_node: int) -> int:
@@ -150,7 +163,7 @@ def session(rt: RuntimeConfig) -> Iterator[Dist]:
         choose_backend(rt.backend)  # nccl asked for where there is no GPU: say so, alone too
         if rt.threads:
             torch.set_num_threads(rt.threads)
-        yield Dist()
+        yield Dist(device=choose_device(rt.device))
         return
     _die_with_parent()
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -224,7 +237,7 @@ def launch(argv: list[str], rt: RuntimeConfig) -> int:
     with tempfile.TemporaryDirectory(prefix="kd-ranks-") as errors, _environ(
             **env, **{ERROR_DIR: errors}):
         args = parse_args(["--standalone", f"--nproc-per-node={rt.nproc}", "--max-restarts=0",
-                           "--module", "stages.cli", *argv])
+                           "--module", "kd.cli", *argv])
         try:
             run(args)
         except ChildFailedError as e:
@@ -271,9 +284,24 @@ def ranks(d: Dist, batch: int) -> str:
     return f", {d.world} ranks ({d.device.type}), global batch {batch}" if d.active else ""
 
 
-def progress(d: Dist, stage: str, tracking) -> list:
-    """The training callbacks: progress lines and MLflow curves, from rank 0 only."""
-    from stages.tracking import TrackEpochs
-    from stages.training import PrintProgress
+def rank_rows(n: int, batch_size: int, dist: Dist) -> tuple[int, int]:
+    """This rank's rows of a split of `n`: a contiguous run of whole batches."""
+    batches = -(-n // batch_size)
+    lo, hi = batches * dist.rank // dist.world, batches * (dist.rank + 1) // dist.world
+    return min(lo * batch_size, n), min(hi * batch_size, n)
 
-    return [PrintProgress(stage), TrackEpochs(tracking)] if d.is_main else []
+
+@contextlib.contextmanager
+def shared_atomic_dir(out_dir: Path, dist: Dist) -> Iterator[Path]:
+    """atomic_dir for all ranks: rank 0 makes the temporary directory and tells the others its
+    name; it is published (by rank 0) only when the block completes on rank 0."""
+    if not dist.active:
+        with atomic_dir(out_dir) as tmp:
+            yield tmp
+        return
+    if dist.is_main:
+        with atomic_dir(out_dir) as tmp:
+            dist.broadcast_bytes(str(tmp).encode())
+            yield tmp
+    else:
+        yield Path(dist.broadcast_bytes(None).decode())

@@ -23,8 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from stages.config import MNIST1D_SEED, DataConfig
-from stages.errors import ArtifactError, DataError
+from kd.config import MNIST1D_SEED, DataConfig
+from kd.errors import ArtifactError, DataError
 
 SPLITS = ("labeled", "unlabeled", "test")
 

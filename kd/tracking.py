@@ -25,8 +25,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from stages.config import Config
-from stages.errors import KDError
+from kd.config import Config
+from kd.errors import KDError
 
 
 class TrackingError(KDError):
@@ -185,19 +185,9 @@ def _create_experiment(client, name: str, artifact_location: str | None) -> str:
         return client.get_experiment_by_name(name).experiment_id
 
 
-class TrackEpochs:
-    """Training-loop callback: per-epoch metrics to the stage's MLflow run."""
-
-    def __init__(self, run: StageRun):
-        self.run = run
-
-    def on_epoch_end(self, epoch: int, metrics: dict) -> None:
-        self.run.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
-
-
 def log_pyfunc_model(run: StageRun, model_dir: Path, input_example) -> None:
     """Log a trained model directory as an MLflow pyfunc model named "student", with a
-    signature and an input example, from code (stages/pyfunc_model.py): nothing is pickled."""
+    signature and an input example, from code (kd/pyfunc_model.py): nothing is pickled."""
     if run.client is None:
         return
     import mlflow
@@ -206,7 +196,7 @@ def log_pyfunc_model(run: StageRun, model_dir: Path, input_example) -> None:
 
     here = Path(__file__).resolve().parent
     example = np.asarray(input_example, dtype=np.float32)
-    from stages.pyfunc_model import KDStudent
+    from kd.pyfunc_model import KDStudent
 
     probe = KDStudent()
     probe.load_context(type("Ctx", (), {"artifacts": {"model_dir": str(model_dir)}})())

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from stages.faults import failpoint
+from kd.io.faults import failpoint
 
 
 def _umask() -> int:

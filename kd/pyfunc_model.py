@@ -4,7 +4,7 @@
     probs = model.predict(x)          # x: (N, F) float32 flat rows, as stored -> (N, C)
 
 The weights travel as the run's `model_dir` artifact (model.safetensors + model.json) and are
-rebuilt by `stages.models.load_model`; the `stages` package is bundled with the model.
+rebuilt by `kd.models.load_model`; the `kd` package is bundled with the model.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from mlflow.pyfunc import PythonModel
 
 class KDStudent(PythonModel):
     def load_context(self, context) -> None:
-        from stages.models import load_model
+        from kd.models import load_model
 
         self.model, self.spec = load_model(context.artifacts["model_dir"])
 

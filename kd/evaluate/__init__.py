@@ -1,0 +1,1 @@
+"""Scoring models: accuracy, NLL, calibration, agreement, size and speed."""

@@ -1,0 +1,29 @@
+"""Architectures (a registry keyed by name, one file per family) and the model directory.
+
+    from kd.models import build_model, load_model, save_model
+
+Importing this package registers every built-in family.
+"""
+
+from kd.models import conv, mlp  # noqa: F401  (registers cnn1d, cnn2d, mlp)
+from kd.models.io import (
+    SPEC_FILE,
+    WEIGHTS_FILE,
+    check_fits,
+    load_model,
+    model_fingerprint,
+    save_model,
+)
+from kd.models.registry import (
+    ARCHITECTURES,
+    build_model,
+    check_arch,
+    count_params,
+    knob_defaults,
+    register,
+    resolve_knobs,
+)
+
+__all__ = ["ARCHITECTURES", "SPEC_FILE", "WEIGHTS_FILE", "build_model", "check_arch",
+           "check_fits", "count_params", "knob_defaults", "load_model", "model_fingerprint",
+           "register", "resolve_knobs", "save_model"]

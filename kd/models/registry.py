@@ -1,0 +1,116 @@
+"""The architecture registry: a name -> an `nn.Module` class, plus the knob checks.
+
+    from kd.models import build_model
+    model = build_model("cnn1d", (40,), 10, {"channels": 32})
+
+An architecture is an `nn.Module` whose constructor is `(input_shape, n_classes, **knobs)` with
+a default for every knob; the constructor's signature *is* the knob schema, so there is no
+second list of knobs to keep in sync. It also carries `probe_shape`, a small input it accepts,
+on which `kd check-params` builds it to check knob values before any work. A new family is one
+file in this package that calls `@register("name")`, plus its import in `__init__.py`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch.nn as nn
+
+from kd.errors import ConfigError
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {}
+
+
+def register(name: str):
+    """Class decorator: make an architecture buildable by `name`. The class must say which
+    small input it accepts (`probe_shape`), so params can be checked without the data."""
+
+    def deco(cls: type[nn.Module]) -> type[nn.Module]:
+        assert name not in ARCHITECTURES, f"architecture {name!r} registered twice"
+        assert isinstance(getattr(cls, "probe_shape", None), tuple), f"{name}: no probe_shape"
+        cls.arch_name = name
+        ARCHITECTURES[name] = cls
+        return cls
+
+    return deco
+
+
+# -----------------------------------------------------------------------------
+# knob checks: raise ConfigError naming the architecture, the knob and the value
+
+
+def int_knob(arch: str, name: str, value: Any, lo: int) -> int:
+    # bool is an int subclass; depth=True is almost certainly a YAML mistake
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise ConfigError(f"{arch}: knob {name}={value!r} must be an integer >= {lo}")
+    return value
+
+
+def dropout_knob(arch: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:
+        raise ConfigError(f"{arch}: knob dropout={value!r} must be a number in [0, 1)")
+    return float(value)
+
+
+def kernel_knob(arch: str, value: Any) -> int:
+    k = int_knob(arch, "kernel", value, 1)
+    if k % 2 == 0:  # odd kernels make padding k//2 keep the length ('same' at stride 1)
+        raise ConfigError(f"{arch}: knob kernel={k} must be odd")
+    return k
+
+
+# -----------------------------------------------------------------------------
+# building
+
+
+def _arch_class(arch: Any) -> type[nn.Module]:
+    if not isinstance(arch, str) or arch not in ARCHITECTURES:
+        known = ", ".join(sorted(ARCHITECTURES))
+        raise ConfigError(f"unknown architecture {arch!r} (known: {known})")
+    return ARCHITECTURES[arch]
+
+
+def knob_defaults(arch: str) -> dict[str, Any]:
+    """Every knob of `arch` with its default, read off the constructor's signature."""
+    params = list(inspect.signature(_arch_class(arch).__init__).parameters.values())
+    return {p.name: p.default for p in params[3:]}  # skip self, input_shape, n_classes
+
+
+def resolve_knobs(arch: str, knobs: dict[str, Any] | None) -> dict[str, Any]:
+    """The full knob dict (defaults filled in); ConfigError for a knob `arch` does not have."""
+    full = knob_defaults(arch)
+    for name in knobs or {}:
+        if name not in full:
+            known = ", ".join(sorted(full))
+            raise ConfigError(f"unknown knob {name!r} for architecture {arch!r} (known: {known})")
+    return {**full, **(knobs or {})}
+
+
+def build_model(
+    arch: str, input_shape: tuple[int, ...], n_classes: int, knobs: dict[str, Any] | None = None
+) -> nn.Module:
+    """Instantiate a registered architecture; ConfigError (one line) for anything invalid."""
+    cls = _arch_class(arch)
+    knobs = resolve_knobs(arch, knobs)
+    shape = tuple(input_shape)
+    ok = [isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape]
+    if not shape or not all(ok):
+        raise ConfigError(f"{arch}: input shape {shape} must be non-empty positive integers")
+    if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2:
+        raise ConfigError(f"{arch}: n_classes={n_classes!r} must be an integer >= 2")
+    return cls(shape, n_classes, **knobs)
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of scalar parameters (shared parameters counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+
+
+def check_arch(arch: str, knobs: dict[str, Any] | None) -> None:
+    """Architecture, knob names and knob values, checked by building the model on its probe
+    input (whether it fits the data's feature shape is the stage's check)."""
+    resolve_knobs(arch, knobs)
+    build_model(arch, _arch_class(arch).probe_shape, 2, knobs)

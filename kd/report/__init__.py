@@ -1,0 +1,1 @@
+"""The compression report's figures (plots) and documents (render)."""

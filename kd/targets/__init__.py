@@ -1,0 +1,2 @@
+"""The soft-target shards: schema, writer and manifest (shards), the streaming reader (reader),
+and whole-set operations: verify, summary, copy (shardset)."""

@@ -1,0 +1,110 @@
+"""A shard set as a whole: verify it against its manifest, summarise it, read it, copy it.
+
+    kd shards verify data/soft_targets      # verify(), the same check every reader runs first
+    kd shards copy data/soft_targets s3://bucket/kd/soft_targets
+
+A set is a directory or a URI (kd/io/storage.py) holding part-*.parquet and manifest.json.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from kd.errors import ArtifactError
+from kd.io.storage import copy_files, locate
+from kd.targets.shards import (
+    MANIFEST,
+    check_shard_metadata,
+    file_sha256,
+    read_manifest,
+    read_shard_metadata,
+)
+
+
+def verify(dir: str | os.PathLike, *, checksums: bool = True,
+           part: tuple[int, int] = (0, 1)) -> dict[str, Any]:
+    """Check that every listed shard exists, is readable Parquet, and has the manifest's row
+    count and sha256, and that no unlisted part-*.parquet is present. Returns summary(dir);
+    raises ArtifactError naming the first bad shard and what is wrong with it.
+
+    `part=(i, n)` checks only every n-th shard from the i-th (n processes share the hashing;
+    part 0 also checks the set as a whole)."""
+    loc, m = locate(dir), read_manifest(dir)
+    i, n = part
+    for s in m["shards"][i::n]:
+        p = loc.show(s["file"])
+        if loc.size(s["file"]) is None:
+            raise ArtifactError(f"{p}: shard listed in {MANIFEST} is missing")
+        try:
+            with loc.open(s["file"]) as f, pq.ParquetFile(f) as pf:
+                rows = pf.metadata.num_rows
+        except (OSError, pa.ArrowException) as e:
+            raise ArtifactError(f"{p}: unreadable Parquet, truncated or corrupt ({e})") from None
+        if rows != s["rows"]:
+            raise ArtifactError(f"{p}: row count mismatch, file has {rows}, manifest {s['rows']}")
+        if checksums and file_sha256(loc, s["file"]) != s["sha256"]:
+            raise ArtifactError(f"{p}: sha256 does not match {MANIFEST} (file corrupt or replaced)")
+        with loc.open(s["file"]) as f:
+            check_shard_metadata(p, read_shard_metadata(f, p), m)
+    if i != 0:
+        return summary(dir)
+    listed = {s["file"] for s in m["shards"]}
+    if unlisted := [f for f in loc.glob("part-*.parquet") if f not in listed]:
+        raise ArtifactError(f"{loc.show(unlisted[0])}: shard not listed in {MANIFEST}")
+    if sum(s["rows"] for s in m["shards"]) != m["totals"]["rows"]:
+        raise ArtifactError(f"{loc.show(MANIFEST)}: totals.rows disagrees with its shards")
+    return summary(dir)
+
+
+def summary(dir: str | os.PathLike) -> dict[str, Any]:
+    """What `kd shards show` prints: counts, classes, members, shapes and bytes on disk."""
+    loc, m = locate(dir), read_manifest(dir)
+    size = 0
+    for s in m["shards"]:
+        if (n := loc.size(s["file"])) is None:
+            raise ArtifactError(f"{loc.show(s['file'])}: shard listed in {MANIFEST} is missing")
+        size += n
+    t = m["totals"]
+    return dict(dir=str(dir), shards=len(m["shards"]), rows=t["rows"], splits=t["splits"],
+                val=t["val"], class_names=m["class_names"], num_classes=len(m["class_names"]),
+                members=m["members"], feature_shape=m["feature_shape"],
+                logits_dtype=m["logits_dtype"], bytes=size)
+
+
+def read_table(dir: str | os.PathLike) -> pa.Table:
+    """The whole soft-target set as one Table, shards in manifest order (small data, tests)."""
+    loc = locate(dir)
+    tables = []
+    for s in read_manifest(dir)["shards"]:
+        with loc.open(s["file"]) as f:
+            tables.append(pq.read_table(f))
+    return pa.concat_tables(tables) if tables else pa.table({})
+
+
+def copy(src: str | os.PathLike, dst: str | os.PathLike) -> dict[str, Any]:
+    """Copy a verified shard set to `dst` (a directory or URI), shards first and the manifest
+    last, so a reader never sees a manifest before its shards; verifies the copy.
+
+    Over an older set at `dst`: its manifest goes first (no reader pairs it with half-replaced
+    shards), its shards that the new set lacks go before the new manifest is written. Files the
+    old manifest did not list are never deleted (verify then refuses the copy)."""
+    verify(src)
+    files = [s["file"] for s in read_manifest(src)["shards"]]
+    source, out = locate(src), locate(dst)
+    if type(source.fs) is type(out.fs) and source.base.rstrip("/") == out.base.rstrip("/"):
+        return verify(dst)  # the same place: deleting its manifest would lose the set
+    old: list[str] = []
+    if out.size(MANIFEST) is not None:
+        with contextlib.suppress(ArtifactError):  # an unreadable old manifest lists nothing
+            old = [s["file"] for s in read_manifest(dst)["shards"]]
+    out.delete(MANIFEST)
+    copy_files(source, out, files)
+    for stale in sorted(set(old) - set(files)):  # only the old set's own shards
+        out.delete(stale)
+    copy_files(source, out, [MANIFEST])
+    return verify(dst)  # any other part-*.parquet there is refused, not deleted

@@ -1,0 +1,126 @@
+"""Distillation from soft-target shards: the student's training job.
+
+    job = distill_job(cfg, "data/soft_targets", Path("data/prepared"), dist)
+    metrics = train_and_write(job, out_dir, callbacks=...)
+
+Each batch carries its rows' own member logits (same Parquet row as the features, so shuffling
+can never mis-pair them); the ensemble's soft targets are formed here at `student.temperature`,
+and the loss is Hinton's (kd/distill/losses.py). Labeled validation rows are held out of
+training and used for the per-epoch curves, with the student's agreement with the ensemble.
+
+Under torch.distributed it is DistributedDataParallel over row ranges: each epoch the shuffled
+order of row groups is cut into one equal run of rows per rank (ShardReader.rank_ranges), each
+rank streams its own, and with `runtime.batch: global` each takes `batch_size / world` rows a
+step, so the effective batch, the loss and the number of steps are a single process's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kd.config import Config
+from kd.datasets import read_split
+from kd.distill.losses import kd_loss, soft_targets
+from kd.errors import ConfigError
+from kd.io.storage import locate
+from kd.models import build_model, count_params
+from kd.runtime.distributed import SINGLE, Dist, global_batch, ranks
+from kd.targets.reader import ShardReader
+from kd.targets.shards import MANIFEST, check_test_split, read_manifest
+from kd.train.batches import Batch, prefetch
+from kd.train.checkpoints import fingerprint
+from kd.train.loop import evaluate, predict, seed_everything
+from kd.train.runner import TrainJob
+
+
+def shard_batches(reader: ShardReader, batch_size: int, seed: int, buffer_rows: int,
+                  dist: Dist = SINGLE) -> Callable[[int], Iterable[Batch]]:
+    """epoch -> shuffled training batches streamed from the shards (validation rows held out);
+    distributed, from this rank's run of rows of the epoch only."""
+
+    def batches(epoch: int) -> Iterable[Batch]:
+        if dist.active:
+            stream = reader.iter_rank_batches(batch_size, world=dist.world, rank=dist.rank,
+                                              seed=seed, epoch=epoch, buffer_rows=buffer_rows)
+        else:
+            stream = reader.iter_batches(batch_size, shuffle=True, seed=seed, epoch=epoch,
+                                         buffer_rows=buffer_rows, drop_val=True)
+        for b in prefetch(stream):  # decode the next batch while this one trains
+            yield Batch(torch.from_numpy(b["features"]), torch.from_numpy(b["label"]),
+                        torch.from_numpy(b["logits"]))  # (B, F), (B,), (M, B, C)
+
+    return batches
+
+
+def held_out(reader: ShardReader) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The labeled validation rows of a shard set: features, labels, member logits."""
+    parts = list(reader.iter_batches(65_536, shuffle=False, only_val=True))
+    if not parts:
+        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64), np.zeros((0, 0, 0))
+    return (np.concatenate([p["features"] for p in parts]),
+            np.concatenate([p["label"] for p in parts]),
+            np.concatenate([p["logits"] for p in parts], axis=1))
+
+
+def distill_job(cfg: Config, shards: Path | str, prepared: Path, dist: Dist = SINGLE,
+                stage: str = "student") -> TrainJob:
+    """The student of `cfg.student` on the (already verified) shard set `shards`."""
+    st = cfg.student
+    manifest = read_manifest(shards)
+    reader = ShardReader(shards)
+    shape = tuple(manifest["feature_shape"])
+    n_classes = len(manifest["class_names"])
+    test, _ = read_split(prepared, "test")
+    check_test_split(test, manifest, prepared / "test.parquet", locate(shards).show(MANIFEST))
+    seed_everything(st.train.seed)  # the initial weights come from this seed too
+    model = build_model(st.arch, shape, n_classes, st.knobs)
+    n_params = count_params(model)
+    n_train = reader.num_rows(drop_val=True)
+    batch = global_batch(st.train.batch_size, cfg.runtime, dist)
+    if batch % dist.world:  # torchrun started by hand, with another count than runtime.nproc
+        raise ConfigError(f"student.train.batch_size: {batch} rows do not split evenly over "
+                          f"{dist.world} ranks")
+    # distributed: each rank takes an equal run of the rows, so as many steps as one process
+    steps = reader.rank_steps(batch // dist.world, dist.world)
+    val_x, val_y, val_t = held_out(reader)
+    T, alpha = st.temperature, st.alpha
+
+    def loss_fn(s_logits: torch.Tensor, b: Batch) -> torch.Tensor:
+        t_probs = soft_targets(b.t_logits, T, st.combine)  # (B, C)
+        # distributed: the hard term divides by the global batch's labeled rows (per rank),
+        # not this rank's, so ranks dealt more or fewer labeled rows weigh them as one process
+        labeled = dist.mean_over_ranks((b.y >= 0).sum()) if dist.active else None
+        return kd_loss(s_logits, t_probs, b.y, T, alpha, labeled)
+
+    def evaluate_fn(m: torch.nn.Module) -> dict:
+        out = evaluate(m, val_x, val_y)
+        if len(val_y):  # how closely the student follows the ensemble on held-out rows
+            t_top = soft_targets(torch.from_numpy(val_t), 1.0, st.combine).argmax(1)
+            s_top = predict(m, val_x).argmax(1)  # eval mode, no graph, batched
+            out["agreement"] = (t_top == s_top).float().mean().item()
+        return out
+
+    return TrainJob(
+        stage=stage, model=model, train=st.train,
+        batches=shard_batches(reader, batch // dist.world, st.train.seed, st.shuffle_buffer,
+                              dist),
+        steps=steps, loss_fn=loss_fn, evaluate_fn=evaluate_fn,
+        fingerprint=fingerprint(st.model_dump(), manifest, dist.world, batch),
+        test=(test.x, test.y),
+        spec={"arch": st.arch, "knobs": st.knobs, "input_shape": list(shape),
+              "n_classes": n_classes, "class_names": manifest["class_names"],
+              "params": n_params, "stage": stage},
+        metrics={"temperature": T, "alpha": alpha},
+        params={"student": st.model_dump(), "shards": {"rows": manifest["totals"]["rows"],
+                                                       "members": manifest["members"]},
+                "world_size": dist.world},
+        intro=f"{stage}: {st.arch} {st.knobs}, {n_params:,} parameters, T={T}, alpha={alpha}, "
+              f"{n_train} training rows from {len(reader.files)} shards, "
+              f"{st.train.epochs} epochs{ranks(dist, batch)}")
+
+
+__all__ = ["distill_job"]

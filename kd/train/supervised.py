@@ -1,0 +1,56 @@
+"""Supervised training on the prepared labeled split: a teacher member, or the baseline.
+
+    job = supervised_job(cfg, "teacher@cnn_0", cfg.teacher.member("cnn_0"), prepared, dist)
+    metrics = train_and_write(job, out_dir, callbacks=...)
+
+Reads `data/prepared/`, trains with cross-entropy on the non-validation labeled rows and
+evaluates on the validation rows each epoch (kd/train/runner.py then scores the test rows).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch.nn.functional as F
+
+from kd.config import Config, ModelConfig
+from kd.datasets import load_meta, read_split
+from kd.models import build_model, count_params
+from kd.runtime.distributed import SINGLE, Dist, global_batch, ranks
+from kd.train.batches import in_memory_batches
+from kd.train.checkpoints import fingerprint
+from kd.train.loop import evaluate, seed_everything
+from kd.train.runner import TrainJob
+
+
+def supervised_job(cfg: Config, stage: str, spec: ModelConfig, prepared: Path,
+                   dist: Dist = SINGLE) -> TrainJob:
+    """`spec` trained on hard labels. Distributed, it is DistributedDataParallel over slices of
+    each batch; rank 0 writes."""
+    meta = load_meta(prepared)
+    labeled, is_val = read_split(prepared, "labeled")
+    test, _ = read_split(prepared, "test")
+    shape = tuple(meta["feature_shape"])
+    seed_everything(spec.train.seed)  # the initial weights come from this seed too
+    model = build_model(spec.arch, shape, meta["n_classes"], spec.knobs)
+    n_params = count_params(model)
+    train_x, train_y = labeled.x[~is_val], labeled.y[~is_val]
+    val_x, val_y = labeled.x[is_val], labeled.y[is_val]
+    batch = global_batch(spec.train.batch_size, cfg.runtime, dist)
+    # a last batch of fewer rows than ranks is dropped (a rank can't train on no rows)
+    steps = len(train_y) // batch + (len(train_y) % batch >= dist.world)
+    return TrainJob(
+        stage=stage, model=model, train=spec.train,
+        batches=in_memory_batches(train_x, train_y, batch, spec.train.seed, shape,
+                                  spec.train.augment, dist),
+        steps=steps, loss_fn=lambda logits, b: F.cross_entropy(logits, b.y),
+        evaluate_fn=lambda m: evaluate(m, val_x, val_y),
+        fingerprint=fingerprint(spec.model_dump(), meta, dist.world, batch),
+        test=(test.x, test.y),
+        spec={"arch": spec.arch, "knobs": spec.knobs, "input_shape": list(shape),
+              "n_classes": meta["n_classes"], "class_names": meta["class_names"],
+              "params": n_params, "stage": stage},
+        params={"stage": stage, "model": spec.model_dump(), "data": cfg.data.model_dump(),
+                "world_size": dist.world},
+        intro=f"{stage}: {spec.arch} {spec.knobs}, {n_params:,} parameters, "
+              f"{len(train_y)} training rows, {spec.train.epochs} epochs{ranks(dist, batch)}")
