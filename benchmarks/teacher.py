@@ -4,7 +4,7 @@
 
 With the repository's params.yaml (default data: MNIST-1D, five cnn1d members) this prepares the
 data into a temporary directory, trains each member there exactly as `kd teacher <member>` does
-(`stages.teacher.train_supervised`, tracking off), times the training, reloads every member from
+(`stages.teacher.run`, tracking off), times the training, reloads every member from
 its model directory and scores it on the prepared test split, and scores the ensemble (the mean of
 the members' softmax probabilities, as the export/student stages combine them by default).
 Prints the JSON it writes:
@@ -41,7 +41,7 @@ from kd.datasets import read_split  # noqa: E402
 from kd.models import load_model  # noqa: E402
 from kd.train.loop import predict  # noqa: E402
 from stages.prepare import run as prepare  # noqa: E402
-from stages.teacher import train_supervised  # noqa: E402
+from stages.teacher import run as train_member  # noqa: E402
 
 TIME_BUDGET_S = 240.0
 ENSEMBLE_TARGET = 0.99
@@ -69,7 +69,7 @@ def main() -> None:
     work = (args.workdir or Path(tempfile.mkdtemp(prefix="kd-bench-teacher-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     cwd = os.getcwd()
-    os.chdir(work)  # train_supervised checkpoints under ./data/.checkpoints: keep them here
+    os.chdir(work)  # training checkpoints under ./data/.checkpoints: keep them here
     prepared = work / "data" / "prepared"
     try:
         t0 = time.perf_counter()
@@ -80,8 +80,7 @@ def main() -> None:
         t_all = time.perf_counter()
         for name in cfg.teacher.members:
             t0 = time.perf_counter()
-            stage_metrics[name] = train_supervised(cfg, f"teacher@{name}", cfg.teacher.member(name),
-                                                   work / "data" / "teachers" / name, prepared)
+            stage_metrics[name] = train_member(cfg, name, work / "data" / "teachers", prepared)
             times[name] = time.perf_counter() - t0
         total_time = time.perf_counter() - t_all
 
