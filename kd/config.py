@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import difflib
 import math
+import posixpath
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -50,6 +51,10 @@ class DataConfig(Section):
     split_seed: Annotated[int, Field(ge=0)] = 0
     val_fraction: Annotated[float, Field(ge=0, le=0.5)] = 0.1
     normalize: Literal["global", "per_feature", "none"] = "global"
+    # the folder (or file) holding the user's own data files: `prepare` depends on it in
+    # dvc.yaml (`${data.inputs}`), so editing any file in it reruns prepare and what follows;
+    # every parquet path must lie inside it
+    inputs: str = "data/inputs"
     # parquet: the user's own files
     labeled: str | None = None
     unlabeled: str | None = None
@@ -76,6 +81,13 @@ class DataConfig(Section):
             for key in ("labeled", "test", "features", "label"):
                 if getattr(self, key) in (None, "", []):
                     raise ValueError(f"{key}: required when data.source is 'parquet'")
+            for key in ("labeled", "unlabeled", "test"):
+                path = getattr(self, key)
+                if path is not None and not _inside(path, self.inputs):
+                    raise ValueError(
+                        f"{key}: {path!r} is not inside data.inputs ({self.inputs!r}), the "
+                        "path prepare depends on: DVC would not rerun prepare when the file "
+                        "changes; move it there or point data.inputs at its folder")
         else:
             for key in parquet_keys:
                 if getattr(self, key) is not None:
@@ -84,6 +96,14 @@ class DataConfig(Section):
                         f"got source '{self.source}'"
                     )
         return self
+
+
+def _inside(path: str, folder: str) -> bool:
+    """`path` is `folder` or lies under it (both relative to the repository root)."""
+    p, f = PurePosixPath(posixpath.normpath(path)), PurePosixPath(posixpath.normpath(folder))
+    if ".." in p.parts or p.is_absolute() != f.is_absolute():
+        return False
+    return str(f) == "." or p == f or f in p.parents
 
 
 # ------------------------------------------------------------------------ model + training

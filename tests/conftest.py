@@ -91,7 +91,7 @@ def make_repo(repo: Path, overrides: dict, extra_gitignore: str = "") -> Path:
     import shutil
 
     repo.mkdir(parents=True)
-    for pkg in ("kd", "stages"):  # the code deps of dvc.yaml
+    for pkg in ("kd", "stages", "data/inputs"):  # the code deps of dvc.yaml, the inputs folder
         shutil.copytree(ROOT / pkg, repo / pkg, ignore=shutil.ignore_patterns("__pycache__"))
     run_cmd(["git", "init", "-q"], repo)
     run_cmd(["dvc", "init", "-q"], repo)

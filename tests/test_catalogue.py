@@ -42,7 +42,7 @@ def params_case(case_id: str, mistake: str, params: dict | str, names: tuple[str
     return Case(f"params.{case_id}", "params", mistake, argv, setup, names)
 
 
-PARQUET = {"source": "parquet", "labeled": "l", "test": "t", "label": "y", "features": "f"}
+PARQUET = {"source": "parquet", "inputs": ".", "labeled": "l", "test": "t", "label": "y", "features": "f"}
 P = params_case
 PARAMS_CASES = [
     P("student.temperature.range", "a temperature that is not positive",
@@ -83,6 +83,9 @@ PARAMS_CASES = [
       {"data": {"labeled": "x.parquet"}}, ("data.labeled", "'mnist1d'")),
     P("data.labeled.required", "source parquet without its labeled file",
       {"data": {"source": "parquet", "test": "t.parquet"}}, ("data.labeled",)),
+    P("data.labeled.outside_inputs", "a data file outside data.inputs (DVC would not see it change)",
+      {"data": {**PARQUET, "inputs": "data/inputs", "labeled": "elsewhere/l.parquet"}},
+      ("data.labeled", "'elsewhere/l.parquet'", "data.inputs")),
     P("data.features.type", "features that are neither a column name nor a list of names",
       {"data": {**PARQUET, "features": 3}}, ("data.features", "3")),
     P("data.shape.zero", "a zero in the feature shape", {"data": {**PARQUET, "shape": [8, 0]}},

@@ -96,7 +96,7 @@ def user_files(tmp_path, n_lab=30, n_test=10, n_unl=20, width=6, classes=("cat",
 
 
 def parquet_params(tmp_path, **overrides):
-    data = {"source": "parquet", "labeled": "lab.parquet", "test": "test.parquet",
+    data = {"source": "parquet", "inputs": ".", "labeled": "lab.parquet", "test": "test.parquet",
             "unlabeled": "unl.parquet", "features": "pixels", "label": "animal",
             "val_fraction": 0.2}
     data.update(overrides)
