@@ -51,7 +51,11 @@ def with_config(fn: Callable) -> Callable:
     @params_option
     @functools.wraps(fn)
     def wrapper(params_path: Path, **kwargs):
-        return fn(load_config(params_path), **kwargs)
+        cfg = load_config(params_path)
+        from kd.runtime.distributed import set_threads
+
+        set_threads(cfg.runtime)  # every command, also those without a training session
+        return fn(cfg, **kwargs)
 
     return wrapper
 

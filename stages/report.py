@@ -18,61 +18,33 @@ from __future__ import annotations
 
 import hashlib
 import os
-import platform
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from kd.config import Config
 from kd.datasets import load_meta, read_split
-from kd.distill.losses import soft_targets
 from kd.errors import ArtifactError
 from kd.evaluate.metrics import (
     agreement,
     compression,
     ensemble_probs,
-    entropy,
+    machine,
     quality,
-    reliability,
     softmax,
-    speed,
     speed_ratios,
+    speeds,
 )
 from kd.io.atomic import atomic_dir, write_json
 from kd.io.faults import failpoint
 from kd.models import check_fits, count_params, load_model
-from kd.report import plots
+from kd.report.figures import write_figures
 from kd.report.render import render_html, render_markdown
-from kd.targets.reader import ShardReader
 from kd.targets.shards import MANIFEST, check_members, read_manifest
 from kd.targets.shardset import verify
 from kd.tracking import flatten, link_input_runs, stage_run
 
 TIMING = "timing.json"  # wall-clock figures: not cached, differ between identical runs
-
-
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version()}
-
-
-def soft_target_entropy(shards: Path, T: float, combine: str) -> dict[str, np.ndarray]:
-    """Entropy of the ensemble's soft targets over every exported row, at T=1 and at T."""
-    out: dict[str, list] = {"T=1": [], f"T={T:g}": []}
-    for b in ShardReader(shards, columns=["logits"]).iter_batches(65_536, shuffle=False):
-        logits = torch.from_numpy(b["logits"])  # (M, B, C)
-        out["T=1"].append(entropy(soft_targets(logits, 1.0, combine).numpy()))
-        out[f"T={T:g}"].append(entropy(soft_targets(logits, T, combine).numpy()))
-    return {k: np.concatenate(v) for k, v in out.items()}
 
 
 def check_shards(shards: Path, members: list[str], meta: dict) -> None:
@@ -116,8 +88,12 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
     params["teacher"] = sum(params[m] for m in members)
     size = {name: (d / "model.safetensors").stat().st_size for name, d in dirs.items()}
     size["teacher"] = sum(size[m] for m in members)
-    speeds = {name: speed([m], x.numpy()) for name, m in models.items()}
-    speeds["teacher"] = speed([models[m] for m in members], x.numpy())
+    load_before = os.getloadavg()
+    # every model side by side, round by round: a burst of load hits them all alike
+    speed = speeds({"teacher": [models[m] for m in members]}
+                   | {name: [m] for name, m in models.items()}, x.numpy())
+    load = {"before": [round(v, 2) for v in load_before],
+            "after": [round(v, 2) for v in os.getloadavg()]}
 
     def summary(name: str) -> dict:
         e = evals[name]
@@ -139,10 +115,10 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
     }
     # the same keys as metrics.json, so `dvc metrics show` lines them up (student.accuracy,
     # student.latency_ms_median, compression.speedup, ...)
-    timing = {name: speeds[name] for name in ("teacher", "student", "baseline")} | {
-        "members": {m: speeds[m] for m in members},
-        "compression": speed_ratios(speeds["teacher"], speeds["student"]),
-        "machine": machine(),
+    timing = {name: speed[name] for name in ("teacher", "student", "baseline")} | {
+        "members": {m: speed[m] for m in members},
+        "compression": speed_ratios(speed["teacher"], speed["student"]),
+        "machine": machine() | {"loadavg_1_5_15": load},
     }
     context = {"metrics": metrics, "evals": evals, "members": members,
                "class_names": meta["class_names"], "test_rows": len(test.y)}
@@ -150,7 +126,7 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
     with stage_run(cfg, "report", params=flatten(cfg.model_dump())) as tracking:
         failpoint("report.write")
         with atomic_dir(out_dir) as tmp:
-            _figures(tmp, cfg, meta, evals, probs, test.y, params, dirs, members, shards)
+            write_figures(tmp, cfg, meta, evals, probs, test.y, params, dirs, members, shards)
             write_json(tmp / "metrics.json", metrics)
             write_json(tmp / "details.json", {k: {"per_class_accuracy": v["per_class_accuracy"],
                                                   "confusion": v["confusion"]}
@@ -171,30 +147,8 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
     c = metrics["compression"]
     print(f"report: teacher {t_acc:.4f} ({params['teacher']:,} params), student {s_acc:.4f} "
           f"({params['student']:,}), baseline {b_acc:.4f}; {c['params_ratio']:.1f}x fewer "
-          f"parameters, {timing['compression']['speedup']:.1f}x faster, "
+          f"parameters, {timing['compression']['speedup']:.1f}x faster (median batch-1 latency, "
+          f"{timing['machine']['torch_threads']} torch thread(s), load average "
+          f"{load['before'][0]:.1f}), "
           f"{c['accuracy_retained']:.4f} of the teacher's accuracy -> {out_dir}/report.html")
     return metrics | {"timing": timing}
-
-
-def _figures(out: Path, cfg: Config, meta: dict, evals: dict, probs: dict, y: np.ndarray,
-             params: dict, dirs: dict, members: list[str], shards: Path) -> None:
-    import json
-
-    histories = {name: json.loads((d / "history.json").read_text()) for name, d in dirs.items()}
-    plots.training_curves(histories, out / "plots" / "training_curves.png")
-    plots.accuracy_vs_params({n: (params[n], evals[n]["accuracy"]) for n in params},
-                             out / "plots" / "accuracy_vs_params.png")
-    plots.reliability_diagram({n: reliability(probs[n], y) for n in ("teacher", "student",
-                                                                      "baseline")},
-                              out / "plots" / "reliability.png")
-    plots.entropy_histogram(soft_target_entropy(shards, cfg.student.temperature,
-                                                cfg.student.combine),
-                            float(np.log(meta["n_classes"])), out / "plots" / "entropy.png")
-    for name in ("teacher", "student", "baseline"):
-        plots.confusion_matrix(np.array(evals[name]["confusion"]), meta["class_names"],
-                               f"{name} (test)", out / "plots" / f"confusion_{name}.png")
-        pred = probs[name].argmax(1)
-        names = meta["class_names"]
-        write_json(out / "confusion" / f"{name}.json",
-                   [{"actual": names[a], "predicted": names[p]} for a, p in zip(y, pred,
-                                                                                   strict=True)])

@@ -2,7 +2,8 @@
 
     probs = ensemble_probs([m(x) for m in members])          # (N, C)
     quality(probs, y, n_classes)  -> accuracy, nll, ece, per-class accuracy, confusion
-    speed([model], x)             -> latency at batch 1 (median, p95), throughput at a large batch
+    speeds({"student": [m]}, x)  -> latency at batch 1 (median, p95), throughput at a large batch,
+                                   entries measured side by side
     compression(t, s, b)          -> size and accuracy ratios (deterministic)
     speed_ratios(t_speed, s_speed) -> speedup, throughput ratio (wall-clock)
 
@@ -12,7 +13,10 @@ of |accuracy - confidence|, weighted by the share of rows in the bin.
 
 from __future__ import annotations
 
+import os
+import platform
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -82,38 +86,53 @@ def entropy(probs: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def speed(models: list[torch.nn.Module], x: np.ndarray, *, calls: int = 300, warmup: int = 30,
-          big_batch: int = 1024, big_calls: int = 10) -> dict:
-    """Latency of one row through `models` (an ensemble runs all of them; the student is a list
-    of one) and throughput at a large batch, on torch's current threads, after warm-up."""
-    for m in models:
-        m.eval()
-    xt = torch.from_numpy(np.ascontiguousarray(x))
-    one = xt[:1]
+def speeds(models: dict[str, list[torch.nn.Module]], x: np.ndarray, *, calls: int = 300,
+           warmup: int = 30, big_batch: int = 1024, big_calls: int = 10) -> dict[str, dict]:
+    """Latency of one row through each entry of `models` (an ensemble runs all of its list; a
+    student is a list of one) and throughput at a large batch, on torch's current threads.
 
-    def forward(batch: torch.Tensor) -> None:
-        for m in models:
+    The entries are measured side by side: every round times each of them once, in turn, so a
+    burst of load from another process hits all of them alike instead of one entry's whole run
+    (a ratio of two figures taken minutes apart on a shared machine means little)."""
+    for ms in models.values():
+        for m in ms:
+            m.eval()
+    xt = torch.from_numpy(np.ascontiguousarray(x))
+    one, big = xt[:1], xt[:big_batch]
+
+    def forward(ms: list[torch.nn.Module], batch: torch.Tensor) -> float:
+        t0 = time.perf_counter()
+        for m in ms:
             m(batch)
+        return time.perf_counter() - t0
 
     for _ in range(warmup):
-        forward(one)
-    lat = []
+        for ms in models.values():
+            forward(ms, one)
+    lat: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(calls):
-        t0 = time.perf_counter()
-        forward(one)
-        lat.append(time.perf_counter() - t0)
-    big = xt[:big_batch]
-    forward(big)
-    t0 = time.perf_counter()
+        for name, ms in models.items():
+            lat[name].append(forward(ms, one))
+    for ms in models.values():
+        forward(ms, big)
+    busy = {name: 0.0 for name in models}
     for _ in range(big_calls):
-        forward(big)
-    elapsed = time.perf_counter() - t0
-    lat_ms = np.array(lat) * 1e3
-    return {"latency_ms_median": float(np.median(lat_ms)),
-            "latency_ms_p95": float(np.percentile(lat_ms, 95)),
-            "throughput_rows_per_s": float(big_calls * len(big) / elapsed),
-            "throughput_batch": len(big),
-            "threads": torch.get_num_threads()}
+        for name, ms in models.items():
+            busy[name] += forward(ms, big)
+    out = {}
+    for name in models:
+        lat_ms = np.array(lat[name]) * 1e3
+        out[name] = {"latency_ms_median": float(np.median(lat_ms)),
+                     "latency_ms_p95": float(np.percentile(lat_ms, 95)),
+                     "throughput_rows_per_s": float(big_calls * len(big) / busy[name]),
+                     "throughput_batch": len(big),
+                     "threads": torch.get_num_threads()}
+    return out
+
+
+def speed(models: list[torch.nn.Module], x: np.ndarray, **kwargs) -> dict:
+    """`speeds` of one entry."""
+    return speeds({"model": models}, x, **kwargs)["model"]
 
 
 def compression(teacher: dict, student: dict, baseline: dict) -> dict:
@@ -136,3 +155,16 @@ def speed_ratios(teacher: dict, student: dict) -> dict:
         "speedup": teacher["latency_ms_median"] / student["latency_ms_median"],
         "throughput_ratio": student["throughput_rows_per_s"] / teacher["throughput_rows_per_s"],
     }
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version()}
