@@ -270,10 +270,27 @@ def shards_copy(source: str, destination: str) -> None:
 
 @cli.command("check-params")
 @with_config
-def check_params(cfg: Config) -> None:
-    """Validate the params file and print each teacher member's resolved settings."""
+@click.option("--prepared", default="data/prepared", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Prepared data to check the architectures against, when it exists.")
+def check_params(cfg: Config, prepared: Path) -> None:
+    """Validate the params file, print each teacher member's resolved settings, and check every
+    architecture against the prepared data's feature shape."""
+    from kd.checks import data_warnings, fit_to_data
+    from kd.datasets import load_meta
+
     for name in cfg.teacher.members:
         click.echo(f"teacher.members.{name}: {cfg.teacher.member(name).model_dump()}")
+    meta = None
+    if (prepared / "meta.json").is_file():
+        meta = load_meta(prepared)
+        fit_to_data(cfg, meta)
+        click.echo(f"models: every architecture takes the prepared features "
+                   f"{tuple(meta['feature_shape'])} ({prepared})")
+    else:
+        click.echo("models: knobs checked; run `kd prepare` to check them against the data")
+    for line in data_warnings(cfg, meta):
+        click.echo(line, err=True)
     click.echo("params: ok")
 
 

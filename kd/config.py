@@ -63,6 +63,7 @@ class DataConfig(Section):
     label: str | None = None
     id: str | None = None
     shape: list[PositiveInt] | None = None
+    classes: Annotated[list[str], Field(min_length=2)] | None = None  # class order; default sorted
 
     @model_validator(mode="after")
     def _check_source(self) -> DataConfig:
@@ -76,11 +77,15 @@ class DataConfig(Section):
                 "unlabeled_fraction: test_fraction + unlabeled_fraction must leave labeled "
                 f"rows (< 0.95), got {self.test_fraction} + {self.unlabeled_fraction}"
             )
-        parquet_keys = ("labeled", "unlabeled", "test", "features", "label", "id", "shape")
+        parquet_keys = ("labeled", "unlabeled", "test", "features", "label", "id", "shape",
+                        "classes")
         if self.source == "parquet":
             for key in ("labeled", "test", "features", "label"):
                 if getattr(self, key) in (None, "", []):
                     raise ValueError(f"{key}: required when data.source is 'parquet'")
+            if self.classes and len(set(self.classes)) < len(self.classes):
+                twice = next(c for c in self.classes if self.classes.count(c) > 1)
+                raise ValueError(f"classes: {twice!r} is listed twice")
             for key in ("labeled", "unlabeled", "test"):
                 path = getattr(self, key)
                 if path is not None and not _inside(path, self.inputs):

@@ -86,6 +86,8 @@ PARAMS_CASES = [
     P("data.labeled.outside_inputs", "a data file outside data.inputs (DVC would not see it change)",
       {"data": {**PARQUET, "inputs": "data/inputs", "labeled": "elsewhere/l.parquet"}},
       ("data.labeled", "'elsewhere/l.parquet'", "data.inputs")),
+    P("data.classes.twice", "a class listed twice in data.classes",
+      {"data": {**PARQUET, "classes": ["a", "b", "a"]}}, ("data.classes", "'a'")),
     P("data.features.type", "features that are neither a column name nor a list of names",
       {"data": {**PARQUET, "features": 3}}, ("data.features", "3")),
     P("data.shape.zero", "a zero in the feature shape", {"data": {**PARQUET, "shape": [8, 0]}},
@@ -219,6 +221,16 @@ DATA = [
      lambda d, p: pq.write_table(pq.read_table(p["lab"]).slice(0, 0), p["lab"])),
     ("split.empty_test", "an empty test file", ("test.parquet",),
      lambda d, p: pq.write_table(pq.read_table(p["test"]).slice(0, 0), p["test"])),
+    ("features.label", "the label column listed as a feature", ("data.features", "'animal'",
+                                                                  "label"),
+     lambda d, p: {"features": ["pixels", "animal"]}),
+    ("features.twice", "a feature column listed twice", ("data.features", "'pixels'", "twice"),
+     lambda d, p: {"features": ["pixels", "pixels"]}),
+    ("features.glob_none", "a feature pattern that matches no column", ("lab.parquet", "'px_*'"),
+     lambda d, p: {"features": "px_*"}),
+    ("label.not_in_classes", "a label that data.classes does not list",
+     ("lab.parquet", "'animal'", "'eel'", "data.classes"),
+     lambda d, p: {"classes": ["cat", "dog"]}),
     ("id.duplicate", "the same id in two files", ("data.id", "0"),
      lambda d, p: _ids(d, p, "duplicate")),
     ("id.float", "ids that are not integers", ("lab.parquet", "'key'"),
@@ -239,7 +251,18 @@ def data_case(case_id: str, mistake: str, names: tuple[str, ...], breaker: Break
     return Case(f"data.{case_id}", "data", mistake, ("prepare",), setup, names)
 
 
-DATA_CASES = [data_case(*row) for row in DATA]
+def _arch_misfit(d: Path) -> None:
+    user_files(d)  # rows of 6 features, no shape
+    params = parquet_params(d) | {"student": {"arch": "cnn2d", "knobs": {}}}
+    (d / "params.yaml").write_text(yaml.safe_dump(params))
+    _with_earlier_output(d)
+
+
+DATA_CASES = [data_case(*row) for row in DATA] + [
+    Case("data.arch.misfit", "data", "an architecture that cannot take the prepared features "
+         "(cnn2d on flat rows)", ("prepare",), _arch_misfit,
+         ("student.arch", "cnn2d", "data.shape", "[6]")),
+]
 
 
 # --------------------------------------------------------------------------- commands
