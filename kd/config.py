@@ -202,7 +202,9 @@ class TransferConfig(Section):
     attribute values, with probability `p` each, drawn from N(other's value, |a - b| / s)."""
 
     method: Literal["none", "munge"] = "none"
-    size: PositiveInt = 100_000  # synthetic rows to generate (passes over the training rows)
+    # synthetic rows to generate. Not `size`: DVC's run cache leaves any key named `size` (or
+    # `nfiles`) out of a stage's hash, so a new `size` would restore the old rows from cache
+    rows: PositiveInt = 100_000
     p: Annotated[float, Field(ge=0, le=1)] = 0.5  # per-attribute swap probability
     s: Annotated[float, Field(gt=0, le=1e6)] = 10.0  # local spread: sd = |a - b| / s
     seed: Annotated[int, Field(ge=0)] = 0

@@ -1,9 +1,9 @@
 """Stage `transfer`: synthetic transfer rows for the ensemble to label (MUNGE), or none.
 
-    kd transfer                       # or: dvc repro transfer; dvc exp run -S transfer.size=50000
+    kd transfer                       # or: dvc repro transfer; dvc exp run -S transfer.rows=50000
 
 With `transfer.method: munge` it reads the prepared labeled rows that are not held out for
-validation (validation and test rows are never a source), generates `transfer.size` rows with
+validation (validation and test rows are never a source), generates `transfer.rows` rows with
 MUNGE (kd/transfer/munge.py) and writes `data/transfer/synthetic.parquet` in the prepared-data
 schema (kd/datasets.py: label null, is_val false) plus `meta.json`. Synthetic ids start above
 every prepared id, so they cannot collide with one. With `method: none` the same two files hold
@@ -53,9 +53,9 @@ def run(cfg: Config, out_dir: Path = Path("data/transfer"),
             if len(source_ids) < 2:
                 raise DataError(f"{prepared / 'labeled.parquet'}: transfer.method 'munge' needs "
                                 f"at least 2 labeled training rows, found {len(source_ids)}")
-            result = munge(source_x, tr.size, tr.p, tr.s, np.random.default_rng(tr.seed))
+            result = munge(source_x, tr.rows, tr.p, tr.s, np.random.default_rng(tr.seed))
             x = result.x
-            info |= {"params": tr.model_dump(), "passes": -(-tr.size // len(source_ids)),
+            info |= {"params": tr.model_dump(), "passes": -(-tr.rows // len(source_ids)),
                      "changed_fraction": round(result.changed_fraction, 6),
                      "mean_abs_change": round(float(np.abs(
                          x - source_x[result.source]).mean()), 6)}

@@ -126,8 +126,8 @@ PARAMS_CASES = [
       ("transfer.p", "1.5")),
     P("transfer.s.zero", "a MUNGE spread divisor of 0", {"transfer": {"s": 0}},
       ("transfer.s", "0")),
-    P("transfer.size.zero", "no synthetic rows asked for", {"transfer": {"size": 0}},
-      ("transfer.size", "0")),
+    P("transfer.rows.zero", "no synthetic rows asked for", {"transfer": {"rows": 0}},
+      ("transfer.rows", "0")),
     P("export.rows_per_shard.zero", "zero rows per shard", {"export": {"rows_per_shard": 0}},
       ("export.rows_per_shard",)),
     P("export.row_group_size.range", "row groups larger than a shard",
@@ -260,7 +260,7 @@ def _one_training_row(d: Path) -> None:
     write_json(prepared / "meta.json", {"feature_shape": [3], "n_features": 3,
                                         "n_classes": 2, "class_names": ["a", "b"],
                                         "fingerprint": "fp"})
-    _params(d, {"transfer": {"method": "munge", "size": 10}})
+    _params(d, {"transfer": {"method": "munge", "rows": 10}})
 
 
 DATA_CASES = [data_case(*row) for row in DATA] + [

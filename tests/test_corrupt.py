@@ -108,7 +108,7 @@ def with_transfer(damage: Damage) -> Damage:
         from kd.config import parse_config
         from stages import transfer
 
-        cfg = parse_config({**PIPELINE_PARAMS, "transfer": {"method": "munge", "size": 50}})
+        cfg = parse_config({**PIPELINE_PARAMS, "transfer": {"method": "munge", "rows": 50}})
         transfer.run(cfg, d / "data/transfer", d / "data/prepared")
         damage(d)
 

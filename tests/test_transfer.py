@@ -1,5 +1,5 @@
 """MUNGE transfer rows (kd/transfer/munge.py, stages/transfer.py) and their way into the shards,
-the student and the report; a real `dvc repro` reruns exactly what a new `transfer.size` changes.
+the student and the report; a real `dvc repro` reruns exactly what new `transfer.rows` change.
 
     pytest -q tests/test_transfer.py -p no:cacheprovider
 """
@@ -30,7 +30,7 @@ from tests.test_student import changed, edit_params, ran
 TINY = {"arch": "mlp", "knobs": {"depth": 1, "width": 16}}
 PARAMS = {
     "data": {"source": "digits", "unlabeled_fraction": 0.0},
-    "transfer": {"method": "munge", "size": 600, "p": 0.5, "s": 10.0, "seed": 3},
+    "transfer": {"method": "munge", "rows": 600, "p": 0.5, "s": 10.0, "seed": 3},
     "teacher": {"members": {
         "a": {**TINY, "train": {"epochs": 2, "batch_size": 64}},
         "b": {**TINY, "train": {"epochs": 2, "batch_size": 64, "seed": 1}}}},
@@ -125,7 +125,7 @@ def marked_prepared(d: Path) -> None:
 
 def test_validation_and_test_rows_are_never_sources_and_ids_never_collide(tmp_path):
     marked_prepared(tmp_path / "prepared")
-    cfg = parse_config({"transfer": {"method": "munge", "size": 1000, "p": 1.0, "s": 1.0}})
+    cfg = parse_config({"transfer": {"method": "munge", "rows": 1000, "p": 1.0, "s": 1.0}})
     info = stage.run(cfg, tmp_path / "transfer", tmp_path / "prepared")
     rows, is_val = read_split(tmp_path / "transfer", "synthetic")
     assert len(rows.row_id) == 1000 and not is_val.any() and (rows.y == -1).all()
@@ -137,7 +137,7 @@ def test_validation_and_test_rows_are_never_sources_and_ids_never_collide(tmp_pa
 
 def test_the_stage_is_deterministic_and_method_none_writes_an_empty_set(tmp_path):
     marked_prepared(tmp_path / "prepared")
-    cfg = parse_config({"transfer": {"method": "munge", "size": 300}})
+    cfg = parse_config({"transfer": {"method": "munge", "rows": 300}})
     for name in ("one", "two"):
         stage.run(cfg, tmp_path / name, tmp_path / "prepared")
     for f in ("synthetic.parquet", "meta.json"):
@@ -174,7 +174,7 @@ def test_synthetic_rows_are_exported_with_their_own_split_and_ids(pipe):
     m = read_manifest(pipe / "data/soft_targets")
     assert m["totals"]["splits"] == {"labeled": 1437, "unlabeled": 0, "synthetic": 600}
     assert sum(s["splits"].get("synthetic", 0) for s in m["shards"]) == 600
-    assert m["extra"]["transfer"]["params"]["size"] == 600
+    assert m["extra"]["transfer"]["params"]["rows"] == 600
     # the student trains on every non-validation row: the synthetic ones carry no label
     reader = ShardReader(pipe / "data/soft_targets")
     assert reader.num_rows(drop_val=True) == 1437 - 144 + 600
@@ -203,17 +203,44 @@ def test_a_set_without_synthetic_rows_never_names_the_split(tmp_path):
 # ------------------------------------------------------------------------------ real dvc
 
 
+def test_no_param_is_named_like_dvc_metadata_that_its_run_cache_ignores():
+    """DVC hashes a stage for its run cache with every key named `size` or `nfiles` left out,
+    at any depth (dvc.stage.cache._get_cache_hash): a param so named could change and the run
+    cache would restore the old outputs (it did, as `transfer.size`, before the rename)."""
+    from dvc.stage.cache import _get_cache_hash
+
+    def keys(model) -> set[str]:
+        out = set()
+        for name, field in model.model_fields.items():
+            out.add(name)
+            if isinstance(field.annotation, type) and hasattr(field.annotation, "model_fields"):
+                out |= keys(field.annotation)
+        return out
+
+    from kd.config import Config
+
+    names = keys(Config)
+    assert {"size", "nfiles"} & names == set()
+    lock = {"cmd": "kd transfer", "params": {"params.yaml": {"transfer": {"rows": 1}}}}
+    other = {"cmd": "kd transfer", "params": {"params.yaml": {"transfer": {"rows": 2}}}}
+    assert _get_cache_hash(lock, key=True) != _get_cache_hash(other, key=True)
+    sized = [{"cmd": "kd transfer", "params": {"params.yaml": {"transfer": {"size": n}}}}
+             for n in (1, 2)]
+    assert _get_cache_hash(sized[0], key=True) == _get_cache_hash(sized[1], key=True)
+
+
+
 @pytest.mark.slow
-def test_a_new_transfer_size_reruns_transfer_export_student_and_report(dvc_repo):
+def test_new_transfer_rows_rerun_transfer_export_student_and_report(dvc_repo):
     repo = dvc_repo({k: v for k, v in PARAMS.items() if k != "student"})
     edit_params(repo, lambda p: p.update(student={**p["student"], **PARAMS["student"]}))
     env = {"KD_TRACKING": "0"}
     run_cmd(["dvc", "repro"], repo, env=env)
     assert changed(repo) == set()
-    edit_params(repo, lambda p: p["transfer"].update(size=700))
+    edit_params(repo, lambda p: p["transfer"].update(rows=700))
     again = run_cmd(["dvc", "repro"], repo, env=env)
     assert ran(again) == {"transfer", "export", "student", "report"}
     m = json.loads((repo / "data/soft_targets/manifest.json").read_text())
     assert m["totals"]["splits"]["synthetic"] == 700
     assert yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["transfer"]["params"][
-        "params.yaml"]["transfer"]["size"] == 700
+        "params.yaml"]["transfer"]["rows"] == 700
