@@ -121,6 +121,17 @@ def prepare(cfg: Config, out: Path) -> None:
 
 @cli.command()
 @with_config
+@click.option("--out", default="data/transfer", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
+def transfer(cfg: Config, out: Path) -> None:
+    """Generate synthetic transfer rows (`transfer.method: munge`) for the ensemble to label."""
+    from stages import transfer as stage
+
+    stage.run(cfg, out)
+
+
+@cli.command()
+@with_config
 @distributed
 @click.argument("member")
 def teacher(cfg: Config, member: str, dist) -> None:
@@ -134,7 +145,7 @@ def teacher(cfg: Config, member: str, dist) -> None:
 @with_config
 @distributed
 def export(cfg: Config, dist) -> None:
-    """Write every member's logits on the labeled and unlabeled rows as Parquet shards."""
+    """Write every member's logits on the labeled, unlabeled and synthetic rows as shards."""
     from stages import export as stage
 
     stage.run(cfg, dist=dist)
@@ -227,6 +238,7 @@ def shards_show(directory: str, as_json: bool) -> None:
     """Summarise DIRECTORY: rows per split, classes, members, size on disk."""
     import json
 
+    from kd.targets.shards import SPLITS
     from kd.targets.shardset import summary
 
     info = summary(directory)
@@ -235,8 +247,8 @@ def shards_show(directory: str, as_json: bool) -> None:
         return
     click.echo(f"{directory}: {info['rows']:,} rows in {info['shards']} shards, "
                f"{info['bytes'] / 1e6:.2f} MB on disk")
-    for split, n in info["splits"].items():
-        click.echo(f"  {split:<10} {n:>10,} rows")
+    for split in sorted(info["splits"], key=SPLITS.index):  # labeled, unlabeled, synthetic
+        click.echo(f"  {split:<10} {info['splits'][split]:>10,} rows")
     click.echo(f"  validation {info['val']:>10,} rows (labeled, held out)")
     click.echo(f"  classes    {info['num_classes']}: {', '.join(info['class_names'])}")
     click.echo(f"  members    {len(info['members'])}: {', '.join(info['members'])}")

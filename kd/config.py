@@ -221,6 +221,20 @@ class StudentConfig(ModelConfig):
         return self
 
 
+class TransferConfig(Section):
+    """Synthetic transfer rows for the ensemble to label (stages/transfer.py). MUNGE (Bucilua,
+    Caruana & Niculescu-Mizil 2006): each training row and its nearest neighbour trade
+    attribute values, with probability `p` each, drawn from N(other's value, |a - b| / s)."""
+
+    method: Literal["none", "munge"] = "none"
+    # synthetic rows to generate. Not `size`: DVC's run cache leaves any key named `size` (or
+    # `nfiles`) out of a stage's hash, so a new `size` would restore the old rows from cache
+    rows: PositiveInt = 100_000
+    p: Annotated[float, Field(ge=0, le=1)] = 0.5  # per-attribute swap probability
+    s: Annotated[float, Field(gt=0, le=1e6)] = 10.0  # local spread: sd = |a - b| / s
+    seed: Annotated[int, Field(ge=0)] = 0
+
+
 class BaselineConfig(Section):
     """The baseline is the student's architecture and training settings on labels alone; only
     its augmentation is its own, so it gets every advantage labels alone can give."""
@@ -253,6 +267,7 @@ class RuntimeConfig(Section):
 class Config(Section):
     data: DataConfig = DataConfig()
     teacher: TeacherConfig = TeacherConfig()
+    transfer: TransferConfig = TransferConfig()
     export: ExportConfig = ExportConfig()
     student: StudentConfig = StudentConfig()
     baseline: BaselineConfig = BaselineConfig()

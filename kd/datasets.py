@@ -448,3 +448,18 @@ def _checked(path: Path, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.Recor
 def split_rows(prepared: str | Path, split: str) -> int:
     """Rows in a prepared split, from the Parquet footer (no data read)."""
     return _open(prepared, split)[1].metadata.num_rows
+
+
+def max_row_id(prepared: str | Path) -> int:
+    """The largest row id of any prepared split (-1 when all are empty), from the id column
+    alone: new rows numbered above it cannot collide with a prepared row."""
+    top = -1
+    for split in SPLITS:
+        path, pf = _open(prepared, split)
+        try:
+            ids = pf.read(columns=["row_id"]).column("row_id")
+        except (pa.ArrowException, OSError) as e:
+            raise _corrupt(path, e) from None
+        if len(ids):
+            top = max(top, int(pc.max(ids).as_py()))
+    return top

@@ -47,7 +47,7 @@ from kd.tracking import flatten, link_input_runs, stage_run
 TIMING = "timing.json"  # wall-clock figures: not cached, differ between identical runs
 
 
-def check_shards(shards: Path, members: list[str], meta: dict) -> None:
+def check_shards(shards: Path, members: list[str], meta: dict) -> dict:
     """Every input is checked before any output is written: the shards' checksums, and that
     they come from this ensemble and these classes (the entropy plot reads them)."""
     verify(shards)
@@ -56,6 +56,18 @@ def check_shards(shards: Path, members: list[str], meta: dict) -> None:
     if manifest["class_names"] != meta["class_names"]:
         raise ArtifactError(f"{shards / MANIFEST}: class_names {manifest['class_names']} differ "
                             f"from the prepared data's {meta['class_names']}; rerun `kd export`")
+    return manifest
+
+
+def transfer_set(manifest: dict) -> dict:
+    """The rows the student learned from, by kind, from the shards' manifest: labeled training
+    rows (validation rows are held out), real unlabeled rows, synthetic rows and how they
+    were made (the transfer stage's method and params, recorded by export)."""
+    t = manifest["totals"]
+    made = manifest.get("extra", {}).get("transfer", {})
+    return {"labeled": t["splits"]["labeled"] - t["val"], "validation": t["val"],
+            "unlabeled": t["splits"]["unlabeled"], "synthetic": t["splits"].get("synthetic", 0),
+            "method": made.get("method", "none"), "params": made.get("params", {})}
 
 
 def sha256(path: Path) -> str:
@@ -71,7 +83,7 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
     shape, n_classes = tuple(meta["feature_shape"]), meta["n_classes"]
     x = torch.from_numpy(test.x).view(len(test.x), *shape)  # (N, *shape)
     members = list(cfg.teacher.members)
-    check_shards(shards, members, meta)
+    transfer = transfer_set(check_shards(shards, members, meta))
     dirs = {name: teachers / name for name in members}
     dirs.update(student=student_dir, baseline=baseline_dir)
     models = {}
@@ -112,6 +124,7 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
     metrics |= {
         "compression": compression(metrics["teacher"], metrics["student"], metrics["baseline"]),
         "student_temperature": cfg.student.temperature, "student_alpha": cfg.student.alpha,
+        "transfer_set": {k: transfer[k] for k in ("labeled", "unlabeled", "synthetic")},
     }
     # the same keys as metrics.json, so `dvc metrics show` lines them up (student.accuracy,
     # student.latency_ms_median, compression.speedup, ...)
@@ -121,7 +134,8 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
         "machine": machine() | {"loadavg_1_5_15": load},
     }
     context = {"metrics": metrics, "evals": evals, "members": members,
-               "class_names": meta["class_names"], "test_rows": len(test.y)}
+               "class_names": meta["class_names"], "test_rows": len(test.y),
+               "transfer": transfer}
 
     with stage_run(cfg, "report", params=flatten(cfg.model_dump())) as tracking:
         failpoint("report.write")

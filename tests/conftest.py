@@ -127,12 +127,13 @@ def build_pipeline(root: Path, params: dict, stages: tuple[str, ...] = ("prepare
                                                                         "export")) -> Path:
     """Run pipeline stages in-process, in order, in `root` (which gets the params.yaml)."""
     from kd.config import parse_config
-    from stages import baseline, export, prepare, student, teacher
+    from stages import baseline, export, prepare, student, teacher, transfer
 
     root.mkdir(parents=True, exist_ok=True)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     cfg = parse_config(params)
     steps = {"prepare": lambda: prepare.run(cfg, Path("data/prepared")),
+             "transfer": lambda: transfer.run(cfg),
              "teacher": lambda: [teacher.run(cfg, m) for m in cfg.teacher.members],
              "export": lambda: export.run(cfg), "student": lambda: student.run(cfg),
              "baseline": lambda: baseline.run(cfg)}

@@ -125,6 +125,14 @@ PARAMS_CASES = [
     P("baseline.epochs.warmup", "the student's warm-up longer than the baseline's epochs",
       {"student": {"train": {"epochs": 50, "warmup_epochs": 40}}, "baseline": {"epochs": 10}},
       ("student.train.warmup_epochs", "baseline.epochs")),
+    P("transfer.method.choice", "an unknown transfer method",
+      {"transfer": {"method": "smote"}}, ("transfer.method", "'smote'")),
+    P("transfer.p.range", "a MUNGE swap probability above 1", {"transfer": {"p": 1.5}},
+      ("transfer.p", "1.5")),
+    P("transfer.s.zero", "a MUNGE spread divisor of 0", {"transfer": {"s": 0}},
+      ("transfer.s", "0")),
+    P("transfer.rows.zero", "no synthetic rows asked for", {"transfer": {"rows": 0}},
+      ("transfer.rows", "0")),
     P("export.rows_per_shard.zero", "zero rows per shard", {"export": {"rows_per_shard": 0}},
       ("export.rows_per_shard",)),
     P("export.row_group_size.range", "row groups larger than a shard",
@@ -258,10 +266,32 @@ def _arch_misfit(d: Path) -> None:
     _with_earlier_output(d)
 
 
+def _one_training_row(d: Path) -> None:
+    """Prepared data with two labeled rows, one of them held out for validation: one source."""
+    from kd.datasets import Split, to_table
+    from kd.io.atomic import write_json
+
+    prepared = d / "data/prepared"
+    prepared.mkdir(parents=True)
+    for name, n in (("labeled", 2), ("unlabeled", 0), ("test", 2)):
+        split = Split(np.arange(n) + (10 if name == "test" else 0),
+                      np.zeros((n, 3), np.float32), np.arange(n) if name != "unlabeled"
+                      else np.zeros(0, np.int64))
+        pq.write_table(to_table(split, np.arange(n) == 0 if name == "labeled"
+                                else np.zeros(n, bool)), prepared / f"{name}.parquet")
+    write_json(prepared / "meta.json", {"feature_shape": [3], "n_features": 3,
+                                        "n_classes": 2, "class_names": ["a", "b"],
+                                        "fingerprint": "fp"})
+    _params(d, {"transfer": {"method": "munge", "rows": 10}})
+
+
 DATA_CASES = [data_case(*row) for row in DATA] + [
     Case("data.arch.misfit", "data", "an architecture that cannot take the prepared features "
          "(cnn2d on flat rows)", ("prepare",), _arch_misfit,
          ("student.arch", "cnn2d", "data.shape", "[6]")),
+    Case("data.transfer.one_training_row", "data", "MUNGE over fewer than 2 labeled training "
+         "rows (validation rows are never a source)", ("transfer",), _one_training_row,
+         ("data/prepared/labeled.parquet", "found 1")),
 ]
 
 
