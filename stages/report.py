@@ -43,6 +43,7 @@ from kd.io.atomic import atomic_dir, write_json
 from kd.io.faults import failpoint
 from kd.models import check_fits, count_params, load_model
 from kd.report import plots
+from kd.report.explain import tree_pictures
 from kd.report.render import render_html, render_markdown
 from kd.targets.reader import ShardReader
 from kd.targets.shards import MANIFEST, check_members, read_manifest
@@ -102,10 +103,11 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
     check_shards(shards, members, meta)
     dirs = {name: teachers / name for name in members}
     dirs.update(student=student_dir, baseline=baseline_dir)
-    models = {}
+    models, specs = {}, {}
     for name, d in dirs.items():
-        models[name], spec = load_model(d)
-        check_fits(spec, d, meta, f"member '{name}'" if name in members else f"the {name}")
+        models[name], specs[name] = load_model(d)
+        check_fits(specs[name], d, meta, f"member '{name}'" if name in members
+                   else f"the {name}")
     with torch.no_grad():
         logits = {name: m(x) for name, m in models.items()}  # each (N, C)
     probs = {name: softmax(lg) for name, lg in logits.items()}
@@ -151,6 +153,7 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
         failpoint("report.write")
         with atomic_dir(out_dir) as tmp:
             _figures(tmp, cfg, meta, evals, probs, test.y, params, dirs, members, shards)
+            context["tree"] = _tree_figures(tmp / "plots", models, specs, test, meta)
             write_json(tmp / "metrics.json", metrics)
             write_json(tmp / "details.json", {k: {"per_class_accuracy": v["per_class_accuracy"],
                                                   "confusion": v["confusion"]}
@@ -174,6 +177,24 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
           f"parameters, {timing['compression']['speedup']:.1f}x faster, "
           f"{c['accuracy_retained']:.4f} of the teacher's accuracy -> {out_dir}/report.html")
     return metrics | {"timing": timing}
+
+
+def _tree_figures(out: Path, models: dict, specs: dict, test, meta: dict) -> dict | None:
+    """When the student is a soft decision tree: it and the baseline (the same tree on labels)
+    drawn, with the first test row's path through each; None otherwise."""
+    if specs["student"]["arch"] != "soft_tree" or len(test.y) == 0:
+        return None
+    row_id, figures = int(test.row_id[0]), []
+    for name in ("student", "baseline"):
+        if specs[name]["arch"] != "soft_tree":
+            continue
+        tree_pictures(models[name], test.x[0], row_id, int(test.y[0]), meta["class_names"],
+                      out, name=f"{name}_")
+        figures += [(f"{name}_tree.png", f"The {name} tree (test row {row_id}'s path in red)"),
+                    (f"{name}_path_{row_id}.png", f"Test row {row_id} through the {name} tree")]
+    knobs = specs["student"]["knobs"]
+    return {"depth": knobs["depth"], "inference": knobs["inference"], "row_id": row_id,
+            "figures": figures}
 
 
 def _figures(out: Path, cfg: Config, meta: dict, evals: dict, probs: dict, y: np.ndarray,

@@ -200,3 +200,47 @@ def test_pictures_for_1d_and_2d_rows(tmp_path, shape):
     assert route["path_prob"] == pytest.approx(route["steps"][-1]["path_prob"], rel=1e-5)
     logp, _ = t.log_paths(torch.from_numpy(row)[None])
     assert route["leaf"] == int(logp.argmax())
+
+
+# --------------------------------------------------------------------------- in the pipeline
+
+TREE_PIPELINE = {
+    "data": {"source": "digits"},
+    "teacher": {"members": {"a": {"arch": "mlp", "knobs": {"depth": 1, "width": 16},
+                                  "train": {"epochs": 2, "batch_size": 64}}}},
+    "export": {"rows_per_shard": 500, "row_group_size": 250, "batch_size": 512},
+    "student": {"arch": "soft_tree", "knobs": {"depth": 2},
+                "train": {"epochs": 2, "batch_size": 64}},
+    "baseline": {"epochs": 2},
+    "tracking": {"enabled": False},
+}
+
+
+@pytest.mark.slow
+def test_report_and_kd_explain_draw_a_tree_student(tmp_path, kd):
+    from kd.config import parse_config
+    from kd.datasets import read_split
+    from stages import report
+    from tests.conftest import assert_user_error, build_pipeline, cwd
+
+    root = build_pipeline(tmp_path / "p", TREE_PIPELINE, ("prepare", "teacher", "export",
+                                                         "student", "baseline"))
+    with cwd(root):
+        report.run(parse_config(TREE_PIPELINE))
+        md = (root / "data/report/report.md").read_text()
+        assert "inference mode is **max_leaf**" in md
+        plots = {p.name for p in (root / "data/report/plots").iterdir()}
+        assert {"student_tree.png", "baseline_tree.png"} <= plots
+        assert any(n.startswith("student_path_") for n in plots)
+        assert all(f"plots/{n}" in md for n in plots if "tree" in n or "path" in n)
+        assert md.count("](plots/") == (root / "data/report/report.html").read_text().count(
+            "<figure>")  # every figure, the trees' too, embedded in the HTML
+        test, _ = read_split(root / "data/prepared", "test")
+        row = int(test.row_id[3])
+        result = kd("explain", row, "--out", "pics")
+        assert result.exit_code == 0, result.output
+        assert sorted(p.name for p in (root / "pics").iterdir()) == [f"path_{row}.png",
+                                                                    "tree.png"]
+        assert_user_error(kd("explain", row, "--model", "data/teachers/a"), "'mlp'",
+                          "data/teachers/a/model.json")
+        assert_user_error(kd("explain", 100000), "row_id 100000", "test.parquet")

@@ -42,8 +42,8 @@ def explain(row_id: int, model_dir: Path, prepared: Path, out_dir: Path) -> list
     """Check the model is a soft tree and the row a test row, then draw (see tree_pictures)."""
     model, spec = load_model(model_dir)
     if spec["arch"] != "soft_tree":
-        raise ArtifactError(f"{model_dir / SPEC_FILE}: the model is a {spec['arch']}, not a "
-                            "soft_tree; only a soft decision tree can be explained")
+        raise ArtifactError(f"{model_dir / SPEC_FILE}: architecture {spec['arch']!r}, not "
+                            "'soft_tree': only a soft decision tree can be explained")
     test, _ = read_split(prepared, "test")
     where = np.flatnonzero(test.row_id == row_id)
     if len(where) == 0:
