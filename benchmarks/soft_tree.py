@@ -46,17 +46,21 @@ from kd.train.loop import evaluate, fit  # noqa: E402
 from kd.train.supervised import supervised_job  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-TREE_TRAIN = {"lr": 0.01, "batch_size": 128, "weight_decay": 0.0}
+TREE_TRAIN = {"batch_size": 128, "weight_decay": 0.0}  # lr: a grid setting
 
 # grids, tried with seed 0 and chosen on validation rows: (knobs, student/baseline overrides)
 GRIDS = {
     "mnist1d": {
-        "distilled": [({"depth": d}, {"temperature": t}) for d in (4, 6) for t in (2.0, 4.0)],
-        "labels": [({"depth": d}, {"augment": {"shift": s}}) for d in (4, 6) for s in (0, 6)],
+        "distilled": [({"depth": d}, {"temperature": t, "train": {"lr": lr}})
+                      for d in (6, 8) for t in (1.0, 2.0) for lr in (0.01, 0.03)],
+        "labels": [({"depth": d}, {"augment": {"shift": s}, "train": {"lr": lr}})
+                   for d in (6, 8) for s in (0, 6) for lr in (0.01, 0.03)],
     },
     "digits": {
-        "distilled": [({"depth": d}, {"temperature": t}) for d in (4, 6) for t in (2.0, 4.0)],
-        "labels": [({"depth": d}, {"augment": {"shift": s}}) for d in (4, 6) for s in (0, 1)],
+        "distilled": [({"depth": d}, {"temperature": t, "train": {"lr": lr}})
+                      for d in (6, 8) for t in (1.0, 2.0, 4.0) for lr in (0.01, 0.03)],
+        "labels": [({"depth": d}, {"augment": {"shift": s}, "train": {"lr": lr}})
+                   for d in (6, 8) for s in (0, 1) for lr in (0.01, 0.03)],
     },
 }
 EPOCHS = {"mnist1d": {"distilled": 30, "labels": 100}, "digits": {"distilled": 100,
@@ -88,7 +92,8 @@ def cwd(path: Path):
 
 
 def config(base: dict, arch: str, knobs: dict, student: dict, train: dict, seed: int):
-    st = {k: v for k, v in student.items() if k != "augment"}
+    train = {**train, **student.get("train", {})}  # a grid point's own training settings
+    st = {k: v for k, v in student.items() if k not in ("augment", "train")}
     params = _deep_merge(base, {"student": {**st, "arch": arch, "train": {**train,
                                                                           "seed": seed}},
                                 "baseline": {"augment": student.get("augment", {"shift": 0}),

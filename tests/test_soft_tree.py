@@ -184,9 +184,10 @@ def test_training_is_deterministic_and_resumes_exactly(tmp_path):
 # --------------------------------------------------------------------------- pictures
 
 
-@pytest.mark.parametrize("shape", [(12,), (6, 6)])
-def test_pictures_for_1d_and_2d_rows(tmp_path, shape):
-    t = tree(shape, 4, depth=3).eval()
+@pytest.mark.parametrize("shape, depth", [((12,), 3), ((6, 6), 3), ((12,), 6)])
+def test_pictures_for_1d_and_2d_rows(tmp_path, shape, depth):
+    # depth 6: past MAX_LEVELS, the leaves are drawn as one heat map
+    t = tree(shape, 4, depth=depth).eval()
     row = np.linspace(-1, 1, math.prod(shape)).astype(np.float32)
     paths = tree_pictures(t, row, 17, 2, list("abcd"), tmp_path, name="s_")
     assert [p.name for p in paths] == ["s_tree.png", "s_path_17.png"]
@@ -196,7 +197,7 @@ def test_pictures_for_1d_and_2d_rows(tmp_path, shape):
     tree_pictures(t, row, 17, 2, list("abcd"), tmp_path, name="s_")
     assert paths[0].read_bytes() == first  # the same tree, the same bytes
     route = t.explain(torch.from_numpy(row))
-    assert len(route["steps"]) == 3 and route["steps"][0]["node"] == 0
+    assert len(route["steps"]) == depth and route["steps"][0]["node"] == 0
     assert route["path_prob"] == pytest.approx(route["steps"][-1]["path_prob"], rel=1e-5)
     logp, _ = t.log_paths(torch.from_numpy(row)[None])
     assert route["leaf"] == int(logp.argmax())
@@ -244,3 +245,13 @@ def test_report_and_kd_explain_draw_a_tree_student(tmp_path, kd):
         assert_user_error(kd("explain", row, "--model", "data/teachers/a"), "'mlp'",
                           "data/teachers/a/model.json")
         assert_user_error(kd("explain", 100000), "row_id 100000", "test.parquet")
+
+
+def test_example_params_file_is_valid():
+    from pathlib import Path
+
+    from kd.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "examples" / "soft_tree.yaml")
+    assert cfg.student.arch == "soft_tree" and cfg.student.knobs["inference"] == "max_leaf"
+    assert cfg.baseline_train().augment.shift == 6  # the tree on labels gets the shifts too

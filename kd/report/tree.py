@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 from kd.report.plots import _save  # noqa: E402
 
 PATH_COLOR, EDGE_COLOR = "#d62728", "#bbbbbb"
+MAX_LEVELS = 5  # levels of inner nodes drawn in the whole-tree picture (32 leaves' width)
 
 
 def _as_picture(w: np.ndarray) -> np.ndarray:
@@ -82,27 +83,33 @@ def _draw_leaf(ax, probs: np.ndarray, class_names: list[str], title: str = "",
 
 def draw_tree(parts: dict, class_names: list[str], path: Path,
               route: dict | None = None) -> None:
-    """The whole tree; `route` (SoftTree.explain of one row) marks that row's way down."""
+    """The whole tree; `route` (SoftTree.explain of one row) marks that row's way down. Past
+    MAX_LEVELS levels the picture would be metres wide: then the top MAX_LEVELS levels of
+    filters are drawn, and every leaf as one column of a heat map under them, in tree order."""
     filters, leaves = parts["filters"], parts["leaves"]  # (N, *shape), (L, C)
     n_leaves = len(leaves)
     depth = n_leaves.bit_length() - 1
-    fig = plt.figure(figsize=(max(6.0, 0.8 * n_leaves), 1.25 * (depth + 1) + 0.4))
+    shown = min(depth, MAX_LEVELS)  # levels of inner nodes drawn
+    slots = 2**shown if shown < depth else n_leaves  # pictures side by side in the last row
+    fig = plt.figure(figsize=(max(6.0, 0.8 * slots), 1.25 * (shown + 1) + 0.4))
     bg = fig.add_axes((0, 0, 1, 1))
     bg.set_xlim(0, 1)
     bg.set_ylim(0, 1)
     bg.axis("off")
-    size = min(0.9 / n_leaves, 0.18)  # every node's picture: a leaf slot, at most
-    row_h = 0.92 / (depth + 1)
+    size = min(0.9 / slots, 0.18)  # every node's picture: a slot of the last row, at most
+    row_h = 0.92 / (shown + 1)
 
     def center(level: int, j: int) -> tuple[float, float]:
         return (j + 0.5) / 2**level, 0.96 - (level + 0.5) * row_h
 
     on_path = {s["node"]: s for s in route["steps"]} if route else {}
-    for i in range(len(filters)):  # inner nodes, heap order
+    for i in range(2**shown - 1):  # inner nodes, heap order
         level = (i + 1).bit_length() - 1
         j = i - (2**level - 1)
         (x, y), step = center(level, j), on_path.get(i)
         for side, child in ((0, 2 * j), (1, 2 * j + 1)):  # edges to the two children
+            if level + 1 == shown and shown < depth:
+                break  # their children are not drawn
             cx, cy = center(level + 1, child)
             taken = step is not None and step["right"] == bool(side)
             bg.plot([x, cx], [y - 0.3 * row_h, cy + 0.3 * row_h],
@@ -113,12 +120,26 @@ def draw_tree(parts: dict, class_names: list[str], path: Path,
                         ha="center", va="center", backgroundcolor="white")
         ax = fig.add_axes((x - size / 2, y - 0.3 * row_h, size, 0.6 * row_h))
         _draw_filter(ax, filters[i], f"node {i}", highlight=step is not None)
-    for leaf in range(n_leaves):
-        x, y = center(depth, leaf)
-        ax = fig.add_axes((x - size / 2, y - 0.3 * row_h, size, 0.6 * row_h))
-        chosen = route is not None and route["leaf"] == leaf
-        _draw_leaf(ax, leaves[leaf], class_names, highlight=chosen,
-                   labels=n_leaves <= 16)
+    chosen = route["leaf"] if route is not None else None
+    if shown == depth:  # every leaf as a bar chart under its parent
+        for leaf in range(n_leaves):
+            x, y = center(depth, leaf)
+            ax = fig.add_axes((x - size / 2, y - 0.3 * row_h, size, 0.6 * row_h))
+            _draw_leaf(ax, leaves[leaf], class_names, highlight=chosen == leaf,
+                       labels=n_leaves <= 16)
+    else:
+        _, y = center(shown, 0)
+        ax = fig.add_axes((0.04, y - 0.35 * row_h, 0.94, 0.6 * row_h))
+        ax.imshow(leaves.T, aspect="auto", cmap="Greys", vmin=0, vmax=1,
+                  interpolation="nearest")  # (C, L): leaves left to right as in the tree
+        ax.set_yticks(range(len(class_names)), class_names, fontsize=5)
+        ax.set_xticks([])
+        ax.set_title(f"the {n_leaves} leaves' class distributions, in tree order (darker: "
+                     f"more probable); levels {shown}..{depth - 1} of filters not drawn",
+                     fontsize=7, pad=2)
+        if chosen is not None:
+            ax.add_patch(plt.Rectangle((chosen - 0.5, -0.5), 1, len(class_names),
+                                       fill=False, ec=PATH_COLOR, lw=1.5))
     title = f"soft decision tree, depth {depth}, beta {parts['beta']:.2f}"
     if route is not None:
         title += f"; red: one row's path to leaf {route['leaf']} (p = {route['path_prob']:.2f})"
