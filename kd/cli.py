@@ -184,6 +184,24 @@ def report(cfg: Config) -> None:
 
 
 @cli.command()
+@click.argument("row_id", type=int)
+@click.option("--model", "model_dir", default="data/student", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="A trained soft_tree's directory (the student, the baseline, ...).")
+@click.option("--prepared", default="data/prepared", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="The prepared data; ROW_ID must be a row of its test split.")
+@click.option("--out", default="data/explain", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path), help="Where the PNGs go.")
+def explain(row_id: int, model_dir: Path, prepared: Path, out: Path) -> None:
+    """Draw a soft decision tree and the path test row ROW_ID takes through it."""
+    from kd.report.explain import explain as draw
+
+    for path in draw(row_id, model_dir, prepared, out):
+        click.echo(path)
+
+
+@cli.command()
 @with_config
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Interface to bind; the default keeps the UI on this machine. Anything "

@@ -40,7 +40,7 @@ from kd.evaluate.metrics import (
 from kd.io.atomic import atomic_dir, write_json
 from kd.io.faults import failpoint
 from kd.models import check_fits, count_params, load_model
-from kd.report.figures import write_figures
+from kd.report.figures import tree_figures, write_figures
 from kd.report.render import render_html, render_markdown
 from kd.targets.shards import MANIFEST, check_members, read_manifest
 from kd.targets.shardset import verify
@@ -88,10 +88,11 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
     transfer = transfer_set(check_shards(shards, members, meta))
     dirs = {name: teachers / name for name in members}
     dirs.update(student=student_dir, baseline=baseline_dir)
-    models = {}
+    models, specs = {}, {}
     for name, d in dirs.items():
-        models[name], spec = load_model(d)
-        check_fits(spec, d, meta, f"member '{name}'" if name in members else f"the {name}")
+        models[name], specs[name] = load_model(d)
+        check_fits(specs[name], d, meta, f"member '{name}'" if name in members
+                   else f"the {name}")
     with torch.no_grad():
         logits = {name: m(x) for name, m in models.items()}  # each (N, C)
     probs = {name: softmax(lg) for name, lg in logits.items()}
@@ -156,6 +157,7 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
         failpoint("report.write")
         with atomic_dir(out_dir) as tmp:
             write_figures(tmp, cfg, meta, evals, probs, test.y, params, dirs, members, shards)
+            context["tree"] = tree_figures(tmp / "plots", models, specs, test, meta)
             write_json(tmp / "metrics.json", metrics)
             write_json(tmp / "details.json", {k: {"per_class_accuracy": v["per_class_accuracy"],
                                                   "confusion": v["confusion"]}

@@ -65,6 +65,9 @@ PARAMS_CASES = [
       {"student": {"arch": "mlp", "knobs": {"channels": 3}}}, ("student.knobs", "'channels'")),
     P("student.knobs.value", "a knob value out of range",
       {"student": {"knobs": {"dropout": 1.5}}}, ("student.knobs", "dropout=1.5")),
+    P("student.knobs.soft_tree_inference", "a soft decision tree's inference mode that does "
+      "not exist", {"student": {"arch": "soft_tree", "knobs": {"inference": "argmax"}}},
+      ("student.knobs", "inference='argmax'")),
     P("student.train.weight_decay.inf", "an infinite number",
       "student:\n  train:\n    weight_decay: .inf\n", ("student.train.weight_decay", "inf")),
     P("data.source.choice", "an unknown data source", {"data": {"source": "cifar"}},
@@ -301,7 +304,30 @@ def _params(d: Path, params: dict | None = None) -> None:
     (d / "params.yaml").write_text(yaml.safe_dump(params or {}))
 
 
+def _tree_student(d: Path) -> None:
+    """The pipeline's student replaced by an (untrained) soft tree on its data."""
+    import torch
+
+    from kd.datasets import load_meta
+    from kd.models import build_model, save_model
+
+    meta = load_meta(d / "data/prepared")
+    torch.manual_seed(0)
+    tree = build_model("soft_tree", tuple(meta["feature_shape"]), meta["n_classes"],
+                       {"depth": 2})
+    save_model(d / "data/student", tree, {"arch": "soft_tree", "knobs": {"depth": 2},
+                                          "input_shape": meta["feature_shape"],
+                                          "n_classes": meta["n_classes"],
+                                          "class_names": meta["class_names"]})
+
+
 CLI_CASES = [
+    Case("cli.explain.not_a_tree", "cli", "`kd explain` on a student that is not a soft_tree",
+         ("explain", "0"), lambda d: None, ("data/student/model.json", "mlp", "soft_tree"),
+         base="pipeline"),
+    Case("cli.explain.unknown_row", "cli", "`kd explain` with a row id that is not a test row",
+         ("explain", "999999"), _tree_student, ("data/prepared/test.parquet", "999999"),
+         base="pipeline"),
     Case("cli.teacher.unknown_member", "cli", "training a member params.yaml does not list",
          ("teacher", "nosuch"), _params, ("teacher.members", "'nosuch'")),
     Case("cli.export.before_prepare", "cli", "a stage run before the one it reads from",

@@ -16,6 +16,7 @@ from kd.distill.losses import soft_targets
 from kd.evaluate.metrics import entropy, reliability
 from kd.io.atomic import write_json
 from kd.report import plots
+from kd.report.explain import tree_pictures
 from kd.targets.reader import ShardReader
 
 
@@ -31,6 +32,48 @@ def soft_target_entropy(shards: Path, T: float, combine: str) -> dict[str, np.nd
 
 def write_figures(out: Path, cfg: Config, meta: dict, evals: dict, probs: dict, y: np.ndarray,
              params: dict, dirs: dict, members: list[str], shards: Path) -> None:
+    histories = {name: json.loads((d / "history.json").read_text()) for name, d in dirs.items()}
+    plots.training_curves(histories, out / "plots" / "training_curves.png")
+    plots.accuracy_vs_params({n: (params[n], evals[n]["accuracy"]) for n in params},
+                             out / "plots" / "accuracy_vs_params.png")
+    plots.reliability_diagram({n: reliability(probs[n], y) for n in ("teacher", "student",
+                                                                      "baseline")},
+                              out / "plots" / "reliability.png")
+    plots.entropy_histogram(soft_target_entropy(shards, cfg.student.temperature,
+                                                cfg.student.combine),
+                            float(np.log(meta["n_classes"])), out / "plots" / "entropy.png")
+    for name in ("teacher", "student", "baseline"):
+        plots.confusion_matrix(np.array(evals[name]["confusion"]), meta["class_names"],
+                               f"{name} (test)", out / "plots" / f"confusion_{name}.png")
+        pred = probs[name].argmax(1)
+        names = meta["class_names"]
+        write_json(out / "confusion" / f"{name}.json",
+                   [{"actual": names[a], "predicted": names[p]} for a, p in zip(y, pred,
+                                                                                   strict=True)])
+
+
+def tree_figures(out: Path, models: dict, specs: dict, test, meta: dict) -> dict | None:
+    """When the student is a soft decision tree: it and the baseline (the same tree on labels)
+    drawn, with the first test row's path through each; None otherwise."""
+    if specs["student"]["arch"] != "soft_tree" or len(test.y) == 0:
+        return None
+    row_id, figures = int(test.row_id[0]), []
+    for name in ("student", "baseline"):
+        if specs[name]["arch"] != "soft_tree":
+            continue
+        tree_pictures(models[name], test.x[0], row_id, int(test.y[0]), meta["class_names"],
+                      out, name=f"{name}_")
+        figures += [(f"{name}_tree.png", f"The {name} tree (test row {row_id}'s path in red)"),
+                    (f"{name}_path_{row_id}.png", f"Test row {row_id} through the {name} tree")]
+    knobs = specs["student"]["knobs"]
+    return {"depth": knobs["depth"], "inference": knobs["inference"], "row_id": row_id,
+            "figures": figures}
+
+
+def _figures(out: Path, cfg: Config, meta: dict, evals: dict, probs: dict, y: np.ndarray,
+             params: dict, dirs: dict, members: list[str], shards: Path) -> None:
+    import json
+
     histories = {name: json.loads((d / "history.json").read_text()) for name, d in dirs.items()}
     plots.training_curves(histories, out / "plots" / "training_curves.png")
     plots.accuracy_vs_params({n: (params[n], evals[n]["accuracy"]) for n in params},

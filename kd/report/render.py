@@ -25,6 +25,18 @@ FIGURES = [("training_curves.png", "Training curves"),
            ("confusion_baseline.png", "Confusion: baseline")]
 
 
+INFERENCE_NOTE = {
+    "max_leaf": "the single leaf with the largest path probability decides (the paper's "
+                "explainable mode: every prediction is one path of filters a person can follow)",
+    "mixture": "the leaves' distributions mixed by their path probabilities (more accurate "
+               "at times, but no single path explains a prediction)",
+}
+
+
+def _figure_list(ctx: dict) -> list[tuple[str, str]]:
+    return FIGURES + (ctx["tree"]["figures"] if ctx.get("tree") else [])
+
+
 def _pct(v: float) -> str:
     return f"{100 * v:.2f}%"
 
@@ -129,6 +141,12 @@ def tables(ctx: dict) -> tuple[list[str], list[tuple[str, list[str], list[list[s
         *([transfer_sentence(ctx["transfer"])] if "transfer" in ctx else []),
         TIMING_NOTE,
     ]
+    if ctx.get("tree"):
+        t = ctx["tree"]
+        headline.append(f"The student is a soft decision tree of depth {t['depth']}; its "
+                        f"inference mode is **{t['inference']}**: "
+                        f"{INFERENCE_NOTE[t['inference']]}. The tree pictures below show "
+                        f"every filter and leaf, and test row {t['row_id']}'s path.")
     main = [_row(f"teacher (ensemble of {n})", m["teacher"]), _row("student", m["student"]),
             _row("baseline", m["baseline"])]
     member_rows = [_row(name, m["members"][name]) for name in ctx["members"]]
@@ -154,7 +172,7 @@ def render_markdown(ctx: dict) -> str:
         out += ["| " + " | ".join(r) + " |" for r in rows]
         out.append("")
     out += ["## Figures", ""]
-    out += [f"![{title}](plots/{name})" for name, title in FIGURES]
+    out += [f"![{title}](plots/{name})" for name, title in _figure_list(ctx)]
     return "\n".join(out) + "\n"
 
 
@@ -175,7 +193,7 @@ def render_html(ctx: dict, plots_dir: Path) -> str:
             body.append("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in r) + "</tr>")
         body.append("</table>")
     body.append("<h2>Figures</h2>")
-    for name, title in FIGURES:
+    for name, title in _figure_list(ctx):
         path = plots_dir / name
         if path.exists():
             data = base64.b64encode(path.read_bytes()).decode()
