@@ -26,6 +26,9 @@ import torch
 
 from kd.config import Config
 from kd.datasets import load_meta, read_split
+from kd.deploy.export import deployed_files, read_metadata
+from kd.deploy.runtime import CHECK_THREADS, onnx_speed, open_session
+from kd.deploy.runtime import run as onnx_run
 from kd.distill.losses import soft_targets
 from kd.errors import ArtifactError
 from kd.evaluate.metrics import (
@@ -92,8 +95,8 @@ def sha256(path: Path) -> str:
 
 def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path("data/prepared"),
         teachers: Path = Path("data/teachers"), student_dir: Path = Path("data/student"),
-        baseline_dir: Path = Path("data/baseline"),
-        shards: Path = Path("data/soft_targets")) -> dict:
+        baseline_dir: Path = Path("data/baseline"), shards: Path = Path("data/soft_targets"),
+        deploy_dir: Path = Path("data/deploy")) -> dict:
     meta = load_meta(prepared)
     test, _ = read_split(prepared, "test")
     shape, n_classes = tuple(meta["feature_shape"]), meta["n_classes"]
@@ -102,9 +105,10 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
     check_shards(shards, members, meta)
     dirs = {name: teachers / name for name in members}
     dirs.update(student=student_dir, baseline=baseline_dir)
-    models = {}
+    models, spec_of = {}, {}
     for name, d in dirs.items():
         models[name], spec = load_model(d)
+        spec_of[name] = spec
         check_fits(spec, d, meta, f"member '{name}'" if name in members else f"the {name}")
     with torch.no_grad():
         logits = {name: m(x) for name, m in models.items()}  # each (N, C)
@@ -118,6 +122,14 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
     size["teacher"] = sum(size[m] for m in members)
     speeds = {name: speed([m], x.numpy()) for name, m in models.items()}
     speeds["teacher"] = speed([models[m] for m in members], x.numpy())
+    # the deployed files: scored on one ONNX Runtime thread (the same figures anywhere), timed
+    # on torch's threads so that they stand beside PyTorch eager's
+    onnx_files = deployed_files(deploy_dir, spec_of["student"])
+    for name, path in onnx_files.items():
+        probs[name] = onnx_run(open_session(path, CHECK_THREADS), test.x)[1]  # (N, C)
+        evals[name] = quality(probs[name], test.y, n_classes)
+        params[name], size[name] = params["student"], path.stat().st_size
+        speeds[name] = onnx_speed(path, test.x, threads=torch.get_num_threads())
 
     def summary(name: str) -> dict:
         e = evals[name]
@@ -133,15 +145,22 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
                                                                    probs["teacher"])},
         "members": {m: summary(m) for m in members},
     }
+    for name, path in onnx_files.items():
+        metrics[name] = {**summary(name), "agreement": agreement(probs[name], probs["teacher"]),
+                         "quantization": read_metadata(path).get("quantization", "none")}
     metrics |= {
-        "compression": compression(metrics["teacher"], metrics["student"], metrics["baseline"]),
+        "compression": compression(metrics["teacher"], metrics["student"], metrics["baseline"])
+        | {"deployed": compression(metrics["teacher"], metrics["student_int8"],
+                                   metrics["baseline"])},
         "student_temperature": cfg.student.temperature, "student_alpha": cfg.student.alpha,
     }
     # the same keys as metrics.json, so `dvc metrics show` lines them up (student.accuracy,
     # student.latency_ms_median, compression.speedup, ...)
-    timing = {name: speeds[name] for name in ("teacher", "student", "baseline")} | {
+    timing = {name: speeds[name] for name in ("teacher", "student", "baseline", *onnx_files)} | {
         "members": {m: speeds[m] for m in members},
-        "compression": speed_ratios(speeds["teacher"], speeds["student"]),
+        "compression": speed_ratios(speeds["teacher"], speeds["student"])
+        | {"deployed": speed_ratios(speeds["teacher"], speeds["student_int8"]),
+           "onnx_vs_eager": speed_ratios(speeds["student"], speeds["student_onnx"])},
         "machine": machine(),
     }
     context = {"metrics": metrics, "evals": evals, "members": members,
@@ -166,7 +185,8 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
         link_input_runs(tracking, {f"teacher@{m}": dirs[m] / "model.safetensors" for m in members}
                         | {"student": student_dir / "model.safetensors",
                            "baseline": baseline_dir / "model.safetensors",
-                           "export": shards / MANIFEST})
+                           "export": shards / MANIFEST,
+                           "deploy": onnx_files["student_int8"]})
         tracking.log_artifact(out_dir)
     c = metrics["compression"]
     print(f"report: teacher {t_acc:.4f} ({params['teacher']:,} params), student {s_acc:.4f} "
@@ -182,7 +202,8 @@ def _figures(out: Path, cfg: Config, meta: dict, evals: dict, probs: dict, y: np
 
     histories = {name: json.loads((d / "history.json").read_text()) for name, d in dirs.items()}
     plots.training_curves(histories, out / "plots" / "training_curves.png")
-    plots.accuracy_vs_params({n: (params[n], evals[n]["accuracy"]) for n in params},
+    plots.accuracy_vs_params({n: (params[n], evals[n]["accuracy"]) for n in params
+                              if n == "teacher" or n in dirs},  # not the ONNX copies
                              out / "plots" / "accuracy_vs_params.png")
     plots.reliability_diagram({n: reliability(probs[n], y) for n in ("teacher", "student",
                                                                       "baseline")},

@@ -15,7 +15,7 @@ from tests.imports import ROOT, all_modules, closure_files, find_cycle, imports_
 # who may talk to MLflow: the tracking module, the callbacks, the pyfunc wrapper, the stages
 # and the CLI (its `kd ui` opens the store)
 MLFLOW_OK = ("kd.tracking", "kd.pyfunc_model", "kd.train.callbacks", "kd.cli", "stages")
-PURE = ("kd.models", "kd.targets", "kd.distill")  # no tracking, no runtime
+PURE = ("kd.models", "kd.targets", "kd.distill", "kd.deploy")  # no tracking, no runtime
 
 
 def _under(module: str, prefixes: tuple[str, ...]) -> bool:

@@ -3,6 +3,7 @@
     probs = ensemble_probs([m(x) for m in members])          # (N, C)
     quality(probs, y, n_classes)  -> accuracy, nll, ece, per-class accuracy, confusion
     speed([model], x)             -> latency at batch 1 (median, p95), throughput at a large batch
+    speed_of(forward, x, threads=1) -> the same protocol for any callable (ONNX Runtime)
     compression(t, s, b)          -> size and accuracy ratios (deterministic)
     speed_ratios(t_speed, s_speed) -> speedup, throughput ratio (wall-clock)
 
@@ -13,6 +14,7 @@ of |accuracy - confidence|, weighted by the share of rows in the bin.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -82,19 +84,28 @@ def entropy(probs: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def speed(models: list[torch.nn.Module], x: np.ndarray, *, calls: int = 300, warmup: int = 30,
-          big_batch: int = 1024, big_calls: int = 10) -> dict:
+def speed(models: list[torch.nn.Module], x: np.ndarray, **protocol) -> dict:
     """Latency of one row through `models` (an ensemble runs all of them; the student is a list
     of one) and throughput at a large batch, on torch's current threads, after warm-up."""
     for m in models:
         m.eval()
-    xt = torch.from_numpy(np.ascontiguousarray(x))
-    one = xt[:1]
 
-    def forward(batch: torch.Tensor) -> None:
+    def forward(batch: np.ndarray) -> None:
+        xt = torch.from_numpy(batch)
         for m in models:
-            m(batch)
+            m(xt)
 
+    return speed_of(forward, x, threads=torch.get_num_threads(), **protocol)
+
+
+def speed_of(forward: Callable[[np.ndarray], object], x: np.ndarray, *, threads: int,
+             calls: int = 300, warmup: int = 30, big_batch: int = 1024,
+             big_calls: int = 10) -> dict:
+    """The protocol every speed figure shares, for any `forward` (PyTorch eager, ONNX Runtime):
+    `warmup` calls on one row, then the median and p95 of `calls` timed one-row calls, then
+    rows/s over `big_calls` calls on `big_batch` rows. `threads` is what `forward` runs on."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    one = x[:1]
     for _ in range(warmup):
         forward(one)
     lat = []
@@ -102,7 +113,7 @@ def speed(models: list[torch.nn.Module], x: np.ndarray, *, calls: int = 300, war
         t0 = time.perf_counter()
         forward(one)
         lat.append(time.perf_counter() - t0)
-    big = xt[:big_batch]
+    big = np.ascontiguousarray(x[:big_batch])
     forward(big)
     t0 = time.perf_counter()
     for _ in range(big_calls):
@@ -113,7 +124,7 @@ def speed(models: list[torch.nn.Module], x: np.ndarray, *, calls: int = 300, war
             "latency_ms_p95": float(np.percentile(lat_ms, 95)),
             "throughput_rows_per_s": float(big_calls * len(big) / elapsed),
             "throughput_batch": len(big),
-            "threads": torch.get_num_threads()}
+            "threads": threads}
 
 
 def compression(teacher: dict, student: dict, baseline: dict) -> dict:
