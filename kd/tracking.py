@@ -222,7 +222,9 @@ def _log_model(mlflow, here: Path, model_dir: Path, signature, example) -> None:
 def log_onnx_model(run: StageRun, path: Path, name: str, input_example) -> None:
     """Log an exported ONNX file with the `mlflow.onnx` flavor under `name`, with a tensor
     signature and an input example. `mlflow.pyfunc.load_model(uri).predict(x)` on a float32
-    array x (N, F) of normalised rows returns {"logits": (N, C), "probabilities": (N, C)}."""
+    array x (N, F) of normalised rows returns {"logits": (N, C), "probabilities": (N, C)}; the
+    tensor signature makes a DataFrame of the same rows give the same (without it, the flavor
+    would flatten each (N, C) output into one column N * C rows long)."""
     if run.client is None:
         return
     import mlflow
@@ -242,6 +244,7 @@ def log_onnx_model(run: StageRun, path: Path, name: str, input_example) -> None:
         with mlflow.start_run(run_id=run.run_id):
             mlflow.onnx.log_model(onnx.load(str(path)), name=name, signature=signature,
                                   input_example=example, save_as_external_data=False,
+                                  onnx_execution_providers=["CPUExecutionProvider"],
                                   pip_requirements=[f"onnx=={onnx.__version__}",
                                                     f"onnxruntime=={ort.__version__}"])
     finally:

@@ -9,8 +9,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.imports import ROOT, all_modules, closure_files, find_cycle, imports_of, \
-    third_party_imports
+from tests.imports import (
+    ROOT,
+    all_modules,
+    closure_files,
+    find_cycle,
+    imports_of,
+    third_party_imports,
+)
 
 # who may talk to MLflow: the tracking module, the callbacks, the pyfunc wrapper, the stages
 # and the CLI (its `kd ui` opens the store)
