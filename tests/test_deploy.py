@@ -96,7 +96,7 @@ def test_the_equivalence_check_catches_a_perturbed_onnx_file(built, monkeypatch)
 def test_an_int8_model_that_loses_accuracy_stops_the_stage(built, monkeypatch):
     monkeypatch.setattr(build_mod.checks, "accuracy_drop", _strict_drop)
     with cwd(built), pytest.raises(DeployCheckError, match="max_accuracy_drop"):
-        deploy.run(_cfg(quantize="static"))
+        deploy.run(_cfg(quantize="static", max_accuracy_drop=0.01))
 
 
 def _strict_drop(fp32, int8, max_drop, path):

@@ -57,9 +57,9 @@ def _deployed(m: dict) -> list[str]:
     if "student_int8" not in m:
         return []
     q, d = m["student_int8"], m["compression"]["deployed"]
-    return [f"Deployed as int8 ONNX ({q['quantization']} quantization), the student is a "
-            f"**{q['bytes'] / 1024:.1f} KiB** file, **{d['size_ratio']:.1f}x smaller** than "
-            f"the teacher's weights, at {_pct(q['accuracy'])} test accuracy "
+    return [f"Deployed as int8 ONNX ({q['quantization']} quantization), the student is a file "
+            f"of **{q['bytes'] / 1024:.1f} KiB**, **{d['size_ratio']:.1f}x smaller** than the "
+            f"teacher's weights, at {_pct(q['accuracy'])} test accuracy "
             f"({_pct(d['accuracy_retained'])} of the teacher's) under ONNX Runtime."]
 
 
