@@ -51,7 +51,11 @@ def with_config(fn: Callable) -> Callable:
     @params_option
     @functools.wraps(fn)
     def wrapper(params_path: Path, **kwargs):
-        return fn(load_config(params_path), **kwargs)
+        cfg = load_config(params_path)
+        from kd.runtime.distributed import set_threads
+
+        set_threads(cfg.runtime)  # every command, also those without a training session
+        return fn(cfg, **kwargs)
 
     return wrapper
 
@@ -117,6 +121,17 @@ def prepare(cfg: Config, out: Path) -> None:
 
 @cli.command()
 @with_config
+@click.option("--out", default="data/transfer", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
+def transfer(cfg: Config, out: Path) -> None:
+    """Generate synthetic transfer rows (`transfer.method: munge`) for the ensemble to label."""
+    from stages import transfer as stage
+
+    stage.run(cfg, out)
+
+
+@cli.command()
+@with_config
 @distributed
 @click.argument("member")
 def teacher(cfg: Config, member: str, dist) -> None:
@@ -130,7 +145,7 @@ def teacher(cfg: Config, member: str, dist) -> None:
 @with_config
 @distributed
 def export(cfg: Config, dist) -> None:
-    """Write every member's logits on the labeled and unlabeled rows as Parquet shards."""
+    """Write every member's logits on the labeled, unlabeled and synthetic rows as shards."""
     from stages import export as stage
 
     stage.run(cfg, dist=dist)
@@ -257,6 +272,7 @@ def shards_show(directory: str, as_json: bool) -> None:
     """Summarise DIRECTORY: rows per split, classes, members, size on disk."""
     import json
 
+    from kd.targets.shards import SPLITS
     from kd.targets.shardset import summary
 
     info = summary(directory)
@@ -265,8 +281,8 @@ def shards_show(directory: str, as_json: bool) -> None:
         return
     click.echo(f"{directory}: {info['rows']:,} rows in {info['shards']} shards, "
                f"{info['bytes'] / 1e6:.2f} MB on disk")
-    for split, n in info["splits"].items():
-        click.echo(f"  {split:<10} {n:>10,} rows")
+    for split in sorted(info["splits"], key=SPLITS.index):  # labeled, unlabeled, synthetic
+        click.echo(f"  {split:<10} {info['splits'][split]:>10,} rows")
     click.echo(f"  validation {info['val']:>10,} rows (labeled, held out)")
     click.echo(f"  classes    {info['num_classes']}: {', '.join(info['class_names'])}")
     click.echo(f"  members    {len(info['members'])}: {', '.join(info['members'])}")
@@ -300,10 +316,27 @@ def shards_copy(source: str, destination: str) -> None:
 
 @cli.command("check-params")
 @with_config
-def check_params(cfg: Config) -> None:
-    """Validate the params file and print each teacher member's resolved settings."""
+@click.option("--prepared", default="data/prepared", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Prepared data to check the architectures against, when it exists.")
+def check_params(cfg: Config, prepared: Path) -> None:
+    """Validate the params file, print each teacher member's resolved settings, and check every
+    architecture against the prepared data's feature shape."""
+    from kd.checks import data_warnings, fit_to_data
+    from kd.datasets import load_meta
+
     for name in cfg.teacher.members:
         click.echo(f"teacher.members.{name}: {cfg.teacher.member(name).model_dump()}")
+    meta = None
+    if (prepared / "meta.json").is_file():
+        meta = load_meta(prepared)
+        fit_to_data(cfg, meta)
+        click.echo(f"models: every architecture takes the prepared features "
+                   f"{tuple(meta['feature_shape'])} ({prepared})")
+    else:
+        click.echo("models: knobs checked; run `kd prepare` to check them against the data")
+    for line in data_warnings(cfg, meta):
+        click.echo(line, err=True)
     click.echo("params: ok")
 
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import difflib
 import math
+import posixpath
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -50,6 +51,10 @@ class DataConfig(Section):
     split_seed: Annotated[int, Field(ge=0)] = 0
     val_fraction: Annotated[float, Field(ge=0, le=0.5)] = 0.1
     normalize: Literal["global", "per_feature", "none"] = "global"
+    # the folder (or file) holding the user's own data files: `prepare` depends on it in
+    # dvc.yaml (`${data.inputs}`), so editing any file in it reruns prepare and what follows;
+    # every parquet path must lie inside it
+    inputs: str = "data/inputs"
     # parquet: the user's own files
     labeled: str | None = None
     unlabeled: str | None = None
@@ -58,6 +63,7 @@ class DataConfig(Section):
     label: str | None = None
     id: str | None = None
     shape: list[PositiveInt] | None = None
+    classes: Annotated[list[str], Field(min_length=2)] | None = None  # class order; default sorted
 
     @model_validator(mode="after")
     def _check_source(self) -> DataConfig:
@@ -71,11 +77,22 @@ class DataConfig(Section):
                 "unlabeled_fraction: test_fraction + unlabeled_fraction must leave labeled "
                 f"rows (< 0.95), got {self.test_fraction} + {self.unlabeled_fraction}"
             )
-        parquet_keys = ("labeled", "unlabeled", "test", "features", "label", "id", "shape")
+        parquet_keys = ("labeled", "unlabeled", "test", "features", "label", "id", "shape",
+                        "classes")
         if self.source == "parquet":
             for key in ("labeled", "test", "features", "label"):
                 if getattr(self, key) in (None, "", []):
                     raise ValueError(f"{key}: required when data.source is 'parquet'")
+            if self.classes and len(set(self.classes)) < len(self.classes):
+                twice = next(c for c in self.classes if self.classes.count(c) > 1)
+                raise ValueError(f"classes: {twice!r} is listed twice")
+            for key in ("labeled", "unlabeled", "test"):
+                path = getattr(self, key)
+                if path is not None and not _inside(path, self.inputs):
+                    raise ValueError(
+                        f"{key}: {path!r} is not inside data.inputs ({self.inputs!r}), the "
+                        "path prepare depends on: DVC would not rerun prepare when the file "
+                        "changes; move it there or point data.inputs at its folder")
         else:
             for key in parquet_keys:
                 if getattr(self, key) is not None:
@@ -84,6 +101,14 @@ class DataConfig(Section):
                         f"got source '{self.source}'"
                     )
         return self
+
+
+def _inside(path: str, folder: str) -> bool:
+    """`path` is `folder` or lies under it (both relative to the repository root)."""
+    p, f = PurePosixPath(posixpath.normpath(path)), PurePosixPath(posixpath.normpath(folder))
+    if ".." in p.parts or p.is_absolute() != f.is_absolute():
+        return False
+    return str(f) == "." or p == f or f in p.parents
 
 
 # ------------------------------------------------------------------------ model + training
@@ -196,6 +221,20 @@ class StudentConfig(ModelConfig):
         return self
 
 
+class TransferConfig(Section):
+    """Synthetic transfer rows for the ensemble to label (stages/transfer.py). MUNGE (Bucilua,
+    Caruana & Niculescu-Mizil 2006): each training row and its nearest neighbour trade
+    attribute values, with probability `p` each, drawn from N(other's value, |a - b| / s)."""
+
+    method: Literal["none", "munge"] = "none"
+    # synthetic rows to generate. Not `size`: DVC's run cache leaves any key named `size` (or
+    # `nfiles`) out of a stage's hash, so a new `size` would restore the old rows from cache
+    rows: PositiveInt = 100_000
+    p: Annotated[float, Field(ge=0, le=1)] = 0.5  # per-attribute swap probability
+    s: Annotated[float, Field(gt=0, le=1e6)] = 10.0  # local spread: sd = |a - b| / s
+    seed: Annotated[int, Field(ge=0)] = 0
+
+
 class BaselineConfig(Section):
     """The baseline is the student's architecture and training settings on labels alone; only
     its augmentation is its own, so it gets every advantage labels alone can give."""
@@ -240,6 +279,7 @@ class DeployConfig(Section):
 class Config(Section):
     data: DataConfig = DataConfig()
     teacher: TeacherConfig = TeacherConfig()
+    transfer: TransferConfig = TransferConfig()
     export: ExportConfig = ExportConfig()
     student: StudentConfig = StudentConfig()
     baseline: BaselineConfig = BaselineConfig()

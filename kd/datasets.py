@@ -12,6 +12,7 @@ in meta.json).
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 from collections.abc import Iterator
@@ -42,6 +43,8 @@ class Source:
     class_names: list[str]
     feature_shape: tuple[int, ...]
     fingerprint: str  # sha256 over the source's raw rows (and for files, their bytes)
+    # the column names when the features are separate scalar columns (tabular data, no order)
+    feature_columns: list[str] | None = None
 
 
 def _digest(*arrays: np.ndarray, extra: str = "") -> str:
@@ -122,13 +125,17 @@ def load_digits(cfg: DataConfig) -> Source:
 # --------------------------------------------------------------------------- user Parquet
 
 
-def _read_file(path: Path, columns: list[str]) -> pa.Table:
+def _schema(path: Path) -> pa.Schema:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        schema = pq.read_schema(path)
+        return pq.read_schema(path)
     except (pa.ArrowException, OSError) as e:
         raise DataError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+
+
+def _read_file(path: Path, columns: list[str]) -> pa.Table:
+    schema = _schema(path)
     for col in columns:
         if col not in schema.names:
             raise DataError(f"{path}: no column '{col}' (columns: {', '.join(schema.names)})")
@@ -198,6 +205,54 @@ def _ids(path: Path, table: pa.Table, name: str) -> np.ndarray:
     return col.to_numpy().astype(np.int64)
 
 
+def feature_columns(cfg: DataConfig, path: Path) -> list[str]:
+    """The feature columns `data.features` names in the labeled file: a column, a list of
+    columns, glob patterns (`px_*`, in the file's column order), or "*" (every column but the
+    label and the id). The label, an id or a column twice is a one-line error."""
+    names = _schema(path).names
+    specs = [cfg.features] if isinstance(cfg.features, str) else list(cfg.features)
+    out: list[str] = []
+    for spec in specs:
+        if any(ch in spec for ch in "*?["):
+            found = [n for n in names if fnmatch.fnmatchcase(n, spec)
+                     and (spec != "*" or n not in (cfg.label, cfg.id))]
+            if not found:
+                raise DataError(f"{path}: data.features pattern {spec!r} matches no column "
+                                f"(columns: {', '.join(names)})")
+        else:
+            found = [spec]
+        for name in found:
+            if name in (cfg.label, cfg.id):
+                what = "label" if name == cfg.label else "id"
+                raise DataError(f"data.features: {name!r} is the {what} column (data.{what}); "
+                                "a model must not see it as a feature")
+            if name in out:
+                raise DataError(f"data.features: {name!r} is listed twice")
+            out.append(name)
+    return out
+
+
+def class_order(labels: list, given: list[str] | None, path: Path, column: str) -> list:
+    """The classes in index order: `data.classes` when given (every label must be one of
+    them), else the distinct labels sorted, numbers (and number-like strings) by value."""
+    distinct = set(labels)
+    if given is not None:
+        by_name = {str(c): c for c in distinct}
+        unknown = sorted(set(by_name) - set(given))
+        if unknown:
+            raise DataError(f"{path}: column '{column}': label {unknown[0]!r} is not in "
+                            f"data.classes {given}")
+        return [by_name.get(c, c) for c in given]
+
+    def key(v):
+        try:
+            return (0, float(v), str(v))
+        except (TypeError, ValueError):
+            return (1, 0.0, str(v))
+
+    return sorted(distinct, key=key)
+
+
 def read_features(path: str | Path, features: str | list[str], extra: list[str] = ()
                   ) -> tuple[pa.Table, np.ndarray]:
     """A user's Parquet file -> (the table of the `features` and `extra` columns, (N, F)
@@ -209,7 +264,7 @@ def read_features(path: str | Path, features: str | list[str], extra: list[str] 
 
 
 def load_parquet(cfg: DataConfig, root: Path) -> Source:
-    feat_cols = [cfg.features] if isinstance(cfg.features, str) else list(cfg.features)
+    feat_cols = feature_columns(cfg, root / cfg.labeled)
     files = {"labeled": cfg.labeled, "test": cfg.test, "unlabeled": cfg.unlabeled}
     raw: dict[str, tuple[np.ndarray, np.ndarray | None, np.ndarray | None]] = {}
     h = hashlib.sha256()
@@ -222,7 +277,7 @@ def load_parquet(cfg: DataConfig, root: Path) -> Source:
         table = _read_file(path, cols)
         if need_label and table.num_rows == 0:
             raise DataError(f"{path}: the {split} split has no rows")
-        x = _features(path, table, cfg.features)
+        x = _features(path, table, feat_cols)
         y = _labels(path, table, cfg.label) if need_label else None
         ids = _ids(path, table, cfg.id) if cfg.id else None
         raw[split] = (x, y, ids)
@@ -239,7 +294,7 @@ def load_parquet(cfg: DataConfig, root: Path) -> Source:
         raise DataError(f"data.shape: {list(shape)} holds {int(np.prod(shape))} values, "
                         f"but each row has {width} features")
 
-    classes = sorted(set(raw["labeled"][1].tolist()), key=lambda v: (str(type(v)), v))
+    classes = class_order(raw["labeled"][1].tolist(), cfg.classes, root / cfg.labeled, cfg.label)
     if len(classes) < 2:
         raise DataError(f"{root / cfg.labeled}: column '{cfg.label}': needs at least two classes, "
                         f"found {len(classes)}")
@@ -262,7 +317,10 @@ def load_parquet(cfg: DataConfig, root: Path) -> Source:
     if (counts > 1).any():
         raise DataError(f"data.id: row id {int(uniq[counts > 1][0])} occurs more than once "
                         f"across the labeled, unlabeled and test files")
-    return Source(splits, [str(c) for c in classes], shape, h.hexdigest())
+    schema = _schema(root / cfg.labeled)
+    scalar = all(not pa.types.is_nested(schema.field(c).type) for c in feat_cols)
+    return Source(splits, [str(c) for c in classes], shape, h.hexdigest(),
+                  feat_cols if scalar and len(feat_cols) > 1 else None)
 
 
 def load_source(cfg: DataConfig, root: Path = Path(".")) -> Source:
@@ -400,3 +458,18 @@ def _checked(path: Path, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.Recor
 def split_rows(prepared: str | Path, split: str) -> int:
     """Rows in a prepared split, from the Parquet footer (no data read)."""
     return _open(prepared, split)[1].metadata.num_rows
+
+
+def max_row_id(prepared: str | Path) -> int:
+    """The largest row id of any prepared split (-1 when all are empty), from the id column
+    alone: new rows numbered above it cannot collide with a prepared row."""
+    top = -1
+    for split in SPLITS:
+        path, pf = _open(prepared, split)
+        try:
+            ids = pf.read(columns=["row_id"]).column("row_id")
+        except (pa.ArrowException, OSError) as e:
+            raise _corrupt(path, e) from None
+        if len(ids):
+            top = max(top, int(pc.max(ids).as_py()))
+    return top

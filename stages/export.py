@@ -1,8 +1,11 @@
-"""Stage `export`: every teacher member's logits on every labeled and unlabeled row -> shards.
+"""Stage `export`: every teacher member's logits on every labeled, unlabeled and synthetic row
+-> shards.
 
     kd export                         # or: dvc repro export
 
-Streams the prepared labeled and unlabeled splits in batches of `export.batch_size`, runs each
+Streams the prepared labeled and unlabeled splits, then the synthetic rows of the transfer
+stage (`data/transfer/synthetic.parquet`, split `synthetic`; none when `transfer.method: none`
+or when that directory is absent), in batches of `export.batch_size`, runs each
 member forward (kd/teachers/), and writes `data/soft_targets/part-*.parquet` + `manifest.json`
 (kd/targets/shards.py holds the schema). Logits, not probabilities: the student applies its own
 temperature, so a new `T` never needs a new export. Memory stays flat in the number of rows.
@@ -23,6 +26,8 @@ from pathlib import Path
 
 from kd.config import Config
 from kd.datasets import iter_split, load_meta, split_rows
+from kd.errors import ArtifactError
+from kd.io.atomic import read_json
 from kd.io.faults import failpoint
 from kd.models import model_fingerprint
 from kd.runtime.distributed import SINGLE, Dist, rank_rows, shared_atomic_dir
@@ -31,11 +36,41 @@ from kd.targets.shardset import summary
 from kd.teachers.native import load_members, member_logits
 from kd.tracking import stage_run, tag_output
 
+SYNTHETIC = "synthetic"  # the transfer stage's file and the shards' split name
+
+
+def transfer_set(transfer: Path, prepared: Path, meta: dict) -> dict | None:
+    """The transfer stage's meta.json when it holds rows made from this prepared data, None
+    when there is no transfer set (no directory, or `method: none`)."""
+    path = transfer / "meta.json"
+    if not path.is_file():
+        return None
+    info = read_json(path, ArtifactError)
+    if not isinstance(info, dict) or not isinstance(info.get("rows"), int):
+        raise ArtifactError(f"{path}: not a transfer set's meta.json (no row count)")
+    if info["rows"] == 0:
+        return None
+    if info.get("prepared_fingerprint") != meta["fingerprint"]:
+        raise ArtifactError(f"{path}: made from other prepared data than {prepared} holds "
+                            "(fingerprints differ); rerun `kd transfer`")
+    if split_rows(transfer, SYNTHETIC) != info["rows"]:
+        raise ArtifactError(f"{transfer / (SYNTHETIC + '.parquet')}: row count differs from "
+                            f"{path} ({info['rows']}); rerun `kd transfer`")
+    return info
+
 
 def run(cfg: Config, out_dir: Path = Path("data/soft_targets"),
         prepared: Path = Path("data/prepared"), teachers: Path = Path("data/teachers"),
-        dist: Dist = SINGLE) -> dict:
+        dist: Dist = SINGLE, transfer: Path = Path("data/transfer")) -> dict:
     meta = load_meta(prepared)
+    synthetic = transfer_set(transfer, prepared, meta)
+    sources = [(prepared, "labeled"), (prepared, "unlabeled")]
+    sources += [(transfer, SYNTHETIC)] if synthetic else []
+    about = {}
+    if synthetic:  # what the report says the student learned from
+        about = {"transfer": {k: synthetic[k] for k in ("method", "rows", "source_rows",
+                                                         "params", "changed_fraction")
+                              if k in synthetic}}
     models = {name: m.to(dist.device) for name, m in load_members(cfg, meta, teachers).items()}
     shape = tuple(meta["feature_shape"])
     ex = cfg.export
@@ -51,9 +86,9 @@ def run(cfg: Config, out_dir: Path = Path("data/soft_targets"),
                 extra_metadata={"prepared_fingerprint": meta["fingerprint"]},
                 prefix=f"part-r{dist.rank:03d}" if dist.active else "part")
             with writer:
-                for split in ("labeled", "unlabeled"):
-                    span = rank_rows(split_rows(prepared, split), ex.batch_size, dist)
-                    for part, is_val in iter_split(prepared, split, ex.batch_size, span):
+                for where, split in sources:
+                    span = rank_rows(split_rows(where, split), ex.batch_size, dist)
+                    for part, is_val in iter_split(where, split, ex.batch_size, span):
                         f0 = time.perf_counter()
                         logits = member_logits(models, part.x, shape, dist.device)
                         forward_s += time.perf_counter() - f0
@@ -70,7 +105,8 @@ def run(cfg: Config, out_dir: Path = Path("data/soft_targets"),
                     logits_dtype=ex.logits_dtype,
                     member_fingerprints={m: model_fingerprint(teachers / m) for m in models},
                     params={"export": ex.model_dump(), "teacher": cfg.teacher.model_dump()},
-                    extra={"prepared_fingerprint": meta["fingerprint"], "ranks": dist.world})
+                    extra={"prepared_fingerprint": meta["fingerprint"], "ranks": dist.world,
+                           **about})
         if not dist.is_main:
             return {}
         elapsed = time.perf_counter() - t0

@@ -9,11 +9,13 @@ whole directory appears at once: a killed run leaves the previous output, or non
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 
+from kd.checks import data_warnings, fit_to_data
 from kd.config import Config
 from kd.datasets import SPLITS, load_source, to_table
 from kd.io.atomic import atomic_dir, write_json
@@ -69,9 +71,14 @@ def run(cfg: Config, out_dir: str | Path = "data/prepared", root: str | Path = "
                                   "mean": mean.tolist(), "std": std.tolist()},
                 "fingerprint": src.fingerprint,
             }
+            if src.feature_columns:
+                meta["feature_columns"] = src.feature_columns
+            fit_to_data(cfg, meta)  # before anything is published: no model can fail on it
             write_json(tmp / "meta.json", meta)
         tracking.log_metrics({f"rows_{k}": v for k, v in rows.items()})
         tracking.log_artifact(Path(out_dir) / "meta.json")
+    for line in data_warnings(cfg, meta):
+        print(line, file=sys.stderr)
     print(f"prepare: {rows['labeled']} labeled ({rows['val']} for validation), "
           f"{rows['unlabeled']} unlabeled, {rows['test']} test rows, "
           f"{len(src.class_names)} classes, features {tuple(src.feature_shape)} -> {out_dir}"

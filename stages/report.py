@@ -18,36 +18,31 @@ from __future__ import annotations
 
 import hashlib
 import os
-import platform
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from kd.config import Config
 from kd.datasets import load_meta, read_split
 from kd.deploy.export import deployed_files, read_metadata
-from kd.deploy.runtime import CHECK_THREADS, onnx_speed, open_session
+from kd.deploy.runtime import CHECK_THREADS, onnx_forward, open_session
 from kd.deploy.runtime import run as onnx_run
-from kd.distill.losses import soft_targets
 from kd.errors import ArtifactError
 from kd.evaluate.metrics import (
     agreement,
     compression,
     ensemble_probs,
-    entropy,
+    machine,
     quality,
-    reliability,
     softmax,
-    speed,
     speed_ratios,
+    speeds,
 )
 from kd.io.atomic import atomic_dir, write_json
 from kd.io.faults import failpoint
 from kd.models import check_fits, count_params, load_model
-from kd.report import plots
+from kd.report.figures import write_figures
 from kd.report.render import render_html, render_markdown
-from kd.targets.reader import ShardReader
 from kd.targets.shards import MANIFEST, check_members, read_manifest
 from kd.targets.shardset import verify
 from kd.tracking import flatten, link_input_runs, stage_run
@@ -55,30 +50,7 @@ from kd.tracking import flatten, link_input_runs, stage_run
 TIMING = "timing.json"  # wall-clock figures: not cached, differ between identical runs
 
 
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version()}
-
-
-def soft_target_entropy(shards: Path, T: float, combine: str) -> dict[str, np.ndarray]:
-    """Entropy of the ensemble's soft targets over every exported row, at T=1 and at T."""
-    out: dict[str, list] = {"T=1": [], f"T={T:g}": []}
-    for b in ShardReader(shards, columns=["logits"]).iter_batches(65_536, shuffle=False):
-        logits = torch.from_numpy(b["logits"])  # (M, B, C)
-        out["T=1"].append(entropy(soft_targets(logits, 1.0, combine).numpy()))
-        out[f"T={T:g}"].append(entropy(soft_targets(logits, T, combine).numpy()))
-    return {k: np.concatenate(v) for k, v in out.items()}
-
-
-def check_shards(shards: Path, members: list[str], meta: dict) -> None:
+def check_shards(shards: Path, members: list[str], meta: dict) -> dict:
     """Every input is checked before any output is written: the shards' checksums, and that
     they come from this ensemble and these classes (the entropy plot reads them)."""
     verify(shards)
@@ -87,6 +59,18 @@ def check_shards(shards: Path, members: list[str], meta: dict) -> None:
     if manifest["class_names"] != meta["class_names"]:
         raise ArtifactError(f"{shards / MANIFEST}: class_names {manifest['class_names']} differ "
                             f"from the prepared data's {meta['class_names']}; rerun `kd export`")
+    return manifest
+
+
+def transfer_set(manifest: dict) -> dict:
+    """The rows the student learned from, by kind, from the shards' manifest: labeled training
+    rows (validation rows are held out), real unlabeled rows, synthetic rows and how they
+    were made (the transfer stage's method and params, recorded by export)."""
+    t = manifest["totals"]
+    made = manifest.get("extra", {}).get("transfer", {})
+    return {"labeled": t["splits"]["labeled"] - t["val"], "validation": t["val"],
+            "unlabeled": t["splits"]["unlabeled"], "synthetic": t["splits"].get("synthetic", 0),
+            "method": made.get("method", "none"), "params": made.get("params", {})}
 
 
 def sha256(path: Path) -> str:
@@ -102,13 +86,13 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
     shape, n_classes = tuple(meta["feature_shape"]), meta["n_classes"]
     x = torch.from_numpy(test.x).view(len(test.x), *shape)  # (N, *shape)
     members = list(cfg.teacher.members)
-    check_shards(shards, members, meta)
+    transfer = transfer_set(check_shards(shards, members, meta))
     dirs = {name: teachers / name for name in members}
     dirs.update(student=student_dir, baseline=baseline_dir)
-    models, spec_of = {}, {}
+    models, specs = {}, {}
     for name, d in dirs.items():
         models[name], spec = load_model(d)
-        spec_of[name] = spec
+        specs[name] = spec
         check_fits(spec, d, meta, f"member '{name}'" if name in members else f"the {name}")
     with torch.no_grad():
         logits = {name: m(x) for name, m in models.items()}  # each (N, C)
@@ -120,16 +104,22 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
     params["teacher"] = sum(params[m] for m in members)
     size = {name: (d / "model.safetensors").stat().st_size for name, d in dirs.items()}
     size["teacher"] = sum(size[m] for m in members)
-    speeds = {name: speed([m], x.numpy()) for name, m in models.items()}
-    speeds["teacher"] = speed([models[m] for m in members], x.numpy())
-    # the deployed files: scored on one ONNX Runtime thread (the same figures anywhere), timed
-    # on torch's threads so that they stand beside PyTorch eager's
-    onnx_files = deployed_files(deploy_dir, spec_of["student"])
+    # the deployed files, scored on one ONNX Runtime thread (the same figures anywhere)
+    onnx_files = deployed_files(deploy_dir, specs["student"])
     for name, path in onnx_files.items():
         probs[name] = onnx_run(open_session(path, CHECK_THREADS), test.x)[1]  # (N, C)
         evals[name] = quality(probs[name], test.y, n_classes)
         params[name], size[name] = params["student"], path.stat().st_size
-        speeds[name] = onnx_speed(path, test.x, threads=torch.get_num_threads())
+    load_before = os.getloadavg()
+    # every model side by side, round by round: a burst of load hits them all alike; the ONNX
+    # files under ONNX Runtime on as many threads as torch has
+    threads = torch.get_num_threads()
+    speed = speeds({"teacher": [models[m] for m in members]}
+                   | {name: [m] for name, m in models.items()}
+                   | {name: onnx_forward(path, threads) for name, path in onnx_files.items()},
+                   x.numpy())
+    load = {"before": [round(v, 2) for v in load_before],
+            "after": [round(v, 2) for v in os.getloadavg()]}
 
     def summary(name: str) -> dict:
         e = evals[name]
@@ -153,23 +143,27 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
         | {"deployed": compression(metrics["teacher"], metrics["student_int8"],
                                    metrics["baseline"])},
         "student_temperature": cfg.student.temperature, "student_alpha": cfg.student.alpha,
+        "transfer_set": {k: transfer[k] for k in ("labeled", "unlabeled", "synthetic")},
     }
     # the same keys as metrics.json, so `dvc metrics show` lines them up (student.accuracy,
     # student.latency_ms_median, compression.speedup, ...)
-    timing = {name: speeds[name] for name in ("teacher", "student", "baseline", *onnx_files)} | {
-        "members": {m: speeds[m] for m in members},
-        "compression": speed_ratios(speeds["teacher"], speeds["student"])
-        | {"deployed": speed_ratios(speeds["teacher"], speeds["student_int8"]),
-           "onnx_vs_eager": speed_ratios(speeds["student"], speeds["student_onnx"])},
-        "machine": machine(),
+    timing = {name: speed[name] for name in ("teacher", "student", "baseline", *onnx_files)} | {
+        "members": {m: speed[m] for m in members},
+        "compression": speed_ratios(speed["teacher"], speed["student"])
+        | {"deployed": speed_ratios(speed["teacher"], speed["student_int8"]),
+           "onnx_vs_eager": speed_ratios(speed["student"], speed["student_onnx"])},
+        "machine": machine() | {"loadavg_1_5_15": load},
     }
     context = {"metrics": metrics, "evals": evals, "members": members,
-               "class_names": meta["class_names"], "test_rows": len(test.y)}
+               "class_names": meta["class_names"], "test_rows": len(test.y),
+               "transfer": transfer}
 
     with stage_run(cfg, "report", params=flatten(cfg.model_dump())) as tracking:
         failpoint("report.write")
         with atomic_dir(out_dir) as tmp:
-            _figures(tmp, cfg, meta, evals, probs, test.y, params, dirs, members, shards)
+            write_figures(tmp, cfg, meta, evals, probs, test.y,  # not the ONNX copies' points:
+                          {n: p for n, p in params.items() if n not in onnx_files}, dirs,
+                          members, shards)
             write_json(tmp / "metrics.json", metrics)
             write_json(tmp / "details.json", {k: {"per_class_accuracy": v["per_class_accuracy"],
                                                   "confusion": v["confusion"]}
@@ -191,31 +185,8 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
     c = metrics["compression"]
     print(f"report: teacher {t_acc:.4f} ({params['teacher']:,} params), student {s_acc:.4f} "
           f"({params['student']:,}), baseline {b_acc:.4f}; {c['params_ratio']:.1f}x fewer "
-          f"parameters, {timing['compression']['speedup']:.1f}x faster, "
+          f"parameters, {timing['compression']['speedup']:.1f}x faster (median batch-1 latency, "
+          f"{timing['machine']['torch_threads']} torch thread(s), load average "
+          f"{load['before'][0]:.1f}), "
           f"{c['accuracy_retained']:.4f} of the teacher's accuracy -> {out_dir}/report.html")
     return metrics | {"timing": timing}
-
-
-def _figures(out: Path, cfg: Config, meta: dict, evals: dict, probs: dict, y: np.ndarray,
-             params: dict, dirs: dict, members: list[str], shards: Path) -> None:
-    import json
-
-    histories = {name: json.loads((d / "history.json").read_text()) for name, d in dirs.items()}
-    plots.training_curves(histories, out / "plots" / "training_curves.png")
-    plots.accuracy_vs_params({n: (params[n], evals[n]["accuracy"]) for n in params
-                              if n == "teacher" or n in dirs},  # not the ONNX copies
-                             out / "plots" / "accuracy_vs_params.png")
-    plots.reliability_diagram({n: reliability(probs[n], y) for n in ("teacher", "student",
-                                                                      "baseline")},
-                              out / "plots" / "reliability.png")
-    plots.entropy_histogram(soft_target_entropy(shards, cfg.student.temperature,
-                                                cfg.student.combine),
-                            float(np.log(meta["n_classes"])), out / "plots" / "entropy.png")
-    for name in ("teacher", "student", "baseline"):
-        plots.confusion_matrix(np.array(evals[name]["confusion"]), meta["class_names"],
-                               f"{name} (test)", out / "plots" / f"confusion_{name}.png")
-        pred = probs[name].argmax(1)
-        names = meta["class_names"]
-        write_json(out / "confusion" / f"{name}.json",
-                   [{"actual": names[a], "predicted": names[p]} for a, p in zip(y, pred,
-                                                                                   strict=True)])

@@ -91,7 +91,7 @@ def make_repo(repo: Path, overrides: dict, extra_gitignore: str = "") -> Path:
     import shutil
 
     repo.mkdir(parents=True)
-    for pkg in ("kd", "stages"):  # the code deps of dvc.yaml
+    for pkg in ("kd", "stages", "data/inputs"):  # the code deps of dvc.yaml, the inputs folder
         shutil.copytree(ROOT / pkg, repo / pkg, ignore=shutil.ignore_patterns("__pycache__"))
     run_cmd(["git", "init", "-q"], repo)
     run_cmd(["dvc", "init", "-q"], repo)
@@ -127,12 +127,13 @@ def build_pipeline(root: Path, params: dict, stages: tuple[str, ...] = ("prepare
                                                                         "export")) -> Path:
     """Run pipeline stages in-process, in order, in `root` (which gets the params.yaml)."""
     from kd.config import parse_config
-    from stages import baseline, deploy, export, prepare, student, teacher
+    from stages import baseline, deploy, export, prepare, student, teacher, transfer
 
     root.mkdir(parents=True, exist_ok=True)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     cfg = parse_config(params)
     steps = {"prepare": lambda: prepare.run(cfg, Path("data/prepared")),
+             "transfer": lambda: transfer.run(cfg),
              "teacher": lambda: [teacher.run(cfg, m) for m in cfg.teacher.members],
              "export": lambda: export.run(cfg), "student": lambda: student.run(cfg),
              "baseline": lambda: baseline.run(cfg), "deploy": lambda: deploy.run(cfg)}

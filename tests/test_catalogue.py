@@ -42,7 +42,7 @@ def params_case(case_id: str, mistake: str, params: dict | str, names: tuple[str
     return Case(f"params.{case_id}", "params", mistake, argv, setup, names)
 
 
-PARQUET = {"source": "parquet", "labeled": "l", "test": "t", "label": "y", "features": "f"}
+PARQUET = {"source": "parquet", "inputs": ".", "labeled": "l", "test": "t", "label": "y", "features": "f"}
 P = params_case
 PARAMS_CASES = [
     P("student.temperature.range", "a temperature that is not positive",
@@ -83,6 +83,11 @@ PARAMS_CASES = [
       {"data": {"labeled": "x.parquet"}}, ("data.labeled", "'mnist1d'")),
     P("data.labeled.required", "source parquet without its labeled file",
       {"data": {"source": "parquet", "test": "t.parquet"}}, ("data.labeled",)),
+    P("data.labeled.outside_inputs", "a data file outside data.inputs (DVC would not see it change)",
+      {"data": {**PARQUET, "inputs": "data/inputs", "labeled": "elsewhere/l.parquet"}},
+      ("data.labeled", "'elsewhere/l.parquet'", "data.inputs")),
+    P("data.classes.twice", "a class listed twice in data.classes",
+      {"data": {**PARQUET, "classes": ["a", "b", "a"]}}, ("data.classes", "'a'")),
     P("data.features.type", "features that are neither a column name nor a list of names",
       {"data": {**PARQUET, "features": 3}}, ("data.features", "3")),
     P("data.shape.zero", "a zero in the feature shape", {"data": {**PARQUET, "shape": [8, 0]}},
@@ -120,6 +125,14 @@ PARAMS_CASES = [
     P("baseline.epochs.warmup", "the student's warm-up longer than the baseline's epochs",
       {"student": {"train": {"epochs": 50, "warmup_epochs": 40}}, "baseline": {"epochs": 10}},
       ("student.train.warmup_epochs", "baseline.epochs")),
+    P("transfer.method.choice", "an unknown transfer method",
+      {"transfer": {"method": "smote"}}, ("transfer.method", "'smote'")),
+    P("transfer.p.range", "a MUNGE swap probability above 1", {"transfer": {"p": 1.5}},
+      ("transfer.p", "1.5")),
+    P("transfer.s.zero", "a MUNGE spread divisor of 0", {"transfer": {"s": 0}},
+      ("transfer.s", "0")),
+    P("transfer.rows.zero", "no synthetic rows asked for", {"transfer": {"rows": 0}},
+      ("transfer.rows", "0")),
     P("export.rows_per_shard.zero", "zero rows per shard", {"export": {"rows_per_shard": 0}},
       ("export.rows_per_shard",)),
     P("export.row_group_size.range", "row groups larger than a shard",
@@ -220,6 +233,16 @@ DATA = [
      lambda d, p: pq.write_table(pq.read_table(p["lab"]).slice(0, 0), p["lab"])),
     ("split.empty_test", "an empty test file", ("test.parquet",),
      lambda d, p: pq.write_table(pq.read_table(p["test"]).slice(0, 0), p["test"])),
+    ("features.label", "the label column listed as a feature", ("data.features", "'animal'",
+                                                                  "label"),
+     lambda d, p: {"features": ["pixels", "animal"]}),
+    ("features.twice", "a feature column listed twice", ("data.features", "'pixels'", "twice"),
+     lambda d, p: {"features": ["pixels", "pixels"]}),
+    ("features.glob_none", "a feature pattern that matches no column", ("lab.parquet", "'px_*'"),
+     lambda d, p: {"features": "px_*"}),
+    ("label.not_in_classes", "a label that data.classes does not list",
+     ("lab.parquet", "'animal'", "'eel'", "data.classes"),
+     lambda d, p: {"classes": ["cat", "dog"]}),
     ("id.duplicate", "the same id in two files", ("data.id", "0"),
      lambda d, p: _ids(d, p, "duplicate")),
     ("id.float", "ids that are not integers", ("lab.parquet", "'key'"),
@@ -240,7 +263,40 @@ def data_case(case_id: str, mistake: str, names: tuple[str, ...], breaker: Break
     return Case(f"data.{case_id}", "data", mistake, ("prepare",), setup, names)
 
 
-DATA_CASES = [data_case(*row) for row in DATA]
+def _arch_misfit(d: Path) -> None:
+    user_files(d)  # rows of 6 features, no shape
+    params = parquet_params(d) | {"student": {"arch": "cnn2d", "knobs": {}}}
+    (d / "params.yaml").write_text(yaml.safe_dump(params))
+    _with_earlier_output(d)
+
+
+def _one_training_row(d: Path) -> None:
+    """Prepared data with two labeled rows, one of them held out for validation: one source."""
+    from kd.datasets import Split, to_table
+    from kd.io.atomic import write_json
+
+    prepared = d / "data/prepared"
+    prepared.mkdir(parents=True)
+    for name, n in (("labeled", 2), ("unlabeled", 0), ("test", 2)):
+        split = Split(np.arange(n) + (10 if name == "test" else 0),
+                      np.zeros((n, 3), np.float32), np.arange(n) if name != "unlabeled"
+                      else np.zeros(0, np.int64))
+        pq.write_table(to_table(split, np.arange(n) == 0 if name == "labeled"
+                                else np.zeros(n, bool)), prepared / f"{name}.parquet")
+    write_json(prepared / "meta.json", {"feature_shape": [3], "n_features": 3,
+                                        "n_classes": 2, "class_names": ["a", "b"],
+                                        "fingerprint": "fp"})
+    _params(d, {"transfer": {"method": "munge", "rows": 10}})
+
+
+DATA_CASES = [data_case(*row) for row in DATA] + [
+    Case("data.arch.misfit", "data", "an architecture that cannot take the prepared features "
+         "(cnn2d on flat rows)", ("prepare",), _arch_misfit,
+         ("student.arch", "cnn2d", "data.shape", "[6]")),
+    Case("data.transfer.one_training_row", "data", "MUNGE over fewer than 2 labeled training "
+         "rows (validation rows are never a source)", ("transfer",), _one_training_row,
+         ("data/prepared/labeled.parquet", "found 1")),
+]
 
 
 # --------------------------------------------------------------------------- commands

@@ -283,7 +283,7 @@ REQUIRED_FOR_PARQUET = ("labeled", "test", "features", "label")
 def test_deleting_a_required_key_names_it(missing, blank):
     from kd.config import parse_config
 
-    data = {"source": "parquet", "labeled": "l.parquet", "test": "t.parquet",
+    data = {"source": "parquet", "inputs": ".", "labeled": "l.parquet", "test": "t.parquet",
             "features": "pixels", "label": "y"}
     if blank == "del":
         del data[missing]

@@ -98,6 +98,23 @@ def other_test_split(width: int = 64, label: int = 0) -> Damage:
     return damage
 
 
+TRANSFER_META = "data/transfer/meta.json"
+
+
+def with_transfer(damage: Damage) -> Damage:
+    """Make a real MUNGE transfer set in the pipeline copy (the catalogue's pipeline has none),
+    then damage it."""
+    def both(d: Path) -> None:
+        from kd.config import parse_config
+        from stages import transfer
+
+        cfg = parse_config({**PIPELINE_PARAMS, "transfer": {"method": "munge", "rows": 50}})
+        transfer.run(cfg, d / "data/transfer", d / "data/prepared")
+        damage(d)
+
+    return both
+
+
 def params(edit: Callable[[dict], None]) -> Damage:
     def damage(d: Path) -> None:
         p = yaml.safe_load((d / "params.yaml").read_text())
@@ -225,6 +242,20 @@ def cases() -> list[Case]:
         Case("report.prepared.test_truncated", "artifacts", "prepared test split cut in half",
              ("report",), truncate("data/prepared/test.parquet"),
              ("data/prepared/test.parquet",), base="pipeline"),
+        Case("transfer.prepared.labeled_truncated", "artifacts", "prepared labeled split cut "
+             "in half, read by the transfer stage", ("transfer",),
+             truncate("data/prepared/labeled.parquet"), ("data/prepared/labeled.parquet",),
+             base="pipeline"),
+        Case("export.transfer.meta_invalid", "artifacts", "the transfer set's meta.json cut "
+             "short", ("export",), with_transfer(write(TRANSFER_META, "{")), (TRANSFER_META,),
+             base="pipeline"),
+        Case("export.transfer.stale", "artifacts", "a transfer set made from other prepared "
+             "data", ("export",), with_transfer(edit_json(
+                 TRANSFER_META, lambda m: m.update(prepared_fingerprint="0" * 64))),
+             (TRANSFER_META, "kd transfer"), base="pipeline"),
+        Case("export.transfer.rows_truncated", "artifacts", "the synthetic rows cut in half",
+             ("export",), with_transfer(truncate("data/transfer/synthetic.parquet")),
+             ("data/transfer/synthetic.parquet",), base="pipeline"),
     ]
     return out
 

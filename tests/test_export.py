@@ -208,7 +208,7 @@ def test_exporting_twice_gives_identical_bytes(pipe, tmp_path):
 
 N_UNLABELED = 200_000
 KILL_PARAMS = {
-    "data": {"source": "parquet", "labeled": "lab.parquet", "test": "test.parquet",
+    "data": {"source": "parquet", "inputs": ".", "labeled": "lab.parquet", "test": "test.parquet",
              "unlabeled": "unl.parquet", "features": "x", "label": "y"},
     "teacher": {"members": {"a": {"arch": "mlp", "knobs": {"depth": 1, "width": 16},
                                   "train": {"epochs": 1, "batch_size": 64}}}},

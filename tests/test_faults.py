@@ -58,6 +58,7 @@ class Case:
 # teacher: 646 training rows / 64 = 11 steps per epoch; student: 1,365 / 64 = 22 steps
 CASES = [
     Case("prepare", "atomic.dir:prepared", "the whole set written, not yet renamed into place"),
+    Case("transfer", "atomic.dir:transfer", "the rows and meta.json written, not yet in place"),
     Case("teacher@a", "train.start", "before the first batch"),
     Case("teacher@a", "train.batch@16", "mid second epoch", "resuming from epoch 1 of 2"),
     Case("teacher@a", "checkpoint.between@2",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from kd.config import parse_config
 from kd.datasets import read_split
@@ -96,7 +97,7 @@ def user_files(tmp_path, n_lab=30, n_test=10, n_unl=20, width=6, classes=("cat",
 
 
 def parquet_params(tmp_path, **overrides):
-    data = {"source": "parquet", "labeled": "lab.parquet", "test": "test.parquet",
+    data = {"source": "parquet", "inputs": ".", "labeled": "lab.parquet", "test": "test.parquet",
             "unlabeled": "unl.parquet", "features": "pixels", "label": "animal",
             "val_fraction": 0.2}
     data.update(overrides)
@@ -128,3 +129,67 @@ def test_user_parquet_scalar_columns_ids_and_no_unlabeled(tmp_path):
 
 
 # Bad user data: every case is in tests/test_catalogue.py, checked against docs/errors.md.
+
+
+def test_features_by_pattern_or_all_but_label_and_id(tmp_path):
+    n = 12
+    cols = {"b_2": np.ones(n), "a_1": np.arange(n, dtype=float), "other": np.zeros(n),
+            "y": np.arange(n) % 2, "key": np.arange(n)}
+    for name, offset in (("lab", 0), ("test", 100)):
+        pq.write_table(pa.table({**cols, "key": np.arange(n) + offset}), tmp_path / f"{name}.parquet")
+    common = dict(unlabeled=None, label="y", id="key", val_fraction=0.0)
+    meta = prepare(parquet_params(tmp_path, features="*", **common), tmp_path / "all", root=tmp_path)
+    assert meta["n_features"] == 3  # b_2, a_1, other: never y or key
+    lab, _ = read_split(tmp_path / "all", "labeled")
+    meta = prepare(parquet_params(tmp_path, features=["?_*"], normalize="none", **common),
+                   tmp_path / "glob", root=tmp_path)
+    assert meta["n_features"] == 2
+    lab, _ = read_split(tmp_path / "glob", "labeled")
+    assert lab.x[:3].tolist() == [[1.0, 0.0], [1.0, 1.0], [1.0, 2.0]]  # file order: b_2, a_1
+
+
+@pytest.mark.parametrize("labels, classes, expected", [
+    (["eight", "five", "four"], None, ["eight", "five", "four"]),  # names: alphabetical
+    (["2", "10", "1"], None, ["1", "2", "10"]),  # number-like names: by value, not "1, 10, 2"
+    ([3, 12, 1], None, ["1", "3", "12"]),
+    (["eight", "five", "four"], ["four", "five", "eight"], ["four", "five", "eight"]),
+    ([0, 1, 2], ["2", "0", "1"], ["2", "0", "1"]),  # integer labels, a given order
+])
+def test_class_order(tmp_path, labels, classes, expected):
+    n = 12
+    y = [labels[i % 3] for i in range(n)]
+    for name in ("lab", "test"):
+        pq.write_table(pa.table({"f": np.arange(n, dtype=float), "y": y}), tmp_path / f"{name}.parquet")
+    meta = prepare(parquet_params(tmp_path, unlabeled=None, features=["f"], label="y",
+                                  classes=classes), tmp_path / "p", root=tmp_path)
+    assert meta["class_names"] == expected
+    lab, _ = read_split(tmp_path / "p", "labeled")
+    assert [expected[i] for i in lab.y[:3]] == [str(v) for v in y[:3]]
+
+
+def test_prepare_warns_of_shifts_over_tabular_columns_and_unread_keys(tmp_path, capsys):
+    n = 12
+    for name in ("lab", "test"):
+        pq.write_table(pa.table({"a": np.arange(n, dtype=float), "b": np.ones(n),
+                                 "y": np.arange(n) % 2}), tmp_path / f"{name}.parquet")
+    params = parquet_params(tmp_path, unlabeled=None, features=["a", "b"], label="y")
+    params["data"]["unlabeled_size"] = 100  # an mnist1d key, left over
+    params["teacher"] = {"defaults": {"arch": "mlp", "knobs": {},
+                                      "train": {"augment": {"shift": 2}}}}
+    params["student"] = {"arch": "mlp", "knobs": {}}
+    meta = prepare(params, tmp_path / "p", root=tmp_path)
+    assert meta["feature_columns"] == ["a", "b"]
+    err = capsys.readouterr().err
+    assert "data.unlabeled_size is set but only read when data.source is 'mnist1d'" in err
+    assert "teacher.members.cnn_0.train.augment.shift=2" in err and "no order" in err
+    assert "baseline.augment" not in err  # the baseline's shift is 0 here
+
+    # a list column is a sequence: shifting it is the teachers' augmentation, no warning
+    user_files(tmp_path)
+    params = parquet_params(tmp_path)
+    params["teacher"] = {"defaults": {"arch": "mlp", "knobs": {},
+                                      "train": {"augment": {"shift": 2}}}}
+    params["student"] = {"arch": "mlp", "knobs": {}}
+    meta = prepare(params, tmp_path / "q", root=tmp_path)
+    assert "feature_columns" not in meta
+    assert "no order" not in capsys.readouterr().err

@@ -33,7 +33,7 @@ TINY = {
                 "train": {"epochs": 2, "batch_size": 64}},
     "baseline": {"epochs": 2},
 }
-STAGES = ("prepare", "teacher@a", "export", "baseline", "student", "report")
+STAGES = ("prepare", "transfer", "teacher@a", "export", "baseline", "student", "report")
 GIT = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
 
 

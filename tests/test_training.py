@@ -468,3 +468,34 @@ def test_fit_prints_one_line_per_epoch():
     _fit(_model(), cfg, callbacks=[PrintProgress("toy", stream=stream)])
     lines = stream.getvalue().splitlines()
     assert [ln.split(":")[0] for ln in lines] == ["toy epoch 1", "toy epoch 2", "toy epoch 3"]
+
+
+def test_checkpoint_fingerprint_covers_the_code_and_the_threads(tmp_path, monkeypatch):
+    """A run killed before a code fix (or restarted on another thread count) starts over
+    instead of resuming epochs that the old code (or other float sums) trained."""
+    import torch
+
+    from kd.train import checkpoints
+
+    (tmp_path / "kd").mkdir()
+    (tmp_path / "kd" / "loss.py").write_text("T = 2\n")
+    (tmp_path / "kd" / "__pycache__").mkdir()
+    (tmp_path / "kd" / "__pycache__" / "loss.cpython-311.pyc").write_bytes(b"\0")
+    before = checkpoints.tree_digest({"kd": tmp_path / "kd"})
+    (tmp_path / "kd" / "__pycache__" / "loss.cpython-311.pyc").write_bytes(b"\1")
+    assert checkpoints.tree_digest({"kd": tmp_path / "kd"}) == before  # bytecode is no code
+    (tmp_path / "kd" / "loss.py").write_text("T = 4\n")  # the fix
+    assert checkpoints.tree_digest({"kd": tmp_path / "kd"}) != before
+
+    assert len(checkpoints.code_digest()) == 64  # the installed kd/ and stages/ were found
+    fp = checkpoints.fingerprint({"arch": "mlp"})
+    monkeypatch.setattr(checkpoints, "code_digest", lambda: "another tree")
+    assert checkpoints.fingerprint({"arch": "mlp"}) != fp
+    monkeypatch.undo()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        assert checkpoints.fingerprint({"arch": "mlp"}) != fp
+    finally:
+        torch.set_num_threads(threads)
+    assert checkpoints.fingerprint({"arch": "mlp"}) == fp

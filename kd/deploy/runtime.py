@@ -3,7 +3,7 @@
     sess = open_session("data/deploy/student.int8.onnx", threads=1)
     logits, probs = run(sess, x)                  # x: (N, F) normalised rows, as prepared
     Predictor("data/deploy/student.int8.onnx").predict(raw)   # raw rows: normalised here
-    onnx_speed("data/deploy/student.onnx", x, threads=1)      # the report's speed protocol
+    speeds({"student_onnx": onnx_forward(path, threads=1)}, x)  # kd.evaluate.metrics
 
 Nothing here imports torch's model code: a deployed file runs with onnxruntime and numpy.
 """
@@ -11,6 +11,7 @@ Nothing here imports torch's model code: a deployed file runs with onnxruntime a
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,6 @@ import onnxruntime as ort
 
 from kd.deploy.export import INPUT, LOGITS, PROBS, load, read_metadata
 from kd.errors import ArtifactError, DataError
-from kd.evaluate.metrics import speed_of
 
 CHECK_THREADS = 1  # scoring and checks: one ONNX Runtime thread gives the same figures anywhere
 
@@ -52,15 +52,15 @@ def run(sess: ort.InferenceSession, x: np.ndarray, batch: int = 4096
             np.concatenate([o[1] for o in outs]))  # (N, C)
 
 
-def onnx_speed(path: str | os.PathLike, x: np.ndarray, threads: int, **protocol) -> dict:
-    """Batch-1 latency and throughput of the file at `path` under ONNX Runtime on `threads`
-    threads, with the same protocol as PyTorch eager's figures (kd.evaluate.metrics.speed)."""
+def onnx_forward(path: str | os.PathLike, threads: int) -> Callable[[np.ndarray], object]:
+    """A callable that runs the file at `path` under ONNX Runtime on `threads` threads, for
+    kd.evaluate.metrics.speeds to time beside PyTorch eager (rows of any shape: flattened)."""
     sess = open_session(path, threads)
 
-    def forward(batch: np.ndarray) -> None:
-        sess.run([LOGITS], {INPUT: batch})
+    def forward(batch: np.ndarray) -> object:
+        return sess.run([LOGITS], {INPUT: batch.reshape(len(batch), -1)})
 
-    return speed_of(forward, x.reshape(len(x), -1), threads=threads, **protocol)
+    return forward
 
 
 class Predictor:

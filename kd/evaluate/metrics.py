@@ -2,8 +2,8 @@
 
     probs = ensemble_probs([m(x) for m in members])          # (N, C)
     quality(probs, y, n_classes)  -> accuracy, nll, ece, per-class accuracy, confusion
-    speed([model], x)             -> latency at batch 1 (median, p95), throughput at a large batch
-    speed_of(forward, x, threads=1) -> the same protocol for any callable (ONNX Runtime)
+    speeds({"student": [m]}, x)  -> latency at batch 1 (median, p95), throughput at a large batch,
+                                   entries measured side by side
     compression(t, s, b)          -> size and accuracy ratios (deterministic)
     speed_ratios(t_speed, s_speed) -> speedup, throughput ratio (wall-clock)
 
@@ -13,8 +13,12 @@ of |accuracy - confidence|, weighted by the share of rows in the bin.
 
 from __future__ import annotations
 
+import functools
+import os
+import platform
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -84,47 +88,66 @@ def entropy(probs: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def speed(models: list[torch.nn.Module], x: np.ndarray, **protocol) -> dict:
-    """Latency of one row through `models` (an ensemble runs all of them; the student is a list
-    of one) and throughput at a large batch, on torch's current threads, after warm-up."""
-    for m in models:
-        m.eval()
+def speeds(models: dict[str, list[torch.nn.Module] | Callable[[np.ndarray], object]],
+           x: np.ndarray, *, calls: int = 300, warmup: int = 30, big_batch: int = 1024,
+           big_calls: int = 10) -> dict[str, dict]:
+    """Latency of one row through each entry of `models` (an ensemble runs all of its list; a
+    student is a list of one) and throughput at a large batch, on torch's current threads.
+    An entry may also be any callable on a float32 array (an ONNX Runtime session, run on as
+    many threads as torch's): it is timed in the same rounds.
 
-    def forward(batch: np.ndarray) -> None:
-        xt = torch.from_numpy(batch)
-        for m in models:
-            m(xt)
-
-    return speed_of(forward, x, threads=torch.get_num_threads(), **protocol)
-
-
-def speed_of(forward: Callable[[np.ndarray], object], x: np.ndarray, *, threads: int,
-             calls: int = 300, warmup: int = 30, big_batch: int = 1024,
-             big_calls: int = 10) -> dict:
-    """The protocol every speed figure shares, for any `forward` (PyTorch eager, ONNX Runtime):
-    `warmup` calls on one row, then the median and p95 of `calls` timed one-row calls, then
-    rows/s over `big_calls` calls on `big_batch` rows. `threads` is what `forward` runs on."""
+    The entries are measured side by side: every round times each of them once, in turn, so a
+    burst of load from another process hits all of them alike instead of one entry's whole run
+    (a ratio of two figures taken minutes apart on a shared machine means little)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
-    one = x[:1]
-    for _ in range(warmup):
-        forward(one)
-    lat = []
-    for _ in range(calls):
+    xt = torch.from_numpy(x)
+    runs = {}  # name -> (run, one row, big batch): torch entries get tensors made once
+    for name, entry in models.items():
+        if isinstance(entry, list):
+            for m in entry:
+                m.eval()
+            runs[name] = (functools.partial(_run_all, entry), xt[:1], xt[:big_batch])
+        else:
+            runs[name] = (entry, x[:1], x[:big_batch])
+
+    def forward(run: Callable, batch) -> float:
         t0 = time.perf_counter()
-        forward(one)
-        lat.append(time.perf_counter() - t0)
-    big = np.ascontiguousarray(x[:big_batch])
-    forward(big)
-    t0 = time.perf_counter()
+        run(batch)
+        return time.perf_counter() - t0
+
+    for _ in range(warmup):
+        for run, one, _big in runs.values():
+            forward(run, one)
+    lat: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(calls):
+        for name, (run, one, _big) in runs.items():
+            lat[name].append(forward(run, one))
+    for run, _one, big in runs.values():
+        forward(run, big)
+    busy = {name: 0.0 for name in models}
     for _ in range(big_calls):
-        forward(big)
-    elapsed = time.perf_counter() - t0
-    lat_ms = np.array(lat) * 1e3
-    return {"latency_ms_median": float(np.median(lat_ms)),
-            "latency_ms_p95": float(np.percentile(lat_ms, 95)),
-            "throughput_rows_per_s": float(big_calls * len(big) / elapsed),
-            "throughput_batch": len(big),
-            "threads": threads}
+        for name, (run, _one, big) in runs.items():
+            busy[name] += forward(run, big)
+    out = {}
+    for name in models:
+        lat_ms = np.array(lat[name]) * 1e3
+        n_big = len(runs[name][2])
+        out[name] = {"latency_ms_median": float(np.median(lat_ms)),
+                     "latency_ms_p95": float(np.percentile(lat_ms, 95)),
+                     "throughput_rows_per_s": float(big_calls * n_big / busy[name]),
+                     "throughput_batch": n_big,
+                     "threads": torch.get_num_threads()}
+    return out
+
+
+def _run_all(models: list[torch.nn.Module], batch: torch.Tensor) -> None:
+    for m in models:
+        m(batch)
+
+
+def speed(models: list[torch.nn.Module], x: np.ndarray, **kwargs) -> dict:
+    """`speeds` of one entry."""
+    return speeds({"model": models}, x, **kwargs)["model"]
 
 
 def compression(teacher: dict, student: dict, baseline: dict) -> dict:
@@ -147,3 +170,16 @@ def speed_ratios(teacher: dict, student: dict) -> dict:
         "speedup": teacher["latency_ms_median"] / student["latency_ms_median"],
         "throughput_ratio": student["throughput_rows_per_s"] / teacher["throughput_rows_per_s"],
     }
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version()}

@@ -63,6 +63,20 @@ def _deployed(m: dict) -> list[str]:
             f"({_pct(d['accuracy_retained'])} of the teacher's) under ONNX Runtime."]
 
 
+def transfer_sentence(t: dict) -> str:
+    """Which transfer set the student learned from, and how big it was."""
+    made = "no synthetic rows"
+    if t["synthetic"]:
+        p = t["params"]
+        how = (f"MUNGE, p = {p['p']:g}, s = {p['s']:g}, seed {p['seed']}" if t["method"] == "munge"
+               and p else t["method"])
+        made = f"**{t['synthetic']:,} synthetic rows** ({how}, made from the labeled rows)"
+    total = t["labeled"] + t["unlabeled"] + t["synthetic"]
+    return (f"The student learned from {total:,} rows: {t['labeled']:,} labeled "
+            f"({t['validation']:,} more held out for validation), {t['unlabeled']:,} real "
+            f"unlabeled and {made}.")
+
+
 def tables(ctx: dict) -> tuple[list[str], list[tuple[str, list[str], list[list[str]]]]]:
     """Headline sentences and (title, header, rows) tables, shared by both renderings."""
     m, c = ctx["metrics"], ctx["metrics"]["compression"]
@@ -79,6 +93,7 @@ def tables(ctx: dict) -> tuple[list[str], list[tuple[str, list[str], list[list[s
         f"architecture on labels alone, {_pct(m['baseline']['accuracy'])}) and the teacher.",
         f"Student temperature T = {m['student_temperature']:g}, alpha = {m['student_alpha']:g}; "
         f"test split of {ctx['test_rows']:,} rows.",
+        *([transfer_sentence(ctx["transfer"])] if "transfer" in ctx else []),
         TIMING_NOTE,
     ]
     main = [_row(f"teacher (ensemble of {n})", m["teacher"]), _row("student", m["student"])]

@@ -66,8 +66,19 @@ def choose_device(wanted: str) -> torch.device:
 
 
 def threads_per_process(rt: RuntimeConfig, world_on_node: int) -> int:
-    """Torch threads for one process: the cores split over this node's processes."""
+    """Torch threads for one process: `runtime.threads`, or (0) the cores split over this
+    node's processes."""
     return rt.threads or max(1, (os.cpu_count() or 1) // max(1, world_on_node))
+
+
+def set_threads(rt: RuntimeConfig) -> int:
+    """Apply `runtime.threads` to this process (every `kd` command calls it, so prepare and the
+    report's timings run on the threads the params say, not on torch's default); returns it."""
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("WORLD_SIZE", 1)) \
+        if under_torchrun() else 1
+    n = threads_per_process(rt, local_world)
+    torch.set_num_threads(n)
+    return n
 
 
 @dataclass(frozen=True)
@@ -161,14 +172,12 @@ def session(rt: RuntimeConfig) -> Iterator[Dist]:
     """The process group for one stage run under torchrun, or a single-process `Dist`."""
     if not under_torchrun():
         choose_backend(rt.backend)  # nccl asked for where there is no GPU: say so, alone too
-        if rt.threads:
-            torch.set_num_threads(rt.threads)
+        set_threads(rt)
         yield Dist(device=choose_device(rt.device))
         return
     _die_with_parent()
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     backend = choose_backend(rt.backend)
     device = CPU
     if backend == "nccl":
@@ -180,7 +189,7 @@ def session(rt: RuntimeConfig) -> Iterator[Dist]:
         torch.cuda.set_device(device)
         # deterministic cuBLAS, for torch.use_deterministic_algorithms(True)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.set_num_threads(threads_per_process(rt, local_world))
+    set_threads(rt)
     # a rank that dies of a user error must not leave the others waiting for half an hour
     dist.init_process_group(backend, timeout=datetime.timedelta(minutes=10))
     try:

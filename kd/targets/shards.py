@@ -34,7 +34,10 @@ if TYPE_CHECKING:  # annotations only: the prepared data's reader is not a depen
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 META_KEY = "kd"  # the one Parquet schema-metadata key; its value is JSON
-SPLITS = ("labeled", "unlabeled")  # split codes 0, 1
+# split codes 0, 1, 2. "synthetic": rows made for the ensemble to label (kd/transfer/), which a
+# reader treats like unlabeled rows. A shard or manifest names the synthetic count only when
+# it has such rows, so a set without them is byte for byte what it was before the code existed.
+SPLITS = ("labeled", "unlabeled", "synthetic")
 LOGITS_DTYPES = {"float32": (np.float32, pa.float32()), "float16": (np.float16, pa.float16())}
 COLUMNS = ("row_id", "label", "is_labeled", "is_val", "features", "logits")  # reader batch keys
 Batch = dict[str, np.ndarray]
@@ -105,7 +108,7 @@ class ShardWriter:
         self.schema = pa.schema([
             pa.field("row_id", pa.int64(), nullable=False),
             pa.field("split", pa.dictionary(pa.int8(), pa.string()), nullable=False),
-            pa.field("label", pa.int32()),  # null for unlabeled rows
+            pa.field("label", pa.int32()),  # null for unlabeled and synthetic rows
             pa.field("is_val", pa.bool_(), nullable=False),
             pa.field("features", pa.list_(pa.float32(), self.width), nullable=False),
             *[pa.field(logits_column(m), pa.list_(lt, self.num_classes), nullable=False)
@@ -115,7 +118,7 @@ class ShardWriter:
         (self.out_dir / MANIFEST).unlink(missing_ok=True)  # the set changes: no longer complete
         self._index, self._chunks, self._pending = first_shard_index, [], 0
         self._pw: pq.ParquetWriter | None = None
-        self._counts = dict(rows=0, labeled=0, val=0)  # of the shard in progress
+        self._counts = _zero_counts()  # of the shard in progress
         self.shards: list[dict[str, Any]] = []
 
     def __enter__(self) -> ShardWriter:
@@ -175,7 +178,7 @@ class ShardWriter:
 
     def close(self) -> list[dict[str, Any]]:
         """Flush and finish the last shard. Returns one info dict per shard this writer wrote:
-        {file, rows, splits: {labeled, unlabeled}, val, sha256, bytes}."""
+        {file, rows, splits: {labeled, unlabeled[, synthetic]}, val, sha256, bytes}."""
         self._flush(final=True)
         self._finish_shard()
         return self.shards
@@ -216,8 +219,11 @@ class ShardWriter:
             return pa.FixedSizeListArray.from_arrays(g[name].reshape(-1),
                                                      type=self.schema.field(name).type)
 
+        # the dictionary lists the splits up to the highest code present (at least labeled
+        # and unlabeled): a group without synthetic rows keeps the two-entry dictionary
+        names = SPLITS[: max(2, int(g["split"].max(initial=0)) + 1)]
         arrays = [pa.array(g["row_id"]),
-                  pa.DictionaryArray.from_arrays(g["split"], pa.array(SPLITS)),
+                  pa.DictionaryArray.from_arrays(g["split"], pa.array(names)),
                   pa.array(g["label"], pa.int32(), mask=g["label"] < 0),
                   pa.array(g["is_val"]), fixed("features"),
                   *[fixed(logits_column(m)) for m in self.members]]
@@ -228,7 +234,8 @@ class ShardWriter:
         n = len(g["row_id"])
         self._pw.write_table(pa.Table.from_arrays(arrays, schema=self.schema), row_group_size=n)
         self._counts["rows"] += n
-        self._counts["labeled"] += int((g["split"] == 0).sum())
+        for code, name in enumerate(SPLITS):
+            self._counts[name] += int((g["split"] == code).sum())
         self._counts["val"] += int(g["is_val"].sum())
 
     def _finish_shard(self) -> None:
@@ -241,12 +248,21 @@ class ShardWriter:
             os.fsync(f.fileno())  # bytes on disk before the rename makes the shard visible
         self.shards.append(dict(
             file=final.name, rows=c["rows"], val=c["val"], sha256=file_sha256(tmp),
-            splits=dict(labeled=c["labeled"], unlabeled=c["rows"] - c["labeled"]),
-            bytes=tmp.stat().st_size))
+            splits=split_counts(c), bytes=tmp.stat().st_size))
         os.replace(tmp, final)
         failpoint("shard.done", final.name)
         self._index += 1
-        self._counts = dict(rows=0, labeled=0, val=0)
+        self._counts = _zero_counts()
+
+
+def _zero_counts() -> dict[str, int]:
+    return dict(rows=0, val=0, **dict.fromkeys(SPLITS, 0))
+
+
+def split_counts(counts: dict[str, int]) -> dict[str, int]:
+    """Rows per split, for a shard or a manifest: labeled and unlabeled always, synthetic
+    only when there are any (older sets, and sets without them, never name it)."""
+    return {k: counts[k] for k in SPLITS if k != "synthetic" or counts[k]}
 
 
 def write_manifest(out_dir: str | os.PathLike, shards: list[dict], *, members: list[str],
@@ -265,7 +281,8 @@ def write_manifest(out_dir: str | os.PathLike, shards: list[dict], *, members: l
         if not p.is_file() or p.stat().st_size != s["bytes"]:
             raise ArtifactError(f"{p}: shard missing or not the size its writer reported")
     totals = dict(rows=sum(s["rows"] for s in shards), val=sum(s["val"] for s in shards),
-                  splits={k: sum(s["splits"][k] for s in shards) for k in SPLITS})
+                  splits=split_counts({k: sum(s["splits"].get(k, 0) for s in shards)
+                                       for k in SPLITS}))
     manifest = dict(schema_version=SCHEMA_VERSION, shards=shards, totals=totals,
                     class_names=list(class_names), members=list(members),
                     feature_shape=list(feature_shape), logits_dtype=logits_dtype,
@@ -287,13 +304,13 @@ class _Shard(_Entry):
     rows: Count
     val: Count
     sha256: str
-    splits: dict[Literal["labeled", "unlabeled"], Count]
+    splits: dict[Literal["labeled", "unlabeled", "synthetic"], Count]
 
 
 class _Totals(_Entry):
     rows: Count
     val: Count
-    splits: dict[Literal["labeled", "unlabeled"], Count]
+    splits: dict[Literal["labeled", "unlabeled", "synthetic"], Count]
 
 
 class _Manifest(_Entry):

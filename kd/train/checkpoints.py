@@ -4,8 +4,8 @@
     resumed = load_checkpoint(path, model, opt, fp, dist)   # (next epoch, history) or None
 
 A checkpoint is reused only by a run with the same fingerprint: the model and training settings,
-the data, the world size, and the code that trains (`code_digest`), so a run killed before a
-code fix never resumes epochs trained by the old code.
+the data, the world size, the torch thread count, and the code that trains (`code_digest`), so a
+run killed before a code fix never resumes epochs trained by the old code.
 """
 
 from __future__ import annotations
@@ -98,26 +98,35 @@ def clear_checkpoint(path: Path) -> None:
 
 
 def fingerprint(*parts) -> str:
-    """sha256 of JSON-able parts and of the code: what makes a checkpoint reusable by a later
-    run."""
-    return hashlib.sha256(json.dumps([code_digest(), *parts], sort_keys=True).encode()).hexdigest()
+    """sha256 of JSON-able parts, of the code and of the torch thread count: what makes a
+    checkpoint reusable by a later run. Threads are in it because float sums come out in
+    another order on another count: epochs trained on 2 threads and finished on 1 would give
+    other bytes than an uninterrupted run on either."""
+    key = [code_digest(), torch.get_num_threads(), *parts]
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
 
 
-@functools.cache
-def code_digest() -> str:
-    """sha256 over the source of the `kd` and `stages` packages (paths and bytes): any edit to
-    the code that trains changes it, and with it every checkpoint fingerprint."""
-    import importlib.util
-
+def tree_digest(roots: dict[str, Path]) -> str:
+    """sha256 over every .py file under each named root: relative paths and bytes."""
     h = hashlib.sha256()
-    for name in _CODE_ROOTS:
-        spec = importlib.util.find_spec(name)
-        if spec is None or not spec.submodule_search_locations:
-            continue
-        root = Path(next(iter(spec.submodule_search_locations)))
+    for name, root in sorted(roots.items()):
         for path in sorted(root.rglob("*.py")):
             h.update(f"{name}/{path.relative_to(root).as_posix()}\0".encode())
             h.update(path.read_bytes())
     return h.hexdigest()
+
+
+@functools.cache
+def code_digest() -> str:
+    """The digest of the `kd` and `stages` packages as imported: any edit to the code that
+    trains changes it, and with it every checkpoint fingerprint."""
+    import importlib.util
+
+    roots = {}
+    for name in _CODE_ROOTS:
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.submodule_search_locations:
+            roots[name] = Path(next(iter(spec.submodule_search_locations)))
+    return tree_digest(roots)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from kd.config import Config, ModelConfig
 from kd.datasets import load_meta, read_split
+from kd.errors import ConfigError
 from kd.models import build_model, count_params
 from kd.runtime.distributed import SINGLE, Dist, global_batch, ranks
 from kd.train.batches import in_memory_batches
@@ -32,7 +33,11 @@ def supervised_job(cfg: Config, stage: str, spec: ModelConfig, prepared: Path,
     test, _ = read_split(prepared, "test")
     shape = tuple(meta["feature_shape"])
     seed_everything(spec.train.seed)  # the initial weights come from this seed too
-    model = build_model(spec.arch, shape, meta["n_classes"], spec.knobs)
+    try:
+        model = build_model(spec.arch, shape, meta["n_classes"], spec.knobs)
+    except ConfigError as e:  # the prepared data changed since `kd prepare` checked the params
+        raise ConfigError(f"{stage}: {e} (the prepared features have shape {list(shape)}; "
+                          "set data.shape, or choose another arch)") from None
     n_params = count_params(model)
     train_x, train_y = labeled.x[~is_val], labeled.y[~is_val]
     val_x, val_y = labeled.x[is_val], labeled.y[is_val]

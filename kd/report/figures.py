@@ -1,0 +1,51 @@
+"""The report's figures: PNG plots for people, confusion JSON for `dvc plots`.
+
+    write_figures(out_dir, cfg, meta, evals, probs, y, params, dirs, members, shards)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kd.config import Config
+from kd.distill.losses import soft_targets
+from kd.evaluate.metrics import entropy, reliability
+from kd.io.atomic import write_json
+from kd.report import plots
+from kd.targets.reader import ShardReader
+
+
+def soft_target_entropy(shards: Path, T: float, combine: str) -> dict[str, np.ndarray]:
+    """Entropy of the ensemble's soft targets over every exported row, at T=1 and at T."""
+    out: dict[str, list] = {"T=1": [], f"T={T:g}": []}
+    for b in ShardReader(shards, columns=["logits"]).iter_batches(65_536, shuffle=False):
+        logits = torch.from_numpy(b["logits"])  # (M, B, C)
+        out["T=1"].append(entropy(soft_targets(logits, 1.0, combine).numpy()))
+        out[f"T={T:g}"].append(entropy(soft_targets(logits, T, combine).numpy()))
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def write_figures(out: Path, cfg: Config, meta: dict, evals: dict, probs: dict, y: np.ndarray,
+             params: dict, dirs: dict, members: list[str], shards: Path) -> None:
+    histories = {name: json.loads((d / "history.json").read_text()) for name, d in dirs.items()}
+    plots.training_curves(histories, out / "plots" / "training_curves.png")
+    plots.accuracy_vs_params({n: (params[n], evals[n]["accuracy"]) for n in params},
+                             out / "plots" / "accuracy_vs_params.png")
+    plots.reliability_diagram({n: reliability(probs[n], y) for n in ("teacher", "student",
+                                                                      "baseline")},
+                              out / "plots" / "reliability.png")
+    plots.entropy_histogram(soft_target_entropy(shards, cfg.student.temperature,
+                                                cfg.student.combine),
+                            float(np.log(meta["n_classes"])), out / "plots" / "entropy.png")
+    for name in ("teacher", "student", "baseline"):
+        plots.confusion_matrix(np.array(evals[name]["confusion"]), meta["class_names"],
+                               f"{name} (test)", out / "plots" / f"confusion_{name}.png")
+        pred = probs[name].argmax(1)
+        names = meta["class_names"]
+        write_json(out / "confusion" / f"{name}.json",
+                   [{"actual": names[a], "predicted": names[p]} for a, p in zip(y, pred,
+                                                                                   strict=True)])
