@@ -28,6 +28,7 @@ from kd.deploy.export import deployed_files, read_metadata
 from kd.deploy.runtime import CHECK_THREADS, onnx_forward, open_session
 from kd.deploy.runtime import run as onnx_run
 from kd.errors import ArtifactError
+from kd.evaluate import stats
 from kd.evaluate.metrics import (
     agreement,
     compression,
@@ -37,6 +38,7 @@ from kd.evaluate.metrics import (
     softmax,
     speed_ratios,
     speeds,
+    validation_accuracy,
 )
 from kd.io.atomic import atomic_dir, write_json
 from kd.io.faults import failpoint
@@ -124,9 +126,12 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
     def summary(name: str) -> dict:
         e = evals[name]
         return {"accuracy": e["accuracy"], "nll": e["nll"], "ece": e["ece"],
-                "errors": e["errors"], "params": params[name], "bytes": size[name]}
+                "errors": e["errors"], "params": params[name], "bytes": size[name],
+                "val_accuracy": val.get(name)}
 
     t_acc, s_acc, b_acc = (evals[n]["accuracy"] for n in ("teacher", "student", "baseline"))
+    right = {n: probs[n].argmax(1) == test.y for n in ("teacher", "student", "baseline")}
+    val = validation_accuracy(prepared, models, members, cfg.student.combine, shape)
     metrics = {
         "teacher": summary("teacher"),
         "student": {**summary("student"), "agreement": agreement(probs["student"],
@@ -138,9 +143,19 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
     for name, path in onnx_files.items():
         metrics[name] = {**summary(name), "agreement": agreement(probs[name], probs["teacher"]),
                          "quantization": read_metadata(path).get("quantization", "none")}
+    metrics["validation_rows"] = val.get("rows", 0)
+    # every comparison the report states, with a paired 95% interval and McNemar's p
+    metrics["compare"] = {f"{a}_vs_{b}": stats.compare(right[a], right[b])
+                          for a, b in (("student", "baseline"), ("student", "teacher"),
+                                       ("teacher", "baseline"))}
+    ratios = stats.ratio_intervals(right["student"], right["teacher"], right["baseline"])
     metrics |= {
         "compression": compression(metrics["teacher"], metrics["student"], metrics["baseline"])
-        | {"deployed": compression(metrics["teacher"], metrics["student_int8"],
+        | {"accuracy_retained_ci": ratios["retained_ci"],
+           "gap_recovered": ratios["gap_recovered"],
+           "gap_recovered_ci": ratios["gap_recovered_ci"],
+           "gap_meaningful": ratios["gap_meaningful"],
+           "deployed": compression(metrics["teacher"], metrics["student_int8"],
                                    metrics["baseline"])},
         "student_temperature": cfg.student.temperature, "student_alpha": cfg.student.alpha,
         "transfer_set": {k: transfer[k] for k in ("labeled", "unlabeled", "synthetic")},

@@ -118,6 +118,6 @@ def test_html_is_self_contained(tmp_path):
 
 def test_markdown_headline_handles_an_undefined_gap():
     md = render_markdown(_ctx())
-    assert "35.0x fewer parameters" in md and "n/a (the baseline already matches" in md
+    assert "35.0x fewer parameters" in md and "No gap-recovered figure" in md
     # speed is wall-clock: not in the cached report, which points to timing.json instead
     assert "latency ms" not in md and "rows/s" not in md and "timing.json" in md

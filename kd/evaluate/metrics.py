@@ -183,3 +183,23 @@ def machine() -> dict:
         pass
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version()}
+
+
+@torch.no_grad()
+def validation_accuracy(prepared: Path, models: dict[str, torch.nn.Module], members: list[str],
+                        combine: str, shape: tuple[int, ...]) -> dict[str, float | None]:
+    """Accuracy of every model (and of the ensemble, as "teacher") on the labeled rows held out
+    for validation: the rows a choice may read. {} when there are none."""
+    from kd.datasets import read_split
+
+    labeled, is_val = read_split(prepared, "labeled")
+    if not is_val.any():
+        return {}
+    x, y = torch.from_numpy(labeled.x[is_val]), labeled.y[is_val]
+    x = x.view(len(x), *shape)  # (N, *shape)
+    logits = {name: m(x) for name, m in models.items()}  # each (N, C)
+    out = {name: float((lg.argmax(1).numpy() == y).mean()) for name, lg in logits.items()}
+    teacher = ensemble_probs([logits[m] for m in members], combine)
+    out["teacher"] = float((teacher.argmax(1) == y).mean())
+    out["rows"] = int(is_val.sum())
+    return out

@@ -30,13 +30,42 @@ def _pct(v: float) -> str:
 
 
 def _row(name: str, m: dict) -> list[str]:
-    return [name, _pct(m["accuracy"]), str(m["errors"]), f"{m['nll']:.4f}", f"{m['ece']:.4f}",
-            f"{m['params']:,}", f"{m['bytes'] / 1024:.1f}",
+    val = m.get("val_accuracy")
+    return [name, _pct(val) if val is not None else "-", _pct(m["accuracy"]), str(m["errors"]),
+            f"{m['nll']:.4f}", f"{m['ece']:.4f}", f"{m['params']:,}", f"{m['bytes'] / 1024:.1f}",
             _pct(m["agreement"]) if "agreement" in m else "-"]
 
 
-HEADER = ["model", "accuracy", "errors", "NLL", "ECE", "params", "weights KiB",
-          "agrees with teacher"]
+HEADER = ["model", "val accuracy", "test accuracy", "test errors", "NLL", "ECE", "params",
+          "weights KiB", "agrees with teacher"]
+
+
+def _points(v: float) -> str:
+    return f"{100 * v:+.2f}"
+
+
+def _p(v: float) -> str:
+    return f"{v:.3f}" if v >= 0.001 else "< 0.001"
+
+
+def _interval(lo: float, hi: float, scale: float = 100, fmt: str = "{:+.2f}") -> str:
+    return f"[{fmt.format(scale * lo)}, {fmt.format(scale * hi)}]"
+
+
+def compare_rows(compare: dict) -> list[list[str]]:
+    """One row per stated comparison: difference in points, paired 95% interval, McNemar p."""
+    rows = []
+    for key, c in compare.items():
+        a, b = key.split("_vs_")
+        verdict = "inside the noise" if c["ci_low"] <= 0 <= c["ci_high"] else \
+            (f"{a} better" if c["diff"] > 0 else f"{b} better")
+        rows.append([f"{a} - {b}", _points(c["diff"]), _interval(c["ci_low"], c["ci_high"]),
+                     _p(c["p_value"]), f"{c['a_only']} / {c['b_only']}", verdict])
+    return rows
+
+
+COMPARE_HEADER = ["comparison", "difference (points)", "95% interval (paired bootstrap)",
+                  "McNemar p (exact)", "rows only a / only b right", "reading"]
 TIMING_NOTE = ("Latency at batch size 1, throughput and the speedup are wall-clock figures of the "
                "machine that ran the report: they are in `timing.json` beside this report (not "
                "cached by DVC; `dvc metrics show` lists them as `compression.speedup`, "
@@ -63,6 +92,11 @@ def _deployed(m: dict) -> list[str]:
             f"({_pct(d['accuracy_retained'])} of the teacher's) under ONNX Runtime."]
 
 
+def _val_rows(m: dict) -> str:
+    rows = m.get("validation_rows")
+    return f" ({rows:,} rows)" if rows else ""
+
+
 def transfer_sentence(t: dict) -> str:
     """Which transfer set the student learned from, and how big it was."""
     made = "no synthetic rows"
@@ -81,16 +115,36 @@ def tables(ctx: dict) -> tuple[list[str], list[tuple[str, list[str], list[list[s
     """Headline sentences and (title, header, rows) tables, shared by both renderings."""
     m, c = ctx["metrics"], ctx["metrics"]["compression"]
     n = len(ctx["members"])
-    gap = "n/a (the baseline already matches the teacher)" if c["gap_recovered"] is None \
-        else _pct(c["gap_recovered"])
+    cmp = m.get("compare", {})
+    sb, tb = cmp.get("student_vs_baseline"), cmp.get("teacher_vs_baseline")
+    retained = _pct(c["accuracy_retained"])
+    if c.get("accuracy_retained_ci"):
+        lo, hi = c["accuracy_retained_ci"]
+        retained += f" (95% interval {_pct(lo)} to {_pct(hi)})"
+    if c.get("gap_meaningful", c["gap_recovered"] is not None) and c["gap_recovered"] is not None:
+        gap = f"Distillation recovered **{_pct(c['gap_recovered'])}**"
+        if c.get("gap_recovered_ci"):
+            gap += f" (95% interval {_pct(c['gap_recovered_ci'][0])} to " \
+                   f"{_pct(c['gap_recovered_ci'][1])})"
+        gap += (f" of the gap between the baseline (the same architecture on labels alone, "
+                f"{_pct(m['baseline']['accuracy'])}) and the teacher.")
+    else:
+        gap = ("No gap-recovered figure: the teacher's lead over the baseline "
+               f"({_points(tb['diff']) if tb else 'n/a'} points) is not clear of the noise of "
+               f"{ctx['test_rows']:,} test rows (its 95% interval includes 0).")
+    vs = ""
+    if sb:
+        vs = (f"Student against baseline: **{_points(sb['diff'])} points**, 95% interval "
+              f"{_interval(sb['ci_low'], sb['ci_high'])}, McNemar p = {_p(sb['p_value'])}.")
     headline = [
-        f"The student keeps **{_pct(c['accuracy_retained'])}** of the teacher's test accuracy "
+        f"The student keeps **{retained}** of the teacher's test accuracy "
         f"({_pct(m['student']['accuracy'])} against {_pct(m['teacher']['accuracy'])}) with "
         f"**{c['params_ratio']:.1f}x fewer parameters** and **{c['size_ratio']:.1f}x smaller "
         f"weights**.",
         *_deployed(m),
-        f"Distillation recovered **{gap}** of the gap between the baseline (the same "
-        f"architecture on labels alone, {_pct(m['baseline']['accuracy'])}) and the teacher.",
+        gap, *([vs] if vs else []),
+        "Test rows only report; anything chosen (settings, a variant) is chosen on the "
+        f"validation rows{_val_rows(m)}, whose accuracy the tables show beside the test's.",
         f"Student temperature T = {m['student_temperature']:g}, alpha = {m['student_alpha']:g}; "
         f"test split of {ctx['test_rows']:,} rows.",
         *([transfer_sentence(ctx["transfer"])] if "transfer" in ctx else []),
@@ -103,8 +157,11 @@ def tables(ctx: dict) -> tuple[list[str], list[tuple[str, list[str], list[list[s
     names = ("teacher", "student", "baseline")
     per_class = [[cls] + [_pct(ctx["evals"][k]["per_class_accuracy"][i]) for k in names]
                  for i, cls in enumerate(ctx["class_names"])]
+    comparisons = [("Comparisons on the test split (paired: the same rows)", COMPARE_HEADER,
+                    compare_rows(cmp))] if cmp else []
     return headline, [
-        ("Models on the test split", HEADER, main),
+        ("Models", HEADER, main),
+        *comparisons,
         ("Ensemble members", HEADER, member_rows),
         ("Per-class accuracy", ["class", *names], per_class),
     ]
