@@ -1,6 +1,6 @@
 """Write a tabular data set as the Parquet files `data.source: parquet` reads.
 
-    python examples/make_tabular.py            # -> data/inputs/cancer_{labeled,unlabeled,test}.parquet
+    python examples/make_tabular.py      # -> data/inputs/cancer_{labeled,unlabeled,test}.parquet
     cp examples/tabular.yaml params.yaml && dvc repro
 
 scikit-learn's bundled Wisconsin breast-cancer data (569 rows, 30 scalar feature columns, a

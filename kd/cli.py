@@ -203,6 +203,40 @@ def explain(row_id: int, model_dir: Path, prepared: Path, out: Path) -> None:
 
 @cli.command()
 @with_config
+def deploy(cfg: Config) -> None:
+    """Export the student to ONNX (fp32 and int8), checked against PyTorch; write data/deploy/."""
+    from stages import deploy as stage
+
+    stage.run(cfg)
+
+
+@cli.command()
+@click.option("--model", "model", required=True, type=click.Path(path_type=Path),
+              help="An ONNX file written by `kd deploy` (data/deploy/student.onnx or "
+                   "student.int8.onnx).")
+@click.option("--features", "features", multiple=True, default=("features",),
+              show_default=True, help="The list column of raw features, or (repeated) the "
+                                      "scalar feature columns in order.")
+@click.option("--id", "id_column", default=None,
+              help="A column to copy to the output beside each prediction [default: row_id "
+                   "when the input has it].")
+@click.option("--threads", default=0, show_default=True, type=click.IntRange(0),
+              help="ONNX Runtime threads; 0: one per core.")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("dest", type=click.Path(path_type=Path))
+def predict(model: Path, features: tuple[str, ...], id_column: str | None, threads: int,
+            source: Path, dest: Path) -> None:
+    """Predict the classes of the raw rows in the Parquet file SOURCE into DEST (Parquet:
+    id, predicted class name, probabilities), with ONNX Runtime and the model file alone."""
+    from kd.deploy.predict import predict_file
+
+    spec = features[0] if len(features) == 1 else list(features)
+    info = predict_file(model, source, dest, spec, id_column, threads)
+    click.echo(f"predict: {info['rows']:,} rows, {info['classes']} classes -> {dest}")
+
+
+@cli.command()
+@with_config
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Interface to bind; the default keeps the UI on this machine. Anything "
                    "else exposes the runs, unauthenticated, to the network.")

@@ -264,6 +264,18 @@ class RuntimeConfig(Section):
     batch: Literal["global", "per_rank"] = "global"
 
 
+class DeployConfig(Section):
+    """The deploy stage: the student as ONNX fp32 and int8 (kd/deploy/)."""
+
+    # auto: the kind measured best for the student's family (kd/deploy/quantize.py)
+    quantize: Literal["auto", "dynamic", "static"] = "auto"
+    max_accuracy_drop: Annotated[float, Field(ge=0, le=1)] = 0.01  # int8 vs fp32, validation
+    atol: Annotated[float, Field(gt=0)] = 1e-4  # max |logit difference|, fp32 ONNX vs PyTorch
+    per_channel: bool = False  # int8 scales per output channel (measured: no gain here)
+    calibration_rows: PositiveInt = 1000  # labeled training rows (never validation or test)
+    calibration_seed: Annotated[int, Field(ge=0)] = 0
+
+
 class Config(Section):
     data: DataConfig = DataConfig()
     teacher: TeacherConfig = TeacherConfig()
@@ -273,6 +285,7 @@ class Config(Section):
     baseline: BaselineConfig = BaselineConfig()
     tracking: TrackingConfig = TrackingConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    deploy: DeployConfig = DeployConfig()
 
     def baseline_train(self) -> TrainConfig:
         """The student's training settings with the baseline's own augmentation and epochs,

@@ -253,6 +253,16 @@ def class_order(labels: list, given: list[str] | None, path: Path, column: str) 
     return sorted(distinct, key=key)
 
 
+def read_features(path: str | Path, features: str | list[str], extra: list[str] = ()
+                  ) -> tuple[pa.Table, np.ndarray]:
+    """A user's Parquet file -> (the table of the `features` and `extra` columns, (N, F)
+    float32 features), with the same checks and one-line errors as `data.source: parquet`."""
+    path = Path(path)
+    names = [features] if isinstance(features, str) else list(features)
+    table = _read_file(path, names + [c for c in extra if c not in names])
+    return table, _features(path, table, features)
+
+
 def load_parquet(cfg: DataConfig, root: Path) -> Source:
     feat_cols = feature_columns(cfg, root / cfg.labeled)
     files = {"labeled": cfg.labeled, "test": cfg.test, "unlabeled": cfg.unlabeled}

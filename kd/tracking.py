@@ -219,6 +219,38 @@ def _log_model(mlflow, here: Path, model_dir: Path, signature, example) -> None:
     )
 
 
+def log_onnx_model(run: StageRun, path: Path, name: str, input_example) -> None:
+    """Log an exported ONNX file with the `mlflow.onnx` flavor under `name`, with a tensor
+    signature and an input example. `mlflow.pyfunc.load_model(uri).predict(x)` on a float32
+    array x (N, F) of normalised rows returns {"logits": (N, C), "probabilities": (N, C)}; the
+    tensor signature makes a DataFrame of the same rows give the same (without it, the flavor
+    would flatten each (N, C) output into one column N * C rows long)."""
+    if run.client is None:
+        return
+    import mlflow
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from mlflow.models import infer_signature
+
+    example = np.asarray(input_example, dtype=np.float32)  # (n, F)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    outputs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {
+        sess.get_inputs()[0].name: example}), strict=True))
+    signature = infer_signature(example, outputs)
+    previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(run.uri)  # the fluent API below logs to the stage's store
+    try:
+        with mlflow.start_run(run_id=run.run_id):
+            mlflow.onnx.log_model(onnx.load(str(path)), name=name, signature=signature,
+                                  input_example=example, save_as_external_data=False,
+                                  onnx_execution_providers=["CPUExecutionProvider"],
+                                  pip_requirements=[f"onnx=={onnx.__version__}",
+                                                    f"onnxruntime=={ort.__version__}"])
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
 OUTPUT_TAG = "kd.output_sha256"
 
 

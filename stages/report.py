@@ -24,6 +24,9 @@ import torch
 
 from kd.config import Config
 from kd.datasets import load_meta, read_split
+from kd.deploy.export import deployed_files, read_metadata
+from kd.deploy.runtime import CHECK_THREADS, onnx_forward, open_session
+from kd.deploy.runtime import run as onnx_run
 from kd.errors import ArtifactError
 from kd.evaluate import stats
 from kd.evaluate.metrics import (
@@ -78,8 +81,8 @@ def sha256(path: Path) -> str:
 
 def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path("data/prepared"),
         teachers: Path = Path("data/teachers"), student_dir: Path = Path("data/student"),
-        baseline_dir: Path = Path("data/baseline"),
-        shards: Path = Path("data/soft_targets")) -> dict:
+        baseline_dir: Path = Path("data/baseline"), shards: Path = Path("data/soft_targets"),
+        deploy_dir: Path = Path("data/deploy")) -> dict:
     meta = load_meta(prepared)
     test, _ = read_split(prepared, "test")
     shape, n_classes = tuple(meta["feature_shape"]), meta["n_classes"]
@@ -103,10 +106,20 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
     params["teacher"] = sum(params[m] for m in members)
     size = {name: (d / "model.safetensors").stat().st_size for name, d in dirs.items()}
     size["teacher"] = sum(size[m] for m in members)
+    # the deployed files, scored on one ONNX Runtime thread (the same figures anywhere)
+    onnx_files = deployed_files(deploy_dir, specs["student"])
+    for name, path in onnx_files.items():
+        probs[name] = onnx_run(open_session(path, CHECK_THREADS), test.x)[1]  # (N, C)
+        evals[name] = quality(probs[name], test.y, n_classes)
+        params[name], size[name] = params["student"], path.stat().st_size
     load_before = os.getloadavg()
-    # every model side by side, round by round: a burst of load hits them all alike
+    # every model side by side, round by round: a burst of load hits them all alike; the ONNX
+    # files under ONNX Runtime on as many threads as torch has
+    threads = torch.get_num_threads()
     speed = speeds({"teacher": [models[m] for m in members]}
-                   | {name: [m] for name, m in models.items()}, x.numpy())
+                   | {name: [m] for name, m in models.items()}
+                   | {name: onnx_forward(path, threads) for name, path in onnx_files.items()},
+                   x.numpy())
     load = {"before": [round(v, 2) for v in load_before],
             "after": [round(v, 2) for v in os.getloadavg()]}
 
@@ -127,6 +140,9 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
                                                                    probs["teacher"])},
         "members": {m: summary(m) for m in members},
     }
+    for name, path in onnx_files.items():
+        metrics[name] = {**summary(name), "agreement": agreement(probs[name], probs["teacher"]),
+                         "quantization": read_metadata(path).get("quantization", "none")}
     metrics["validation_rows"] = val.get("rows", 0)
     # every comparison the report states, with a paired 95% interval and McNemar's p
     metrics["compare"] = {f"{a}_vs_{b}": stats.compare(right[a], right[b])
@@ -138,15 +154,19 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
         | {"accuracy_retained_ci": ratios["retained_ci"],
            "gap_recovered": ratios["gap_recovered"],
            "gap_recovered_ci": ratios["gap_recovered_ci"],
-           "gap_meaningful": ratios["gap_meaningful"]},
+           "gap_meaningful": ratios["gap_meaningful"],
+           "deployed": compression(metrics["teacher"], metrics["student_int8"],
+                                   metrics["baseline"])},
         "student_temperature": cfg.student.temperature, "student_alpha": cfg.student.alpha,
         "transfer_set": {k: transfer[k] for k in ("labeled", "unlabeled", "synthetic")},
     }
     # the same keys as metrics.json, so `dvc metrics show` lines them up (student.accuracy,
     # student.latency_ms_median, compression.speedup, ...)
-    timing = {name: speed[name] for name in ("teacher", "student", "baseline")} | {
+    timing = {name: speed[name] for name in ("teacher", "student", "baseline", *onnx_files)} | {
         "members": {m: speed[m] for m in members},
-        "compression": speed_ratios(speed["teacher"], speed["student"]),
+        "compression": speed_ratios(speed["teacher"], speed["student"])
+        | {"deployed": speed_ratios(speed["teacher"], speed["student_int8"]),
+           "onnx_vs_eager": speed_ratios(speed["student"], speed["student_onnx"])},
         "machine": machine() | {"loadavg_1_5_15": load},
     }
     context = {"metrics": metrics, "evals": evals, "members": members,
@@ -156,7 +176,9 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
     with stage_run(cfg, "report", params=flatten(cfg.model_dump())) as tracking:
         failpoint("report.write")
         with atomic_dir(out_dir) as tmp:
-            write_figures(tmp, cfg, meta, evals, probs, test.y, params, dirs, members, shards)
+            write_figures(tmp, cfg, meta, evals, probs, test.y,  # not the ONNX copies' points:
+                          {n: p for n, p in params.items() if n not in onnx_files}, dirs,
+                          members, shards)
             context["tree"] = tree_figures(tmp / "plots", models, specs, test, meta)
             write_json(tmp / "metrics.json", metrics)
             write_json(tmp / "details.json", {k: {"per_class_accuracy": v["per_class_accuracy"],
@@ -173,7 +195,8 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
         link_input_runs(tracking, {f"teacher@{m}": dirs[m] / "model.safetensors" for m in members}
                         | {"student": student_dir / "model.safetensors",
                            "baseline": baseline_dir / "model.safetensors",
-                           "export": shards / MANIFEST})
+                           "export": shards / MANIFEST,
+                           "deploy": onnx_files["student_int8"]})
         tracking.log_artifact(out_dir)
     c = metrics["compression"]
     print(f"report: teacher {t_acc:.4f} ({params['teacher']:,} params), student {s_acc:.4f} "

@@ -127,7 +127,7 @@ def build_pipeline(root: Path, params: dict, stages: tuple[str, ...] = ("prepare
                                                                         "export")) -> Path:
     """Run pipeline stages in-process, in order, in `root` (which gets the params.yaml)."""
     from kd.config import parse_config
-    from stages import baseline, export, prepare, student, teacher, transfer
+    from stages import baseline, deploy, export, prepare, student, teacher, transfer
 
     root.mkdir(parents=True, exist_ok=True)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
@@ -136,7 +136,7 @@ def build_pipeline(root: Path, params: dict, stages: tuple[str, ...] = ("prepare
              "transfer": lambda: transfer.run(cfg),
              "teacher": lambda: [teacher.run(cfg, m) for m in cfg.teacher.members],
              "export": lambda: export.run(cfg), "student": lambda: student.run(cfg),
-             "baseline": lambda: baseline.run(cfg)}
+             "baseline": lambda: baseline.run(cfg), "deploy": lambda: deploy.run(cfg)}
     with cwd(root), pytest.MonkeyPatch.context() as mp:
         mp.setenv("KD_TRACKING", "0")
         for name in stages:

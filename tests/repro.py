@@ -27,6 +27,8 @@ TINY = {
     "student": {"arch": "mlp", "knobs": {"depth": 1, "width": 8}, "shuffle_buffer": 512,
                 "train": {"epochs": 2, "batch_size": 64, "lr": 0.02}},
     "baseline": {"epochs": 2},
+    # a 2-epoch student near chance: int8 may flip a few of the 72 validation rows
+    "deploy": {"max_accuracy_drop": 0.5},
 }
 # wall-clock figures: the one kind of output allowed to differ between identical runs
 TIMING = "timing.json"

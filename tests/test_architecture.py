@@ -21,7 +21,7 @@ from tests.imports import (
 # who may talk to MLflow: the tracking module, the callbacks, the pyfunc wrapper, the stages
 # and the CLI (its `kd ui` opens the store)
 MLFLOW_OK = ("kd.tracking", "kd.pyfunc_model", "kd.train.callbacks", "kd.cli", "stages")
-PURE = ("kd.models", "kd.targets", "kd.distill", "kd.transfer")  # no tracking, no runtime
+PURE = ("kd.models", "kd.targets", "kd.distill", "kd.transfer", "kd.deploy")  # no tracking
 
 
 def _under(module: str, prefixes: tuple[str, ...]) -> bool:

@@ -146,6 +146,10 @@ PARAMS_CASES = [
     P("tracking.enabled.type", "'yes' for a boolean", {"tracking": {"enabled": "yes"}},
       ("tracking.enabled", "'yes'")),
     P("runtime.nproc.range", "no processes", {"runtime": {"nproc": 0}}, ("runtime.nproc", "0")),
+    P("deploy.quantize.choice", "an int8 kind ONNX Runtime does not have",
+      {"deploy": {"quantize": "int4"}}, ("deploy.quantize", "'int4'")),
+    P("deploy.max_accuracy_drop.range", "an accuracy drop in percent instead of a fraction",
+      {"deploy": {"max_accuracy_drop": 5}}, ("deploy.max_accuracy_drop", "5")),
     P("runtime.backend.choice", "a backend torch.distributed has no use for here",
       {"runtime": {"backend": "mpi"}}, ("runtime.backend", "'mpi'")),
     P("runtime.batch.split", "a global batch that does not split over the processes",
@@ -343,6 +347,25 @@ CLI_CASES = [
          ("prepare",), lambda d: _params(d, {"data": {"source": "digits"}}),
          ("http://127.0.0.1:1", "KD_TRACKING=0"),
          env={"KD_TRACKING": "1", "MLFLOW_TRACKING_URI": "http://127.0.0.1:1"}),
+]
+
+def _rows(table: dict) -> Callable[[Path], None]:
+    """A user's Parquet file `rows.parquet` in the pipeline copy."""
+    return lambda d: pq.write_table(pa.table(table), d / "rows.parquet")
+
+
+PREDICT = ("predict", "--model", "data/deploy/student.int8.onnx", "rows.parquet", "out.parquet")
+CLI_CASES += [
+    Case("cli.predict.width", "cli", "`kd predict` on rows of another width than the model's",
+         PREDICT, _rows({"features": pa.array([[0.0] * 5])}),
+         ("rows.parquet", "5 features", "takes 64"), base="pipeline"),
+    Case("cli.predict.column", "cli", "`kd predict` on a file without the features column",
+         PREDICT, _rows({"pixels": pa.array([[0.0] * 64])}), ("rows.parquet", "'features'"),
+         base="pipeline"),
+    Case("cli.predict.not_onnx", "cli", "`kd predict --model` on a file that is not ONNX",
+         ("predict", "--model", "data/student/model.safetensors", "rows.parquet", "o.parquet"),
+         _rows({"features": pa.array([[0.0] * 64])}), ("data/student/model.safetensors",),
+         base="pipeline"),
 ]
 
 CASES = [*PARAMS_CASES, *DATA_CASES, *CLI_CASES]

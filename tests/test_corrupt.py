@@ -179,6 +179,17 @@ def shard_damage(with_params: bool) -> list[tuple[str, str, Damage, str]]:
     return rows
 
 
+def _onnx_from_another_student(d: Path) -> None:
+    import onnx
+
+    path = d / "data/deploy/student.onnx"
+    proto = onnx.load(str(path))
+    for prop in proto.metadata_props:
+        if prop.key == "kd.student_sha256":
+            prop.value = "0" * 64
+    onnx.save(proto, str(path))
+
+
 def cases() -> list[Case]:
     readers = {  # stage -> (argv, [(artifact, damage rows)])
         "export": (("export",), [("teacher", model_damage("data/teachers/b"))]),
@@ -188,6 +199,7 @@ def cases() -> list[Case]:
                                  ("baseline", model_damage("data/baseline")[:5]),
                                  ("shards", shard_damage(True))]),
         "verify": (("shards", "verify"), [("shards", shard_damage(False))]),
+        "deploy": (("deploy",), [("student", model_damage("data/student")[:3])]),
     }
     out = []
     for stage, (argv, artifacts) in readers.items():
@@ -221,6 +233,12 @@ def cases() -> list[Case]:
         Case("student.prepared.test_truncated", "artifacts", "prepared test split cut in half",
              ("student",), truncate("data/prepared/test.parquet"),
              ("data/prepared/test.parquet",), base="pipeline"),
+        Case("report.deploy.other_student", "artifacts", "an ONNX file exported from another "
+             "student than data/student", ("report",), _onnx_from_another_student,
+             ("data/deploy/student.onnx", "rerun `kd deploy`"), base="pipeline"),
+        Case("report.deploy.not_onnx", "artifacts", "the int8 ONNX file cut in half",
+             ("report",), truncate("data/deploy/student.int8.onnx"),
+             ("data/deploy/student.int8.onnx",), base="pipeline"),
         Case("report.prepared.test_truncated", "artifacts", "prepared test split cut in half",
              ("report",), truncate("data/prepared/test.parquet"),
              ("data/prepared/test.parquet",), base="pipeline"),

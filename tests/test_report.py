@@ -22,6 +22,7 @@ TINY = {
     "student": {"arch": "mlp", "knobs": {"depth": 1, "width": 8},
                 "train": {"epochs": 2, "batch_size": 64}},
     "baseline": {"epochs": 2},
+    "deploy": {"max_accuracy_drop": 0.5},  # a 2-epoch student: int8 may flip validation rows
 }
 
 
@@ -60,6 +61,15 @@ def test_report_outputs_and_metrics(pipeline):
     assert 0 <= metrics["student"]["agreement"] <= 1
     assert set(metrics["members"]) == {"a", "b"}
     assert "Compression report" in (report / "report.md").read_text()
+    # the deployed files: scored like the rest, timed under ONNX Runtime beside PyTorch eager
+    deploy = json.loads((repo / "data/deploy/metrics.json").read_text())
+    for name, precision in (("student_onnx", "fp32"), ("student_int8", "int8")):
+        assert metrics[name]["bytes"] == deploy[precision]["bytes"]
+        assert metrics[name]["accuracy"] == deploy[precision]["accuracy"]
+        assert timing[name]["latency_ms_median"] > 0, name
+    assert metrics["student_onnx"]["accuracy"] == metrics["student"]["accuracy"]
+    md = (report / "report.md").read_text()
+    assert "student, ONNX int8 (dynamic)" in md and "Deployed as int8 ONNX" in md
     assert (report / "report.html").read_text().count("data:image/png;base64,") >= 5
     confusion = json.loads((report / "confusion/student.json").read_text())
     assert len(confusion) == json.loads((repo / "data/prepared/meta.json").read_text())[
@@ -106,7 +116,7 @@ def test_report_run_links_to_the_runs_that_made_its_inputs(pipeline):
     links = {k.removeprefix("kd.input_run.").replace("/", "@"): v
              for k, v in report.data.tags.items()
              if k.startswith("kd.input_run.")}
-    assert set(links) == {"teacher@a", "teacher@b", "export", "student", "baseline"}
+    assert set(links) == {"teacher@a", "teacher@b", "export", "student", "baseline", "deploy"}
     for stage, run_id in links.items():
         linked = client.get_run(run_id)  # raises if the run does not exist
         assert linked.data.tags["kd.stage_name"] == stage

@@ -13,9 +13,11 @@ of |accuracy - confidence|, weighted by the share of rows in the bin.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -86,48 +88,61 @@ def entropy(probs: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def speeds(models: dict[str, list[torch.nn.Module]], x: np.ndarray, *, calls: int = 300,
-           warmup: int = 30, big_batch: int = 1024, big_calls: int = 10) -> dict[str, dict]:
+def speeds(models: dict[str, list[torch.nn.Module] | Callable[[np.ndarray], object]],
+           x: np.ndarray, *, calls: int = 300, warmup: int = 30, big_batch: int = 1024,
+           big_calls: int = 10) -> dict[str, dict]:
     """Latency of one row through each entry of `models` (an ensemble runs all of its list; a
     student is a list of one) and throughput at a large batch, on torch's current threads.
+    An entry may also be any callable on a float32 array (an ONNX Runtime session, run on as
+    many threads as torch's): it is timed in the same rounds.
 
     The entries are measured side by side: every round times each of them once, in turn, so a
     burst of load from another process hits all of them alike instead of one entry's whole run
     (a ratio of two figures taken minutes apart on a shared machine means little)."""
-    for ms in models.values():
-        for m in ms:
-            m.eval()
-    xt = torch.from_numpy(np.ascontiguousarray(x))
-    one, big = xt[:1], xt[:big_batch]
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    xt = torch.from_numpy(x)
+    runs = {}  # name -> (run, one row, big batch): torch entries get tensors made once
+    for name, entry in models.items():
+        if isinstance(entry, list):
+            for m in entry:
+                m.eval()
+            runs[name] = (functools.partial(_run_all, entry), xt[:1], xt[:big_batch])
+        else:
+            runs[name] = (entry, x[:1], x[:big_batch])
 
-    def forward(ms: list[torch.nn.Module], batch: torch.Tensor) -> float:
+    def forward(run: Callable, batch) -> float:
         t0 = time.perf_counter()
-        for m in ms:
-            m(batch)
+        run(batch)
         return time.perf_counter() - t0
 
     for _ in range(warmup):
-        for ms in models.values():
-            forward(ms, one)
+        for run, one, _big in runs.values():
+            forward(run, one)
     lat: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(calls):
-        for name, ms in models.items():
-            lat[name].append(forward(ms, one))
-    for ms in models.values():
-        forward(ms, big)
+        for name, (run, one, _big) in runs.items():
+            lat[name].append(forward(run, one))
+    for run, _one, big in runs.values():
+        forward(run, big)
     busy = {name: 0.0 for name in models}
     for _ in range(big_calls):
-        for name, ms in models.items():
-            busy[name] += forward(ms, big)
+        for name, (run, _one, big) in runs.items():
+            busy[name] += forward(run, big)
     out = {}
     for name in models:
         lat_ms = np.array(lat[name]) * 1e3
+        n_big = len(runs[name][2])
         out[name] = {"latency_ms_median": float(np.median(lat_ms)),
                      "latency_ms_p95": float(np.percentile(lat_ms, 95)),
-                     "throughput_rows_per_s": float(big_calls * len(big) / busy[name]),
-                     "throughput_batch": len(big),
+                     "throughput_rows_per_s": float(big_calls * n_big / busy[name]),
+                     "throughput_batch": n_big,
                      "threads": torch.get_num_threads()}
     return out
+
+
+def _run_all(models: list[torch.nn.Module], batch: torch.Tensor) -> None:
+    for m in models:
+        m(batch)
 
 
 def speed(models: list[torch.nn.Module], x: np.ndarray, **kwargs) -> dict:

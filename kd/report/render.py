@@ -81,7 +81,27 @@ COMPARE_HEADER = ["comparison", "difference (points)", "95% interval (paired boo
 TIMING_NOTE = ("Latency at batch size 1, throughput and the speedup are wall-clock figures of the "
                "machine that ran the report: they are in `timing.json` beside this report (not "
                "cached by DVC; `dvc metrics show` lists them as `compression.speedup`, "
-               "`student.latency_ms_median`, ...).")
+               "`student.latency_ms_median`, `student_int8.latency_ms_median`, ...; the ONNX "
+               "rows under ONNX Runtime on the same threads as PyTorch eager's).")
+
+
+def _onnx_rows(m: dict) -> list[tuple[str, str]]:
+    """(metrics key, row label) of the deployed files the report scored (ONNX Runtime)."""
+    rows = [("student_onnx", "student, ONNX fp32")]
+    if "student_int8" in m:
+        rows.append(("student_int8", f"student, ONNX int8 ({m['student_int8']['quantization']})"))
+    return [(k, label) for k, label in rows if k in m]
+
+
+def _deployed(m: dict) -> list[str]:
+    """The headline's deployable figures: the int8 ONNX file a user ships."""
+    if "student_int8" not in m:
+        return []
+    q, d = m["student_int8"], m["compression"]["deployed"]
+    return [f"Deployed as int8 ONNX ({q['quantization']} quantization), the student is a file "
+            f"of **{q['bytes'] / 1024:.1f} KiB**, **{d['size_ratio']:.1f}x smaller** than the "
+            f"teacher's weights, at {_pct(q['accuracy'])} test accuracy "
+            f"({_pct(d['accuracy_retained'])} of the teacher's) under ONNX Runtime."]
 
 
 def _val_rows(m: dict) -> str:
@@ -133,6 +153,7 @@ def tables(ctx: dict) -> tuple[list[str], list[tuple[str, list[str], list[list[s
         f"({_pct(m['student']['accuracy'])} against {_pct(m['teacher']['accuracy'])}) with "
         f"**{c['params_ratio']:.1f}x fewer parameters** and **{c['size_ratio']:.1f}x smaller "
         f"weights**.",
+        *_deployed(m),
         gap, *([vs] if vs else []),
         "Test rows only report; anything chosen (settings, a variant) is chosen on the "
         f"validation rows{_val_rows(m)}, whose accuracy the tables show beside the test's.",
@@ -147,8 +168,9 @@ def tables(ctx: dict) -> tuple[list[str], list[tuple[str, list[str], list[list[s
                         f"inference mode is **{t['inference']}**: "
                         f"{INFERENCE_NOTE[t['inference']]}. The tree pictures below show "
                         f"every filter and leaf, and test row {t['row_id']}'s path.")
-    main = [_row(f"teacher (ensemble of {n})", m["teacher"]), _row("student", m["student"]),
-            _row("baseline", m["baseline"])]
+    main = [_row(f"teacher (ensemble of {n})", m["teacher"]), _row("student", m["student"])]
+    main += [_row(label, m[key]) for key, label in _onnx_rows(m)]
+    main.append(_row("baseline", m["baseline"]))
     member_rows = [_row(name, m["members"][name]) for name in ctx["members"]]
     names = ("teacher", "student", "baseline")
     per_class = [[cls] + [_pct(ctx["evals"][k]["per_class_accuracy"][i]) for k in names]
