@@ -256,7 +256,10 @@ class RuntimeConfig(Section):
 
     nproc: PositiveInt = 1  # processes per stage on this machine (torchrun --nproc-per-node)
     backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl with CUDA GPUs, else gloo
-    threads: Annotated[int, Field(ge=0)] = 0  # torch threads per process; 0: cores / nproc
+    # torch threads per process (every kd command); 0: the cores / nproc. 1 by default: on a
+    # machine shared with any other busy process, one OpenMP thread per core waits on
+    # descheduled peers (benchmarks/threads.py measured 2 threads at 0.16-0.2x of 1)
+    threads: Annotated[int, Field(ge=0)] = 1
     # where one process trains and exports: auto takes a CUDA GPU when one is visible
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # global: train.batch_size is the effective batch, split over the ranks (the same
