@@ -51,6 +51,9 @@ class DataConfig(Section):
     split_seed: Annotated[int, Field(ge=0)] = 0
     val_fraction: Annotated[float, Field(ge=0, le=0.5)] = 0.1
     normalize: Literal["global", "per_feature", "none"] = "global"
+    # a test row whose features also occur among the labeled or unlabeled rows stops prepare,
+    # unless the user says they know (the report then says so)
+    allow_test_overlap: bool = False
     # the folder (or file) holding the user's own data files: `prepare` depends on it in
     # dvc.yaml (`${data.inputs}`), so editing any file in it reruns prepare and what follows;
     # every parquet path must lie inside it

@@ -45,6 +45,27 @@ class Source:
     fingerprint: str  # sha256 over the source's raw rows (and for files, their bytes)
     # the column names when the features are separate scalar columns (tabular data, no order)
     feature_columns: list[str] | None = None
+    files: dict[str, str] | None = None  # split -> the user's file it came from
+
+    def where(self, split: str) -> str:
+        return (self.files or {}).get(split) or f"the {split} split"
+
+
+def test_overlap(src: Source) -> dict[str, tuple[int, int, int]]:
+    """Rows of the labeled and unlabeled splits whose features equal a test row's exactly:
+    {split: (count, first row index in split, the test row index it equals)}. The student
+    must never be distilled on, nor a model trained on, a test input."""
+    test = np.ascontiguousarray(src.splits["test"].x)
+    if not len(test):
+        return {}
+    seen = {row.tobytes(): i for i, row in enumerate(test)}
+    out = {}
+    for split in ("labeled", "unlabeled"):
+        x = np.ascontiguousarray(src.splits[split].x)
+        hits = [(i, seen[r.tobytes()]) for i, r in enumerate(x) if r.tobytes() in seen]
+        if hits:
+            out[split] = (len(hits), *hits[0])
+    return out
 
 
 def _digest(*arrays: np.ndarray, extra: str = "") -> str:
@@ -320,7 +341,8 @@ def load_parquet(cfg: DataConfig, root: Path) -> Source:
     schema = _schema(root / cfg.labeled)
     scalar = all(not pa.types.is_nested(schema.field(c).type) for c in feat_cols)
     return Source(splits, [str(c) for c in classes], shape, h.hexdigest(),
-                  feat_cols if scalar and len(feat_cols) > 1 else None)
+                  feat_cols if scalar and len(feat_cols) > 1 else None,
+                  {k: str(root / v) for k, v in files.items() if v is not None})
 
 
 def load_source(cfg: DataConfig, root: Path = Path(".")) -> Source:
@@ -473,3 +495,50 @@ def max_row_id(prepared: str | Path) -> int:
         if len(ids):
             top = max(top, int(pc.max(ids).as_py()))
     return top
+
+
+class _Stream:
+    """Rows of one split, handed out in runs of any length."""
+
+    def __init__(self, batches: Iterator[tuple[Split, np.ndarray]]):
+        self.batches, self.parts, self.vals, self.have = batches, [], [], 0
+
+    def take(self, n: int) -> tuple[Split, np.ndarray]:
+        while self.have < n:
+            part, val = next(self.batches)
+            self.parts.append(part)
+            self.vals.append(val)
+            self.have += len(part.row_id)
+        rid = np.concatenate([p.row_id for p in self.parts])
+        x = np.concatenate([p.x for p in self.parts])
+        y = np.concatenate([p.y for p in self.parts])
+        val = np.concatenate(self.vals)
+        rest = len(rid) - n
+        self.parts = [Split(rid[n:], x[n:], y[n:])] if rest else []
+        self.vals, self.have = ([val[n:]] if rest else []), rest
+        return Split(rid[:n], x[:n], y[:n]), val[:n]
+
+
+def interleave(sources: list[tuple[Path, str]], batch_size: int, rank: int = 0,
+               world: int = 1, seed: int = 0) -> Iterator[tuple[str, Split, np.ndarray]]:
+    """(split, rows, is_val) runs of several splits mixed in proportion, batch by batch: every
+    output batch of about `batch_size` rows holds each split's share of it, the splits in a
+    seeded order. A streaming reader (or a rank's share of the set) then never meets the
+    labeled rows in one burst. Memory stays flat. Distributed, rank `rank` of `world` gets a
+    contiguous run of whole batches; together the ranks give exactly one process's rows."""
+    sizes = [split_rows(where, split) for where, split in sources]
+    total = sum(sizes)
+    k_all = -(-total // batch_size) if total else 0
+    lo, hi = k_all * rank // world, k_all * (rank + 1) // world
+    streams = []
+    for (where, split), n in zip(sources, sizes, strict=True):
+        a, b = (n * lo // k_all, n * hi // k_all) if k_all else (0, 0)
+        streams.append(_Stream(iter_split(where, split, batch_size, (a, b)) if b > a
+                               else iter(())))
+    for k in range(lo, hi):
+        for i in np.random.default_rng([seed, k]).permutation(len(sources)):
+            n = sizes[i]
+            count = n * (k + 1) // k_all - n * k // k_all  # this batch's share of split i
+            if count:
+                part, is_val = streams[i].take(count)
+                yield sources[i][1], part, is_val

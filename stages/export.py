@@ -25,13 +25,13 @@ import time
 from pathlib import Path
 
 from kd.config import Config
-from kd.datasets import iter_split, load_meta, split_rows
+from kd.datasets import interleave, load_meta, split_rows
 from kd.errors import ArtifactError
 from kd.io.atomic import read_json
 from kd.io.faults import failpoint
 from kd.models import model_fingerprint
-from kd.runtime.distributed import SINGLE, Dist, rank_rows, shared_atomic_dir
-from kd.targets.shards import MANIFEST, ShardWriter, write_manifest
+from kd.runtime.distributed import SINGLE, Dist, shared_atomic_dir
+from kd.targets.shards import MANIFEST, ShardWriter, prepared_digests, write_manifest
 from kd.targets.shardset import summary
 from kd.teachers.native import load_members, member_logits
 from kd.tracking import stage_run, tag_output
@@ -86,14 +86,14 @@ def run(cfg: Config, out_dir: Path = Path("data/soft_targets"),
                 extra_metadata={"prepared_fingerprint": meta["fingerprint"]},
                 prefix=f"part-r{dist.rank:03d}" if dist.active else "part")
             with writer:
-                for where, split in sources:
-                    span = rank_rows(split_rows(where, split), ex.batch_size, dist)
-                    for part, is_val in iter_split(where, split, ex.batch_size, span):
-                        f0 = time.perf_counter()
-                        logits = member_logits(models, part.x, shape, dist.device)
-                        forward_s += time.perf_counter() - f0
-                        writer.write(part.row_id, split, part.y, is_val, part.x, logits)
-                        rows += len(part.row_id)
+                # labeled, unlabeled (and synthetic) rows mixed in proportion in every batch
+                for split, part, is_val in interleave(sources, ex.batch_size, dist.rank,
+                                                      dist.world):
+                    f0 = time.perf_counter()
+                    logits = member_logits(models, part.x, shape, dist.device)
+                    forward_s += time.perf_counter() - f0
+                    writer.write(part.row_id, split, part.y, is_val, part.x, logits)
+                    rows += len(part.row_id)
                 shards = writer.close()
             # a collective: past it, every rank has finished and renamed its shards
             per_rank = dist.gather_json({"shards": shards, "rows": rows, "forward_s": forward_s})
@@ -106,7 +106,7 @@ def run(cfg: Config, out_dir: Path = Path("data/soft_targets"),
                     member_fingerprints={m: model_fingerprint(teachers / m) for m in models},
                     params={"export": ex.model_dump(), "teacher": cfg.teacher.model_dump()},
                     extra={"prepared_fingerprint": meta["fingerprint"], "ranks": dist.world,
-                           **about})
+                           **prepared_digests(prepared), **about})
         if not dist.is_main:
             return {}
         elapsed = time.perf_counter() - t0

@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 
 from kd.checks import data_warnings, fit_to_data
 from kd.config import Config
-from kd.datasets import SPLITS, load_source, to_table
+from kd.datasets import SPLITS, load_source, test_overlap, to_table
+from kd.errors import DataError
 from kd.io.atomic import atomic_dir, write_json
 from kd.tracking import stage_run, tracking_uri
 
@@ -44,6 +45,15 @@ def val_mask(n: int, fraction: float, seed: int) -> np.ndarray:
 def run(cfg: Config, out_dir: str | Path = "data/prepared", root: str | Path = ".") -> dict:
     with stage_run(cfg, "prepare", params={"data": cfg.data.model_dump()}) as tracking:
         src = load_source(cfg.data, Path(root))
+        overlap = test_overlap(src)
+        for split, (count, row, test_row) in overlap.items():
+            if not cfg.data.allow_test_overlap:
+                raise DataError(
+                    f"{src.where('test')}: test row {test_row} (row id "
+                    f"{src.splits['test'].row_id[test_row]}) also appears in "
+                    f"{src.where(split)} at row {row} (row id {src.splits[split].row_id[row]}), "
+                    f"({count} in all): models would learn from test inputs; remove them, or "
+                    "set data.allow_test_overlap: true")
         mean, std = normalisation(src.splits["labeled"].x, cfg.data.normalize)
         rows = {}
         with atomic_dir(out_dir) as tmp:
@@ -73,6 +83,8 @@ def run(cfg: Config, out_dir: str | Path = "data/prepared", root: str | Path = "
             }
             if src.feature_columns:
                 meta["feature_columns"] = src.feature_columns
+            if overlap:  # allowed by the user: the report says so
+                meta["test_overlap"] = {split: v[0] for split, v in overlap.items()}
             fit_to_data(cfg, meta)  # before anything is published: no model can fail on it
             write_json(tmp / "meta.json", meta)
         tracking.log_metrics({f"rows_{k}": v for k, v in rows.items()})

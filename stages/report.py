@@ -45,19 +45,21 @@ from kd.io.faults import failpoint
 from kd.models import check_fits, count_params, load_model
 from kd.report.figures import tree_figures, write_figures
 from kd.report.render import render_html, render_markdown
-from kd.targets.shards import MANIFEST, check_members, read_manifest
+from kd.targets.shards import MANIFEST, check_members, check_same_test_split, read_manifest
 from kd.targets.shardset import verify
 from kd.tracking import flatten, link_input_runs, stage_run
 
 TIMING = "timing.json"  # wall-clock figures: not cached, differ between identical runs
 
 
-def check_shards(shards: Path, members: list[str], meta: dict) -> dict:
-    """Every input is checked before any output is written: the shards' checksums, and that
-    they come from this ensemble and these classes (the entropy plot reads them)."""
+def check_shards(shards: Path, members: list[str], meta: dict, prepared: Path) -> dict:
+    """Every input is checked before any output is written: the shards' checksums, that they
+    come from this ensemble and these classes (the entropy plot reads them), and that the test
+    split is the one they were made beside."""
     verify(shards)
     manifest = read_manifest(shards)
     check_members(shards, manifest, members)
+    check_same_test_split(manifest, prepared / "test.parquet", str(shards / MANIFEST))
     if manifest["class_names"] != meta["class_names"]:
         raise ArtifactError(f"{shards / MANIFEST}: class_names {manifest['class_names']} differ "
                             f"from the prepared data's {meta['class_names']}; rerun `kd export`")
@@ -88,7 +90,7 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
     shape, n_classes = tuple(meta["feature_shape"]), meta["n_classes"]
     x = torch.from_numpy(test.x).view(len(test.x), *shape)  # (N, *shape)
     members = list(cfg.teacher.members)
-    transfer = transfer_set(check_shards(shards, members, meta))
+    transfer = transfer_set(check_shards(shards, members, meta, prepared))
     dirs = {name: teachers / name for name in members}
     dirs.update(student=student_dir, baseline=baseline_dir)
     models, specs = {}, {}
@@ -171,7 +173,7 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
     }
     context = {"metrics": metrics, "evals": evals, "members": members,
                "class_names": meta["class_names"], "test_rows": len(test.y),
-               "transfer": transfer}
+               "transfer": transfer, "test_overlap": meta.get("test_overlap")}
 
     with stage_run(cfg, "report", params=flatten(cfg.model_dump())) as tracking:
         failpoint("report.write")

@@ -200,6 +200,12 @@ def _ids(d: Path, p: dict, kind: str) -> dict:
     return {"id": "key"}
 
 
+def _copy_test_row_into_unlabeled(paths: dict) -> None:
+    test, unl = pq.read_table(paths["test"]), pq.read_table(paths["unl"])
+    row = test.select(["pixels"]).slice(3, 1)
+    pq.write_table(pa.concat_tables([unl, row]), paths["unl"])
+
+
 Breaker = Callable[[Path, dict], dict | None]
 DATA = [
     # (id, mistake, names, breaker(dir, paths) -> params overrides)
@@ -246,6 +252,9 @@ DATA = [
     ("label.not_in_classes", "a label that data.classes does not list",
      ("lab.parquet", "'animal'", "'eel'", "data.classes"),
      lambda d, p: {"classes": ["cat", "dog"]}),
+    ("test.overlap", "test rows that also occur in the unlabeled file (distilling on test "
+     "inputs)", ("test.parquet", "unl.parquet", "data.allow_test_overlap"),
+     lambda d, p: _copy_test_row_into_unlabeled(p)),
     ("id.duplicate", "the same id in two files", ("data.id", "0"),
      lambda d, p: _ids(d, p, "duplicate")),
     ("id.float", "ids that are not integers", ("lab.parquet", "'key'"),

@@ -98,6 +98,17 @@ def other_test_split(width: int = 64, label: int = 0) -> Damage:
     return damage
 
 
+def another_prepares_test_split(d: Path) -> None:
+    """The same data set's test split with its last row gone, rewritten whole and well formed,
+    as another prepare (another split seed, a file edited since) gives: same width, same
+    classes, checksums fine. Only the digest in the shards' manifest tells it apart."""
+    import pyarrow.parquet as pq
+
+    path = d / "data/prepared/test.parquet"
+    table = pq.read_table(path)
+    pq.write_table(table.slice(0, table.num_rows - 1), path, write_page_checksum=True)
+
+
 TRANSFER_META = "data/transfer/meta.json"
 
 
@@ -230,6 +241,14 @@ def cases() -> list[Case]:
         Case("student.prepared.test_other_labels", "artifacts", "a test split with more classes "
              "than the shards'", ("student",), other_test_split(label=12),
              ("data/prepared/test.parquet",), base="pipeline"),
+        Case("student.prepared.test_from_another_prepare", "artifacts", "a well-formed test "
+             "split that is not the one the shards were made beside", ("student",),
+             another_prepares_test_split,
+             ("data/prepared/test.parquet", "data/soft_targets/manifest.json"), base="pipeline"),
+        Case("report.prepared.test_from_another_prepare", "artifacts", "a well-formed test "
+             "split that is not the one the shards were made beside", ("report",),
+             another_prepares_test_split,
+             ("data/prepared/test.parquet", "data/soft_targets/manifest.json"), base="pipeline"),
         Case("student.prepared.test_truncated", "artifacts", "prepared test split cut in half",
              ("student",), truncate("data/prepared/test.parquet"),
              ("data/prepared/test.parquet",), base="pipeline"),

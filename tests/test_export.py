@@ -399,3 +399,35 @@ def test_missing_teacher_dir_names_the_file(pipe, tmp_path):
         export_to(d, tmp_path / "out")
     assert "\n" not in str(e.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_interleave_mixes_splits_in_proportion_and_ranks_split_it_exactly(tmp_path):
+    """Export's row order: every batch holds each split's share (no burst of labeled rows for
+    a streaming shuffle or one rank to swallow), every row once, ranks = one process."""
+    import numpy as np
+
+    from kd.config import parse_config
+    from kd.datasets import interleave, read_split
+    from stages.prepare import run as prepare
+
+    prepare(parse_config({"data": {"source": "digits"}}), tmp_path / "p")
+    sources = [(tmp_path / "p", "labeled"), (tmp_path / "p", "unlabeled")]
+    n_lab = len(read_split(tmp_path / "p", "labeled")[0].row_id)
+    n_unl = len(read_split(tmp_path / "p", "unlabeled")[0].row_id)
+    runs = list(interleave(sources, 100))
+    ids = np.concatenate([part.row_id for _, part, _ in runs])
+    assert len(ids) == len(set(ids.tolist())) == n_lab + n_unl
+    share = n_lab / (n_lab + n_unl)
+    labeled_flags = np.concatenate([np.full(len(p.row_id), s == "labeled") for s, p, _ in runs])
+    # at every row, the labeled rows so far are the labeled share within one batch's worth:
+    # never a burst (today's order put every labeled row first)
+    behind = np.cumsum(labeled_flags) - share * np.arange(1, len(ids) + 1)
+    assert np.abs(behind).max() <= 100
+    assert labeled_flags[: len(ids) // 2].sum() == pytest.approx(n_lab / 2, abs=100)
+    first_kinds = [s for s, _, _ in runs[:20]]
+    assert first_kinds != sorted(first_kinds)  # the splits' order within batches is seeded
+    for world in (2, 3):
+        parts = [p.row_id for r in range(world) for _, p, _ in interleave(sources, 100, r, world)]
+        assert np.concatenate(parts).tolist() == ids.tolist()
+    again = np.concatenate([p.row_id for _, p, _ in interleave(sources, 100)])
+    assert again.tolist() == ids.tolist()  # seeded: the same order every time

@@ -193,3 +193,18 @@ def test_prepare_warns_of_shifts_over_tabular_columns_and_unread_keys(tmp_path, 
     meta = prepare(params, tmp_path / "q", root=tmp_path)
     assert "feature_columns" not in meta
     assert "no order" not in capsys.readouterr().err
+
+
+def test_test_rows_in_the_transfer_set_are_refused_unless_allowed(tmp_path):
+    from kd.errors import DataError
+
+    paths = user_files(tmp_path)
+    test = pq.read_table(paths["test"])
+    pool = pa.concat_tables([pq.read_table(paths["unl"]), test.select(["pixels"])])
+    pq.write_table(pool, paths["unl"])  # "all I have" passed as unlabeled: test rows included
+    with pytest.raises(DataError, match=r"test row 0 .* 10 such rows"):
+        prepare(parquet_params(tmp_path), tmp_path / "p", root=tmp_path)
+    assert not (tmp_path / "p").exists()
+    meta = prepare(parquet_params(tmp_path, allow_test_overlap=True), tmp_path / "p",
+                   root=tmp_path)
+    assert meta["test_overlap"] == {"unlabeled": 10}

@@ -335,6 +335,33 @@ def check_test_split(test: Split, manifest: dict, path: Path, manifest_path: str
                             f"of {manifest_path} ({n_classes} classes)")
 
 
+def prepared_digests(prepared: str | os.PathLike) -> dict[str, str]:
+    """What a shard set records of the prepared data it was made from: the sha256 of its test
+    split, and one over meta.json and all three splits."""
+    prepared, whole = Path(prepared), hashlib.sha256()
+    for name in ("meta.json", "labeled.parquet", "unlabeled.parquet", "test.parquet"):
+        whole.update(name.encode() + b"\0" + file_sha256(prepared / name).encode())
+    return {"prepared_sha256": whole.hexdigest(),
+            "test_sha256": file_sha256(prepared / "test.parquet")}
+
+
+def check_same_test_split(manifest: dict, test_path: str | os.PathLike,
+                          manifest_path: str) -> None:
+    """ArtifactError unless `test_path` is the test split the shards were made beside: a test
+    split from another prepare (another source, split seed or file) would score the student on
+    rows it may have learned from, or on other data. Manifests from before the digest was
+    recorded are not checked."""
+    want = (manifest.get("extra") or {}).get("test_sha256") or manifest.get("test_sha256")
+    if want is None:
+        return
+    have = file_sha256(Path(test_path))
+    if have != want:
+        raise ArtifactError(f"{test_path}: not the test split the shards in {manifest_path} "
+                            f"were made with (sha256 {have[:12]}, the shards record "
+                            f"{want[:12]}); rerun `dvc repro export` or use the matching "
+                            "prepared data")
+
+
 def read_manifest(dir: str | os.PathLike) -> dict[str, Any]:
     """The manifest of a shard set: a local directory or a URI (kd/io/storage.py)."""
     loc = locate(dir)

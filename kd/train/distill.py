@@ -30,7 +30,7 @@ from kd.io.storage import locate
 from kd.models import build_model, count_params
 from kd.runtime.distributed import SINGLE, Dist, global_batch, ranks
 from kd.targets.reader import ShardReader
-from kd.targets.shards import MANIFEST, check_test_split, read_manifest
+from kd.targets.shards import MANIFEST, check_same_test_split, check_test_split, read_manifest
 from kd.train.batches import Batch, prefetch
 from kd.train.checkpoints import fingerprint
 from kd.train.loop import evaluate, predict, seed_everything
@@ -75,7 +75,9 @@ def distill_job(cfg: Config, shards: Path | str, prepared: Path, dist: Dist = SI
     shape = tuple(manifest["feature_shape"])
     n_classes = len(manifest["class_names"])
     test, _ = read_split(prepared, "test")
-    check_test_split(test, manifest, prepared / "test.parquet", locate(shards).show(MANIFEST))
+    where = locate(shards).show(MANIFEST)
+    check_same_test_split(manifest, prepared / "test.parquet", where)
+    check_test_split(test, manifest, prepared / "test.parquet", where)
     seed_everything(st.train.seed)  # the initial weights come from this seed too
     model = build_model(st.arch, shape, n_classes, st.knobs)
     n_params = count_params(model)
