@@ -415,6 +415,14 @@ def test_student_reads_shards_from_s3_on_two_ranks(pipe, tmp_path, s3_server, mo
     # (seen once: "terminate called without an active exception", see session())
     assert missing.stderr.strip().splitlines()[-1] == (
         "Error: s3://kd-team/nope/manifest.json: file not found; run `dvc repro export` first")
+    # this node's prepared test split is not the one the shards on S3 were made beside
+    test = remote / "data/prepared/test.parquet"
+    table = pq.read_table(test)
+    pq.write_table(table.slice(0, table.num_rows - 1), test, write_page_checksum=True)
+    other = kd(["student", "--shards", uri], remote, check=False)
+    assert other.returncode == 2 and "Traceback" not in other.stderr
+    assert (f"Error: {test.relative_to(remote)}: not the test split the shards in "
+            f"{uri}/manifest.json were made with") in other.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.slow
