@@ -9,6 +9,7 @@ whole directory appears at once: a killed run leaves the previous output, or non
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -30,7 +31,12 @@ def normalisation(x: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:
     if method == "none" or len(x) == 0:
         return np.zeros(1, np.float64), np.ones(1, np.float64)
     x = x.astype(np.float64)
-    mean, std = (x.mean(), x.std()) if method == "global" else (x.mean(0), x.std(0))
+    cols = [x.ravel()] if method == "global" else list(x.T)
+    # exact sums (math.fsum): the same on any CPU, whatever order SIMD code would add in
+    mean = np.array([math.fsum(c) / len(c) for c in cols])
+    std = np.array([math.sqrt(math.fsum((c - m) ** 2) / len(c))
+                    for c, m in zip(cols, mean, strict=True)])
+    mean, std = (mean[0], std[0]) if method == "global" else (mean, std)
     std = np.where(np.asarray(std) > 1e-8, std, 1.0)
     return np.atleast_1d(mean), np.atleast_1d(std)
 

@@ -34,7 +34,8 @@ def test_mnist1d_standard_split_and_transfer_set(tmp_path):
     # normalised with the labeled split's statistics
     assert abs(lab.x.mean()) < 1e-4 and abs(lab.x.std() - 1) < 1e-3
     # the transfer set comes from another seed: none of its rows repeats a labeled row
-    assert not np.isin(splits["unlabeled"][0].x[:, 5], lab.x[:, 5]).any()
+    seen = {row.tobytes() for row in lab.x}  # the transfer set is no copy of labeled rows
+    assert not any(row.tobytes() in seen for row in splits["unlabeled"][0].x)
     table = pq.read_table(tmp_path / "p" / "unlabeled.parquet")
     assert table.column("label").null_count == 95
 
@@ -45,7 +46,9 @@ def test_mnist1d_matches_the_generators_standard_split(tmp_path):
     ref = make_dataset(get_dataset_args())
     meta = prepare({"data": {"unlabeled_size": 0, "normalize": "none"}}, tmp_path / "p")
     lab, _ = read_split(tmp_path / "p", "labeled")
-    np.testing.assert_allclose(lab.x, ref["x"].astype(np.float32))
+    # the generator's values, rounded to PORTABLE_DECIMALS (the same bytes on any CPU)
+    np.testing.assert_allclose(lab.x, ref["x"], rtol=0, atol=6e-6)
+    np.testing.assert_array_equal(lab.x, np.round(ref["x"], 5).astype(np.float32))
     np.testing.assert_array_equal(lab.y, ref["y"])
     assert meta["rows"]["unlabeled"] == 0
 
@@ -118,7 +121,7 @@ def test_user_parquet_list_column_and_string_labels(tmp_path):
 def test_user_parquet_scalar_columns_ids_and_no_unlabeled(tmp_path):
     n = 12
     for name, offset in (("lab", 0), ("test", 1000)):
-        pq.write_table(pa.table({"a": np.arange(n, dtype=np.float64), "b": np.ones(n),
+        pq.write_table(pa.table({"a": np.arange(n, dtype=np.float64) + offset, "b": np.ones(n),
                                  "y": np.arange(n) % 2, "key": np.arange(n) + offset}),
                        tmp_path / f"{name}.parquet")
     meta = prepare(parquet_params(tmp_path, unlabeled=None, features=["a", "b"], label="y",
@@ -136,7 +139,8 @@ def test_features_by_pattern_or_all_but_label_and_id(tmp_path):
     cols = {"b_2": np.ones(n), "a_1": np.arange(n, dtype=float), "other": np.zeros(n),
             "y": np.arange(n) % 2, "key": np.arange(n)}
     for name, offset in (("lab", 0), ("test", 100)):
-        pq.write_table(pa.table({**cols, "key": np.arange(n) + offset}), tmp_path / f"{name}.parquet")
+        pq.write_table(pa.table({**cols, "a_1": cols["a_1"] + offset, "key": np.arange(n) + offset}),
+                       tmp_path / f"{name}.parquet")
     common = dict(unlabeled=None, label="y", id="key", val_fraction=0.0)
     meta = prepare(parquet_params(tmp_path, features="*", **common), tmp_path / "all", root=tmp_path)
     assert meta["n_features"] == 3  # b_2, a_1, other: never y or key
@@ -158,8 +162,9 @@ def test_features_by_pattern_or_all_but_label_and_id(tmp_path):
 def test_class_order(tmp_path, labels, classes, expected):
     n = 12
     y = [labels[i % 3] for i in range(n)]
-    for name in ("lab", "test"):
-        pq.write_table(pa.table({"f": np.arange(n, dtype=float), "y": y}), tmp_path / f"{name}.parquet")
+    for name, offset in (("lab", 0), ("test", 100)):  # other rows: test rows never repeat
+        pq.write_table(pa.table({"f": np.arange(n, dtype=float) + offset, "y": y}),
+                       tmp_path / f"{name}.parquet")
     meta = prepare(parquet_params(tmp_path, unlabeled=None, features=["f"], label="y",
                                   classes=classes), tmp_path / "p", root=tmp_path)
     assert meta["class_names"] == expected
@@ -169,8 +174,8 @@ def test_class_order(tmp_path, labels, classes, expected):
 
 def test_prepare_warns_of_shifts_over_tabular_columns_and_unread_keys(tmp_path, capsys):
     n = 12
-    for name in ("lab", "test"):
-        pq.write_table(pa.table({"a": np.arange(n, dtype=float), "b": np.ones(n),
+    for name, offset in (("lab", 0), ("test", 100)):
+        pq.write_table(pa.table({"a": np.arange(n, dtype=float) + offset, "b": np.ones(n),
                                  "y": np.arange(n) % 2}), tmp_path / f"{name}.parquet")
     params = parquet_params(tmp_path, unlabeled=None, features=["a", "b"], label="y")
     params["data"]["unlabeled_size"] = 100  # an mnist1d key, left over
@@ -202,9 +207,36 @@ def test_test_rows_in_the_transfer_set_are_refused_unless_allowed(tmp_path):
     test = pq.read_table(paths["test"])
     pool = pa.concat_tables([pq.read_table(paths["unl"]), test.select(["pixels"])])
     pq.write_table(pool, paths["unl"])  # "all I have" passed as unlabeled: test rows included
-    with pytest.raises(DataError, match=r"test row 0 .* 10 such rows"):
+    with pytest.raises(DataError, match=r"test row 0 .* \(10 in all\)"):
         prepare(parquet_params(tmp_path), tmp_path / "p", root=tmp_path)
     assert not (tmp_path / "p").exists()
     meta = prepare(parquet_params(tmp_path, allow_test_overlap=True), tmp_path / "p",
                    root=tmp_path)
     assert meta["test_overlap"] == {"unlabeled": 10}
+
+
+@pytest.mark.slow
+def test_prepared_bytes_do_not_depend_on_the_cpus_simd_path(tmp_path):
+    """MNIST-1D is generated in float64 by numpy, whose kernels take AVX-512 paths on this CPU
+    and AVX2 paths on others (an AMD EPYC without AVX-512 gave other prepared bytes). numpy can
+    be told to skip its AVX-512 kernels: both runs must write the same files. (On a CPU
+    without AVX-512 both runs take the AVX2 path and the test holds trivially.)"""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(
+        {"data": {"source": "mnist1d", "unlabeled_size": 3000}, "tracking": {"enabled": False}}))
+    digests = []
+    for disable in ("", "AVX512_SPR AVX512_ICL X86_V4"):
+        out = tmp_path / f"out{len(digests)}"
+        env = {**os.environ, "NPY_DISABLE_CPU_FEATURES": disable}
+        subprocess.run([sys.executable, "-m", "kd.cli", "prepare", "--params",
+                        str(tmp_path / "p.yaml"), "--out", str(out)], cwd=tmp_path, env=env,
+                       check=True, capture_output=True)
+        digests.append({p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+                        for p in sorted(out.iterdir())})
+    assert digests[0] == digests[1]
