@@ -180,6 +180,7 @@ def test_kd_ui_opens_the_runs_and_sigterm_takes_its_server_down(tmp_path):
     assert url in out, out
     exp = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_experiment(exp_id)
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert exp.tags["mlflow.experiment.primaryMetric.name"] == "val_acc"
     assert out.strip().splitlines()[-1] == "MLflow UI stopped"
     assert not _answers(port)
     assert not [p for p in servers if Path(f"/proc/{p}").exists()
