@@ -11,8 +11,8 @@ every key metric and every param, and links to the runs that produced its inputs
 
 Four short, flat keys of metrics.json are what variants are compared by (`dvc exp show`, the
 MLflow compare view): `val_acc` (the student's validation accuracy: choose by it), `test_acc`,
-`acc_retained` and `gap_recovered` (copies of `student.accuracy` and the `compression.*` keys
-of those names). The MLflow run logs them first, so they lead its metric lists.
+`acc_retained` and `gap_recovered` (copies of `student.val_accuracy`, `student.accuracy` and
+the `compression.*` keys of those names). The MLflow run logs them first, so they lead its metric lists.
 
 Everything above is a function of the models and the data, so two runs give the same bytes.
 Wall-clock figures (latency, throughput, speedup) and the machine they were measured on go to
@@ -45,7 +45,7 @@ from kd.evaluate.metrics import (
     speeds,
     validation_accuracy,
 )
-from kd.io.atomic import atomic_dir, read_json, write_json
+from kd.io.atomic import atomic_dir, write_json
 from kd.io.faults import failpoint
 from kd.models import check_fits, count_params, load_model
 from kd.report.figures import tree_figures, write_figures
@@ -58,12 +58,11 @@ TIMING = "timing.json"  # wall-clock figures: not cached, differ between identic
 HEADLINE = (COMPARE_BY, "test_acc", "acc_retained", "gap_recovered")  # what variants differ by
 
 
-def headline(metrics: dict, student_dir: Path) -> dict:
+def headline(metrics: dict) -> dict:
     """The few flat keys a user compares variants by; validation first (choices are made on
     validation rows, test rows only report)."""
-    trained = read_json(student_dir / "metrics.json", ArtifactError)
-    c = metrics["compression"]
-    return {COMPARE_BY: trained.get("val_accuracy"), "test_acc": metrics["student"]["accuracy"],
+    s, c = metrics["student"], metrics["compression"]
+    return {COMPARE_BY: s["val_accuracy"], "test_acc": s["accuracy"],
             "acc_retained": c["accuracy_retained"], "gap_recovered": c["gap_recovered"]}
 
 
@@ -187,7 +186,7 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
         "student_temperature": cfg.student.temperature, "student_alpha": cfg.student.alpha,
         "transfer_set": {k: transfer[k] for k in ("labeled", "unlabeled", "synthetic")},
     }
-    metrics |= headline(metrics, student_dir)
+    metrics |= headline(metrics)
     # the same keys as metrics.json, so `dvc metrics show` lines them up (student.accuracy,
     # student.latency_ms_median, compression.speedup, ...)
     timing = {name: speed[name] for name in ("teacher", "student", "baseline", *onnx_files)} | {

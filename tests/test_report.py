@@ -157,8 +157,7 @@ def test_the_readme_exp_show_recipe_fits_120_columns(pipeline):
     metrics = json.loads((repo / "data/report/metrics.json").read_text())
     assert metrics["test_acc"] == metrics["student"]["accuracy"]
     assert metrics["acc_retained"] == metrics["compression"]["accuracy_retained"]
-    student = json.loads((repo / "data/student/metrics.json").read_text())
-    assert metrics["val_acc"] == student["val_accuracy"]
+    assert metrics["val_acc"] == metrics["student"]["val_accuracy"] is not None
 
 
 def test_variant_runs_are_named_and_lead_with_the_compared_metrics(pipeline):
