@@ -12,7 +12,8 @@ every key metric and every param, and links to the runs that produced its inputs
 Four short, flat keys of metrics.json are what variants are compared by (`dvc exp show`, the
 MLflow compare view): `val_acc` (the student's validation accuracy: choose by it), `test_acc`,
 `acc_retained` and `gap_recovered` (copies of `student.val_accuracy`, `student.accuracy` and
-the `compression.*` keys of those names). The MLflow run logs them first, so they lead its metric lists.
+the `compression.*` keys of those names). The MLflow run logs them first, so they lead its
+metric lists.
 
 Everything above is a function of the models and the data, so two runs give the same bytes.
 Wall-clock figures (latency, throughput, speedup) and the machine they were measured on go to
