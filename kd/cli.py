@@ -243,24 +243,53 @@ def predict(model: Path, features: tuple[str, ...], id_column: str | None, threa
 @click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535),
               help="Port to serve on.")
 def ui(cfg: Config, host: str, port: int) -> None:
-    """Open the MLflow UI on the pipeline's tracking store (the same one the stages write)."""
+    """Open the MLflow UI on the pipeline's tracking store (the same one the stages write), on
+    the experiment's training runs. Exits non-zero, in one line, when the port is taken or the
+    server stops by itself; SIGTERM or Ctrl-C stops the server with it."""
     import os
-    import subprocess
     import sys
 
+    from kd.serve import check_port, serve
     from kd.tracking import tracking_uri
 
     uri = tracking_uri(cfg)
     if uri.startswith(("http://", "https://")):
         click.echo(f"tracking goes to the server {uri}: open it in a browser")
         return
+    check_port(host, port)  # `mlflow ui` itself logs "Address already in use" and exits 0
     if not _is_loopback(host):  # MLflow's UI has no authentication: say so, then do as told
         click.echo(f"warning: binding {host}, not a loopback address: anyone who can reach "
                    f"this machine on port {port} can read and change the runs", err=True)
-    click.echo(f"MLflow UI for {uri} on http://{host}:{port} (Ctrl-C stops it)")
+    url = _runs_url(cfg, uri, host, port)
+    click.echo(f"MLflow UI for {uri}: {url} (Ctrl-C stops it)")
+    # one worker and no job runner (seven processes that score GenAI traces): a UI for one
+    # person, on a machine that is busy training
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-           "--host", host, "--port", str(port)]
-    raise SystemExit(subprocess.call(cmd, env=os.environ.copy()))
+           "--host", host, "--port", str(port), "--workers", "1"]
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+    stopped, status = serve(cmd, env=env)
+    if stopped:
+        click.echo("MLflow UI stopped")
+        return
+    check_port(host, port)  # taken in the meantime: say so rather than "it stopped"
+    raise click.ClickException(f"the MLflow UI server on {host}:{port} stopped by itself "
+                               f"(exit status {status}); its log is above")
+
+
+def _runs_url(cfg: Config, uri: str, host: str, port: int) -> str:
+    """The UI's page of the experiment's training runs (the experiment list before any run)."""
+    from mlflow.tracking import MlflowClient
+
+    from kd.tracking import artifact_root, training_experiment, ui_url
+
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    shown = f"[{shown}]" if ":" in shown else shown
+    exp_id = None
+    if not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).is_file():
+        client = MlflowClient(tracking_uri=uri)
+        exp_id = training_experiment(client, cfg.tracking.experiment, artifact_root(uri),
+                                     create=False)
+    return ui_url(f"http://{shown}:{port}", exp_id)
 
 
 def _is_loopback(host: str) -> bool:

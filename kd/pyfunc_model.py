@@ -20,7 +20,10 @@ class KDStudent(PythonModel):
 
         self.model, self.spec = load_model(context.artifacts["model_dir"])
 
-    def predict(self, context, model_input, params=None) -> np.ndarray:
+    # MLflow warns at every log and load of a predict without a type hint. It infers no schema
+    # from an ndarray hint and converts nothing, so the logged signature (a (-1, F) float32
+    # tensor, from the input example) still describes the input, and a DataFrame still works.
+    def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> np.ndarray:
         import torch
 
         x = np.asarray(getattr(model_input, "values", model_input), dtype=np.float32)

@@ -5,7 +5,11 @@
         run.log_artifact("data/teachers/cnn_0/model.json")
 
 Every run is tagged with the stage, the git commit and the DVC experiment name (when DVC runs
-the stage inside `dvc exp run`), so the runs of one variant are found together. The default
+the stage inside `dvc exp run`), so the runs of one variant are found together, and named
+`<stage> · <experiment>` (`report · t8`) so the variants are told apart at a glance. The
+experiment is tagged as one of training runs (`mlflow.experimentKind`), so MLflow 3's UI opens
+it on its runs rather than on the GenAI traces overview, with `val_acc` as its primary metric
+(the chart that leads when runs are compared). The default
 store is `mlflow.db` at the repository root as an absolute URI: `dvc exp run --queue` workers
 run in a temporary copy under `.dvc/tmp/exps/`, and must still write to the user's store.
 `MLFLOW_TRACKING_URI` overrides it; `tracking.enabled: false` or `KD_TRACKING=0` turns it off,
@@ -86,6 +90,42 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: obj}
 
 
+COMPARE_BY = "val_acc"  # the metric variants are chosen by: the report run logs it first
+# Experiment tags MLflow 3's UI reads: open on training runs ("Machine learning"), not on GenAI
+# traces; and the metric whose chart leads when runs are compared.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development",
+                   "mlflow.experiment.primaryMetric.name": COMPARE_BY}
+DESCRIPTION = "mlflow.note.content"  # a run's description in the UI
+
+
+def run_name(stage: str) -> str:
+    """`report`, or `report · t8` inside `dvc exp run` (DVC sets DVC_EXP_NAME per stage)."""
+    exp = os.environ.get("DVC_EXP_NAME", "").strip()
+    return f"{stage} · {exp}" if exp else stage
+
+
+def ui_url(base: str, experiment_id: str | None) -> str:
+    """Where the MLflow 3 UI shows an experiment's training runs: its hash route to the
+    `runs` tab, in the "machine learning" workflow (the UI's default is the GenAI one)."""
+    base = base.rstrip("/")
+    if experiment_id is None:
+        return f"{base}/#/experiments?workflowType=machine_learning"
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def training_experiment(client, name: str, artifact_location: str | None,
+                        create: bool = True) -> str | None:
+    """The id of experiment `name` (created when absent and `create`), with EXPERIMENT_TAGS
+    where the user has not set those tags otherwise."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return _create_experiment(client, name, artifact_location) if create else None
+    for key, value in EXPERIMENT_TAGS.items():  # an experiment made before these existed
+        if key not in exp.tags:
+            client.set_experiment_tag(exp.experiment_id, key, value)
+    return exp.experiment_id
+
+
 class StageRun:
     """What a stage logs through; a disabled run accepts the same calls and drops them."""
 
@@ -117,6 +157,10 @@ class StageRun:
             for k, v in tags.items():
                 self.client.set_tag(self.run_id, k, str(v))
 
+    def describe(self, text: str) -> None:
+        """The run's description: the first thing the run page shows."""
+        self.set_tags({DESCRIPTION: text})
+
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self.client is not None:
             if Path(path).is_dir():
@@ -145,17 +189,16 @@ def stage_run(
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO chatter in stage output
     client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(cfg.tracking.experiment)
-    exp_id = exp.experiment_id if exp else _create_experiment(client, cfg.tracking.experiment,
-                                                              _artifact_root(uri))
+    exp_id = training_experiment(client, cfg.tracking.experiment, artifact_root(uri))
+    name = run_name(stage)
     tags = {
         "kd.stage": stage.split("@")[0],
         "kd.stage_name": stage,
         "mlflow.source.git.commit": git_commit(),
         "dvc.exp_name": os.environ.get("DVC_EXP_NAME", ""),
-        "mlflow.runName": stage,
+        "mlflow.runName": name,
     }
-    run = client.create_run(exp_id, run_name=stage, tags=tags)
+    run = client.create_run(exp_id, run_name=name, tags=tags)
     handle = StageRun(client, run.info.run_id, uri)
     if params:
         handle.log_params(params)
@@ -167,7 +210,7 @@ def stage_run(
     client.set_terminated(run.info.run_id, status="FINISHED")
 
 
-def _artifact_root(uri: str) -> str | None:
+def artifact_root(uri: str) -> str | None:
     """Artifacts of a SQLite store go beside the database file. MLflow's default is ./mlruns
     in the working directory, and a `dvc exp run --queue` worker's working directory is a
     temporary copy that is deleted afterwards, artifacts and all."""
@@ -180,7 +223,8 @@ def _create_experiment(client, name: str, artifact_location: str | None) -> str:
     from mlflow.exceptions import MlflowException
 
     try:
-        return client.create_experiment(name, artifact_location=artifact_location)
+        return client.create_experiment(name, artifact_location=artifact_location,
+                                        tags=EXPERIMENT_TAGS)
     except MlflowException:  # another process (a queued experiment) created it first
         return client.get_experiment_by_name(name).experiment_id
 

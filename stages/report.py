@@ -9,6 +9,12 @@ teacher), measures size and speed of each on the same threads, and writes
 `plots/*.png` (DVC plots) and `confusion/*.json` (DVC's confusion template). Its MLflow run holds
 every key metric and every param, and links to the runs that produced its inputs.
 
+Four short, flat keys of metrics.json are what variants are compared by (`dvc exp show`, the
+MLflow compare view): `val_acc` (the student's validation accuracy: choose by it), `test_acc`,
+`acc_retained` and `gap_recovered` (copies of `student.val_accuracy`, `student.accuracy` and
+the `compression.*` keys of those names). The MLflow run logs them first, so they lead its
+metric lists.
+
 Everything above is a function of the models and the data, so two runs give the same bytes.
 Wall-clock figures (latency, throughput, speedup) and the machine they were measured on go to
 `timing.json` alone: a DVC metric with `cache: false`, left out of the determinism contract.
@@ -47,9 +53,28 @@ from kd.report.figures import tree_figures, write_figures
 from kd.report.render import render_html, render_markdown
 from kd.targets.shards import MANIFEST, check_members, check_same_test_split, read_manifest
 from kd.targets.shardset import verify
-from kd.tracking import flatten, link_input_runs, stage_run
+from kd.tracking import COMPARE_BY, flatten, link_input_runs, stage_run
 
 TIMING = "timing.json"  # wall-clock figures: not cached, differ between identical runs
+HEADLINE = (COMPARE_BY, "test_acc", "acc_retained", "gap_recovered")  # what variants differ by
+
+
+def headline(metrics: dict) -> dict:
+    """The few flat keys a user compares variants by; validation first (choices are made on
+    validation rows, test rows only report)."""
+    s, c = metrics["student"], metrics["compression"]
+    return {COMPARE_BY: s["val_accuracy"], "test_acc": s["accuracy"],
+            "acc_retained": c["accuracy_retained"], "gap_recovered": c["gap_recovered"]}
+
+
+def describe(cfg: Config, metrics: dict) -> str:
+    """One line for the report run's description in the MLflow UI."""
+    st, m = cfg.student, metrics
+    val = "n/a" if m["val_acc"] is None else f"{m['val_acc']:.2%}"
+    return (f"student {st.arch} T={st.temperature:g} alpha={st.alpha:g}: validation accuracy "
+            f"{val}, test {m['test_acc']:.2%} (teacher {m['teacher']['accuracy']:.2%}, baseline "
+            f"{m['baseline']['accuracy']:.2%}); {m['compression']['params_ratio']:.1f}x fewer "
+            f"parameters")
 
 
 def check_shards(shards: Path, members: list[str], meta: dict, prepared: Path) -> dict:
@@ -162,6 +187,7 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
         "student_temperature": cfg.student.temperature, "student_alpha": cfg.student.alpha,
         "transfer_set": {k: transfer[k] for k in ("labeled", "unlabeled", "synthetic")},
     }
+    metrics |= headline(metrics)
     # the same keys as metrics.json, so `dvc metrics show` lines them up (student.accuracy,
     # student.latency_ms_median, compression.speedup, ...)
     timing = {name: speed[name] for name in ("teacher", "student", "baseline", *onnx_files)} | {
@@ -189,8 +215,12 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
             write_json(tmp / TIMING, timing)
             (tmp / "report.md").write_text(render_markdown(context))
             (tmp / "report.html").write_text(render_html(context, tmp / "plots"))
-        tracking.log_metrics(metrics)
+        # the compared keys first: MLflow keeps the order they were logged in, and its compare
+        # view plots the first metric the runs share
+        tracking.log_metrics({k: metrics[k] for k in HEADLINE})
+        tracking.log_metrics({k: v for k, v in metrics.items() if k not in HEADLINE})
         tracking.log_metrics(timing)  # the MLflow run keeps the speed figures next to the rest
+        tracking.describe(describe(cfg, metrics))
         tracking.set_tags({f"kd.machine.{k}": v for k, v in timing["machine"].items()})
         lock = Path("dvc.lock")
         tracking.set_tags({"kd.dvc_lock_sha256": sha256(lock) if lock.exists() else "none"})

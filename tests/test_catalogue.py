@@ -8,6 +8,7 @@ the page from both. These are the project's only lists of bad params and bad dat
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -334,6 +335,24 @@ def _tree_student(d: Path) -> None:
                                           "class_names": meta["class_names"]})
 
 
+BUSY_PORT = 47613  # fixed, so the documented line is too; taken here if nothing else has it
+_HELD: list[socket.socket] = []
+
+
+def _hold_port(d: Path) -> None:
+    """Listen on BUSY_PORT for the rest of the session, as another server would."""
+    _params(d)
+    while _HELD:
+        _HELD.pop().close()
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", BUSY_PORT))
+        s.listen()
+        _HELD.append(s)
+    except OSError:  # another process has it: just as busy
+        s.close()
+
+
 CLI_CASES = [
     Case("cli.explain.not_a_tree", "cli", "`kd explain` on a student that is not a soft_tree",
          ("explain", "0"), lambda d: None, ("data/student/model.json", "mlp", "soft_tree"),
@@ -346,9 +365,14 @@ CLI_CASES = [
     Case("cli.export.before_prepare", "cli", "a stage run before the one it reads from",
          ("export",), _params, ("data/prepared/meta.json", "dvc repro prepare")),
     Case("cli.student.before_export", "cli", "the student run before the export",
-         ("student",), _params, ("data/soft_targets/manifest.json", "dvc repro export")),
+         ("student",), _params, ("data/soft_targets", "no such directory", "dvc repro export")),
     Case("cli.shards.no_manifest", "cli", "`kd shards verify` on a directory without shards",
-         ("shards", "verify", "nowhere"), _params, ("nowhere/manifest.json",)),
+         ("shards", "verify", "notshards"), lambda d: (_params(d), (d / "notshards").mkdir()),
+         ("notshards/manifest.json", "not a shard set")),
+    Case("cli.shards.missing_path", "cli", "`kd shards verify` on a path that does not exist",
+         ("shards", "verify", "nowhere"), _params, ("nowhere", "no such directory")),
+    Case("cli.ui.port_in_use", "cli", "`kd ui` on a port another server listens on",
+         ("ui", "--port", str(BUSY_PORT)), _hold_port, (f"port {BUSY_PORT}", "in use")),
     Case("cli.runtime.nccl_without_cuda", "cli", "`runtime.backend: nccl` on a machine without "
          "CUDA GPUs", ("export",), lambda d: _params(d, {"runtime": {"backend": "nccl"}}),
          ("runtime.backend", "nccl"), env={"CUDA_VISIBLE_DEVICES": ""}),

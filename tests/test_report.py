@@ -122,3 +122,67 @@ def test_report_run_links_to_the_runs_that_made_its_inputs(pipeline):
         assert linked.data.tags["kd.stage_name"] == stage
     # the student that fed the t8 report is the t8 student
     assert client.get_run(links["student"]).data.params["student.temperature"] == "8.0"
+
+
+def readme_command(prefix: str) -> list[str]:
+    """The README's command line that starts with `prefix`, split as a shell would."""
+    import shlex
+
+    from tests.conftest import ROOT
+
+    lines = [ln.strip() for ln in (ROOT / "README.md").read_text().splitlines()
+             if ln.strip().startswith(prefix)]
+    assert len(lines) == 1, f"README.md: {len(lines)} lines start with {prefix!r}"
+    return shlex.split(lines[0].split("  #")[0])
+
+
+def test_the_readme_exp_show_recipe_fits_120_columns(pipeline):
+    """Plain `dvc exp show` is 160+ columns, every cell an ellipsis; the README's recipe shows
+    each variant's name, the param it varies and the four compared figures in 120."""
+    repo, _, _ = pipeline
+    cmd = readme_command("dvc exp show --hide-workspace")
+    shown = run_cmd([*cmd, "--no-pager"], repo, env={"COLUMNS": "120"}).stdout
+    lines = shown.rstrip("\n").splitlines()
+    assert max(len(ln) for ln in lines) <= 120, shown
+    assert "…" not in shown, shown  # no column cut or collapsed
+    header = next(ln for ln in lines if "Experiment" in ln).split()
+    # DVC's order: metrics by name, then params; a column null in every row (gap_recovered
+    # when the baseline matches the teacher) is left out
+    assert header[0] == "Experiment" and header[-1] == "student.temperature", shown
+    assert {"val_acc", "test_acc", "acc_retained"} <= set(header[1:-1]) <= {
+        "val_acc", "test_acc", "acc_retained", "gap_recovered"}, shown
+    rows = {name: ln.split() for ln in lines for name in ("[t2]", "[t8]") if name in ln}
+    assert set(rows) == {"[t2]", "[t8]"}, shown
+    assert rows["[t2]"][-1] == "2" and rows["[t8]"][-1] == "8", shown  # their temperatures
+    metrics = json.loads((repo / "data/report/metrics.json").read_text())
+    assert metrics["test_acc"] == metrics["student"]["accuracy"]
+    assert metrics["acc_retained"] == metrics["compression"]["accuracy_retained"]
+    assert metrics["val_acc"] == metrics["student"]["val_accuracy"] is not None
+
+
+def test_variant_runs_are_named_and_lead_with_the_compared_metrics(pipeline):
+    from mlflow.tracking import MlflowClient
+
+    from stages.report import HEADLINE
+
+    _, uri, _ = pipeline
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("kd-pipeline")
+    # MLflow 3's UI opens an experiment of training runs on its runs, not on GenAI traces
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert exp.tags["mlflow.experiment.primaryMetric.name"] == "val_acc" == HEADLINE[0]
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    names = {(r.data.tags["dvc.exp_name"], r.data.tags["kd.stage_name"]): r.info.run_name
+             for r in runs}
+    assert names[("", "report")] == "report" and names[("", "teacher@a")] == "teacher@a"
+    assert names[("t2", "report")] == "report · t2"
+    assert names[("t8", "student")] == "student · t8"
+    report = client.get_run(next(r.info.run_id for r in runs
+                                 if r.info.run_name == "report · t8"))
+    # the compare view plots the first metric the runs share: the compared ones come first
+    logged = [k for k in report.data.metrics if k in HEADLINE]
+    assert logged and list(report.data.metrics)[: len(logged)] == logged, \
+        list(report.data.metrics)[:6]
+    assert logged == [k for k in HEADLINE if k in logged]
+    assert "T=8" in report.data.tags["mlflow.note.content"]
+    assert "validation accuracy" in report.data.tags["mlflow.note.content"]

@@ -296,3 +296,15 @@ def test_dvc_reruns_only_the_stages_whose_params_changed(dvc_repo):
     # what `dvc repro` would run (--dry: the same decision, without two more trainings)
     third = run_cmd(["dvc", "repro", "--dry", "student", "baseline"], repo, env=env)
     assert ran(third) == {"student", "baseline"}
+
+
+@pytest.mark.slow
+def test_kd_student_prints_no_mlflow_warning(pipe, tmp_path):
+    """Logging the pyfunc model used to print MLflow's "Add type hints to the `predict`
+    method" UserWarning three times per student run."""
+    d = shards_only(pipe, tmp_path / "w")
+    (d / "params.yaml").write_text(yaml.safe_dump(with_params(tracking={"enabled": True})))
+    env = {"KD_TRACKING": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    result = run_cmd(["kd", "student"], d, env=env)
+    assert "student: test accuracy" in result.stdout, result.stdout
+    assert "Warning" not in result.stderr and "type hint" not in result.stderr, result.stderr

@@ -64,6 +64,13 @@ class Location:
         info = self.fs.get_file_info(self.path(file))
         return info.size if info.type == pafs.FileType.File else None
 
+    def exists(self) -> bool:
+        """Whether the directory is there (on an object store: whether any key is under it)."""
+        try:
+            return self.fs.get_file_info(self.base).type != pafs.FileType.NotFound
+        except (OSError, pa.ArrowException) as e:
+            raise ArtifactError(f"{self.show()}: cannot read ({_first_line(e)})") from None
+
     def delete(self, file: str) -> None:
         """Remove `file` if it is there."""
         if self.size(file) is None:

@@ -362,12 +362,28 @@ def check_same_test_split(manifest: dict, test_path: str | os.PathLike,
                             "prepared data")
 
 
+DEFAULT_DIR = "data/soft_targets"  # where `kd export` writes (dvc.yaml)
+
+
+def _not_a_shard_set(loc, dir: str | os.PathLike) -> ArtifactError:
+    """A missing path is named as missing; `dvc repro export` is the fix only for the
+    pipeline's own shard directory, which is simply not built yet."""
+    ours = not isinstance(dir, str) or "://" not in dir
+    ours = ours and Path(os.path.realpath(dir)) == Path(os.path.realpath(DEFAULT_DIR))
+    if not loc.exists():
+        hint = "; run `dvc repro export` first" if ours else ""
+        return ArtifactError(f"{loc.show()}: no such directory{hint}")
+    hint = "run `dvc repro export` first" if ours else \
+        "not a shard set, or one whose export or copy did not finish (the manifest comes last)"
+    return ArtifactError(f"{loc.show(MANIFEST)}: file not found; {hint}")
+
+
 def read_manifest(dir: str | os.PathLike) -> dict[str, Any]:
     """The manifest of a shard set: a local directory or a URI (kd/io/storage.py)."""
     loc = locate(dir)
     path = loc.show(MANIFEST)
     if loc.size(MANIFEST) is None:
-        raise ArtifactError(f"{path}: file not found; run `dvc repro export` first")
+        raise _not_a_shard_set(loc, dir)
     try:
         m = json.loads(loc.read_bytes(MANIFEST))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
