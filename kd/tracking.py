@@ -32,6 +32,11 @@ from typing import Any
 from kd.config import Config
 from kd.errors import KDError
 
+# MLflow 3 sends usage telemetry from every process that imports it: a pipeline run (and the
+# UI) should not call out of the user's network, nor wait on it at exit. The user's own
+# setting wins.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
 
 class TrackingError(KDError):
     """The tracking store cannot be reached: reported before any work starts."""
