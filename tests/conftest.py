@@ -212,6 +212,23 @@ def loopback_server(cmd: list[str], url: str, *, cwd: Path | None = None,
             out.close()
 
 
+@contextlib.contextmanager
+def mlflow_server(base: Path) -> Iterator[str]:
+    """A real `mlflow server` on 127.0.0.1 (SQLite backend, proxied artifacts, files under
+    `base`), started without this process's MLflow/KD/DVC settings; yields its URI."""
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "KD_", "DVC_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"  # its workers' commands
+    with loopback_server(
+        [sys.executable, "-m", "mlflow", "server",
+         "--backend-store-uri", f"sqlite:///{base / 'server.db'}",
+         "--artifacts-destination", str(base / "artifacts"),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        f"{uri}/health", cwd=base, env=env, log=base / "server.log"):
+        yield uri
+
+
 @pytest.fixture
 def s3_server():
     """moto's S3-compatible server on a free loopback port, with a bucket `kd-team`; stopped

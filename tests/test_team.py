@@ -4,7 +4,6 @@ default SQLite store at the repository root."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -12,14 +11,13 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import ROOT, free_port, loopback_server, make_repo
+from tests.conftest import ROOT, make_repo, mlflow_server
 
 pytestmark = pytest.mark.slow
 
@@ -59,20 +57,6 @@ def new_repo(base: Path) -> Path:
     """The project in a fresh git + DVC repository, with its .gitignore (which ignores
     mlflow.db and mlartifacts/) and the tiny params."""
     return make_repo(base / "repo", TINY, extra_gitignore=(ROOT / ".gitignore").read_text())
-
-
-@contextlib.contextmanager
-def mlflow_server(base: Path) -> Iterator[str]:
-    """A real `mlflow server` on 127.0.0.1 (SQLite backend, proxied artifacts); its URI."""
-    port = free_port()
-    uri = f"http://127.0.0.1:{port}"
-    with loopback_server(
-        [sys.executable, "-m", "mlflow", "server",
-         "--backend-store-uri", f"sqlite:///{base / 'server.db'}",
-         "--artifacts-destination", str(base / "artifacts"),
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        f"{uri}/health", cwd=base, env=clean_env(), log=base / "server.log"):
-        yield uri
 
 
 def test_every_stage_is_one_run_on_a_real_tracking_server(tmp_path):
