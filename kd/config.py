@@ -251,6 +251,7 @@ class TrackingConfig(Section):
     enabled: bool = True
     experiment: str = "kd-pipeline"
     uri: str | None = None  # None: sqlite mlflow.db at the repository root (absolute URI)
+    # the up-front reachability check's; logging keeps MLflow's own retries and timeouts
     timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
 
 

@@ -64,7 +64,8 @@ def tracking_enabled(cfg: Config) -> bool:
 
 
 def _check_reachable(uri: str, timeout: float) -> None:
-    """Fail in `timeout` seconds, not after the MLflow client's minutes of retries."""
+    """Fail in `timeout` seconds, not after the MLflow client's minutes of retries: one
+    request of our own, with its own timeout, before the MLflow client makes any."""
     if not uri.startswith(("http://", "https://")):
         return
     try:
@@ -184,10 +185,11 @@ def stage_run(
         yield StageRun()
         return
     uri = tracking_uri(cfg)
-    # Fail fast: no retry storm against a dead server, short request timeouts.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(cfg.tracking.timeout_s)))
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stage logs stay plain
+    # Fail fast only here, before any work: a server that is down is one line in timeout_s.
+    # The logging calls below keep MLflow's own retries and timeouts (MLFLOW_HTTP_REQUEST_*,
+    # 7 retries with backoff by default): one 503 after an hour of training must not fail
+    # the stage.
     _check_reachable(uri, cfg.tracking.timeout_s)
 
     from mlflow.tracking import MlflowClient
@@ -205,9 +207,9 @@ def stage_run(
     }
     run = client.create_run(exp_id, run_name=name, tags=tags)
     handle = StageRun(client, run.info.run_id, uri)
-    if params:
-        handle.log_params(params)
     try:
+        if params:  # inside: a run whose params could not be logged ends FAILED, not RUNNING
+            handle.log_params(params)
         yield handle
     except BaseException:
         client.set_terminated(run.info.run_id, status="FAILED")

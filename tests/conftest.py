@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -144,28 +145,24 @@ def build_pipeline(root: Path, params: dict, stages: tuple[str, ...] = ("prepare
     return root
 
 
-def kill_when(proc, ready, timeout: float = 120, group: bool = False) -> None:
-    """SIGKILL the subprocess `proc` as soon as `ready()` holds; fail if it ends first or is
-    not ready within `timeout` seconds. Its pipes are drained either way. `group`: kill its
-    whole process group (it was started with start_new_session), children included."""
-    import signal
-    import time
+def run_to_failpoint(args: list[str], cwd: Path, point: str, env: dict | None = None,
+                     timeout: float = 300):
+    """Run a real command with `KD_FAILPOINT=point` armed (kd/io/faults.py) and check that the
+    failpoint killed it: its stderr says so and it did not succeed. The kill happens at an exact
+    point of the code, whatever the machine's speed. Returns the CompletedProcess; a process
+    killed directly has returncode -9, a torchrun launcher whose ranks were killed exits 1."""
+    import subprocess
 
-    deadline = time.monotonic() + timeout
-    try:
-        while not ready():
-            assert proc.poll() is None, f"it ended before it could be killed: {proc.communicate()}"
-            assert time.monotonic() < deadline, f"not ready to be killed within {timeout} s"
-            time.sleep(0.005)
-        if group:
-            os.killpg(proc.pid, signal.SIGKILL)
-        else:
-            proc.send_signal(signal.SIGKILL)
-        assert proc.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
+    bindir = Path(sys.executable).parent
+    full_env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", **(env or {}),
+                "KD_FAILPOINT": point}
+    result = subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True,
+                            timeout=timeout)
+    name = point.split("@")[0]
+    assert f"failpoint {name} hit" in result.stderr, \
+        f"{point} was not reached ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+    assert result.returncode != 0, result
+    return result
 
 
 def free_port() -> int:
@@ -213,6 +210,23 @@ def loopback_server(cmd: list[str], url: str, *, cwd: Path | None = None,
         proc.wait(timeout=20)
         if log:
             out.close()
+
+
+@contextlib.contextmanager
+def mlflow_server(base: Path) -> Iterator[str]:
+    """A real `mlflow server` on 127.0.0.1 (SQLite backend, proxied artifacts, files under
+    `base`), started without this process's MLflow/KD/DVC settings; yields its URI."""
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "KD_", "DVC_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"  # its workers' commands
+    with loopback_server(
+        [sys.executable, "-m", "mlflow", "server",
+         "--backend-store-uri", f"sqlite:///{base / 'server.db'}",
+         "--artifacts-destination", str(base / "artifacts"),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        f"{uri}/health", cwd=base, env=env, log=base / "server.log"):
+        yield uri
 
 
 @pytest.fixture

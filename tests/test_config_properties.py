@@ -39,7 +39,7 @@ from kd.errors import ConfigError
 SETTINGS = settings(max_examples=60, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture,
                                            HealthCheck.too_slow])
-PARQUET_ONLY = {"labeled", "unlabeled", "test", "features", "label", "id", "shape"}
+PARQUET_ONLY = {"labeled", "unlabeled", "test", "features", "label", "id", "shape", "classes"}
 
 
 # ------------------------------------------------------------------- reading the schema

@@ -25,7 +25,7 @@ from kd.targets.shards import ShardWriter, write_manifest
 from kd.targets.shardset import read_table, verify
 from kd.train.batches import in_memory_batches
 from kd.train.loop import lr_at
-from tests.conftest import build_pipeline, kill_when, make_repo, run_cmd
+from tests.conftest import build_pipeline, make_repo, run_cmd, run_to_failpoint
 
 MLP = {"arch": "mlp", "knobs": {"depth": 1, "width": 32}, "train": {"epochs": 8}}
 PARAMS = {
@@ -169,6 +169,7 @@ def test_fewer_training_rows_than_ranks_is_an_artifact_error(tmp_path):
 
 
 # ------------------------------------------------------------------ real torchrun, 2 ranks
+# (slow: each test starts torchrun, or builds the module's trained pipeline)
 
 
 @pytest.fixture(scope="module")
@@ -191,6 +192,7 @@ def by_row_id(dir: Path):
     return t
 
 
+@pytest.mark.slow
 def test_export_on_two_ranks_has_the_single_process_rows_and_logits(pipe, tmp_path):
     run = copy_inputs(pipe, tmp_path / "r2", with_nproc(PARAMS, 2), "prepared", "teachers")
     out = kd(["export"], run)  # runtime.nproc 2: the command starts torchrun itself
@@ -210,6 +212,7 @@ def test_export_on_two_ranks_has_the_single_process_rows_and_logits(pipe, tmp_pa
     assert not list((run / "data").glob(".tmp-*"))
 
 
+@pytest.mark.slow
 def test_teacher_on_two_ranks_is_the_single_process_teacher(pipe, tmp_path):
     """Every rank trains on its slice of the same global batch, its mean loss scaled by its
     share: DDP's gradient average is then the global batch's, as in one process."""
@@ -226,6 +229,7 @@ def test_teacher_on_two_ranks_is_the_single_process_teacher(pipe, tmp_path):
     assert m2["test_accuracy"] == pytest.approx(m1["test_accuracy"], abs=1 / 360 + 1e-9)
 
 
+@pytest.mark.slow
 def test_student_under_torchrun_matches_one_process(pipe, tmp_path):
     """The documented entry: torchrun started by hand, 2 ranks streaming disjoint shards with
     the single-process effective batch. Written once, by rank 0; deterministic."""
@@ -257,30 +261,64 @@ def test_student_under_torchrun_matches_one_process(pipe, tmp_path):
     assert sha(run / "data/student/model.safetensors") == first
 
 
+@pytest.mark.slow
 def test_killed_two_rank_student_resumes_to_the_same_bytes(pipe, tmp_path):
-    import subprocess
-
     params = with_nproc({**PARAMS, "student": {**PARAMS["student"],
-                                               "train": {"epochs": 30, "batch_size": 64}}}, 2)
+                                               "train": {"epochs": 6, "batch_size": 64}}}, 2)
     ref = copy_inputs(pipe, tmp_path / "ref", params, "prepared", "soft_targets")
     kd(["student"], ref)
     run = copy_inputs(pipe, tmp_path / "run", params, "prepared", "soft_targets")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "kd"), "student"], cwd=run,
-                            env={**__import__("os").environ, **OFF}, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    ckpt = run / "data/.checkpoints/student/state.json"
-
-    def mid_training() -> bool:
-        return ckpt.exists() and json.loads(ckpt.read_text() or "{}").get("epoch", 0) >= 3
-
-    # the whole job at once, as a scheduler does: launcher, torchrun agent and both ranks
-    kill_when(proc, mid_training, group=True)
+    steps = ShardReader(run / "data/soft_targets").rank_steps(32, 2)  # a rank's steps an epoch
+    # both ranks die mid fourth epoch (each counts its own steps). Rank 0 saved the third
+    # epoch's checkpoint before that epoch's first all-reduce, which rank 1 needs to get there
+    point = f"train.batch@{3 * steps + steps // 2}"
+    killed = run_to_failpoint([str(Path(sys.executable).parent / "kd"), "student"], run, point,
+                              env=OFF)
+    assert killed.returncode == 1, killed.stderr  # the launcher: a rank died, not a user error
+    assert "failed with exit status -9" in killed.stderr
+    assert json.loads((run / "data/.checkpoints/student/state.json").read_text())["epoch"] == 2
     assert not (run / "data/student/model.safetensors").exists()
     out = kd(["student"], run)
-    assert "resuming from epoch" in out.stderr
+    assert "resuming from epoch 3 of 6" in out.stderr
     assert sha(run / "data/student/model.safetensors") == sha(ref / "data/student/model.safetensors")
 
 
+def test_a_rank_dies_with_its_parent(tmp_path):
+    """torchrun puts each rank in a session of its own: a scheduler's SIGKILL of the job reaches
+    the launcher, not the ranks, which ask the kernel to kill them with their parent."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    child = ("from kd.runtime.distributed import _die_with_parent\n"
+             "import time\n_die_with_parent()\nprint('ready', flush=True)\ntime.sleep(120)\n")
+    parent = ("import os, signal, subprocess, sys\n"
+              f"p = subprocess.Popen([sys.executable, '-c', {child!r}], stdout=subprocess.PIPE,"
+              " stderr=subprocess.DEVNULL, start_new_session=True, text=True)\n"
+              "assert p.stdout.readline() == 'ready\\n'\n"
+              "print(p.pid, flush=True)\nos.kill(os.getpid(), signal.SIGKILL)\n")
+    result = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    pid = int(result.stdout)
+
+    def alive() -> bool:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            return False
+        return "\nState:\tZ" not in status  # a zombie is dead, not yet reaped
+
+    deadline = time.monotonic() + 30  # the kernel's delivery, not a race: wait for the result
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if alive():
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail(f"the rank {pid} outlived its parent")
+
+
+@pytest.mark.slow
 def test_user_error_in_the_ranks_is_one_line_from_the_launcher(pipe, tmp_path):
     run = copy_inputs(pipe, tmp_path / "r2", with_nproc(PARAMS, 2), "prepared")
     out = kd(["teacher", "nosuch"], run, check=False)
@@ -290,6 +328,7 @@ def test_user_error_in_the_ranks_is_one_line_from_the_launcher(pipe, tmp_path):
         "Error: teacher.members: no member named 'nosuch' (members: a, b)"]
 
 
+@pytest.mark.slow
 def test_corrupt_shard_found_by_rank_0_fails_every_rank_in_one_line(pipe, tmp_path):
     """The ranks share the hashing; the one that finds the bad shard fails every rank, so
     none walks on into training alone."""
@@ -312,6 +351,7 @@ def test_corrupt_shard_found_by_rank_0_fails_every_rank_in_one_line(pipe, tmp_pa
     assert said == [f"[rank {r}] {line}" for r in (0, 1)], out.stderr
 
 
+@pytest.mark.slow
 def test_shards_copy_over_a_larger_set_leaves_only_the_new_one(pipe, tmp_path):
     """A reader of the destination never pairs an old manifest with new shards, and shards the
     new set lacks do not linger (verify would reject them as unlisted)."""
@@ -391,6 +431,7 @@ def test_batch_that_does_not_split_over_the_ranks_is_a_params_error():
     parse_config({**bad, "runtime": {"nproc": 2, "batch": "per_rank"}})  # each rank takes 63
 
 
+@pytest.mark.slow
 def test_student_reads_shards_from_s3_on_two_ranks(pipe, tmp_path, s3_server, monkeypatch):
     """Multi-node students read one shard set from object storage through pyarrow's
     filesystem layer: copied there with `kd shards copy`, read by URI by every rank."""

@@ -7,11 +7,11 @@ by row_id; a SIGKILLed `kd export` must leave the previous complete set (or none
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +21,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-import yaml
 
 from kd.config import parse_config
 from kd.datasets import load_meta, read_split
@@ -29,8 +28,8 @@ from kd.errors import ArtifactError
 from kd.models import build_model, load_model, model_fingerprint, save_model
 from kd.targets.shards import MANIFEST, read_manifest, read_shard_metadata
 from kd.targets.shardset import read_table, verify
-from stages import export, prepare, teacher
-from tests.conftest import assert_user_error, build_pipeline, cwd, kill_when
+from stages import export
+from tests.conftest import assert_user_error, build_pipeline, run_to_failpoint
 
 TRAIN = {"epochs": 2, "batch_size": 64}
 MLP = {"arch": "mlp", "knobs": {"depth": 1, "width": 16}, "train": TRAIN}
@@ -206,57 +205,22 @@ def test_exporting_twice_gives_identical_bytes(pipe, tmp_path):
 
 # ------------------------------------------------------------------ a killed export
 
-N_UNLABELED = 200_000
-KILL_PARAMS = {
-    "data": {"source": "parquet", "inputs": ".", "labeled": "lab.parquet", "test": "test.parquet",
-             "unlabeled": "unl.parquet", "features": "x", "label": "y"},
-    "teacher": {"members": {"a": {"arch": "mlp", "knobs": {"depth": 1, "width": 16},
-                                  "train": {"epochs": 1, "batch_size": 64}}}},
-    # small forward batches and 10 shards: a couple of seconds, with time to kill it mid-way
-    "export": {"rows_per_shard": 20_000, "row_group_size": 4_096, "batch_size": 64},
-    "tracking": {"enabled": False},
-}
-
-
-def write_parquet_source(root: Path) -> None:
-    rng = np.random.default_rng(0)
-    for name, n, labeled in [("lab", 400, True), ("test", 100, True),
-                             ("unl", N_UNLABELED, False)]:
-        x = rng.standard_normal((n, 16), dtype=np.float32)
-        cols = {"x": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 16)}
-        if labeled:
-            cols["y"] = pa.array((x[:, 0] > 0).astype(np.int64))
-        pq.write_table(pa.table(cols), root / f"{name}.parquet")
-
-
-def kd_export(root: Path) -> subprocess.Popen:
-    env = {**os.environ, "KD_TRACKING": "0"}
-    return subprocess.Popen([sys.executable, "-m", "kd.cli", "export"], cwd=root, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
 
 def tmp_dirs(root: Path) -> list[Path]:
     return sorted((root / "data").glob(".tmp-soft_targets.*"))
 
 
-def shard_files(root: Path) -> set[tuple[Path, int]]:
-    """Every (finished or in-progress) shard file under data/, wherever a writer put it."""
-    found = set()
-    for p in (root / "data").rglob("*part-*.parquet"):
-        with contextlib.suppress(FileNotFoundError):
-            found.add((p, p.stat().st_ino))
-    return found
-
-
-def kill_mid_export(root: Path) -> None:
-    """Start `kd export`, SIGKILL it once it has written a few shard files."""
-    before = shard_files(root)
-    kill_when(kd_export(root), lambda: len(shard_files(root) - before) >= 3)
-    # whatever the killed export left behind does not look like a complete set
-    for d in tmp_dirs(root):
-        assert not (d / MANIFEST).exists(), d
-        with pytest.raises(ArtifactError):  # what the student stage does first
-            verify(d)
+def kill_export(root: Path, point: str, shards: int) -> None:
+    """`kd export` SIGKILLed at `point` (kd/io/faults.py), when `shards` shards are in place
+    in its temporary directory: what it leaves there does not look like a complete set."""
+    result = run_to_failpoint([sys.executable, "-m", "kd.cli", "export"], root, point,
+                              env={"KD_TRACKING": "0"})
+    assert result.returncode == -signal.SIGKILL
+    [partial] = tmp_dirs(root)
+    assert len(list(partial.glob("part-*.parquet"))) == shards
+    assert not (partial / MANIFEST).exists()
+    with pytest.raises(ArtifactError):  # what the student stage does first
+        verify(partial)
 
 
 def visible_outputs(root: Path) -> set[str]:
@@ -264,37 +228,29 @@ def visible_outputs(root: Path) -> set[str]:
 
 
 @pytest.mark.slow
-def test_killed_export_leaves_previous_set_or_none(tmp_path):
-    root = tmp_path / "p"
-    root.mkdir()
-    write_parquet_source(root)
-    (root / "params.yaml").write_text(yaml.safe_dump(KILL_PARAMS))
-    cfg = parse_config(KILL_PARAMS)
-    with cwd(root), pytest.MonkeyPatch.context() as mp:
-        mp.setenv("KD_TRACKING", "0")
-        prepare.run(cfg, Path("data/prepared"))
-        teacher.run(cfg, "a")
-        # the uninterrupted export, to compare bytes with
-        export.run(cfg, tmp_path / "ref", Path("data/prepared"), Path("data/teachers"))
-    ref = files(tmp_path / "ref")
-    assert read_manifest(tmp_path / "ref")["totals"]["rows"] == 400 + N_UNLABELED
+def test_killed_export_leaves_previous_set_or_none(pipe, tmp_path):
+    ref = files(pipe / "data/soft_targets")  # the uninterrupted export: 5 shards of 300 rows
+    root = copy_pipeline(pipe, tmp_path / "p")
+    shutil.rmtree(root / "data/soft_targets")
 
-    # killed with no earlier set: no data/soft_targets at all (nor anything else a stage reads)
-    kill_mid_export(root)
-    assert not (root / "data/soft_targets").exists()
+    # killed with no earlier set, three shards in: no data/soft_targets at all
+    kill_export(root, "shard.done@3", shards=3)
     assert visible_outputs(root) == {"prepared", "teachers"}
 
-    # rerun to completion: the same bytes as the uninterrupted export
-    proc = kd_export(root)
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err
+    # rerun to completion: the same bytes as the uninterrupted export, the partial set gone
+    proc = subprocess.run([sys.executable, "-m", "kd.cli", "export"], cwd=root,
+                          env={**os.environ, "KD_TRACKING": "0"}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
     assert files(root / "data/soft_targets") == ref
+    assert tmp_dirs(root) == []
 
-    # killed with a complete set in place: that set is untouched and still verifies
-    kill_mid_export(root)
+    # killed with a complete set in place, every new shard written but no manifest yet: the
+    # earlier set is untouched and still verifies
+    kill_export(root, "export.manifest", shards=5)
     assert visible_outputs(root) == {"prepared", "teachers", "soft_targets"}
     assert files(root / "data/soft_targets") == ref
-    assert verify(root / "data/soft_targets")["rows"] == 400 + N_UNLABELED
+    assert verify(root / "data/soft_targets")["rows"] == 1437
 
 
 def test_rerun_removes_a_killed_exports_partial_directory(pipe, tmp_path):

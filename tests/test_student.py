@@ -7,11 +7,11 @@ The pipeline (digits, two tiny MLP members, a tiny MLP student) is built once pe
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +28,7 @@ from kd.models import count_params, load_model
 from kd.targets.shards import read_manifest
 from kd.train.loop import predict
 from stages import student
-from tests.conftest import assert_user_error, build_pipeline, cwd, kill_when, run_cmd
+from tests.conftest import assert_user_error, build_pipeline, cwd, run_cmd, run_to_failpoint
 
 TRAIN = {"epochs": 2, "batch_size": 64}
 MLP = {"arch": "mlp", "knobs": {"depth": 1, "width": 16}, "train": TRAIN}
@@ -212,19 +212,17 @@ def test_student_resumes_after_sigkill_with_the_same_bytes(pipe, tmp_path):
     (d / "params.yaml").write_text(yaml.safe_dump(RESUME))
     state = d / "data/.checkpoints/student/state.json"
 
-    def checkpointed() -> bool:
-        with contextlib.suppress(OSError, ValueError):
-            return json.loads(state.read_text())["epoch"] >= 1
-        return False
-
-    kill_when(kd_student(d), checkpointed)
-    assert json.loads(state.read_text())["epoch"] < 5, "killed too late to test a resume"
+    # 1,365 training rows / 32 = 43 steps an epoch: step 100 is in the third epoch
+    killed = run_to_failpoint([sys.executable, "-m", "kd.cli", "student"], d, "train.batch@100",
+                              env={"KD_TRACKING": "0"})
+    assert killed.returncode == -signal.SIGKILL
+    assert json.loads(state.read_text())["epoch"] == 1  # 0-based: two epochs checkpointed
     assert not (d / "data/student/metrics.json").exists()
 
     proc = kd_student(d)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    assert "resuming from epoch" in err
+    assert "resuming from epoch 2 of 6" in err
     assert not state.exists()  # removed on success
     assert outputs(d / "data/student") == outputs(ref / "data/student")
 

@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ from kd.datasets import read_split
 from kd.models import count_params, load_model
 from kd.train.loop import predict
 from stages.prepare import run as prepare_run
-from tests.conftest import assert_user_error, run_cmd
+from tests.conftest import assert_user_error, run_cmd, run_to_failpoint
 
 DATA = {"source": "digits"}
 MLP = {"arch": "mlp", "knobs": {"depth": 1, "width": 32}}
@@ -170,47 +169,34 @@ def test_members_with_other_seeds_differ(workdir, monkeypatch, kd):
 # --------------------------------------------------------------------------- (c) SIGKILL
 
 
-EPOCHS = 8
-SLOW = {**PARAMS, "teacher": {"defaults": {
-    "arch": "mlp", "knobs": {"depth": 2, "width": 128, "dropout": 0.1},
+EPOCHS = 4
+RESUME = {**PARAMS, "teacher": {"defaults": {
+    "arch": "mlp", "knobs": {"depth": 1, "width": 32, "dropout": 0.1},
     "train": {"epochs": EPOCHS, "batch_size": 32, "lr": 0.003, "augment": {"shift": 1}},
 }, "members": {"m": {"train": {"seed": 7}}}}}
+# 646 training rows / 32 = 21 steps an epoch: step 50 is in the third epoch, after two
+# checkpointed epochs, so the rerun must redo the third from its start
+KILL = "train.batch@50"
 
 
 @pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted_run(workdir, monkeypatch, kd):
-    killed, clean = workdir(SLOW, "killed"), workdir(SLOW, "clean")
+    killed, clean = workdir(RESUME, "killed"), workdir(RESUME, "clean")
     state = killed / "data" / ".checkpoints" / "teacher@m" / "state.json"
-    proc = kd_subprocess(["teacher", "m"], killed)
-    deadline, epoch = time.monotonic() + 120, -1
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                epoch = json.loads(state.read_text())["epoch"]  # replaced atomically
-            except FileNotFoundError:
-                pass
-            if epoch >= 1:
-                break
-            time.sleep(0.005)
-        assert proc.poll() is None, f"finished before it could be killed: {proc.stderr.read()}"
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.communicate()
-    assert proc.returncode == -signal.SIGKILL
-    assert 1 <= epoch < EPOCHS - 1, epoch
+    result = run_to_failpoint([sys.executable, "-m", "kd.cli", "teacher", "m"], killed, KILL,
+                              env=ENV)
+    assert result.returncode == -signal.SIGKILL
     out = killed / "data" / "teachers" / "m"
     assert not (out / "metrics.json").exists()  # the "done" marker of the stage
-    saved = json.loads(state.read_text())["epoch"]  # 0-based index of the last completed epoch
-    assert saved >= epoch
+    assert json.loads(state.read_text())["epoch"] == 1  # 0-based: epochs 1 and 2 are saved
 
     rerun = kd_subprocess(["teacher", "m"], killed)
     _, err = rerun.communicate(timeout=120)
     assert rerun.returncode == 0, err
-    assert f"resuming from epoch {saved + 1} of {EPOCHS}" in err
-    # progress lines count epochs from 1: the first one after the kill runs, none before it
-    assert f"teacher@m epoch {saved + 2}:" in err
-    assert f"teacher@m epoch {saved + 1}:" not in err
+    assert f"resuming from epoch 2 of {EPOCHS}" in err
+    # progress lines count epochs from 1: the one the kill interrupted runs again, none before
+    assert "teacher@m epoch 3:" in err
+    assert "teacher@m epoch 2:" not in err
     assert not state.parent.exists()  # the checkpoint is removed once the outputs are written
     assert len(json.loads((out / "history.json").read_text())) == EPOCHS
 

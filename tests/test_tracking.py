@@ -1,18 +1,23 @@
-"""MLflow tracking: the store's location, failing fast on a dead server, and `kd ui`."""
+"""MLflow tracking: the store's location, failing fast on a dead server (and only then: a
+transient 5xx while logging is retried), and `kd ui`."""
 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from kd.config import parse_config
 from kd.tracking import flatten, repo_root, tracking_uri
-from tests.conftest import assert_user_error, free_port, loopback_server
+from tests.conftest import assert_user_error, free_port, loopback_server, mlflow_server
 
 
 def test_default_store_is_absolute_and_shared_by_queued_experiments(monkeypatch, tmp_path):
@@ -203,3 +208,111 @@ def test_kd_ui_fails_when_its_server_dies(tmp_path):
     last = log.read_text().strip().splitlines()[-1]
     assert status == 1, log.read_text()
     assert last.startswith(f"Error: the MLflow UI server on 127.0.0.1:{port} stopped by itself")
+
+
+# ------------------------------------------------------------ a transient 5xx while logging
+
+HOP = {"connection", "keep-alive", "transfer-encoding", "content-length"}
+
+
+@contextlib.contextmanager
+def flaky_proxy(upstream: str, fail: str, status: int = 503) -> Iterator[tuple[str, list]]:
+    """A pass-through HTTP proxy on 127.0.0.1 in front of `upstream` that answers `status`,
+    without forwarding, to the first request whose path ends with `fail` (once more after the
+    log is cleared). Yields its URI and the log of (method, path, status) it answered."""
+    host, port = upstream.removeprefix("http://").split(":")
+    seen: list[tuple[str, str, int]] = []
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as the MLflow client's session expects
+
+        def _body(self) -> bytes:
+            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                out = b""
+                while size := int(self.rfile.readline().split(b";")[0], 16):
+                    out += self.rfile.read(size)
+                    self.rfile.readline()
+                self.rfile.readline()
+                return out
+            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+        def _answer(self, code: int, headers: list[tuple[str, str]], body: bytes) -> None:
+            self.send_response(code)
+            for k, v in headers:
+                if k.lower() not in HOP:
+                    self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _any(self) -> None:
+            body = self._body()
+            path = self.path.split("?")[0]
+            with lock:
+                failing = path.endswith(fail) and not any(s[2] == status for s in seen)
+                if failing:
+                    seen.append((self.command, path, status))
+            if failing:
+                return self._answer(status, [("Content-Type", "text/plain")], b"try again")
+            conn = http.client.HTTPConnection(host, int(port), timeout=60)
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP}
+            conn.request(self.command, self.path, body=body, headers=headers)
+            r = conn.getresponse()
+            data = r.read()
+            conn.close()
+            with lock:
+                seen.append((self.command, path, r.status))
+            self._answer(r.status, r.getheaders(), data)
+
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _any
+
+        def log_message(self, *args) -> None:  # quiet
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+LOG_BATCH = "/api/2.0/mlflow/runs/log-batch"
+
+
+@pytest.mark.slow
+def test_one_503_while_logging_is_retried_and_the_stage_succeeds(write_params, kd, monkeypatch,
+                                                                  tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    params = write_params({"data": {"source": "digits"}})
+    monkeypatch.setenv("KD_TRACKING", "1")
+    for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        monkeypatch.delenv(k, raising=False)  # MLflow's defaults, as a user has them
+    with mlflow_server(tmp_path) as upstream:
+        # the first log-batch is the stage's params, after the reachability check and the
+        # run's creation: a server that was up and answers one 503 in the middle of the run
+        with flaky_proxy(upstream, LOG_BATCH) as (uri, seen):
+            monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+            result = kd("prepare", "--params", params, "--out", tmp_path / "ok")
+            assert result.exit_code == 0, (result.output, result.exception)
+            batches = [s for s in seen if s[1] == LOG_BATCH]
+            assert batches[:2] == [("POST", LOG_BATCH, 503), ("POST", LOG_BATCH, 200)], seen
+            # the same fault with retries turned off fails the stage: it is what is tested
+            monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+            seen.clear()  # the proxy answers one more 503
+            failed = kd("prepare", "--params", params, "--out", tmp_path / "no_retry")
+            assert failed.exit_code != 0 and ("POST", LOG_BATCH, 503) in seen, failed.output
+            assert "too many 503 error responses" in str(failed.exception)
+        client = MlflowClient(upstream)
+        exp = client.get_experiment_by_name("kd-pipeline")
+        runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time"])
+        assert [r.info.status for r in runs] == ["FINISHED", "FAILED"]
+        run = runs[0]
+        assert run.data.params["data.source"] == "digits"  # the batch that got the 503
+        assert run.data.metrics  # and everything logged after it
+        names = [a.path for a in client.list_artifacts(run.info.run_id)]
+        assert "meta.json" in names, names
