@@ -7,7 +7,6 @@ The source scan is static (AST), so it covers code paths no other test happens t
 from __future__ import annotations
 
 import ast
-import subprocess
 
 import pytest
 import yaml
@@ -162,10 +161,14 @@ def ui_command(monkeypatch, tmp_path):
     """Run `kd ui ...` in-process with the server start replaced: returns (result, command)."""
     from click.testing import CliRunner
 
+    import kd.serve
     from kd.cli import cli
 
     seen: list[list[str]] = []
-    monkeypatch.setattr(subprocess, "call", lambda cmd, **kw: seen.append(cmd) or 0)
+    # the server start (kd.serve.serve, which kd ui imports when it runs): record the command
+    monkeypatch.setattr(kd.serve, "serve", lambda cmd, **kw: seen.append(list(cmd)) or (True, 0))
+    # and its port check: these hosts are not this machine's (tests/test_tracking.py runs it)
+    monkeypatch.setattr(kd.serve, "check_port", lambda host, port: None)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     (tmp_path / "params.yaml").write_text("{}\n")
