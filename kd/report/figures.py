@@ -31,7 +31,7 @@ def soft_target_entropy(shards: Path, T: float, combine: str) -> dict[str, np.nd
 
 
 def write_figures(out: Path, cfg: Config, meta: dict, evals: dict, probs: dict, y: np.ndarray,
-             params: dict, dirs: dict, members: list[str], shards: Path) -> None:
+                  params: dict, dirs: dict, members: list[str], shards: Path) -> None:
     histories = {name: json.loads((d / "history.json").read_text()) for name, d in dirs.items()}
     plots.training_curves(histories, out / "plots" / "training_curves.png")
     plots.accuracy_vs_params({n: (params[n], evals[n]["accuracy"]) for n in params},
@@ -68,27 +68,3 @@ def tree_figures(out: Path, models: dict, specs: dict, test, meta: dict) -> dict
     knobs = specs["student"]["knobs"]
     return {"depth": knobs["depth"], "inference": knobs["inference"], "row_id": row_id,
             "figures": figures}
-
-
-def _figures(out: Path, cfg: Config, meta: dict, evals: dict, probs: dict, y: np.ndarray,
-             params: dict, dirs: dict, members: list[str], shards: Path) -> None:
-    import json
-
-    histories = {name: json.loads((d / "history.json").read_text()) for name, d in dirs.items()}
-    plots.training_curves(histories, out / "plots" / "training_curves.png")
-    plots.accuracy_vs_params({n: (params[n], evals[n]["accuracy"]) for n in params},
-                             out / "plots" / "accuracy_vs_params.png")
-    plots.reliability_diagram({n: reliability(probs[n], y) for n in ("teacher", "student",
-                                                                      "baseline")},
-                              out / "plots" / "reliability.png")
-    plots.entropy_histogram(soft_target_entropy(shards, cfg.student.temperature,
-                                                cfg.student.combine),
-                            float(np.log(meta["n_classes"])), out / "plots" / "entropy.png")
-    for name in ("teacher", "student", "baseline"):
-        plots.confusion_matrix(np.array(evals[name]["confusion"]), meta["class_names"],
-                               f"{name} (test)", out / "plots" / f"confusion_{name}.png")
-        pred = probs[name].argmax(1)
-        names = meta["class_names"]
-        write_json(out / "confusion" / f"{name}.json",
-                   [{"actual": names[a], "predicted": names[p]} for a, p in zip(y, pred,
-                                                                                   strict=True)])
