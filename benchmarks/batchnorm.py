@@ -10,6 +10,7 @@ figure is printed by it, not recorded here).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -29,6 +30,7 @@ from stages import teacher  # noqa: E402
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     torch.set_num_threads(1)
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
     prepared = (ROOT / "data/prepared").resolve()

@@ -42,11 +42,11 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
-from kd.datasets import load_meta, read_split  # noqa: E402
 from kd.deploy.export import export_onnx  # noqa: E402
 from kd.deploy.quantize import calibration_rows, quantize  # noqa: E402
 from kd.deploy.runtime import open_session  # noqa: E402
 from kd.models import build_model, load_model  # noqa: E402
+from kd.prepared import load_meta, read_split  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

@@ -53,7 +53,8 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from kd.config import parse_config  # noqa: E402
-from kd.datasets import Split, load_meta, read_split, to_table  # noqa: E402
+from kd.datasets import Split  # noqa: E402
+from kd.prepared import load_meta, read_split, to_table
 from stages import export  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

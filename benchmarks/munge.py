@@ -50,7 +50,7 @@ import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
 from kd.config import parse_config  # noqa: E402
-from kd.datasets import split_rows  # noqa: E402
+from kd.prepared import split_rows  # noqa: E402
 from stages import export, prepare, student, teacher, transfer  # noqa: E402
 
 # teachers: a small conv net for the 8x8 images (stronger than any MLP the student could copy
@@ -103,8 +103,8 @@ def without_unlabeled(prepared: Path, out: Path) -> Path:
 
 
 def ensemble_accuracy(cfg, prepared: Path, teachers: Path) -> float:
-    from kd.datasets import read_split
     from kd.models import load_model
+    from kd.prepared import read_split
     from kd.train.loop import predict
 
     test, _ = read_split(prepared, "test")

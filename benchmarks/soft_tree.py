@@ -38,9 +38,9 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from kd.config import ModelConfig, _deep_merge, parse_config  # noqa: E402
-from kd.datasets import read_split  # noqa: E402
 from kd.evaluate.metrics import ensemble_probs  # noqa: E402
 from kd.models import count_params, load_model  # noqa: E402
+from kd.prepared import read_split  # noqa: E402
 from kd.train.distill import distill_job  # noqa: E402
 from kd.train.loop import evaluate, fit  # noqa: E402
 from kd.train.supervised import supervised_job  # noqa: E402

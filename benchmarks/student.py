@@ -46,10 +46,10 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from kd.config import parse_config  # noqa: E402
-from kd.datasets import load_meta, read_split  # noqa: E402
 from kd.distill.losses import kd_loss, soft_targets  # noqa: E402
 from kd.errors import ArtifactError  # noqa: E402
 from kd.models import build_model, count_params, load_model  # noqa: E402
+from kd.prepared import load_meta, read_split  # noqa: E402
 from kd.targets.reader import ShardReader
 from kd.targets.shards import read_manifest  # noqa: E402
 from kd.targets.shardset import verify

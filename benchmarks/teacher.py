@@ -37,8 +37,8 @@ os.environ["KD_TRACKING"] = "0"  # a benchmark is not an experiment: no MLflow r
 import torch  # noqa: E402
 
 from kd.config import load_config  # noqa: E402
-from kd.datasets import read_split  # noqa: E402
 from kd.models import load_model  # noqa: E402
+from kd.prepared import read_split  # noqa: E402
 from kd.train.loop import predict  # noqa: E402
 from stages.prepare import run as prepare  # noqa: E402
 from stages.teacher import run as train_member  # noqa: E402

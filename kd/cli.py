@@ -370,7 +370,7 @@ def check_params(cfg: Config, prepared: Path) -> None:
     """Validate the params file, print each teacher member's resolved settings, and check every
     architecture against the prepared data's feature shape."""
     from kd.checks import data_warnings, fit_to_data
-    from kd.datasets import load_meta
+    from kd.prepared import load_meta
 
     for name in cfg.teacher.members:
         click.echo(f"teacher.members.{name}: {cfg.teacher.member(name).model_dump()}")

@@ -16,12 +16,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from kd.config import Config
-from kd.datasets import load_meta, read_split
 from kd.deploy.build import build
 from kd.deploy.export import FP32, INT8
 from kd.io.atomic import atomic_dir, write_json
 from kd.io.faults import failpoint
 from kd.models import check_fits, load_model
+from kd.prepared import load_meta, read_split
 from kd.tracking import flatten, log_onnx_model, stage_run, tag_output
 
 

@@ -25,11 +25,11 @@ import time
 from pathlib import Path
 
 from kd.config import Config
-from kd.datasets import interleave, load_meta, split_rows
 from kd.errors import ArtifactError
 from kd.io.atomic import read_json
 from kd.io.faults import failpoint
 from kd.models import model_fingerprint
+from kd.prepared import interleave, load_meta, split_rows
 from kd.runtime.distributed import SINGLE, Dist, shared_atomic_dir
 from kd.targets.shards import MANIFEST, ShardWriter, prepared_digests, write_manifest
 from kd.targets.shardset import summary

@@ -18,9 +18,10 @@ import pyarrow.parquet as pq
 
 from kd.checks import data_warnings, fit_to_data
 from kd.config import Config
-from kd.datasets import SPLITS, load_source, test_overlap, to_table
+from kd.datasets import SPLITS, load_source, test_overlap
 from kd.errors import DataError
 from kd.io.atomic import atomic_dir, write_json
+from kd.prepared import to_table
 from kd.tracking import stage_run, tracking_uri
 
 SCHEMA_VERSION = 1

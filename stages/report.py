@@ -29,7 +29,6 @@ from pathlib import Path
 import torch
 
 from kd.config import Config
-from kd.datasets import load_meta, read_split
 from kd.deploy.export import deployed_files, read_metadata
 from kd.deploy.runtime import CHECK_THREADS, onnx_forward, open_session
 from kd.deploy.runtime import run as onnx_run
@@ -49,6 +48,7 @@ from kd.evaluate.metrics import (
 from kd.io.atomic import atomic_dir, write_json
 from kd.io.faults import failpoint
 from kd.models import check_fits, count_params, load_model
+from kd.prepared import load_meta, read_split
 from kd.report.figures import tree_figures, write_figures
 from kd.report.render import render_html, render_markdown
 from kd.targets.shards import MANIFEST, check_members, check_same_test_split, read_manifest

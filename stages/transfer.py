@@ -20,9 +20,10 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from kd.config import Config
-from kd.datasets import Split, load_meta, max_row_id, read_split, to_table
+from kd.datasets import Split
 from kd.errors import DataError
 from kd.io.atomic import atomic_dir, write_json
+from kd.prepared import load_meta, max_row_id, read_split, to_table
 from kd.tracking import stage_run, tracking_uri
 from kd.transfer.munge import munge
 

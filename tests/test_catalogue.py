@@ -285,8 +285,9 @@ def _arch_misfit(d: Path) -> None:
 
 def _one_training_row(d: Path) -> None:
     """Prepared data with two labeled rows, one of them held out for validation: one source."""
-    from kd.datasets import Split, to_table
+    from kd.datasets import Split
     from kd.io.atomic import write_json
+    from kd.prepared import to_table
 
     prepared = d / "data/prepared"
     prepared.mkdir(parents=True)
@@ -322,8 +323,8 @@ def _tree_student(d: Path) -> None:
     """The pipeline's student replaced by an (untrained) soft tree on its data."""
     import torch
 
-    from kd.datasets import load_meta
     from kd.models import build_model, save_model
+    from kd.prepared import load_meta
 
     meta = load_meta(d / "data/prepared")
     torch.manual_seed(0)

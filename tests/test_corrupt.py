@@ -90,7 +90,8 @@ def other_test_split(width: int = 64, label: int = 0) -> Damage:
         import numpy as np
         import pyarrow.parquet as pq
 
-        from kd.datasets import Split, to_table
+        from kd.datasets import Split
+        from kd.prepared import to_table
 
         split = Split(np.arange(3), np.zeros((3, width), np.float32), np.array([0, 1, label]))
         pq.write_table(to_table(split, np.zeros(3, bool)), d / "data/prepared/test.parquet")

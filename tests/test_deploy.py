@@ -19,13 +19,13 @@ import yaml
 from onnx import numpy_helper
 
 from kd.config import parse_config
-from kd.datasets import load_meta, read_split
 from kd.deploy import build as build_mod
 from kd.deploy import quantize as quantize_mod
 from kd.deploy.checks import DeployCheckError, accuracy_drop
 from kd.deploy.export import FP32, INT8, export_onnx, read_metadata
 from kd.deploy.runtime import Predictor, open_session, run
 from kd.models import load_model
+from kd.prepared import load_meta, read_split
 from stages import deploy
 from tests.catalogue import PIPELINE_PARAMS, pipeline
 from tests.conftest import assert_user_error, cwd, make_repo, run_cmd

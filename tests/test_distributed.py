@@ -18,7 +18,8 @@ import torch
 import yaml
 
 from kd.config import AugmentConfig, parse_config
-from kd.datasets import Split, iter_split, to_table
+from kd.datasets import Split
+from kd.prepared import iter_split, to_table
 from kd.runtime.distributed import SINGLE, Dist, rank_rows
 from kd.targets.reader import ShardReader
 from kd.targets.shards import ShardWriter, write_manifest

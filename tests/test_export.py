@@ -23,9 +23,9 @@ import pytest
 import torch
 
 from kd.config import parse_config
-from kd.datasets import load_meta, read_split
 from kd.errors import ArtifactError
 from kd.models import build_model, load_model, model_fingerprint, save_model
+from kd.prepared import load_meta, read_split
 from kd.targets.shards import MANIFEST, read_manifest, read_shard_metadata
 from kd.targets.shardset import read_table, verify
 from stages import export
@@ -363,7 +363,7 @@ def test_interleave_mixes_splits_in_proportion_and_ranks_split_it_exactly(tmp_pa
     import numpy as np
 
     from kd.config import parse_config
-    from kd.datasets import interleave, read_split
+    from kd.prepared import interleave, read_split
     from stages.prepare import run as prepare
 
     prepare(parse_config({"data": {"source": "digits"}}), tmp_path / "p")

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from kd.config import parse_config
-from kd.datasets import read_split
+from kd.prepared import read_split
 from stages.prepare import run
 
 

@@ -220,12 +220,12 @@ TREE_PIPELINE = {
 @pytest.mark.slow
 def test_report_and_kd_explain_draw_a_tree_student(tmp_path, kd):
     from kd.config import parse_config
-    from kd.datasets import read_split
+    from kd.prepared import read_split
     from stages import report
     from tests.conftest import assert_user_error, build_pipeline, cwd
 
     root = build_pipeline(tmp_path / "p", TREE_PIPELINE, ("prepare", "teacher", "export",
-                                                         "student", "baseline"))
+                                                         "student", "baseline", "deploy"))
     with cwd(root):
         report.run(parse_config(TREE_PIPELINE))
         md = (root / "data/report/report.md").read_text()

@@ -22,9 +22,9 @@ import torch
 import yaml
 
 from kd.config import parse_config
-from kd.datasets import read_split
 from kd.errors import ConfigError
 from kd.models import count_params, load_model
+from kd.prepared import read_split
 from kd.targets.shards import read_manifest
 from kd.train.loop import predict
 from stages import student

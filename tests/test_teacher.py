@@ -21,8 +21,8 @@ import torch
 import yaml
 
 from kd.config import parse_config
-from kd.datasets import read_split
 from kd.models import count_params, load_model
+from kd.prepared import read_split
 from kd.train.loop import predict
 from stages.prepare import run as prepare_run
 from tests.conftest import assert_user_error, run_cmd, run_to_failpoint

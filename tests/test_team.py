@@ -31,7 +31,8 @@ TINY = {
                 "train": {"epochs": 2, "batch_size": 64}},
     "baseline": {"epochs": 2},
 }
-STAGES = ("prepare", "transfer", "teacher@a", "export", "baseline", "student", "report")
+STAGES = ("prepare", "transfer", "teacher@a", "export", "baseline", "student", "deploy",
+          "report")
 GIT = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
 
 
@@ -63,8 +64,8 @@ def test_every_stage_is_one_run_on_a_real_tracking_server(tmp_path):
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from kd.datasets import read_split
     from kd.models import load_model
+    from kd.prepared import read_split
 
     repo = new_repo(tmp_path)
     with mlflow_server(tmp_path) as uri:
@@ -218,8 +219,8 @@ def test_queued_variants_write_concurrently_to_the_default_sqlite_store(queued):
     assert not (repo / "mlruns").exists()
 
 
-def test_a_queued_temperature_variant_reruns_only_student_and_report(queued):
+def test_a_queued_temperature_variant_reruns_only_student_deploy_and_report(queued):
     runs = variant_runs(queued[0])
-    for variant in ("t2", "t8"):
+    for variant in ("t2", "t8"):  # the deployed files are the student's: they follow it
         assert sorted(r.data.tags["kd.stage_name"] for r in runs[variant]) == \
-            ["report", "student"], variant
+            ["deploy", "report", "student"], variant

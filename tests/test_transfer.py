@@ -16,8 +16,9 @@ import pytest
 import yaml
 
 from kd.config import parse_config
-from kd.datasets import Split, read_split, to_table
+from kd.datasets import Split
 from kd.io.atomic import write_json
+from kd.prepared import read_split, to_table
 from kd.targets.reader import ShardReader
 from kd.targets.shards import read_manifest
 from kd.targets.shardset import read_table
@@ -153,7 +154,8 @@ def test_the_stage_is_deterministic_and_method_none_writes_an_empty_set(tmp_path
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory) -> Path:
     root = build_pipeline(tmp_path_factory.mktemp("munge") / "p", PARAMS,
-                          ("prepare", "transfer", "teacher", "export", "student", "baseline"))
+                          ("prepare", "transfer", "teacher", "export", "student", "baseline",
+                           "deploy"))
     with cwd(root):
         report.run(parse_config(PARAMS))
     return root
@@ -239,7 +241,7 @@ def test_new_transfer_rows_rerun_transfer_export_student_and_report(dvc_repo):
     assert changed(repo) == set()
     edit_params(repo, lambda p: p["transfer"].update(rows=700))
     again = run_cmd(["dvc", "repro"], repo, env=env)
-    assert ran(again) == {"transfer", "export", "student", "report"}
+    assert ran(again) == {"transfer", "export", "student", "deploy", "report"}
     m = json.loads((repo / "data/soft_targets/manifest.json").read_text())
     assert m["totals"]["splits"]["synthetic"] == 700
     assert yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["transfer"]["params"][

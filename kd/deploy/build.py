@@ -18,11 +18,11 @@ import torch
 import torch.nn as nn
 
 from kd.config import DeployConfig
-from kd.datasets import read_split
 from kd.deploy import checks
 from kd.deploy.export import FP32, INT8, export_onnx
 from kd.deploy.quantize import calibration_rows, quantize, resolve_kind
 from kd.deploy.runtime import CHECK_THREADS, open_session, run
+from kd.prepared import read_split
 
 
 def _accuracy(probs: np.ndarray, y: np.ndarray) -> float:

@@ -38,9 +38,9 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
-from kd.datasets import read_split
 from kd.deploy.export import load, save, set_metadata
 from kd.errors import DataError
+from kd.prepared import read_split
 
 KINDS = ("dynamic", "static")
 # measured on the default data (benchmarks/deploy.py, 1 thread, batch 1): dynamic int8 made

@@ -190,7 +190,7 @@ def validation_accuracy(prepared: Path, models: dict[str, torch.nn.Module], memb
                         combine: str, shape: tuple[int, ...]) -> dict[str, float | None]:
     """Accuracy of every model (and of the ensemble, as "teacher") on the labeled rows held out
     for validation: the rows a choice may read. {} when there are none."""
-    from kd.datasets import read_split
+    from kd.prepared import read_split
 
     labeled, is_val = read_split(prepared, "labeled")
     if not is_val.any():

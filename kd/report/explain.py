@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kd.datasets import read_split
 from kd.errors import ArtifactError, DataError
 from kd.models import SPEC_FILE, load_model
+from kd.prepared import read_split
 from kd.report.tree import draw_path, draw_tree
 
 

@@ -23,11 +23,11 @@ import numpy as np
 import torch
 
 from kd.config import Config
-from kd.datasets import read_split
 from kd.distill.losses import kd_loss, soft_targets
 from kd.errors import ConfigError
 from kd.io.storage import locate
 from kd.models import build_model, count_params
+from kd.prepared import read_split
 from kd.runtime.distributed import SINGLE, Dist, global_batch, ranks
 from kd.targets.reader import ShardReader
 from kd.targets.shards import MANIFEST, check_same_test_split, check_test_split, read_manifest

@@ -14,9 +14,9 @@ from pathlib import Path
 import torch.nn.functional as F
 
 from kd.config import Config, ModelConfig
-from kd.datasets import load_meta, read_split
 from kd.errors import ConfigError
 from kd.models import build_model, count_params
+from kd.prepared import load_meta, read_split
 from kd.runtime.distributed import SINGLE, Dist, global_batch, ranks
 from kd.train.batches import in_memory_batches
 from kd.train.checkpoints import fingerprint
