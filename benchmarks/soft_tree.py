@@ -81,14 +81,7 @@ DIGITS = {  # the small digits pipeline: three cnn2d members
 }
 
 
-@contextlib.contextmanager
-def cwd(path: Path):
-    old = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
+cwd = contextlib.chdir  # the stages write checkpoints relative to the working directory
 
 
 def config(base: dict, arch: str, knobs: dict, student: dict, train: dict, seed: int):

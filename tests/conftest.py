@@ -113,15 +113,8 @@ def dvc_repo(tmp_path):
     return lambda overrides: make_repo(tmp_path / "repo", overrides)
 
 
-@contextlib.contextmanager
-def cwd(path: Path) -> Iterator[None]:
-    """Stages write checkpoints under data/.checkpoints relative to the working directory."""
-    old = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
+# stages write checkpoints under data/.checkpoints relative to the working directory
+cwd = contextlib.chdir
 
 
 def build_pipeline(root: Path, params: dict, stages: tuple[str, ...] = ("prepare", "teacher",
