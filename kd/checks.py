@@ -22,10 +22,12 @@ _SOURCE_KEYS = {"mnist1d": ("unlabeled_size", "unlabeled_seed"),
 def model_specs(cfg: Config) -> dict[str, ModelConfig]:
     """Every model the pipeline trains, by the params key that defines it."""
     specs = {f"teacher.members.{m}": cfg.teacher.member(m) for m in cfg.teacher.members}
-    specs["student"] = ModelConfig(arch=cfg.student.arch, knobs=cfg.student.knobs,
-                                   train=cfg.student.train)
-    specs["baseline"] = ModelConfig(arch=cfg.student.arch, knobs=cfg.student.knobs,
-                                    train=cfg.baseline_train())
+    for v in cfg.student.variants:
+        st = cfg.student.variant(v)
+        specs[f"student.variants.{v}"] = ModelConfig(arch=st.arch, knobs=st.knobs,
+                                                     train=st.train)
+    first = next(iter(cfg.student.variants))  # the baselines' augmentation is shared
+    specs["baseline"] = cfg.baseline_spec(first)
     return specs
 
 

@@ -157,21 +157,26 @@ def export(cfg: Config, dist) -> None:
 @click.option("--shards", "shards", default="data/soft_targets", show_default=True,
               help="The soft-target shard set: a directory, or a URI such as "
                    "s3://bucket/prefix that every node can read (README: More than one machine).")
-def student(cfg: Config, shards: str, dist) -> None:
-    """Distil the ensemble into the student, streaming the soft-target shards."""
+@click.argument("variant")
+def student(cfg: Config, variant: str, shards: str, dist) -> None:
+    """Distil the ensemble into student VARIANT (a key of `student.variants`), streaming the
+    soft-target shards, into data/student/VARIANT/."""
     from stages import student as stage
 
-    stage.run(cfg, shards=shards, dist=dist)
+    stage.run(cfg, variant, shards=shards, dist=dist)
 
 
 @cli.command()
 @with_config
 @distributed
-def baseline(cfg: Config, dist) -> None:
-    """Train the student's architecture on the labels alone: what distillation must beat."""
+@click.argument("variant")
+def baseline(cfg: Config, variant: str, dist) -> None:
+    """Train student VARIANT's architecture on the labels alone (what distillation must beat),
+    into data/baseline/VARIANT/."""
     from stages import baseline as stage
 
-    stage.run(cfg, dist=dist)
+    cfg.student.variant(variant)  # an unknown name is one line
+    stage.run(cfg, variant, dist=dist)
 
 
 @cli.command()
@@ -185,9 +190,10 @@ def report(cfg: Config) -> None:
 
 @cli.command()
 @click.argument("row_id", type=int)
-@click.option("--model", "model_dir", default="data/student", show_default=True,
+@click.option("--model", "model_dir", required=True,
               type=click.Path(file_okay=False, path_type=Path),
-              help="A trained soft_tree's directory (the student, the baseline, ...).")
+              help="A trained soft_tree's directory (data/student/VARIANT, "
+                   "data/baseline/VARIANT, ...).")
 @click.option("--prepared", default="data/prepared", show_default=True,
               type=click.Path(file_okay=False, path_type=Path),
               help="The prepared data; ROW_ID must be a row of its test split.")
@@ -367,13 +373,15 @@ def shards_copy(source: str, destination: str) -> None:
               type=click.Path(file_okay=False, path_type=Path),
               help="Prepared data to check the architectures against, when it exists.")
 def check_params(cfg: Config, prepared: Path) -> None:
-    """Validate the params file, print each teacher member's resolved settings, and check every
-    architecture against the prepared data's feature shape."""
+    """Validate the params file, print each teacher member's and student variant's resolved
+    settings, and check every architecture against the prepared data's feature shape."""
     from kd.checks import data_warnings, fit_to_data
     from kd.prepared import load_meta
 
     for name in cfg.teacher.members:
         click.echo(f"teacher.members.{name}: {cfg.teacher.member(name).model_dump()}")
+    for name in cfg.student.variants:
+        click.echo(f"student.variants.{name}: {cfg.student.variant(name).model_dump()}")
     meta = None
     if (prepared / "meta.json").is_file():
         meta = load_meta(prepared)

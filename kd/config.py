@@ -159,6 +159,14 @@ def _deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
+def _merge_spec(defaults: dict, own: dict) -> dict:
+    """A member's or variant's settings: the shared defaults with its own on top."""
+    base = dict(defaults)
+    if "arch" in own and own["arch"] != base.get("arch", ModelConfig().arch):
+        base.pop("knobs", None)  # another architecture's knobs mean nothing to this one
+    return _deep_merge(base, own)
+
+
 class TeacherConfig(Section):
     """`defaults` hold what members share; each member overrides any part of it. A member
     with its own `arch` keeps the shared training settings but not the shared knobs."""
@@ -169,20 +177,11 @@ class TeacherConfig(Section):
     @field_validator("members")
     @classmethod
     def _check_members(cls, members: dict) -> dict:
-        if not members:
-            raise ValueError("needs at least one member, got none")
-        for name in members:
-            if not name.replace("_", "").replace("-", "").isalnum():
-                raise ValueError(f"member names use letters, digits, '_' and '-', got {name!r}")
-        return members
+        return _check_names("member", members)
 
     def member(self, name: str) -> ModelConfig:
         """The member's full settings: the shared defaults with its own overrides on top."""
-        own = self.members[name] or {}
-        base = dict(self.defaults)
-        if "arch" in own and own["arch"] != base.get("arch", ModelConfig().arch):
-            base.pop("knobs", None)  # another architecture's knobs mean nothing to this one
-        return ModelConfig.model_validate(_deep_merge(base, own))
+        return ModelConfig.model_validate(_merge_spec(self.defaults, self.members[name] or {}))
 
 
 # ------------------------------------------------------------------ export, student, tracking
@@ -206,9 +205,17 @@ class ExportConfig(Section):
 
 
 class StudentConfig(ModelConfig):
+    """One student variant, resolved: `student.defaults` with the variant's overrides on top."""
+
     temperature: Annotated[float, Field(gt=0, le=100)] = 4.0
     alpha: Annotated[float, Field(ge=0, le=1)] = 0.9
     combine: Literal["mean_probs", "mean_logits"] = "mean_probs"
+    # soft: the ensemble's distribution at T (Hinton); hard: its argmax as the label of every
+    # row, at T = 1 (the pseudo-label control: what is left of KD without the dark knowledge)
+    targets: Literal["soft", "hard"] = "soft"
+    # all: every exported training row; labeled: the labeled training rows only (the control
+    # without a transfer set: what is left of KD without the extra inputs)
+    rows: Literal["all", "labeled"] = "all"
     shuffle_buffer: PositiveInt = 50_000
 
     @model_validator(mode="after")
@@ -222,6 +229,50 @@ class StudentConfig(ModelConfig):
                 f"to the unaugmented rows, got shift={a.shift}, noise={a.noise}"
             )
         return self
+
+
+_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _check_names(what: str, names: dict) -> dict:
+    if not names:
+        raise ValueError(f"needs at least one {what}, got none")
+    for name in names:
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise ValueError(f"{what} names use letters, digits, '_' and '-', got {name!r}")
+    return names
+
+
+class StudentsConfig(Section):
+    """`defaults` hold what the student variants share; each variant overrides any part of it
+    (a variant with its own `arch` keeps the shared settings but not the shared knobs), like
+    `teacher.members`. Each variant is a `student@<variant>` and a `baseline@<variant>` stage."""
+
+    defaults: dict[str, Any] = {}
+    variants: dict[str, dict[str, Any] | None] = {"main": {}}
+
+    @field_validator("variants")
+    @classmethod
+    def _check_variants(cls, variants: dict) -> dict:
+        return _check_names("variant", variants)
+
+    def shared(self) -> StudentConfig:
+        """The defaults alone, resolved: the ensemble's combine rule the report and the
+        variant choice measure the ensemble by (one reference for every variant)."""
+        return StudentConfig.model_validate(self.defaults)
+
+    def variant(self, name: str) -> StudentConfig:
+        """The variant's full settings: the shared defaults with its own overrides on top."""
+        if name not in self.variants:
+            raise ConfigError(f"student.variants: no variant named {name!r} "
+                              f"(variants: {', '.join(self.variants)})")
+        return StudentConfig.model_validate(_merge_spec(self.defaults, self.variants[name] or {}))
+
+
+class ReportConfig(Section):
+    # the chosen variant: the one with the fewest parameters whose validation accuracy keeps
+    # this fraction of the ensemble's (validation rows only; test rows only report)
+    retain_target: Annotated[float, Field(gt=0, le=1)] = 0.99
 
 
 class TransferConfig(Section):
@@ -288,19 +339,22 @@ class Config(Section):
     teacher: TeacherConfig = TeacherConfig()
     transfer: TransferConfig = TransferConfig()
     export: ExportConfig = ExportConfig()
-    student: StudentConfig = StudentConfig()
+    student: StudentsConfig = StudentsConfig()
     baseline: BaselineConfig = BaselineConfig()
+    report: ReportConfig = ReportConfig()
     tracking: TrackingConfig = TrackingConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     deploy: DeployConfig = DeployConfig()
 
-    def baseline_train(self) -> TrainConfig:
-        """The student's training settings with the baseline's own augmentation and epochs,
-        validated like any other (warm-up shorter than the epochs, ...)."""
+    def baseline_spec(self, variant: str) -> ModelConfig:
+        """The variant's architecture and training settings with the baseline's own
+        augmentation and epochs, validated like any other (warm-up shorter than the epochs)."""
+        st = self.student.variant(variant)
         update = {"augment": self.baseline.augment.model_dump()}
         if self.baseline.epochs is not None:
             update["epochs"] = self.baseline.epochs
-        return TrainConfig.model_validate({**self.student.train.model_dump(), **update})
+        train = TrainConfig.model_validate({**st.train.model_dump(), **update})
+        return ModelConfig(arch=st.arch, knobs=st.knobs, train=train)
 
     @model_validator(mode="after")
     def _check_members(self) -> Config:
@@ -320,17 +374,29 @@ class Config(Section):
                     _format(e, prefix=f"teacher.members.{name}", model=ModelConfig)
                 ) from None
             _check_arch(f"teacher.members.{name}", member)
-        _check_arch("student", self.student)
-        rt = self.runtime
-        if rt.nproc > 1 and rt.batch == "global" and self.student.train.batch_size % rt.nproc:
-            raise ConfigError(f"student.train.batch_size: {self.student.train.batch_size} rows "
-                              f"do not split evenly over runtime.nproc {rt.nproc} ranks "
-                              "(or set runtime.batch: per_rank)")
         try:
-            self.baseline_train()
+            shared = StudentConfig.model_validate(self.student.defaults)
         except ValidationError as e:
-            raise ConfigError(_format(e, prefix="student.train")
-                              + " (in the baseline's run, with baseline.epochs)") from None
+            raise ConfigError(_format(e, prefix="student.defaults", model=StudentConfig)) from None
+        if {"arch", "knobs"} & set(self.student.defaults):  # blame the defaults, not a variant
+            _check_arch("student.defaults", shared)
+        rt = self.runtime
+        for name in self.student.variants:
+            key = f"student.variants.{name}"
+            try:
+                st = self.student.variant(name)
+            except ValidationError as e:
+                raise ConfigError(_format(e, prefix=key, model=StudentConfig)) from None
+            _check_arch(key, st)
+            if rt.nproc > 1 and rt.batch == "global" and st.train.batch_size % rt.nproc:
+                raise ConfigError(f"{key}.train.batch_size: {st.train.batch_size} rows do not "
+                                  f"split evenly over runtime.nproc {rt.nproc} ranks "
+                                  "(or set runtime.batch: per_rank)")
+            try:
+                self.baseline_spec(name)
+            except ValidationError as e:
+                raise ConfigError(_format(e, prefix=f"{key}.train")
+                                  + " (in the baseline's run, with baseline.epochs)") from None
         return self
 
 
@@ -435,6 +501,13 @@ def parse_config(raw: Any) -> Config:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"params: must be a mapping of sections, got {type(raw).__name__}")
+    student = raw.get("student")
+    if isinstance(student, dict) and (flat := sorted(set(student) & set(StudentConfig.model_fields)
+                                                     - {"defaults", "variants"})):
+        # the section before student variants: say where the key moved, not "unknown key"
+        raise ConfigError(f"student.{flat[0]}: the student section holds `defaults` and "
+                          f"`variants` (README \"Student variants\"): move it to "
+                          f"student.defaults.{flat[0]}")
     try:
         return Config.model_validate(raw)
     except ValidationError as e:

@@ -1,19 +1,22 @@
-"""Stage `baseline`: the student's architecture trained on the labeled split alone.
+"""Stage `baseline@<variant>`: a student variant's architecture trained on the labeled split
+alone.
 
-    kd baseline                       # or: dvc repro baseline
+    kd baseline small                 # or: dvc repro baseline@small
 
 What distillation must beat (Hinton et al.'s MNIST table: the small net alone made 146 errors,
-distilled 74). Same architecture, knobs and training settings as the student, hard labels only,
-read from `data/prepared/`; it does not depend on the teacher. Augmentation (and, if set, the
-epoch count) come from `baseline`: the student cannot augment, its targets belong to the stored
-rows. Writes `data/baseline/` like a teacher member.
+distilled 74). Same architecture, knobs and training settings as the variant's student, hard
+labels only, read from `data/prepared/`; it does not depend on the teacher. Augmentation (and,
+if set, the epoch count) come from `baseline`: the student cannot augment, its targets belong to
+the stored rows. Writes `data/baseline/<variant>/` like a teacher member. Every variant has its
+own baseline stage and output, even when two variants' baselines are the same network (the
+controls `targets: hard`, `rows: labeled` change only the student): nothing is shared by accident.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from kd.config import Config, ModelConfig
+from kd.config import Config
 from kd.runtime.distributed import SINGLE, Dist
 from kd.tracking import stage_run
 from kd.train.callbacks import progress
@@ -21,11 +24,10 @@ from kd.train.runner import train_and_write
 from kd.train.supervised import supervised_job
 
 
-def run(cfg: Config, out_dir: Path = Path("data/baseline"),
+def run(cfg: Config, variant: str, out_root: Path = Path("data/baseline"),
         prepared: Path = Path("data/prepared"), dist: Dist = SINGLE) -> dict:
-    st = cfg.student
-    spec = ModelConfig(arch=st.arch, knobs=st.knobs, train=cfg.baseline_train())
-    job = supervised_job(cfg, "baseline", spec, prepared, dist)
+    job = supervised_job(cfg, f"baseline@{variant}", cfg.baseline_spec(variant), prepared, dist)
     with stage_run(cfg, job.stage, params=job.params, main=dist.is_main) as tracking:
-        return train_and_write(job, out_dir, callbacks=progress(dist, job.stage, tracking),
-                               dist=dist)
+        tracking.set_tags({"kd.variant": variant})
+        return train_and_write(job, out_root / variant,
+                               callbacks=progress(dist, job.stage, tracking), dist=dist)

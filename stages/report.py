@@ -34,6 +34,7 @@ from kd.deploy.runtime import CHECK_THREADS, onnx_forward, open_session
 from kd.deploy.runtime import run as onnx_run
 from kd.errors import ArtifactError
 from kd.evaluate import stats
+from kd.evaluate.choose import choose_variant
 from kd.evaluate.metrics import (
     agreement,
     compression,
@@ -49,13 +50,18 @@ from kd.io.atomic import atomic_dir, write_json
 from kd.io.faults import failpoint
 from kd.models import check_fits, count_params, load_model
 from kd.prepared import load_meta, read_split
+from kd.report import plots
 from kd.report.figures import tree_figures, write_figures
 from kd.report.render import render_html, render_markdown
+from kd.report.variants import controls_rows, frontier_points, frontier_rows, variant_figures
 from kd.targets.shards import MANIFEST, check_members, check_same_test_split, read_manifest
 from kd.targets.shardset import verify
 from kd.tracking import COMPARE_BY, flatten, link_input_runs, stage_run
 
 TIMING = "timing.json"  # wall-clock figures: not cached, differ between identical runs
+FRONTIER_LATENCY = "frontier_latency.png"  # drawn from timing.json's latencies: not cached
+VARIANT_KEYS = ("accuracy", "val_accuracy", "params", "baseline_accuracy", "retained",
+                "gap_recovered")
 HEADLINE = (COMPARE_BY, "test_acc", "acc_retained", "gap_recovered")  # what variants differ by
 
 
@@ -69,10 +75,11 @@ def headline(metrics: dict) -> dict:
 
 def describe(cfg: Config, metrics: dict) -> str:
     """One line for the report run's description in the MLflow UI."""
-    st, m = cfg.student, metrics
+    st, m = cfg.student.variant(metrics["chosen_variant"]), metrics
     val = "n/a" if m["val_acc"] is None else f"{m['val_acc']:.2%}"
-    return (f"student {st.arch} T={st.temperature:g} alpha={st.alpha:g}: validation accuracy "
-            f"{val}, test {m['test_acc']:.2%} (teacher {m['teacher']['accuracy']:.2%}, baseline "
+    return (f"student '{m['chosen_variant']}' {st.arch} T={st.temperature:g} "
+            f"alpha={st.alpha:g}: validation accuracy {val}, test {m['test_acc']:.2%} "
+            f"(teacher {m['teacher']['accuracy']:.2%}, baseline "
             f"{m['baseline']['accuracy']:.2%}); {m['compression']['params_ratio']:.1f}x fewer "
             f"parameters")
 
@@ -107,8 +114,8 @@ def sha256(path: Path) -> str:
 
 
 def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path("data/prepared"),
-        teachers: Path = Path("data/teachers"), student_dir: Path = Path("data/student"),
-        baseline_dir: Path = Path("data/baseline"), shards: Path = Path("data/soft_targets"),
+        teachers: Path = Path("data/teachers"), student_root: Path = Path("data/student"),
+        baseline_root: Path = Path("data/baseline"), shards: Path = Path("data/soft_targets"),
         deploy_dir: Path = Path("data/deploy")) -> dict:
     meta = load_meta(prepared)
     test, _ = read_split(prepared, "test")
@@ -116,17 +123,26 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
     x = torch.from_numpy(test.x).view(len(test.x), *shape)  # (N, *shape)
     members = list(cfg.teacher.members)
     transfer = transfer_set(check_shards(shards, members, meta, prepared))
+    # the variant deploy shipped, chosen on validation rows by the same function
+    choice = choose_variant(cfg, student_root, shards)
+    chosen, variants = choice["variant"], list(cfg.student.variants)
+    st = cfg.student.variant(chosen)
     dirs = {name: teachers / name for name in members}
-    dirs.update(student=student_dir, baseline=baseline_dir)
+    for v in variants:
+        dirs.update({f"student@{v}": student_root / v, f"baseline@{v}": baseline_root / v})
     models, specs = {}, {}
     for name, d in dirs.items():
         models[name], specs[name] = load_model(d)
         check_fits(specs[name], d, meta, f"member '{name}'" if name in members
-                   else f"the {name}")
+                   else name.replace("@", " '") + "'")
     with torch.no_grad():
         logits = {name: m(x) for name, m in models.items()}  # each (N, C)
     probs = {name: softmax(lg) for name, lg in logits.items()}
-    probs["teacher"] = ensemble_probs([logits[m] for m in members], cfg.student.combine)
+    probs["teacher"] = ensemble_probs([logits[m] for m in members], cfg.student.shared().combine)
+    # today's keys ("student", "baseline") are the chosen variant's
+    for kind in ("student", "baseline"):
+        for d in (dirs, models, specs, probs):
+            d[kind] = d[f"{kind}@{chosen}"]
 
     evals = {name: quality(p, test.y, n_classes) for name, p in probs.items()}
     params = {name: count_params(m) for name, m in models.items()}
@@ -143,10 +159,13 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
     # every model side by side, round by round: a burst of load hits them all alike; the ONNX
     # files under ONNX Runtime on as many threads as torch has
     threads = torch.get_num_threads()
+    timed = [*members, *(f"student@{v}" for v in variants), f"baseline@{chosen}"]
     speed = speeds({"teacher": [models[m] for m in members]}
-                   | {name: [m] for name, m in models.items()}
+                   | {name: [models[name]] for name in timed}
                    | {name: onnx_forward(path, threads) for name, path in onnx_files.items()},
                    x.numpy())
+    for kind in ("student", "baseline"):
+        speed[kind] = speed[f"{kind}@{chosen}"]
     load = {"before": [round(v, 2) for v in load_before],
             "after": [round(v, 2) for v in os.getloadavg()]}
 
@@ -157,8 +176,13 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
                 "val_accuracy": val.get(name)}
 
     t_acc, s_acc, b_acc = (evals[n]["accuracy"] for n in ("teacher", "student", "baseline"))
-    right = {n: probs[n].argmax(1) == test.y for n in ("teacher", "student", "baseline")}
-    val = validation_accuracy(prepared, models, members, cfg.student.combine, shape)
+    right = {n: p.argmax(1) == test.y for n, p in probs.items()}
+    val = validation_accuracy(prepared, {n: models[n] for n in dirs if "@" in n or n in members},
+                              members, cfg.student.shared().combine, shape)
+    for kind in ("student", "baseline"):
+        if val:
+            val[kind] = val[f"{kind}@{chosen}"]
+    figures = variant_figures(cfg, right, params, val, t_acc)
     metrics = {
         "teacher": summary("teacher"),
         "student": {**summary("student"), "agreement": agreement(probs["student"],
@@ -184,34 +208,55 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
            "gap_meaningful": ratios["gap_meaningful"],
            "deployed": compression(metrics["teacher"], metrics["student_int8"],
                                    metrics["baseline"])},
-        "student_temperature": cfg.student.temperature, "student_alpha": cfg.student.alpha,
+        "student_temperature": st.temperature, "student_alpha": st.alpha,
         "transfer_set": {k: transfer[k] for k in ("labeled", "unlabeled", "synthetic")},
+        # every variant in a few keys (`dvc exp show` gets a column per key); the intervals,
+        # recipes and comparisons are in details.json
+        "chosen_variant": chosen,
+        "variants": {v: {k: f[k] for k in VARIANT_KEYS} for v, f in figures.items()},
     }
     metrics |= headline(metrics)
     # the same keys as metrics.json, so `dvc metrics show` lines them up (student.accuracy,
     # student.latency_ms_median, compression.speedup, ...)
     timing = {name: speed[name] for name in ("teacher", "student", "baseline", *onnx_files)} | {
         "members": {m: speed[m] for m in members},
+        "variants": {v: {"latency_ms": speed[f"student@{v}"]["latency_ms_median"]}
+                     for v in variants},
         "compression": speed_ratios(speed["teacher"], speed["student"])
         | {"deployed": speed_ratios(speed["teacher"], speed["student_int8"]),
            "onnx_vs_eager": speed_ratios(speed["student"], speed["student_onnx"])},
         "machine": machine() | {"loadavg_1_5_15": load},
     }
+    choice_info = {k: choice[k] for k in ("reason", "meets_target", "threshold",
+                                          "ensemble_val_accuracy", "retain_target")}
     context = {"metrics": metrics, "evals": evals, "members": members,
+               "variants": {"chosen": chosen, "choice": choice_info,
+                            "frontier": frontier_rows(cfg, figures, params["teacher"], chosen),
+                            "controls": controls_rows(cfg, figures)},
                "class_names": meta["class_names"], "test_rows": len(test.y),
                "transfer": transfer, "test_overlap": meta.get("test_overlap")}
 
     with stage_run(cfg, "report", params=flatten(cfg.model_dump())) as tracking:
         failpoint("report.write")
         with atomic_dir(out_dir) as tmp:
-            write_figures(tmp, cfg, meta, evals, probs, test.y,  # not the ONNX copies' points:
-                          {n: p for n, p in params.items() if n not in onnx_files}, dirs,
-                          members, shards)
+            write_figures(tmp, st, meta, evals, probs, test.y,  # today's models' points
+                          {n: p for n, p in params.items() if n in ("teacher", "student",
+                                                                   "baseline", *members)},
+                          {n: d for n, d in dirs.items() if "@" not in n}, members, shards)
+            plots.frontier(frontier_points(figures, {v: f["params"] for v, f in figures.items()},
+                                           "params"), t_acc, "params", "parameters (log scale)",
+                           tmp / "plots" / "frontier.png", chosen)
+            # against latency: a wall-clock figure, so beside timing.json, not a cached plot
+            plots.frontier(frontier_points(figures, {v: timing["variants"][v]["latency_ms"]
+                                                     for v in variants}, "latency"),
+                           t_acc, "latency", "batch-1 latency, ms (log scale)",
+                           tmp / FRONTIER_LATENCY, chosen)
             context["tree"] = tree_figures(tmp / "plots", models, specs, test, meta)
             write_json(tmp / "metrics.json", metrics)
             write_json(tmp / "details.json", {k: {"per_class_accuracy": v["per_class_accuracy"],
                                                   "confusion": v["confusion"]}
-                                              for k, v in evals.items()})
+                                              for k, v in evals.items()}
+                       | {"variants": figures, "choice": choice_info})
             write_json(tmp / TIMING, timing)
             (tmp / "report.md").write_text(render_markdown(context))
             (tmp / "report.html").write_text(render_html(context, tmp / "plots"))
@@ -224,13 +269,15 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
         tracking.set_tags({f"kd.machine.{k}": v for k, v in timing["machine"].items()})
         lock = Path("dvc.lock")
         tracking.set_tags({"kd.dvc_lock_sha256": sha256(lock) if lock.exists() else "none"})
-        link_input_runs(tracking, {f"teacher@{m}": dirs[m] / "model.safetensors" for m in members}
-                        | {"student": student_dir / "model.safetensors",
-                           "baseline": baseline_dir / "model.safetensors",
-                           "export": shards / MANIFEST,
+        tracking.set_tags({"kd.variant": chosen})
+        link_input_runs(tracking, {name: d / "model.safetensors" for name, d in dirs.items()
+                                   if "@" in name or name in members}
+                        | {"export": shards / MANIFEST,
                            "deploy": onnx_files["student_int8"]})
         tracking.log_artifact(out_dir)
     c = metrics["compression"]
+    print(f"report: {len(variants)} student variants; chosen '{chosen}' on validation rows "
+          f"({choice['reason']})")
     print(f"report: teacher {t_acc:.4f} ({params['teacher']:,} params), student {s_acc:.4f} "
           f"({params['student']:,}), baseline {b_acc:.4f}; {c['params_ratio']:.1f}x fewer "
           f"parameters, {timing['compression']['speedup']:.1f}x faster (median batch-1 latency, "

@@ -28,6 +28,7 @@ from pathlib import Path
 from click.testing import CliRunner, Result
 
 from kd.cli import cli
+from tests.conftest import one_variant
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "errors.md"
@@ -63,8 +64,8 @@ PIPELINE_PARAMS = {
         "b": {"arch": "mlp", "knobs": {"depth": 1, "width": 8},
               "train": {"epochs": 1, "batch_size": 64, "seed": 1}}}},
     "export": {"rows_per_shard": 500, "row_group_size": 250, "batch_size": 512},
-    "student": {"arch": "mlp", "knobs": {"depth": 1, "width": 8},
-                "train": {"epochs": 1, "batch_size": 64}},
+    "student": one_variant({"arch": "mlp", "knobs": {"depth": 1, "width": 8},
+                            "train": {"epochs": 1, "batch_size": 64}}),
     "baseline": {"epochs": 1},
     "deploy": {"max_accuracy_drop": 0.5},  # a 1-epoch student: int8 may flip validation rows
     "tracking": {"enabled": False},

@@ -71,18 +71,37 @@ def run_cmd(args: list[str], cwd: Path, env: dict | None = None, check: bool = T
     return result
 
 
+VARIANT = "s"  # the one student variant a test pipeline trains unless it lists its own
+
+
+def one_variant(student: dict) -> dict:
+    """A flat student section (one student's settings) as the params' `student` section: those
+    settings as the defaults of the single variant VARIANT."""
+    return {"defaults": student, "variants": {VARIANT: {}}}
+
+
 def project_params(overrides: dict) -> dict:
     """The repository's params.yaml with `overrides` merged in (sections merge, values replace;
-    `teacher.members` and `student.knobs` are replaced whole so a test controls the models)."""
+    `teacher.members`, `student.variants` and the student's knobs are replaced whole so a test
+    controls the models). A flat `student` override is one student's settings: the repository's
+    student defaults with it on top, as the single variant VARIANT; without a `student`
+    override the pipeline also trains the default student as that one variant."""
     from kd.config import _deep_merge
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    overrides = dict(overrides)
+    student = overrides.pop("student", {})
+    if not {"defaults", "variants"} & set(student):
+        student = one_variant(student)
     members = overrides.get("teacher", {}).get("members")
     merged = _deep_merge(params, overrides)
     if members is not None:
         merged["teacher"]["members"] = members
-    if "knobs" in overrides.get("student", {}):  # another architecture's knobs: replace whole
-        merged["student"]["knobs"] = overrides["student"]["knobs"]
+    defaults = _deep_merge(merged["student"]["defaults"], student.get("defaults", {}))
+    if "knobs" in student.get("defaults", {}):  # another architecture's knobs: replace whole
+        defaults["knobs"] = student["defaults"]["knobs"]
+    merged["student"] = {"defaults": defaults,
+                         "variants": student.get("variants", {VARIANT: {}})}
     return merged
 
 
@@ -119,18 +138,23 @@ cwd = contextlib.chdir
 
 def build_pipeline(root: Path, params: dict, stages: tuple[str, ...] = ("prepare", "teacher",
                                                                         "export")) -> Path:
-    """Run pipeline stages in-process, in order, in `root` (which gets the params.yaml)."""
+    """Run pipeline stages in-process, in order, in `root` (which gets the params.yaml). A flat
+    `student` section is the single variant VARIANT (one_variant)."""
     from kd.config import parse_config
     from stages import baseline, deploy, export, prepare, student, teacher, transfer
 
     root.mkdir(parents=True, exist_ok=True)
+    if "student" in params and not {"defaults", "variants"} & set(params["student"]):
+        params = {**params, "student": one_variant(params["student"])}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     cfg = parse_config(params)
     steps = {"prepare": lambda: prepare.run(cfg, Path("data/prepared")),
              "transfer": lambda: transfer.run(cfg),
              "teacher": lambda: [teacher.run(cfg, m) for m in cfg.teacher.members],
-             "export": lambda: export.run(cfg), "student": lambda: student.run(cfg),
-             "baseline": lambda: baseline.run(cfg), "deploy": lambda: deploy.run(cfg)}
+             "export": lambda: export.run(cfg),
+             "student": lambda: [student.run(cfg, v) for v in cfg.student.variants],
+             "baseline": lambda: [baseline.run(cfg, v) for v in cfg.student.variants],
+             "deploy": lambda: deploy.run(cfg)}
     with cwd(root), pytest.MonkeyPatch.context() as mp:
         mp.setenv("KD_TRACKING", "0")
         for name in stages:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.conftest import make_repo, run_cmd
+from tests.conftest import make_repo, one_variant, run_cmd
 
 ENV = {"KD_TRACKING": "0"}
 MLP = {"arch": "mlp", "knobs": {"depth": 1, "width": 16}}
@@ -24,8 +24,8 @@ TINY = {
     }},
     # 1,437 exported rows at 300 per shard: 5 shards, so a kill can land between two of them
     "export": {"rows_per_shard": 300, "row_group_size": 100, "batch_size": 128},
-    "student": {"arch": "mlp", "knobs": {"depth": 1, "width": 8}, "shuffle_buffer": 512,
-                "train": {"epochs": 2, "batch_size": 64, "lr": 0.02}},
+    "student": one_variant({"arch": "mlp", "knobs": {"depth": 1, "width": 8}, "shuffle_buffer": 512,
+                "train": {"epochs": 2, "batch_size": 64, "lr": 0.02}}),
     "baseline": {"epochs": 2},
     # a 2-epoch student near chance: int8 may flip a few of the 72 validation rows
     "deploy": {"max_accuracy_drop": 0.5},

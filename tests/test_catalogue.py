@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from tests.catalogue import Case, all_cases, assert_case, read_doc
+from tests.conftest import one_variant
 from tests.test_prepare import parquet_params, user_files
 
 EARLIER = '{"earlier": "output"}'  # a previous good run's output, which must survive
@@ -47,30 +48,49 @@ PARQUET = {"source": "parquet", "inputs": ".", "labeled": "l", "test": "t", "lab
 P = params_case
 PARAMS_CASES = [
     P("student.temperature.range", "a temperature that is not positive",
-      {"student": {"temperature": -1}}, ("student.temperature", "-1")),
+      {"student": {"defaults": {"temperature": -1}}}, ("student.defaults.temperature", "-1")),
     P("student.temperature.typo", "a misspelt key (a close match is suggested)",
-      {"student": {"temprature": 4}}, ("student.temprature", "temperature")),
+      {"student": {"variants": {"v": {"temprature": 4}}}},
+      ("student.variants.v.temprature", "temperature")),
+    P("student.flat", "a student section written before variants (the key moved)",
+      {"student": {"temperature": 4.0}}, ("student.temperature", "student.defaults.temperature")),
     P("section.unknown", "a section that does not exist", {"studnt": {}}, ("studnt",)),
-    P("student.alpha.range", "alpha outside [0, 1]", {"student": {"alpha": 1.5}},
-      ("student.alpha", "1.5")),
+    P("student.alpha.range", "alpha outside [0, 1]",
+      {"student": {"variants": {"v": {"alpha": 1.5}}}}, ("student.variants.v.alpha", "1.5")),
     P("student.combine.choice", "a value not among the choices",
-      {"student": {"combine": "max"}}, ("student.combine", "'max'")),
+      {"student": {"defaults": {"combine": "max"}}}, ("student.defaults.combine", "'max'")),
+    P("student.targets.choice", "a variant's targets that are neither soft nor hard",
+      {"student": {"variants": {"v": {"targets": "argmax"}}}},
+      ("student.variants.v.targets", "'argmax'")),
+    P("student.rows.choice", "a variant's rows that are neither all nor labeled",
+      {"student": {"variants": {"v": {"rows": "unlabeled"}}}},
+      ("student.variants.v.rows", "'unlabeled'")),
+    P("student.variants.none", "no student variant at all", {"student": {"variants": {}}},
+      ("student.variants", "at least one")),
+    P("student.variants.name", "a variant name DVC cannot use in a stage name",
+      {"student": {"variants": {"a b": {}}}}, ("student.variants", "'a b'")),
     P("student.train.augment", "augmentation for the student (its soft targets belong to the "
-      "unaugmented rows)", {"student": {"train": {"augment": {"shift": 2}}}},
-      ("student.train", "shift=2")),
+      "unaugmented rows)", {"student": {"variants": {"v": {"train": {"augment": {"shift": 2}}}}}},
+      ("student.variants.v.train", "shift=2")),
     P("student.train.batch_size.bool", "a boolean where an integer belongs",
-      {"student": {"train": {"batch_size": True}}}, ("student.train.batch_size", "True")),
+      {"student": {"defaults": {"train": {"batch_size": True}}}},
+      ("student.defaults.train.batch_size", "True")),
     P("student.arch.unknown", "an architecture that is not registered",
-      {"student": {"arch": "transformer"}}, ("student.arch", "'transformer'")),
+      {"student": {"variants": {"v": {"arch": "transformer"}}}},
+      ("student.variants.v.arch", "'transformer'")),
     P("student.knobs.unknown", "a knob the architecture does not have",
-      {"student": {"arch": "mlp", "knobs": {"channels": 3}}}, ("student.knobs", "'channels'")),
+      {"student": {"variants": {"v": {"arch": "mlp", "knobs": {"channels": 3}}}}},
+      ("student.variants.v.knobs", "'channels'")),
     P("student.knobs.value", "a knob value out of range",
-      {"student": {"knobs": {"dropout": 1.5}}}, ("student.knobs", "dropout=1.5")),
+      {"student": {"variants": {"v": {"knobs": {"dropout": 1.5}}}}},
+      ("student.variants.v.knobs", "dropout=1.5")),
     P("student.knobs.soft_tree_inference", "a soft decision tree's inference mode that does "
-      "not exist", {"student": {"arch": "soft_tree", "knobs": {"inference": "argmax"}}},
-      ("student.knobs", "inference='argmax'")),
+      "not exist", {"student": {"variants": {"v": {"arch": "soft_tree",
+                                                    "knobs": {"inference": "argmax"}}}}},
+      ("student.variants.v.knobs", "inference='argmax'")),
     P("student.train.weight_decay.inf", "an infinite number",
-      "student:\n  train:\n    weight_decay: .inf\n", ("student.train.weight_decay", "inf")),
+      "student:\n  defaults:\n    train:\n      weight_decay: .inf\n",
+      ("student.defaults.train.weight_decay", "inf")),
     P("data.source.choice", "an unknown data source", {"data": {"source": "cifar"}},
       ("data.source", "'cifar'")),
     P("data.unlabeled_size.string", "a number written as a string",
@@ -127,8 +147,9 @@ PARAMS_CASES = [
       {"teacher": {"defaults": {"train": {"epochs": 5, "warmup_epochs": 5}}}},
       ("teacher.defaults.train.warmup_epochs", "5")),
     P("baseline.epochs.warmup", "the student's warm-up longer than the baseline's epochs",
-      {"student": {"train": {"epochs": 50, "warmup_epochs": 40}}, "baseline": {"epochs": 10}},
-      ("student.train.warmup_epochs", "baseline.epochs")),
+      {"student": {"defaults": {"train": {"epochs": 50, "warmup_epochs": 40}}},
+       "baseline": {"epochs": 10}},
+      ("student.variants.main.train.warmup_epochs", "baseline.epochs")),
     P("transfer.method.choice", "an unknown transfer method",
       {"transfer": {"method": "smote"}}, ("transfer.method", "'smote'")),
     P("transfer.p.range", "a MUNGE swap probability above 1", {"transfer": {"p": 1.5}},
@@ -154,8 +175,8 @@ PARAMS_CASES = [
     P("runtime.backend.choice", "a backend torch.distributed has no use for here",
       {"runtime": {"backend": "mpi"}}, ("runtime.backend", "'mpi'")),
     P("runtime.batch.split", "a global batch that does not split over the processes",
-      {"runtime": {"nproc": 3}, "student": {"train": {"batch_size": 256}}},
-      ("student.train.batch_size", "256", "3")),
+      {"runtime": {"nproc": 3}, "student": {"defaults": {"train": {"batch_size": 256}}}},
+      ("student.variants.main.train.batch_size", "256", "3")),
     P("yaml.syntax", "a YAML syntax error", "data: [unclosed", ("params.yaml", "line 1")),
     P("yaml.duplicate", "a key written twice",
       "data:\n  source: mnist1d\n  source: digits\n", ("params.yaml", "source", "line 3")),
@@ -278,7 +299,7 @@ def data_case(case_id: str, mistake: str, names: tuple[str, ...], breaker: Break
 
 def _arch_misfit(d: Path) -> None:
     user_files(d)  # rows of 6 features, no shape
-    params = parquet_params(d) | {"student": {"arch": "cnn2d", "knobs": {}}}
+    params = parquet_params(d) | {"student": one_variant({"arch": "cnn2d", "knobs": {}})}
     (d / "params.yaml").write_text(yaml.safe_dump(params))
     _with_earlier_output(d)
 
@@ -306,7 +327,7 @@ def _one_training_row(d: Path) -> None:
 DATA_CASES = [data_case(*row) for row in DATA] + [
     Case("data.arch.misfit", "data", "an architecture that cannot take the prepared features "
          "(cnn2d on flat rows)", ("prepare",), _arch_misfit,
-         ("student.arch", "cnn2d", "data.shape", "[6]")),
+         ("student.variants.s.arch", "cnn2d", "data.shape", "[6]")),
     Case("data.transfer.one_training_row", "data", "MUNGE over fewer than 2 labeled training "
          "rows (validation rows are never a source)", ("transfer",), _one_training_row,
          ("data/prepared/labeled.parquet", "found 1")),
@@ -330,7 +351,7 @@ def _tree_student(d: Path) -> None:
     torch.manual_seed(0)
     tree = build_model("soft_tree", tuple(meta["feature_shape"]), meta["n_classes"],
                        {"depth": 2})
-    save_model(d / "data/student", tree, {"arch": "soft_tree", "knobs": {"depth": 2},
+    save_model(d / "data/student/s", tree, {"arch": "soft_tree", "knobs": {"depth": 2},
                                           "input_shape": meta["feature_shape"],
                                           "n_classes": meta["n_classes"],
                                           "class_names": meta["class_names"]})
@@ -356,17 +377,22 @@ def _hold_port(d: Path) -> None:
 
 CLI_CASES = [
     Case("cli.explain.not_a_tree", "cli", "`kd explain` on a student that is not a soft_tree",
-         ("explain", "0"), lambda d: None, ("data/student/model.json", "mlp", "soft_tree"),
+         ("explain", "0", "--model", "data/student/s"), lambda d: None, ("data/student/s/model.json", "mlp", "soft_tree"),
          base="pipeline"),
     Case("cli.explain.unknown_row", "cli", "`kd explain` with a row id that is not a test row",
-         ("explain", "999999"), _tree_student, ("data/prepared/test.parquet", "999999"),
+         ("explain", "999999", "--model", "data/student/s"), _tree_student, ("data/prepared/test.parquet", "999999"),
          base="pipeline"),
     Case("cli.teacher.unknown_member", "cli", "training a member params.yaml does not list",
          ("teacher", "nosuch"), _params, ("teacher.members", "'nosuch'")),
     Case("cli.export.before_prepare", "cli", "a stage run before the one it reads from",
          ("export",), _params, ("data/prepared/meta.json", "dvc repro prepare")),
     Case("cli.student.before_export", "cli", "the student run before the export",
-         ("student",), _params, ("data/soft_targets", "no such directory", "dvc repro export")),
+         ("student", "main"), _params,
+         ("data/soft_targets", "no such directory", "dvc repro export")),
+    Case("cli.student.unknown_variant", "cli", "training a student variant params.yaml does not "
+         "list", ("student", "nosuch"), _params, ("student.variants", "'nosuch'")),
+    Case("cli.baseline.unknown_variant", "cli", "training the baseline of a variant params.yaml "
+         "does not list", ("baseline", "nosuch"), _params, ("student.variants", "'nosuch'")),
     Case("cli.shards.no_manifest", "cli", "`kd shards verify` on a directory without shards",
          ("shards", "verify", "notshards"), lambda d: (_params(d), (d / "notshards").mkdir()),
          ("notshards/manifest.json", "not a shard set")),
@@ -397,8 +423,8 @@ CLI_CASES += [
          PREDICT, _rows({"pixels": pa.array([[0.0] * 64])}), ("rows.parquet", "'features'"),
          base="pipeline"),
     Case("cli.predict.not_onnx", "cli", "`kd predict --model` on a file that is not ONNX",
-         ("predict", "--model", "data/student/model.safetensors", "rows.parquet", "o.parquet"),
-         _rows({"features": pa.array([[0.0] * 64])}), ("data/student/model.safetensors",),
+         ("predict", "--model", "data/student/s/model.safetensors", "rows.parquet", "o.parquet"),
+         _rows({"features": pa.array([[0.0] * 64])}), ("data/student/s/model.safetensors",),
          base="pipeline"),
 ]
 

@@ -14,15 +14,38 @@ from tests.conftest import assert_user_error
 
 def test_every_command_validates_the_whole_file(write_params, kd):
     # a mistake in the student's section stops the data stage
-    path = write_params({"data": {"unlabeled_size": 10}, "student": {"temperature": 0}})
-    assert_user_error(kd("prepare", "--params", path), "student.temperature")
+    path = write_params({"data": {"unlabeled_size": 10},
+                         "student": {"variants": {"v": {"temperature": 0}}}})
+    assert_user_error(kd("prepare", "--params", path), "student.variants.v.temperature")
 
 
 def test_defaults_and_empty_file(write_params):
     assert load_config(write_params("")) == Config()
     cfg = parse_config({})
     assert cfg.data.source == "mnist1d" and cfg.data.unlabeled_size == 40_000
-    assert cfg.student.temperature > 0 and 0 <= cfg.student.alpha <= 1
+    st = cfg.student.variant("main")  # the one variant of an empty file
+    assert list(cfg.student.variants) == ["main"]
+    assert st.temperature > 0 and 0 <= st.alpha <= 1
+    assert (st.targets, st.rows) == ("soft", "all")
+    assert cfg.report.retain_target == 0.99
+
+
+def test_variants_override_defaults_like_members():
+    cfg = parse_config({"student": {
+        "defaults": {"arch": "cnn1d", "knobs": {"channels": 16, "depth": 3}, "temperature": 4.0,
+                     "train": {"epochs": 10}},
+        "variants": {"a": {}, "b": {"knobs": {"channels": 8}, "targets": "hard"},
+                     "c": {"arch": "mlp", "knobs": {"width": 8}, "rows": "labeled"}},
+    }})
+    a, b, c = (cfg.student.variant(n) for n in "abc")
+    assert a.knobs == {"channels": 16, "depth": 3} and a.targets == "soft"
+    assert b.knobs == {"channels": 8, "depth": 3} and b.targets == "hard" and b.temperature == 4
+    assert c.arch == "mlp" and c.knobs == {"width": 8} and c.rows == "labeled"
+    assert c.train.epochs == 10
+    # each variant's baseline: its network, its training settings, the baseline's augmentation
+    assert cfg.baseline_spec("b").knobs == b.knobs and cfg.baseline_spec("c").arch == "mlp"
+    with pytest.raises(ConfigError, match="student.variants: no variant named 'd'"):
+        cfg.student.variant("d")
 
 
 def test_members_override_defaults():
@@ -47,8 +70,8 @@ def test_the_repository_params_are_valid():
 
 
 def test_config_error_is_raised_not_exit():
-    with pytest.raises(ConfigError, match="student.alpha"):
-        parse_config({"student": {"alpha": -0.1}})
+    with pytest.raises(ConfigError, match="student.defaults.alpha"):
+        parse_config({"student": {"defaults": {"alpha": -0.1}}})
 
 
 @pytest.mark.parametrize("params,expected", [
@@ -64,14 +87,16 @@ def test_architecture_and_knob_names_are_checked_up_front(params, expected):
 def test_baseline_settings_are_validated_when_params_load():
     # the student's warm-up is valid for its 50 epochs, not for the baseline's 10
     with pytest.raises(ConfigError, match="warmup_epochs: must be < epochs \\(10\\), got 40"):
-        parse_config({"student": {"train": {"epochs": 50, "warmup_epochs": 40}},
+        parse_config({"student": {"defaults": {"train": {"epochs": 50, "warmup_epochs": 40}}},
                       "baseline": {"epochs": 10}})
 
 
 @pytest.mark.parametrize("params,key", [
-    ({"student": {"train": {"weight_decay": float("inf")}}}, "student.train.weight_decay"),
+    ({"student": {"defaults": {"train": {"weight_decay": float("inf")}}}},
+     "student.defaults.train.weight_decay"),
     ({"teacher": {"members": {"m": {"train": {"lr": float("nan")}}}}}, "teacher.members.m.train.lr"),
-    ({"student": {"temperature": float("inf")}}, "student.temperature"),
+    ({"student": {"variants": {"v": {"temperature": float("inf")}}}},
+     "student.variants.v.temperature"),
 ])
 def test_non_finite_numbers_are_rejected(params, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

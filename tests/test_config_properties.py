@@ -160,7 +160,7 @@ def valid_params(draw) -> dict:
     student = draw(model_spec(student=True))
     student.update(draw(section(StudentConfig, skip={"arch", "knobs", "train"})))
     fix_warmup(student.get("train", {}))
-    p["student"] = student
+    p["student"] = {"defaults": student, "variants": {"v": {}}}
     baseline = draw(section(BaselineConfig))
     warmup = student.get("train", {}).get("warmup_epochs", 0)
     if baseline.get("epochs") is not None and baseline["epochs"] <= warmup:
@@ -207,8 +207,9 @@ def test_valid_params_load_as_written_and_round_trip(tmp_path_factory, params):
 # ---------------------------------------------------------------------------- mutations
 
 SECTIONS: dict[tuple[str, ...], type[BaseModel]] = {
-    (): Config, ("data",): DataConfig, ("export",): ExportConfig, ("student",): StudentConfig,
-    ("student", "train"): TrainConfig, ("baseline",): BaselineConfig,
+    (): Config, ("data",): DataConfig, ("export",): ExportConfig,
+    ("student", "defaults"): StudentConfig, ("student", "defaults", "train"): TrainConfig,
+    ("baseline",): BaselineConfig,
     ("tracking",): TrackingConfig, ("teacher", "defaults"): ModelConfig,
     ("teacher", "defaults", "train"): TrainConfig,
 }
@@ -240,7 +241,7 @@ def mutated(draw) -> tuple[dict, str, str]:
     member = next(iter(params["teacher"]["members"]))
     where = draw(st.sampled_from([*SECTIONS, ("teacher", "members", member),
                                   ("teacher", "members", member, "train")]))
-    model = SECTIONS.get(where, ModelConfig if len(where) == 3 else TrainConfig)
+    model = SECTIONS.get(where, ModelConfig if where[-1:] == (member,) else TrainConfig)
     node = params
     for part in where:
         node = node.setdefault(part, {})

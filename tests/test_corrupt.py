@@ -205,13 +205,13 @@ def _onnx_from_another_student(d: Path) -> None:
 def cases() -> list[Case]:
     readers = {  # stage -> (argv, [(artifact, damage rows)])
         "export": (("export",), [("teacher", model_damage("data/teachers/b"))]),
-        "student": (("student",), [("shards", shard_damage(True))]),
+        "student": (("student", "s"), [("shards", shard_damage(True))]),
         "report": (("report",), [("teacher", model_damage("data/teachers/a")),
-                                 ("student", model_damage("data/student")),
-                                 ("baseline", model_damage("data/baseline")[:5]),
+                                 ("student", model_damage("data/student/s")),
+                                 ("baseline", model_damage("data/baseline/s")[:5]),
                                  ("shards", shard_damage(True))]),
         "verify": (("shards", "verify"), [("shards", shard_damage(False))]),
-        "deploy": (("deploy",), [("student", model_damage("data/student")[:3])]),
+        "deploy": (("deploy",), [("student", model_damage("data/student/s")[:3])]),
     }
     out = []
     for stage, (argv, artifacts) in readers.items():
@@ -231,19 +231,19 @@ def cases() -> list[Case]:
              "labeled split's data", ("export",), flip("data/prepared/labeled.parquet", 1000),
              ("data/prepared/labeled.parquet",), base="pipeline"),
         Case("student.prepared.test_flipped", "artifacts", "one byte flipped in the prepared "
-             "test split's data", ("student",), flip("data/prepared/test.parquet", 3000),
+             "test split's data", ("student", "s"), flip("data/prepared/test.parquet", 3000),
              ("data/prepared/test.parquet",), base="pipeline"),
         Case("report.prepared.test_flipped", "artifacts", "one byte flipped in the prepared "
              "test split's data", ("report",), flip("data/prepared/test.parquet", 3000),
              ("data/prepared/test.parquet",), base="pipeline"),
         Case("student.prepared.test_other_width", "artifacts", "a test split from a data set "
-             "with other features than the shards'", ("student",), other_test_split(width=5),
+             "with other features than the shards'", ("student", "s"), other_test_split(width=5),
              ("data/prepared/test.parquet",), base="pipeline"),
         Case("student.prepared.test_other_labels", "artifacts", "a test split with more classes "
-             "than the shards'", ("student",), other_test_split(label=12),
+             "than the shards'", ("student", "s"), other_test_split(label=12),
              ("data/prepared/test.parquet",), base="pipeline"),
         Case("student.prepared.test_from_another_prepare", "artifacts", "a well-formed test "
-             "split that is not the one the shards were made beside", ("student",),
+             "split that is not the one the shards were made beside", ("student", "s"),
              another_prepares_test_split,
              ("data/prepared/test.parquet", "data/soft_targets/manifest.json"), base="pipeline"),
         Case("report.prepared.test_from_another_prepare", "artifacts", "a well-formed test "
@@ -251,10 +251,10 @@ def cases() -> list[Case]:
              another_prepares_test_split,
              ("data/prepared/test.parquet", "data/soft_targets/manifest.json"), base="pipeline"),
         Case("student.prepared.test_truncated", "artifacts", "prepared test split cut in half",
-             ("student",), truncate("data/prepared/test.parquet"),
+             ("student", "s"), truncate("data/prepared/test.parquet"),
              ("data/prepared/test.parquet",), base="pipeline"),
         Case("report.deploy.other_student", "artifacts", "an ONNX file exported from another "
-             "student than data/student", ("report",), _onnx_from_another_student,
+             "student than the chosen one", ("report",), _onnx_from_another_student,
              ("data/deploy/student.onnx", "rerun `kd deploy`"), base="pipeline"),
         Case("report.deploy.not_onnx", "artifacts", "the int8 ONNX file cut in half",
              ("report",), truncate("data/deploy/student.int8.onnx"),
@@ -295,7 +295,7 @@ def test_corrupt_artifact(case, tmp_path):
 SWEPT = [
     ("export", "data/prepared/labeled.parquet"), ("export", "data/teachers/a/model.safetensors"),
     ("export", "data/teachers/a/model.json"), ("student", "data/prepared/test.parquet"),
-    ("student", SHARD), ("student", MANIFEST), ("report", "data/baseline/model.safetensors"),
+    ("student", SHARD), ("student", MANIFEST), ("report", "data/baseline/s/model.safetensors"),
     ("report", "data/prepared/test.parquet"), ("verify", SHARD),
 ]
 POSITIONS = 8
@@ -306,7 +306,7 @@ def test_a_flipped_byte_anywhere_is_caught(stage, rel, tmp_path):
     from tests.catalogue import check, pipeline, run_case
 
     size = (pipeline() / rel).stat().st_size
-    argv = ("shards", "verify") if stage == "verify" else (stage,)
+    argv = {"verify": ("shards", "verify"), "student": ("student", "s")}.get(stage, (stage,))
     for i in range(POSITIONS):
         offset = (2 * i + 1) * size // (2 * POSITIONS)  # spread over the whole file
         case = Case(f"sweep.{i}", "artifacts", "", argv, flip(rel, offset), (rel,),

@@ -44,7 +44,7 @@ def _cfg(**deploy_params):
 
 
 def _student_logits(d: Path, x: np.ndarray) -> np.ndarray:
-    model, _ = load_model(d / "data/student")
+    model, _ = load_model(d / "data/student/s")
     with torch.no_grad():
         return model(torch.from_numpy(x)).numpy()  # (N, C)
 

@@ -26,15 +26,22 @@ from kd.targets.shards import ShardWriter, write_manifest
 from kd.targets.shardset import read_table, verify
 from kd.train.batches import in_memory_batches
 from kd.train.loop import lr_at
-from tests.conftest import build_pipeline, make_repo, run_cmd, run_to_failpoint
+from tests.conftest import (
+    VARIANT,
+    build_pipeline,
+    make_repo,
+    one_variant,
+    run_cmd,
+    run_to_failpoint,
+)
 
 MLP = {"arch": "mlp", "knobs": {"depth": 1, "width": 32}, "train": {"epochs": 8}}
 PARAMS = {
     "data": {"source": "digits"},
     "teacher": {"members": {"a": MLP, "b": {**MLP, "train": {"epochs": 8, "seed": 1}}}},
     "export": {"rows_per_shard": 150, "row_group_size": 50, "batch_size": 100},
-    "student": {"arch": "mlp", "knobs": {"depth": 1, "width": 16},
-                "train": {"epochs": 8, "batch_size": 64}, "temperature": 3.0, "alpha": 0.7},
+    "student": one_variant({"arch": "mlp", "knobs": {"depth": 1, "width": 16},
+                "train": {"epochs": 8, "batch_size": 64}, "temperature": 3.0, "alpha": 0.7}),
     "baseline": {"epochs": 3},
     "tracking": {"enabled": False},
 }
@@ -236,13 +243,13 @@ def test_student_under_torchrun_matches_one_process(pipe, tmp_path):
     the single-process effective batch. Written once, by rank 0; deterministic."""
     run = copy_inputs(pipe, tmp_path / "r2", PARAMS, "prepared", "soft_targets")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                "--nproc-per-node", "2", "-m", "kd.cli", "student"]
+                "--nproc-per-node", "2", "-m", "kd.cli", "student", VARIANT]
     out = run_cmd(torchrun, run, env=OFF)
-    assert out.stdout.count("student: test accuracy") == 1  # one rank reports
+    assert out.stdout.count("student@s: test accuracy") == 1  # one rank reports
     assert "2 ranks (cpu), global batch 64" in out.stdout
-    m1 = json.loads((pipe / "data/student/metrics.json").read_text())
-    m2 = json.loads((run / "data/student/metrics.json").read_text())
-    history = json.loads((run / "data/student/history.json").read_text())
+    m1 = json.loads((pipe / "data/student/s/metrics.json").read_text())
+    m2 = json.loads((run / "data/student/s/metrics.json").read_text())
+    history = json.loads((run / "data/student/s/history.json").read_text())
     assert [h["epoch"] for h in history] == list(range(1, 9))
     # every rank takes one process's steps of full batches, padding only the last one, so
     # the learning-rate schedule runs to its end
@@ -252,36 +259,37 @@ def test_student_under_torchrun_matches_one_process(pipe, tmp_path):
     for h in history:
         assert h["samples"] == 2 * 32 * steps
         assert n_train <= h["samples"] < n_train + 2 * 32
-    train = parse_config(PARAMS).student.train
+    train = parse_config(PARAMS).student.variant(VARIANT).train
     total = train.epochs * steps  # the last step's rate is the schedule's last, as in 1 process
     assert history[-1]["lr"] == pytest.approx(
         lr_at(total - 1, total, train.warmup_epochs * steps, train))
     assert abs(m2["test_accuracy"] - m1["test_accuracy"]) <= 0.05  # 360 test rows: noisy
-    first = sha(run / "data/student/model.safetensors")
+    first = sha(run / "data/student/s/model.safetensors")
     run_cmd(torchrun, run, env=OFF)
-    assert sha(run / "data/student/model.safetensors") == first
+    assert sha(run / "data/student/s/model.safetensors") == first
 
 
 @pytest.mark.slow
 def test_killed_two_rank_student_resumes_to_the_same_bytes(pipe, tmp_path):
-    params = with_nproc({**PARAMS, "student": {**PARAMS["student"],
-                                               "train": {"epochs": 6, "batch_size": 64}}}, 2)
+    params = with_nproc({**PARAMS, "student": {"defaults": {**PARAMS["student"]["defaults"],
+                                               "train": {"epochs": 6, "batch_size": 64}},
+                                               "variants": {VARIANT: {}}}}, 2)
     ref = copy_inputs(pipe, tmp_path / "ref", params, "prepared", "soft_targets")
-    kd(["student"], ref)
+    kd(["student", VARIANT], ref)
     run = copy_inputs(pipe, tmp_path / "run", params, "prepared", "soft_targets")
     steps = ShardReader(run / "data/soft_targets").rank_steps(32, 2)  # a rank's steps an epoch
     # both ranks die mid fourth epoch (each counts its own steps). Rank 0 saved the third
     # epoch's checkpoint before that epoch's first all-reduce, which rank 1 needs to get there
     point = f"train.batch@{3 * steps + steps // 2}"
-    killed = run_to_failpoint([str(Path(sys.executable).parent / "kd"), "student"], run, point,
+    killed = run_to_failpoint([str(Path(sys.executable).parent / "kd"), "student", VARIANT], run, point,
                               env=OFF)
     assert killed.returncode == 1, killed.stderr  # the launcher: a rank died, not a user error
     assert "failed with exit status -9" in killed.stderr
-    assert json.loads((run / "data/.checkpoints/student/state.json").read_text())["epoch"] == 2
-    assert not (run / "data/student/model.safetensors").exists()
-    out = kd(["student"], run)
+    assert json.loads((run / "data/.checkpoints/student@s/state.json").read_text())["epoch"] == 2
+    assert not (run / "data/student/s/model.safetensors").exists()
+    out = kd(["student", VARIANT], run)
     assert "resuming from epoch 3 of 6" in out.stderr
-    assert sha(run / "data/student/model.safetensors") == sha(ref / "data/student/model.safetensors")
+    assert sha(run / "data/student/s/model.safetensors") == sha(ref / "data/student/s/model.safetensors")
 
 
 def test_a_rank_dies_with_its_parent(tmp_path):
@@ -338,15 +346,15 @@ def test_corrupt_shard_found_by_rank_0_fails_every_rank_in_one_line(pipe, tmp_pa
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF
     shard.write_bytes(bytes(data))
-    out = kd(["student"], run, check=False)
+    out = kd(["student", VARIANT], run, check=False)
     assert out.returncode == 2 and "Traceback" not in out.stderr + out.stdout
     [line] = out.stderr.strip().splitlines()
     assert line.startswith(f"Error: data/soft_targets/{shard.name}: ") and "sha256" in line, line
-    assert not (run / "data/student").exists()
+    assert not (run / "data/student/s").exists()
     # torchrun started by hand: each rank says it itself, rank 0 with rank 1's finding
     (run / "params.yaml").write_text(yaml.safe_dump(PARAMS))
     out = run_cmd([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   "--nproc-per-node", "2", "-m", "kd.cli", "student"], run, env=OFF,
+                   "--nproc-per-node", "2", "-m", "kd.cli", "student", VARIANT], run, env=OFF,
                   check=False)
     said = sorted(x for x in out.stderr.splitlines() if x.startswith("[rank "))
     assert said == [f"[rank {r}] {line}" for r in (0, 1)], out.stderr
@@ -425,9 +433,10 @@ def test_storage_names_hide_credentials_and_take_endpoints_without_scheme(monkey
 def test_batch_that_does_not_split_over_the_ranks_is_a_params_error():
     from kd.errors import ConfigError
 
-    bad = with_nproc({**PARAMS, "student": {**PARAMS["student"],
-                                            "train": {"epochs": 1, "batch_size": 63}}}, 2)
-    with pytest.raises(ConfigError, match=r"^student.train.batch_size: 63 rows do not split"):
+    bad = with_nproc({**PARAMS, "student": {"defaults": {**PARAMS["student"]["defaults"],
+                                            "train": {"epochs": 1, "batch_size": 63}},
+                                            "variants": {VARIANT: {}}}}, 2)
+    with pytest.raises(ConfigError, match=r"^student.variants.s.train.batch_size: 63 rows do not split"):
         parse_config(bad)
     parse_config({**bad, "runtime": {"nproc": 2, "batch": "per_rank"}})  # each rank takes 63
 
@@ -447,11 +456,11 @@ def test_student_reads_shards_from_s3_on_two_ranks(pipe, tmp_path, s3_server, mo
     assert f"{uri}: ok" in out.stdout
     kd(["shards", "verify", uri], local)
     remote = copy_inputs(pipe, tmp_path / "remote", with_nproc(PARAMS, 2), "prepared")
-    kd(["student", "--shards", uri], remote)  # this node has no local shards at all
-    kd(["student"], local)
+    kd(["student", VARIANT, "--shards", uri], remote)  # this node has no local shards at all
+    kd(["student", VARIANT], local)
     for name in ("model.safetensors", "metrics.json", "history.json"):
-        assert sha(remote / "data/student" / name) == sha(local / "data/student" / name)
-    missing = kd(["student", "--shards", "s3://kd-team/nope"], remote, check=False)
+        assert sha(remote / "data/student/s" / name) == sha(local / "data/student/s" / name)
+    missing = kd(["student", VARIANT, "--shards", "s3://kd-team/nope"], remote, check=False)
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     # the launcher's line is the last; a rank's C++ runtime may print at its exit before it
     # (seen once: "terminate called without an active exception", see session())
@@ -461,7 +470,7 @@ def test_student_reads_shards_from_s3_on_two_ranks(pipe, tmp_path, s3_server, mo
     test = remote / "data/prepared/test.parquet"
     table = pq.read_table(test)
     pq.write_table(table.slice(0, table.num_rows - 1), test, write_page_checksum=True)
-    other = kd(["student", "--shards", uri], remote, check=False)
+    other = kd(["student", VARIANT, "--shards", uri], remote, check=False)
     assert other.returncode == 2 and "Traceback" not in other.stderr
     assert (f"Error: {test.relative_to(remote)}: not the test split the shards in "
             f"{uri}/manifest.json were made with") in other.stderr.strip().splitlines()[-1]
@@ -484,5 +493,5 @@ def test_dvc_repro_with_nproc_2_runs_every_stage_under_torchrun(tmp_path):
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     status = run_cmd(["dvc", "status", "--json"], repo).stdout
     changed = set(json.loads(status))
-    assert {"teacher@a", "teacher@b", "export", "student", "baseline"} <= changed
+    assert {"teacher@a", "teacher@b", "export", "student@s", "baseline@s"} <= changed
     assert "prepare" not in changed

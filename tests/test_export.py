@@ -29,7 +29,7 @@ from kd.prepared import load_meta, read_split
 from kd.targets.shards import MANIFEST, read_manifest, read_shard_metadata
 from kd.targets.shardset import read_table, verify
 from stages import export
-from tests.conftest import assert_user_error, build_pipeline, run_to_failpoint
+from tests.conftest import assert_user_error, build_pipeline, one_variant, run_to_failpoint
 
 TRAIN = {"epochs": 2, "batch_size": 64}
 MLP = {"arch": "mlp", "knobs": {"depth": 1, "width": 16}, "train": TRAIN}
@@ -37,7 +37,7 @@ PARAMS = {
     "data": {"source": "digits"},
     "teacher": {"members": {"a": MLP, "b": {**MLP, "train": {**TRAIN, "seed": 1}}}},
     "export": {"rows_per_shard": 300, "row_group_size": 100, "batch_size": 128},
-    "student": {"arch": "mlp", "knobs": {"depth": 1, "width": 8}, "train": TRAIN},
+    "student": one_variant({"arch": "mlp", "knobs": {"depth": 1, "width": 8}, "train": TRAIN}),
     "tracking": {"enabled": False},
 }
 MEMBERS = ["a", "b"]

@@ -21,7 +21,7 @@ import torch
 import kd.train.distill as distill
 from kd.config import parse_config
 from stages import student
-from tests.conftest import build_pipeline, cwd
+from tests.conftest import VARIANT, build_pipeline, cwd, one_variant
 
 MEMBER = {"arch": "mlp", "knobs": {"depth": 1, "width": 32},
           "train": {"epochs": 10, "batch_size": 64}}
@@ -32,8 +32,8 @@ PARAMS = {
                                                                     "seed": 1}}}},
     "export": {"rows_per_shard": 2000, "row_group_size": 200, "batch_size": 512},
     # alpha 1: the soft term alone; whatever the student gets right it got from the teachers
-    "student": {"arch": "mlp", "knobs": {"depth": 1, "width": 32}, "temperature": 3.0,
-                "alpha": 1.0, "train": {"epochs": 10, "batch_size": 64}},
+    "student": one_variant({"arch": "mlp", "knobs": {"depth": 1, "width": 32}, "temperature": 3.0,
+                "alpha": 1.0, "train": {"epochs": 10, "batch_size": 64}}),
     "tracking": {"enabled": False},
 }
 AGREES = 0.8  # measured 0.99 with the real loss, 0.08 and 0.14 with the ignoring ones
@@ -67,8 +67,8 @@ def train_student(root: Path, monkeypatch, targets=None) -> dict:
 
         monkeypatch.setattr(distill, "kd_loss", ignoring)
     with cwd(root):
-        student.run(parse_config(PARAMS))
-    return json.loads((root / "data/student/metrics.json").read_text())
+        student.run(parse_config(PARAMS), VARIANT)
+    return json.loads((root / "data/student/s/metrics.json").read_text())
 
 
 def test_soft_term_alone_makes_the_student_agree_with_the_ensemble(shards, monkeypatch):

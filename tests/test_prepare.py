@@ -10,6 +10,7 @@ import pytest
 from kd.config import parse_config
 from kd.prepared import read_split
 from stages.prepare import run
+from tests.conftest import one_variant
 
 
 def prepare(params: dict, out, root="."):
@@ -181,7 +182,7 @@ def test_prepare_warns_of_shifts_over_tabular_columns_and_unread_keys(tmp_path, 
     params["data"]["unlabeled_size"] = 100  # an mnist1d key, left over
     params["teacher"] = {"defaults": {"arch": "mlp", "knobs": {},
                                       "train": {"augment": {"shift": 2}}}}
-    params["student"] = {"arch": "mlp", "knobs": {}}
+    params["student"] = one_variant({"arch": "mlp", "knobs": {}})
     meta = prepare(params, tmp_path / "p", root=tmp_path)
     assert meta["feature_columns"] == ["a", "b"]
     err = capsys.readouterr().err
@@ -194,7 +195,7 @@ def test_prepare_warns_of_shifts_over_tabular_columns_and_unread_keys(tmp_path, 
     params = parquet_params(tmp_path)
     params["teacher"] = {"defaults": {"arch": "mlp", "knobs": {},
                                       "train": {"augment": {"shift": 2}}}}
-    params["student"] = {"arch": "mlp", "knobs": {}}
+    params["student"] = one_variant({"arch": "mlp", "knobs": {}})
     meta = prepare(params, tmp_path / "q", root=tmp_path)
     assert "feature_columns" not in meta
     assert "no order" not in capsys.readouterr().err

@@ -19,8 +19,11 @@ TINY = {
               "train": {"epochs": 3, "seed": 1}},
     }},
     "export": {"rows_per_shard": 500, "row_group_size": 250},
-    "student": {"arch": "mlp", "knobs": {"depth": 1, "width": 8},
-                "train": {"epochs": 2, "batch_size": 64}},
+    # two sizes and the two controls on the larger one (README "Student variants")
+    "student": {"defaults": {"arch": "mlp", "knobs": {"depth": 1, "width": 8},
+                             "train": {"epochs": 2, "batch_size": 64}},
+                "variants": {"w8": {}, "w4": {"knobs": {"width": 4}},
+                             "w8_hard": {"targets": "hard"}, "w8_labeled": {"rows": "labeled"}}},
     "baseline": {"epochs": 2},
     "deploy": {"max_accuracy_drop": 0.5},  # a 2-epoch student: int8 may flip validation rows
 }
@@ -37,8 +40,8 @@ def pipeline(tmp_path_factory):
     run_cmd(["git", "add", "-A"], repo)
     run_cmd(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "run"], repo)
     for t in ("2", "8"):
-        run_cmd(["dvc", "exp", "run", "-S", f"student.temperature={t}", "-n", f"t{t}"], repo,
-                env=env)
+        run_cmd(["dvc", "exp", "run", "-S", f"student.defaults.temperature={t}", "-n", f"t{t}"],
+                repo, env=env)
     return repo, uri, env
 
 
@@ -76,6 +79,48 @@ def test_report_outputs_and_metrics(pipeline):
         "rows"]["test"]
 
 
+def test_the_report_has_the_frontier_the_controls_and_the_variant_chosen_on_validation(
+        pipeline):
+    from kd.evaluate.choose import pick
+
+    repo, _, _ = pipeline
+    report = repo / "data/report"
+    metrics = json.loads((report / "metrics.json").read_text())
+    details = json.loads((report / "details.json").read_text())
+    timing = json.loads((report / "timing.json").read_text())
+    variants = metrics["variants"]
+    assert set(variants) == {"w8", "w4", "w8_hard", "w8_labeled"}
+    for v, f in variants.items():
+        assert set(f) == {"accuracy", "val_accuracy", "params", "baseline_accuracy", "retained",
+                          "gap_recovered"}, v
+        assert f["retained"] == pytest.approx(f["accuracy"] / metrics["teacher"]["accuracy"])
+        lo, hi = details["variants"][v]["accuracy_ci"]
+        assert lo <= f["accuracy"] <= hi, v  # the frontier's error bars
+        assert timing["variants"][v]["latency_ms"] > 0, v
+    assert variants["w4"]["params"] < variants["w8"]["params"] == variants["w8_hard"]["params"]
+    # the chosen variant: the rule on validation accuracy alone; today's keys are its figures
+    chosen = metrics["chosen_variant"]
+    choice = details["choice"]
+    assert chosen == pick({v: f["val_accuracy"] for v, f in variants.items()},
+                          {v: f["params"] for v, f in variants.items()},
+                          choice["ensemble_val_accuracy"], 0.99)["variant"]
+    assert metrics["student"]["accuracy"] == variants[chosen]["accuracy"]
+    assert metrics["student"]["params"] == variants[chosen]["params"]
+    assert json.loads((repo / "data/deploy/metrics.json").read_text())["variant"] == chosen
+    # the pictures and tables a reader looks at
+    assert (report / "plots/frontier.png").stat().st_size > 1000
+    assert (report / "frontier_latency.png").stat().st_size > 1000  # beside timing.json
+    md = (report / "report.md").read_text()
+    assert f"Chosen student variant: **{chosen}**" in md
+    assert "## Student variants: the compression frontier" in md
+    controls = md.split("## Controls")[1].split("##")[0]
+    rows = [ln for ln in controls.splitlines() if ln.startswith("| mlp")]
+    assert [r.split(" | ")[1] for r in rows] == [
+        "labels alone (baseline)", "soft targets, labeled rows only",
+        "hard pseudo-labels, all rows", "soft targets, all rows"], controls
+    assert "w4" not in controls  # one network per group: w4 has no controls
+
+
 def test_dvc_metrics_plots_and_experiments_work(pipeline):
     repo, _, _ = pipeline
     shown = run_cmd(["dvc", "metrics", "show", "--json"], repo).stdout
@@ -93,11 +138,12 @@ def test_variants_are_two_mlflow_report_runs_that_differ_in_temperature(pipeline
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("kd-pipeline")
     reports = client.search_runs([exp.experiment_id], "tags.`kd.stage` = 'report'")
-    temps = {r.data.params["student.temperature"]: r for r in reports}
-    assert {"2.0", "8.0"} <= set(temps)
-    assert temps["2.0"].data.tags["dvc.exp_name"] == "t2"
-    assert temps["8.0"].data.tags["dvc.exp_name"] == "t8"
-    for r in (temps["2.0"], temps["8.0"]):  # every key metric is on the report's run
+    # the report logs params as written (`-S` writes 2, not 2.0)
+    temps = {r.data.params["student.defaults.temperature"]: r for r in reports}
+    assert {"2", "8"} <= set(temps)
+    assert temps["2"].data.tags["dvc.exp_name"] == "t2"
+    assert temps["8"].data.tags["dvc.exp_name"] == "t8"
+    for r in (temps["2"], temps["8"]):  # every key metric is on the report's run
         assert "compression.params_ratio" in r.data.metrics
         assert r.data.metrics["compression.speedup"] > 0  # from timing.json: still logged
         assert "student.latency_ms_median" in r.data.metrics
@@ -116,12 +162,20 @@ def test_report_run_links_to_the_runs_that_made_its_inputs(pipeline):
     links = {k.removeprefix("kd.input_run.").replace("/", "@"): v
              for k, v in report.data.tags.items()
              if k.startswith("kd.input_run.")}
-    assert set(links) == {"teacher@a", "teacher@b", "export", "student", "baseline", "deploy"}
+    variants = ("w8", "w4", "w8_hard", "w8_labeled")
+    assert set(links) == {"teacher@a", "teacher@b", "export", "deploy",
+                          *(f"{k}@{v}" for k in ("student", "baseline") for v in variants)}
     for stage, run_id in links.items():
         linked = client.get_run(run_id)  # raises if the run does not exist
         assert linked.data.tags["kd.stage_name"] == stage
-    # the student that fed the t8 report is the t8 student
-    assert client.get_run(links["student"]).data.params["student.temperature"] == "8.0"
+        if "@w" in stage:  # every variant's run says which variant it is
+            assert linked.data.tags["kd.variant"] == stage.split("@")[1]
+    # the students that fed the t8 report are the t8 students (the hard control runs at T=1,
+    # but records the temperature it was given)
+    for v in variants:
+        run = client.get_run(links[f"student@{v}"])
+        assert run.data.params["student.temperature"] == "8.0"
+        assert run.data.tags["dvc.exp_name"] == "t8"
 
 
 def readme_command(prefix: str) -> list[str]:
@@ -148,7 +202,7 @@ def test_the_readme_exp_show_recipe_fits_120_columns(pipeline):
     header = next(ln for ln in lines if "Experiment" in ln).split()
     # DVC's order: metrics by name, then params; a column null in every row (gap_recovered
     # when the baseline matches the teacher) is left out
-    assert header[0] == "Experiment" and header[-1] == "student.temperature", shown
+    assert header[0] == "Experiment" and header[-1] == "student.defaults.temperature", shown
     assert {"val_acc", "test_acc", "acc_retained"} <= set(header[1:-1]) <= {
         "val_acc", "test_acc", "acc_retained", "gap_recovered"}, shown
     rows = {name: ln.split() for ln in lines for name in ("[t2]", "[t8]") if name in ln}
@@ -176,7 +230,7 @@ def test_variant_runs_are_named_and_lead_with_the_compared_metrics(pipeline):
              for r in runs}
     assert names[("", "report")] == "report" and names[("", "teacher@a")] == "teacher@a"
     assert names[("t2", "report")] == "report · t2"
-    assert names[("t8", "student")] == "student · t8"
+    assert names[("t8", "student@w8")] == "student@w8 · t8"
     report = client.get_run(next(r.info.run_id for r in runs
                                  if r.info.run_name == "report · t8"))
     # the compare view plots the first metric the runs share: the compared ones come first

@@ -133,10 +133,10 @@ def test_yaml_tags_that_build_objects_are_refused_and_never_run(payload, tmp_pat
 
 
 @pytest.mark.parametrize("key,value", [
-    (("student", "arch"), "__import__('os').system('touch {m}')"),
-    (("student", "arch"), "os.system"),
+    (("student", "defaults", "arch"), "__import__('os').system('touch {m}')"),
+    (("student", "variants", "v", "arch"), "os.system"),
     (("teacher", "defaults", "arch"), "subprocess.call"),
-    (("student", "knobs", "width"), "__import__('os').system('touch {m}')"),
+    (("student", "defaults", "knobs", "width"), "__import__('os').system('touch {m}')"),
     (("data", "source"), "exec(\"open('{m}', 'w')\")"),
 ])
 def test_strings_in_params_are_never_evaluated(key, value, tmp_path, kd):
@@ -146,8 +146,8 @@ def test_strings_in_params_are_never_evaluated(key, value, tmp_path, kd):
     for part in key[:-1]:
         node = node.setdefault(part, {})
     node[key[-1]] = value.format(m=marker)
-    if key[:2] == ("student", "knobs"):
-        params["student"]["arch"] = "mlp"
+    if key[:3] == ("student", "defaults", "knobs"):
+        params["student"]["defaults"]["arch"] = "mlp"
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     assert_user_error(kd("check-params", "--params", path), ".".join(key[:2]))

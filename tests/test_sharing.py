@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_repo, run_cmd
+from tests.conftest import make_repo, one_variant, run_cmd
 
 pytestmark = pytest.mark.slow
 
@@ -18,8 +18,8 @@ TINY = {
     "teacher": {"members": {"a": {"arch": "mlp", "knobs": {"depth": 1, "width": 32},
                                   "train": {"epochs": 2}}}},
     "export": {"rows_per_shard": 500, "row_group_size": 250},
-    "student": {"arch": "mlp", "knobs": {"depth": 1, "width": 8},
-                "train": {"epochs": 2, "batch_size": 64}},
+    "student": one_variant({"arch": "mlp", "knobs": {"depth": 1, "width": 8},
+                "train": {"epochs": 2, "batch_size": 64}}),
     "baseline": {"epochs": 2},
 }
 OFF = {"KD_TRACKING": "0"}
@@ -70,7 +70,7 @@ def assert_teammate_has_everything(repo: Path, clone: Path) -> None:
     assert "Running stage" not in repro, repro  # nothing is recomputed
     assert shard_digests(clone) == shard_digests(repo)
     run_cmd(["kd", "shards", "verify"], clone)
-    for f in ("data/teachers/a/model.safetensors", "data/student/model.safetensors",
+    for f in ("data/teachers/a/model.safetensors", "data/student/s/model.safetensors",
               "data/report/metrics.json"):
         assert (clone / f).read_bytes() == (repo / f).read_bytes(), f
 

@@ -19,6 +19,7 @@ from kd.models import build_model, count_params, load_model, save_model
 from kd.report.explain import tree_pictures
 from kd.train.batches import in_memory_batches
 from kd.train.loop import fit
+from tests.conftest import one_variant
 from tests.test_training import Interrupt, StopAfter
 
 
@@ -210,8 +211,8 @@ TREE_PIPELINE = {
     "teacher": {"members": {"a": {"arch": "mlp", "knobs": {"depth": 1, "width": 16},
                                   "train": {"epochs": 2, "batch_size": 64}}}},
     "export": {"rows_per_shard": 500, "row_group_size": 250, "batch_size": 512},
-    "student": {"arch": "soft_tree", "knobs": {"depth": 2},
-                "train": {"epochs": 2, "batch_size": 64}},
+    "student": one_variant({"arch": "soft_tree", "knobs": {"depth": 2},
+                "train": {"epochs": 2, "batch_size": 64}}),
     "baseline": {"epochs": 2},
     "tracking": {"enabled": False},
 }
@@ -253,5 +254,6 @@ def test_example_params_file_is_valid():
     from kd.config import load_config
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "examples" / "soft_tree.yaml")
-    assert cfg.student.arch == "soft_tree" and cfg.student.knobs["inference"] == "max_leaf"
-    assert cfg.baseline_train().augment.shift == 6  # the tree on labels gets the shifts too
+    st = cfg.student.variant("tree")
+    assert st.arch == "soft_tree" and st.knobs["inference"] == "max_leaf"
+    assert cfg.baseline_spec("tree").train.augment.shift == 6  # the tree on labels: shifts too

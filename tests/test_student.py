@@ -26,9 +26,18 @@ from kd.errors import ConfigError
 from kd.models import count_params, load_model
 from kd.prepared import read_split
 from kd.targets.shards import read_manifest
+from kd.tracking import run_name
 from kd.train.loop import predict
 from stages import student
-from tests.conftest import assert_user_error, build_pipeline, cwd, run_cmd, run_to_failpoint
+from tests.conftest import (
+    VARIANT,
+    assert_user_error,
+    build_pipeline,
+    cwd,
+    one_variant,
+    run_cmd,
+    run_to_failpoint,
+)
 
 TRAIN = {"epochs": 2, "batch_size": 64}
 MLP = {"arch": "mlp", "knobs": {"depth": 1, "width": 16}, "train": TRAIN}
@@ -38,7 +47,7 @@ PARAMS = {
     "data": {"source": "digits"},
     "teacher": {"members": {"a": MLP, "b": {**MLP, "train": {**TRAIN, "seed": 1}}}},
     "export": {"rows_per_shard": 300, "row_group_size": 100, "batch_size": 128},
-    "student": STUDENT,
+    "student": one_variant(STUDENT),
     "baseline": {"epochs": 3},
     "tracking": {"enabled": False},
 }
@@ -46,6 +55,9 @@ OUT_FILES = ("model.safetensors", "model.json", "history.json", "metrics.json")
 
 
 def with_params(**sections) -> dict:
+    """PARAMS with whole sections replaced; a flat `student` is the one variant VARIANT."""
+    if "student" in sections:
+        sections["student"] = one_variant(sections["student"])
     return {**PARAMS, **sections}
 
 
@@ -66,7 +78,7 @@ def shards_only(pipe: Path, dst: Path) -> Path:
 
 def run_student(d: Path, params: dict = PARAMS) -> dict:
     with cwd(d):
-        return student.run(parse_config(params))
+        return student.run(parse_config(params), VARIANT)
 
 
 def outputs(d: Path) -> dict[str, bytes]:
@@ -79,7 +91,7 @@ def outputs(d: Path) -> dict[str, bytes]:
 def test_student_and_baseline_outputs(pipe):
     test, _ = read_split(pipe / "data/prepared", "test")
     for stage, epochs in (("student", 2), ("baseline", 3)):
-        d = pipe / "data" / stage
+        d = pipe / "data" / stage / VARIANT
         for name in OUT_FILES:
             assert (d / name).is_file(), (stage, name)
         metrics = json.loads((d / "metrics.json").read_text())
@@ -92,7 +104,7 @@ def test_student_and_baseline_outputs(pipe):
         # the saved weights are the ones that were evaluated
         acc = (predict(model, test.x.reshape(-1, 8, 8)).argmax(1).numpy() == test.y).mean()
         assert metrics["test_accuracy"] == pytest.approx(acc, abs=1e-6)
-    m = json.loads((pipe / "data/student/metrics.json").read_text())
+    m = json.loads((pipe / "data/student/s/metrics.json").read_text())
     assert m["temperature"] == 3.0 and m["alpha"] == 0.7
     assert 0.0 <= m["test_accuracy"] <= 1.0 and np.isfinite(m["train_loss"])
 
@@ -105,8 +117,8 @@ def test_student_twice_gives_identical_bytes(pipe, tmp_path):
     torch.manual_seed(2)
     torch.rand(123)
     run_student(b)
-    assert outputs(a / "data/student") == outputs(b / "data/student")
-    assert outputs(a / "data/student") == outputs(pipe / "data/student")  # the fixture's run
+    assert outputs(a / "data/student/s") == outputs(b / "data/student/s")
+    assert outputs(a / "data/student/s") == outputs(pipe / "data/student/s")  # the fixture's run
 
 
 def test_student_reads_only_the_shards_and_the_test_split(pipe, tmp_path):
@@ -116,8 +128,8 @@ def test_student_reads_only_the_shards_and_the_test_split(pipe, tmp_path):
     assert [p.name for p in (d / "data/prepared").iterdir()] == ["test.parquet"]
     metrics = run_student(d)
     for name in OUT_FILES:
-        assert (d / "data/student" / name).is_file()
-    history = json.loads((d / "data/student/history.json").read_text())
+        assert (d / "data/student/s" / name).is_file()
+    history = json.loads((d / "data/student/s/history.json").read_text())
     manifest = read_manifest(d / "data/soft_targets")
     # every non-validation row of the shards, unlabeled ones included, was trained on
     assert history[0]["samples"] == manifest["totals"]["rows"] - manifest["totals"]["val"] == 1365
@@ -155,11 +167,12 @@ def test_student_is_one_mlflow_run_with_its_params(tracked):
 
     uri, run_id, d = tracked
     run = MlflowClient(tracking_uri=uri).get_run(run_id)
-    assert run.info.run_name == "student" and run.info.status == "FINISHED"
-    assert run.data.tags["kd.stage"] == "student"
+    assert run.info.run_name == run_name("student@s") and run.info.status == "FINISHED"
+    assert run.data.tags["kd.stage"] == "student" and run.data.tags["kd.stage_name"] == "student@s"
+    assert run.data.tags["kd.variant"] == "s"  # runs of one variant are found together
     assert run.data.params["student.temperature"] == "3.0"
     assert run.data.params["student.alpha"] == "0.7"
-    saved = json.loads((d / "data/student/metrics.json").read_text())
+    saved = json.loads((d / "data/student/s/metrics.json").read_text())
     assert run.data.metrics["test_accuracy"] == pytest.approx(saved["test_accuracy"])
 
 
@@ -168,7 +181,7 @@ def test_student_run_has_one_train_loss_per_epoch(tracked):
 
     uri, run_id, d = tracked
     history = MlflowClient(tracking_uri=uri).get_metric_history(run_id, "train_loss")
-    want = json.loads((d / "data/student/history.json").read_text())
+    want = json.loads((d / "data/student/s/history.json").read_text())
     assert sorted((h.step, h.value) for h in history) == [
         (e["epoch"], pytest.approx(e["train_loss"])) for e in want]
     assert len(history) == TRAIN["epochs"]
@@ -188,7 +201,7 @@ def test_student_pyfunc_model_predicts_probabilities(pipe, tracked):
         mlflow.set_tracking_uri(None)
     assert probs.shape == (len(x), 10)
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
-    model, _ = load_model(d / "data/student")
+    model, _ = load_model(d / "data/student/s")
     want = torch.softmax(predict(model, x), dim=1).numpy()
     np.testing.assert_allclose(probs, want, rtol=1e-5, atol=1e-6)
 
@@ -200,7 +213,7 @@ RESUME = with_params(student={**STUDENT, "train": {"epochs": 6, "batch_size": 32
 
 def kd_student(d: Path) -> subprocess.Popen:
     env = {**os.environ, "KD_TRACKING": "0"}
-    return subprocess.Popen([sys.executable, "-m", "kd.cli", "student"], cwd=d, env=env,
+    return subprocess.Popen([sys.executable, "-m", "kd.cli", "student", VARIANT], cwd=d, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -210,21 +223,21 @@ def test_student_resumes_after_sigkill_with_the_same_bytes(pipe, tmp_path):
     run_student(ref, RESUME)
     d = shards_only(pipe, tmp_path / "killed")
     (d / "params.yaml").write_text(yaml.safe_dump(RESUME))
-    state = d / "data/.checkpoints/student/state.json"
+    state = d / "data/.checkpoints/student@s/state.json"
 
     # 1,365 training rows / 32 = 43 steps an epoch: step 100 is in the third epoch
-    killed = run_to_failpoint([sys.executable, "-m", "kd.cli", "student"], d, "train.batch@100",
+    killed = run_to_failpoint([sys.executable, "-m", "kd.cli", "student", VARIANT], d, "train.batch@100",
                               env={"KD_TRACKING": "0"})
     assert killed.returncode == -signal.SIGKILL
     assert json.loads(state.read_text())["epoch"] == 1  # 0-based: two epochs checkpointed
-    assert not (d / "data/student/metrics.json").exists()
+    assert not (d / "data/student/s/metrics.json").exists()
 
     proc = kd_student(d)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert "resuming from epoch 2 of 6" in err
     assert not state.exists()  # removed on success
-    assert outputs(d / "data/student") == outputs(ref / "data/student")
+    assert outputs(d / "data/student/s") == outputs(ref / "data/student/s")
 
 
 # ------------------------------------------------------------------ config
@@ -234,10 +247,10 @@ def test_student_augmentation_is_rejected_naming_student_train(tmp_path, kd, mon
     bad = with_params(student={**STUDENT, "train": {**TRAIN, "augment": {"shift": 2}}})
     with pytest.raises(ConfigError) as e:
         parse_config(bad)
-    assert str(e.value).startswith("student.train: ") and "shift=2" in str(e.value)
+    assert str(e.value).startswith("student.defaults.train: ") and "shift=2" in str(e.value)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(bad))
     monkeypatch.chdir(tmp_path)
-    assert_user_error(kd("student"), "student.train", "shift=2")
+    assert_user_error(kd("student", VARIANT), "student.defaults.train", "shift=2")
     assert not (tmp_path / "data").exists()  # stopped before any work
 
 
@@ -260,40 +273,41 @@ def edit_params(repo: Path, edit) -> None:
 
 
 @pytest.mark.slow
-def test_dvc_reruns_only_the_stages_whose_params_changed(dvc_repo):
+def test_dvc_reruns_only_the_variants_whose_params_changed(dvc_repo):
     env = {"KD_TRACKING": "0"}
-    repo = dvc_repo({k: v for k, v in PARAMS.items() if k != "student"})
+    tiny = {**STUDENT, "knobs": STUDENT["knobs"]}
+    repo = dvc_repo({**{k: v for k, v in PARAMS.items() if k != "student"},
+                     "student": {"defaults": tiny, "variants": {"a": {}, "b": {"alpha": 0.5}}},
+                     "baseline": {"augment": {"shift": 0}, "epochs": 2}})
+    stages = ["student@a", "student@b", "baseline@a", "baseline@b"]
+    first = run_cmd(["dvc", "repro", *stages], repo, env=env)
+    assert ran(first) == {"prepare", "transfer", "teacher@a", "teacher@b", "export", *stages}
+    later = {"deploy", "report"}  # they read every variant: not run yet
+    assert changed(repo) == later
 
-    def tiny(p: dict) -> None:  # replace (not merge) the project's cnn1d student settings
-        p["student"].update(arch="mlp", knobs=STUDENT["knobs"], temperature=3.0, alpha=0.7)
-        p["student"]["train"].update(TRAIN)
-        p["baseline"] = {"augment": {"shift": 0}, "epochs": None}  # None: the student's epochs
+    # editing one variant's recipe reruns its student only (its baseline reads no recipe)
+    edit_params(repo, lambda p: p["student"]["variants"]["a"].update(temperature=8.0))
+    assert changed(repo) == {"student@a"} | later
+    again = run_cmd(["dvc", "repro", "student@a"], repo, env=env)
+    assert ran(again) == {"student@a"}
+    assert json.loads((repo / "data/student/a/metrics.json").read_text())["temperature"] == 8.0
+    assert changed(repo) == later
 
-    edit_params(repo, tiny)
-    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
-    report = {"report", "deploy"} & set(stages)  # the later stages, not run yet
-    first = run_cmd(["dvc", "repro", "student", "baseline"], repo, env=env)
-    assert ran(first) == {"prepare", "transfer", "teacher@a", "teacher@b", "export", "student",
-                          "baseline"}
-    assert changed(repo) == report  # report, if the pipeline has one, has not run yet
+    # a variant's network: its student and its baseline; the other variant is untouched
+    edit_params(repo, lambda p: p["student"]["variants"]["b"].update(knobs={"width": 4}))
+    assert changed(repo) == {"student@b", "baseline@b"} | later
+    edit_params(repo, lambda p: p["student"]["variants"]["b"].pop("knobs"))
+    assert changed(repo) == later
 
-    edit_params(repo, lambda p: p["student"].update(temperature=8.0))
-    assert changed(repo) == {"student"} | report
-    again = run_cmd(["dvc", "repro", "student"], repo, env=env)
-    assert ran(again) == {"student"}
-    assert json.loads((repo / "data/student/metrics.json").read_text())["temperature"] == 8.0
-    assert changed(repo) == report
+    # adding a variant: its own two stages (and what reads every variant), nothing else
+    edit_params(repo, lambda p: p["student"]["variants"].update(c={"targets": "hard"}))
+    assert changed(repo) == {"student@c", "baseline@c"} | later
+    dry = run_cmd(["dvc", "repro", "--dry"], repo, env=env)
+    assert ran(dry) == {"student@c", "baseline@c"} | later
 
-    edit_params(repo, lambda p: p["student"].update(alpha=0.5))
-    assert changed(repo) - report == {"student"}  # report reads the student, not alpha
-    edit_params(repo, lambda p: p["student"].update(alpha=0.7))  # back to what dvc.lock holds
-    assert changed(repo) == report
-
-    edit_params(repo, lambda p: p["student"]["train"].update(epochs=3))
-    assert changed(repo) - report == {"student", "baseline"}
-    # what `dvc repro` would run (--dry: the same decision, without two more trainings)
-    third = run_cmd(["dvc", "repro", "--dry", "student", "baseline"], repo, env=env)
-    assert ran(third) == {"student", "baseline"}
+    # the shared defaults reach every variant
+    edit_params(repo, lambda p: p["student"]["defaults"]["train"].update(epochs=3))
+    assert {"student@a", "student@b", "baseline@a", "baseline@b"} <= changed(repo)
 
 
 @pytest.mark.slow
@@ -303,6 +317,6 @@ def test_kd_student_prints_no_mlflow_warning(pipe, tmp_path):
     d = shards_only(pipe, tmp_path / "w")
     (d / "params.yaml").write_text(yaml.safe_dump(with_params(tracking={"enabled": True})))
     env = {"KD_TRACKING": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    result = run_cmd(["kd", "student"], d, env=env)
-    assert "student: test accuracy" in result.stdout, result.stdout
+    result = run_cmd(["kd", "student", VARIANT], d, env=env)
+    assert "student@s: test accuracy" in result.stdout, result.stdout
     assert "Warning" not in result.stderr and "type hint" not in result.stderr, result.stderr

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import ROOT, make_repo, mlflow_server
+from tests.conftest import ROOT, make_repo, mlflow_server, one_variant
 
 pytestmark = pytest.mark.slow
 
@@ -27,8 +27,8 @@ TINY = {
         "a": {"arch": "mlp", "knobs": {"depth": 1, "width": 32}, "train": {"epochs": 2}},
     }},
     "export": {"rows_per_shard": 500, "row_group_size": 250},
-    "student": {"arch": "mlp", "knobs": {"depth": 1, "width": 8},
-                "train": {"epochs": 2, "batch_size": 64}},
+    "student": one_variant({"arch": "mlp", "knobs": {"depth": 1, "width": 8},
+                "train": {"epochs": 2, "batch_size": 64}}),
     "baseline": {"epochs": 2},
 }
 STAGES = ("prepare", "transfer", "teacher@a", "export", "baseline", "student", "deploy",
@@ -90,7 +90,7 @@ def test_every_stage_is_one_run_on_a_real_tracking_server(tmp_path):
         assert {"metrics.json", "model.safetensors", "model.json"} <= names, names
         got = client.download_artifacts(student.info.run_id, "metrics.json",
                                         str(tmp_path / "download"))
-        assert Path(got).read_bytes() == (repo / "data/student/metrics.json").read_bytes()
+        assert Path(got).read_bytes() == (repo / "data/student/s/metrics.json").read_bytes()
         got = client.download_artifacts(by_stage["report"].info.run_id, "metrics.json",
                                         str(tmp_path / "download_report"))
         assert Path(got).read_bytes() == (repo / "data/report/metrics.json").read_bytes()
@@ -105,11 +105,11 @@ def test_every_stage_is_one_run_on_a_real_tracking_server(tmp_path):
             model = mlflow.pyfunc.load_model(f"runs:/{student.info.run_id}/student")
         finally:
             mlflow.set_tracking_uri(previous)
-        local, spec = load_model(repo / "data/student")
+        local, spec = load_model(repo / "data/student/s")
         # the logged signature takes flat rows (N, F), as the prepared data stores them
         x = test.x.astype(np.float32)
         probs = np.asarray(model.predict(x))
-        n_classes = len(yaml.safe_load((repo / "data/student/model.json").read_text())
+        n_classes = len(yaml.safe_load((repo / "data/student/s/model.json").read_text())
                         ["class_names"])
         assert probs.shape == (len(x), n_classes)
         assert np.allclose(probs.sum(1), 1, atol=1e-5)

@@ -25,7 +25,7 @@ from kd.targets.shardset import read_table
 from kd.transfer.munge import munge, nearest_neighbours
 from stages import report
 from stages import transfer as stage
-from tests.conftest import build_pipeline, cwd, run_cmd
+from tests.conftest import build_pipeline, cwd, one_variant, run_cmd
 from tests.test_student import changed, edit_params, ran
 
 TINY = {"arch": "mlp", "knobs": {"depth": 1, "width": 16}}
@@ -36,8 +36,8 @@ PARAMS = {
         "a": {**TINY, "train": {"epochs": 2, "batch_size": 64}},
         "b": {**TINY, "train": {"epochs": 2, "batch_size": 64, "seed": 1}}}},
     "export": {"rows_per_shard": 500, "row_group_size": 250, "batch_size": 256},
-    "student": {"arch": "mlp", "knobs": {"depth": 1, "width": 8},
-                "train": {"epochs": 1, "batch_size": 64}},
+    "student": one_variant({"arch": "mlp", "knobs": {"depth": 1, "width": 8},
+                "train": {"epochs": 1, "batch_size": 64}}),
     "baseline": {"epochs": 1},
     "tracking": {"enabled": False},
 }

@@ -167,6 +167,7 @@ def deployed_files(deploy_dir: str | Path, spec: dict[str, Any]
     for path in files.values():
         exported_from = read_metadata(path).get("student_sha256")
         if exported_from != spec.get("weights_sha256"):
-            raise ArtifactError(f"{path}: exported from another student than the one in "
-                                "data/student (weights sha256 differ); rerun `kd deploy`")
+            which = f"data/student/{spec['variant']}" if spec.get("variant") else "the student"
+            raise ArtifactError(f"{path}: exported from another student than the chosen one "
+                                f"({which}: weights sha256 differ); rerun `kd deploy`")
     return files

@@ -76,3 +76,10 @@ def ratio_intervals(student: np.ndarray, teacher: np.ndarray, baseline: np.ndarr
         out["gap_recovered"] = float((s.mean() - b.mean()) / (t.mean() - b.mean()))
         out["gap_recovered_ci"] = [g_lo, g_hi]
     return out
+
+
+def accuracy_interval(correct: np.ndarray, *, n_boot: int = N_BOOT, seed: int = 0) -> list[float]:
+    """The bootstrap 95% interval of one model's accuracy on these rows (the frontier's error
+    bars); resamples are the comparisons' own, so the figures are reproducible."""
+    c = np.asarray(correct, np.float64)
+    return list(_interval(c[_resamples(len(c), n_boot, seed)].mean(1)))

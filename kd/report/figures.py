@@ -1,6 +1,6 @@
 """The report's figures: PNG plots for people, confusion JSON for `dvc plots`.
 
-    write_figures(out_dir, cfg, meta, evals, probs, y, params, dirs, members, shards)
+    write_figures(out_dir, st, meta, evals, probs, y, params, dirs, members, shards)
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kd.config import Config
+from kd.config import StudentConfig
 from kd.distill.losses import soft_targets
 from kd.evaluate.metrics import entropy, reliability
 from kd.io.atomic import write_json
@@ -30,7 +30,7 @@ def soft_target_entropy(shards: Path, T: float, combine: str) -> dict[str, np.nd
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def write_figures(out: Path, cfg: Config, meta: dict, evals: dict, probs: dict, y: np.ndarray,
+def write_figures(out: Path, st: StudentConfig, meta: dict, evals: dict, probs: dict, y: np.ndarray,
                   params: dict, dirs: dict, members: list[str], shards: Path) -> None:
     histories = {name: json.loads((d / "history.json").read_text()) for name, d in dirs.items()}
     plots.training_curves(histories, out / "plots" / "training_curves.png")
@@ -39,8 +39,7 @@ def write_figures(out: Path, cfg: Config, meta: dict, evals: dict, probs: dict, 
     plots.reliability_diagram({n: reliability(probs[n], y) for n in ("teacher", "student",
                                                                       "baseline")},
                               out / "plots" / "reliability.png")
-    plots.entropy_histogram(soft_target_entropy(shards, cfg.student.temperature,
-                                                cfg.student.combine),
+    plots.entropy_histogram(soft_target_entropy(shards, st.temperature, st.combine),
                             float(np.log(meta["n_classes"])), out / "plots" / "entropy.png")
     for name in ("teacher", "student", "baseline"):
         plots.confusion_matrix(np.array(evals[name]["confusion"]), meta["class_names"],

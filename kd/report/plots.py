@@ -58,6 +58,42 @@ def accuracy_vs_params(points: dict[str, tuple[int, float]], path: Path) -> None
     _save(fig, path)
 
 
+def frontier(points: dict[str, dict[str, dict]], ensemble: float, x_key: str, x_label: str,
+             path: Path, chosen: str | None = None) -> None:
+    """The compression frontier: test accuracy (95% interval as error bars) against `x_key`
+    (log scale) for every variant, one curve for the distilled students and one for their
+    baselines, the ensemble as a horizontal line. `points[kind][variant]` holds x_key,
+    accuracy and ci; variants whose recipe is a control (`hard`, `labeled`) are drawn as
+    separate markers, off the curves."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.axhline(ensemble, color=COLORS["teacher"], lw=1.5, ls="--", label="ensemble")
+    styles = {"student": ("o-", COLORS["student"]), "baseline": ("s--", COLORS["baseline"])}
+    for kind, pts in points.items():
+        on_curve = sorted((p[x_key], p["accuracy"], p["ci"], n) for n, p in pts.items()
+                          if not p.get("control"))
+        fmt, color = styles.get(kind, ("D", "#2ca02c"))
+        if kind in styles and on_curve:
+            xs, ys, cis, names = zip(*on_curve, strict=True)
+            err = np.abs(np.array([[c[0] for c in cis], [c[1] for c in cis]]) - np.array(ys))
+            ax.errorbar(xs, ys, yerr=err, fmt=fmt, color=color, capsize=3, label=kind)
+            for x, y, n in zip(xs, ys, names, strict=True):
+                label = f"{n} (chosen)" if n == chosen and kind == "student" else n
+                ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, -10),
+                            fontsize=7, color=color)
+        for n, p in pts.items():
+            if p.get("control"):  # the controls: the same network, another recipe
+                err = np.abs(np.array([[p["ci"][0]], [p["ci"][1]]]) - p["accuracy"])
+                ax.errorbar([p[x_key]], [p["accuracy"]], yerr=err, fmt="D", color="#2ca02c",
+                            capsize=3)
+                ax.annotate(n, (p[x_key], p["accuracy"]), textcoords="offset points",
+                            xytext=(5, 4), fontsize=7, color="#2ca02c")
+    ax.set(xscale="log", xlabel=x_label, ylabel="test accuracy",
+           title="Compression frontier (95% intervals)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    _save(fig, path)
+
+
 def reliability_diagram(curves: dict[str, list[dict]], path: Path) -> None:
     """Accuracy against confidence per bin; the diagonal is perfect calibration."""
     fig, ax = plt.subplots(figsize=(5, 5))

@@ -16,7 +16,11 @@ import base64
 import html
 from pathlib import Path
 
-FIGURES = [("training_curves.png", "Training curves"),
+from kd.report.variants import CONTROLS_HEADER, FRONTIER_HEADER
+
+FIGURES = [("frontier.png", "Compression frontier: test accuracy against parameters, every "
+                           "variant (95% intervals)"),
+           ("training_curves.png", "Training curves"),
            ("accuracy_vs_params.png", "Accuracy against parameters"),
            ("reliability.png", "Reliability diagram"),
            ("entropy.png", "Soft-target entropy"),
@@ -176,6 +180,19 @@ def tables(ctx: dict) -> tuple[list[str], list[tuple[str, list[str], list[list[s
     main += [_row(label, m[key]) for key, label in _onnx_rows(m)]
     main.append(_row("baseline", m["baseline"]))
     member_rows = [_row(name, m["members"][name]) for name in ctx["members"]]
+    var = ctx.get("variants")
+    variant_tables = []
+    if var:
+        c = var["choice"]
+        headline.insert(0, f"Chosen student variant: **{var['chosen']}**, {c['reason']}; the "
+                           "tables below call it \"student\". Every variant, with its baseline, "
+                           "is in the frontier table (the figure against batch-1 latency is "
+                           "`frontier_latency.png`, beside `timing.json`).")
+        variant_tables.append(("Student variants: the compression frontier", FRONTIER_HEADER,
+                               var["frontier"]))
+        if var["controls"]:
+            variant_tables.append(("Controls: where the gain comes from (same network, "
+                                   "another recipe)", CONTROLS_HEADER, var["controls"]))
     names = ("teacher", "student", "baseline")
     per_class = [[cls] + [_pct(ctx["evals"][k]["per_class_accuracy"][i]) for k in names]
                  for i, cls in enumerate(ctx["class_names"])]
@@ -184,6 +201,7 @@ def tables(ctx: dict) -> tuple[list[str], list[tuple[str, list[str], list[list[s
     return headline, [
         ("Models", HEADER, main),
         *comparisons,
+        *variant_tables,
         ("Ensemble members", HEADER, member_rows),
         ("Per-class accuracy", ["class", *names], per_class),
     ]

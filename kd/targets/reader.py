@@ -15,6 +15,7 @@ import itertools
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -45,10 +46,17 @@ class ShardReader:
     A batch: row_id (B,) int64, label (B,) int64 (-1 = null), is_labeled (B,) bool, is_val (B,)
     bool, features (B, F) float32, logits (M, B, C) float32 in manifest member order. `columns`
     picks a subset of those keys (row_id is always there).
+
+    The training rows (`drop_val`, the ranks' runs) are every row but the validation rows, or,
+    with `rows="labeled"`, the labeled training rows only: the unlabeled and synthetic rows are
+    dropped as each row group is decoded, before any batch is formed.
     """
 
     def __init__(self, dir: str | os.PathLike, *, columns: list[str] | None = None,
-                 verify_checksums: bool = False):
+                 verify_checksums: bool = False, rows: Literal["all", "labeled"] = "all"):
+        if rows not in ("all", "labeled"):
+            raise ValueError(f"rows must be 'all' or 'labeled', got {rows!r}")
+        self.rows = rows
         self.dir = dir if is_uri(dir) else Path(dir)
         self.loc = locate(dir)
         if verify_checksums:
@@ -66,19 +74,23 @@ class ShardReader:
     def num_rows(self, *, shards: list[str] | None = None, drop_val: bool = False,
                  only_val: bool = False) -> int:
         info = {s["file"]: s for s in self.manifest["shards"]}
-        rows, val = (sum(info[f][k] for f in self._select(shards)) for k in ("rows", "val"))
+        picked = [info[f] for f in self._select(shards)]
+        rows, val = (sum(s[k] for s in picked) for k in ("rows", "val"))
+        if drop_val and self.rows == "labeled":  # validation rows are labeled rows
+            return sum(s["splits"].get("labeled", 0) for s in picked) - val
         return val if only_val else rows - val if drop_val else rows
 
     def training_rows(self) -> list[tuple[str, int, int]]:
         """(file, row group, training rows) of every row group, in manifest order: the units the
-        ranks' row ranges are cut from. Reads the small `is_val` column once."""
+        ranks' row ranges are cut from. Reads the small `is_val` (and `split`) columns once."""
         if self._train_groups is None:
             groups = []
+            cols = ["split", "is_val"] if self.rows == "labeled" else ["is_val"]
             for f in self.files:
                 with self.loc.open(f) as source, self._open(f, source) as pf:
                     for g in range(pf.num_row_groups):
-                        is_val = self._read_group(pf, f, g, ["is_val"])["is_val"]
-                        groups.append((f, g, len(is_val) - (pc.sum(is_val).as_py() or 0)))
+                        keep = self._training_mask(self._decode(self._read_group(pf, f, g, cols)))
+                        groups.append((f, g, int(keep.sum())))
             self._train_groups = groups
         return self._train_groups
 
@@ -209,14 +221,23 @@ class ShardReader:
               only_val: bool = False) -> Iterator[Batch]:
         """Row groups `groups` of `file`, decoded, in that order."""
         want = set(self.columns) | ({"is_val"} if drop_val or only_val else set())
+        if drop_val and self.rows == "labeled":
+            want.add("is_labeled")
         source = {"is_labeled": ["split"], "logits": [logits_column(m) for m in self.members]}
         cols = [c for k in COLUMNS if k in want for c in source.get(k, [k])]
         with self.loc.open(file) as stream, self._open(file, stream) as pf:
             for g in groups:
                 out = self._decode(self._read_group(pf, file, g, cols))
-                if drop_val or only_val:
-                    out = take_rows(out, out["is_val"] == only_val)
+                if only_val:
+                    out = take_rows(out, out["is_val"])
+                elif drop_val:
+                    out = take_rows(out, self._training_mask(out))
                 yield {k: v for k, v in out.items() if k in self.columns}
+
+    def _training_mask(self, part: Batch) -> np.ndarray:
+        """(B,) bool: the rows a student trains on (decoded is_val, and is_labeled if needed)."""
+        keep = ~part["is_val"]
+        return keep & part["is_labeled"] if self.rows == "labeled" else keep
 
     def _read_group(self, pf: pq.ParquetFile, file: str, g: int, cols: list[str]) -> pa.Table:
         try:  # without verify(), a damaged page surfaces only here
@@ -231,7 +252,8 @@ class ShardReader:
         return pq.ParquetFile(source, pre_buffer=False)  # stream: hold one row group, not all
 
     def _decode(self, t: pa.Table) -> Batch:
-        out, names = {"row_id": _np(t["row_id"])}, t.column_names
+        names = t.column_names
+        out = {"row_id": _np(t["row_id"])} if "row_id" in names else {}
         if "label" in names:
             out["label"] = _np(pc.fill_null(t["label"], -1)).astype(np.int64)
         if "split" in names:  # decode the dictionary by hand: 2 string compares, not one a row
@@ -242,7 +264,7 @@ class ShardReader:
             out["is_val"] = _np(t["is_val"])
         if "features" in names:
             out["features"] = _np(t["features"]).reshape(-1, self.width)  # (B, F)
-        if "logits" in self.columns:
+        if "logits" in self.columns and logits_column(self.members[0]) in names:
             z = np.empty((len(self.members), t.num_rows, self.num_classes), np.float32)  # (M, B, C)
             for i, m in enumerate(self.members):
                 z[i] = _np(t[logits_column(m)]).reshape(-1, self.num_classes)

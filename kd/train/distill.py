@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kd.config import Config
+from kd.config import Config, StudentConfig
 from kd.distill.losses import kd_loss, soft_targets
 from kd.errors import ConfigError
 from kd.io.storage import locate
@@ -66,12 +66,23 @@ def held_out(reader: ShardReader) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             np.concatenate([p["logits"] for p in parts], axis=1))
 
 
-def distill_job(cfg: Config, shards: Path | str, prepared: Path, dist: Dist = SINGLE,
-                stage: str = "student") -> TrainJob:
-    """The student of `cfg.student` on the (already verified) shard set `shards`."""
-    st = cfg.student
+def ensemble_targets(t_logits: torch.Tensor, st: StudentConfig) -> tuple[torch.Tensor, float]:
+    """(B, C) targets of a batch's (M, B, C) member logits, and the temperature they are at.
+    soft: the ensemble's distribution at T; hard: its argmax as a one-hot label at T = 1
+    (the pseudo-label control), so the same Hinton loss is plain cross-entropy on it."""
+    if st.targets == "hard":
+        top = soft_targets(t_logits, 1.0, st.combine).argmax(1)  # (B,)
+        return torch.nn.functional.one_hot(top, t_logits.shape[-1]).to(t_logits.dtype), 1.0
+    return soft_targets(t_logits, st.temperature, st.combine), st.temperature
+
+
+def distill_job(cfg: Config, variant: str, shards: Path | str, prepared: Path,
+                dist: Dist = SINGLE) -> TrainJob:
+    """Student variant `variant` on the (already verified) shard set `shards`."""
+    st = cfg.student.variant(variant)
+    stage = f"student@{variant}"
     manifest = read_manifest(shards)
-    reader = ShardReader(shards)
+    reader = ShardReader(shards, rows=st.rows)
     shape = tuple(manifest["feature_shape"])
     n_classes = len(manifest["class_names"])
     test, _ = read_split(prepared, "test")
@@ -84,15 +95,19 @@ def distill_job(cfg: Config, shards: Path | str, prepared: Path, dist: Dist = SI
     n_train = reader.num_rows(drop_val=True)
     batch = global_batch(st.train.batch_size, cfg.runtime, dist)
     if batch % dist.world:  # torchrun started by hand, with another count than runtime.nproc
-        raise ConfigError(f"student.train.batch_size: {batch} rows do not split evenly over "
+        raise ConfigError(f"student.variants.{variant}.train.batch_size: {batch} rows do not "
+                          f"split evenly over "
                           f"{dist.world} ranks")
     # distributed: each rank takes an equal run of the rows, so as many steps as one process
     steps = reader.rank_steps(batch // dist.world, dist.world)
     val_x, val_y, val_t = held_out(reader)
-    T, alpha = st.temperature, st.alpha
+    alpha = st.alpha
+    if n_train == 0:
+        raise ConfigError(f"student.variants.{variant}.rows: the shards hold no "
+                          f"{'labeled ' if st.rows == 'labeled' else ''}training rows")
 
     def loss_fn(s_logits: torch.Tensor, b: Batch) -> torch.Tensor:
-        t_probs = soft_targets(b.t_logits, T, st.combine)  # (B, C)
+        t_probs, T = ensemble_targets(b.t_logits, st)  # (B, C)
         # distributed: the hard term divides by the global batch's labeled rows (per rank),
         # not this rank's, so ranks dealt more or fewer labeled rows weigh them as one process
         labeled = dist.mean_over_ranks((b.y >= 0).sum()) if dist.active else None
@@ -115,14 +130,14 @@ def distill_job(cfg: Config, shards: Path | str, prepared: Path, dist: Dist = SI
         test=(test.x, test.y),
         spec={"arch": st.arch, "knobs": st.knobs, "input_shape": list(shape),
               "n_classes": n_classes, "class_names": manifest["class_names"],
-              "params": n_params, "stage": stage},
-        metrics={"temperature": T, "alpha": alpha},
-        params={"student": st.model_dump(), "shards": {"rows": manifest["totals"]["rows"],
-                                                       "members": manifest["members"]},
+              "params": n_params, "stage": stage, "variant": variant},
+        metrics={"temperature": st.temperature, "alpha": alpha},
+        params={"student": st.model_dump(), "variant": variant,
+                "shards": {"rows": manifest["totals"]["rows"], "members": manifest["members"]},
                 "world_size": dist.world},
-        intro=f"{stage}: {st.arch} {st.knobs}, {n_params:,} parameters, T={T}, alpha={alpha}, "
-              f"{n_train} training rows from {len(reader.files)} shards, "
+        intro=f"{stage}: {st.arch} {st.knobs}, {n_params:,} parameters, {st.targets} targets"
+              f"{f' T={st.temperature:g}' if st.targets == 'soft' else ''}, alpha={alpha}, "
+              f"{n_train} {'labeled ' if st.rows == 'labeled' else ''}training rows from "
+              f"{len(reader.files)} shards, "
               f"{st.train.epochs} epochs{ranks(dist, batch)}")
 
-
-__all__ = ["distill_job"]

@@ -1,0 +1,81 @@
+"""Which student variant to ship: the smallest that keeps enough of the ensemble's accuracy,
+judged on the validation rows alone.
+
+    choice = choose_variant(cfg, Path("data/student"), Path("data/soft_targets"))
+    choice["variant"], choice["meets_target"], choice["reason"]
+
+Deploy (which ships the chosen variant) and the report (which names it) call this one function
+on the same inputs, so they cannot disagree. Test rows are never read: a variant chosen because
+it happened to do well on test would be a number the next data set does not repeat.
+
+The rule: among the variants whose validation accuracy is at least `report.retain_target` times
+the ensemble's, the one with the fewest parameters (ties: the higher validation accuracy, then
+the name); when none reaches it, the most accurate on validation, and the reason says so. With
+no validation rows (`data.val_fraction: 0`) nothing can be judged: the first variant listed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kd.config import Config
+from kd.distill.losses import soft_targets
+from kd.errors import ArtifactError
+from kd.io.atomic import read_json
+from kd.targets.reader import ShardReader
+
+
+def ensemble_val_accuracy(shards: Path | str, combine: str) -> tuple[float | None, int]:
+    """The ensemble's accuracy on the shards' validation rows (the members' stored logits,
+    combined as the students combine them), and the number of those rows."""
+    reader = ShardReader(shards, columns=["label", "logits"])
+    parts = list(reader.iter_batches(65_536, shuffle=False, only_val=True))
+    if not parts:
+        return None, 0
+    y = np.concatenate([p["label"] for p in parts])  # (N,)
+    t_logits = torch.from_numpy(np.concatenate([p["logits"] for p in parts], axis=1))  # (M, N, C)
+    top = soft_targets(t_logits, 1.0, combine).argmax(1).numpy()
+    return float((top == y).mean()), len(y)
+
+
+def pick(val_acc: dict[str, float | None], params: dict[str, int], reference: float | None,
+         target: float) -> dict:
+    """The rule above on plain numbers: variant -> validation accuracy and parameter count."""
+    names = list(val_acc)
+    if reference is None or any(v is None for v in val_acc.values()):
+        return {"variant": names[0], "meets_target": None, "threshold": None,
+                "reason": "no validation rows: the first variant listed (nothing was judged)"}
+    threshold = target * reference
+    meeting = [n for n in names if val_acc[n] >= threshold]
+    if meeting:
+        best = min(meeting, key=lambda n: (params[n], -val_acc[n], n))
+        return {"variant": best, "meets_target": True, "threshold": threshold,
+                "reason": f"the fewest parameters ({params[best]:,}) among the "
+                          f"{len(meeting)} of {len(names)} variants whose validation accuracy "
+                          f"keeps >= {target:g} of the ensemble's ({threshold:.4f})"}
+    best = max(names, key=lambda n: (val_acc[n], -params[n], n))
+    return {"variant": best, "meets_target": False, "threshold": threshold,
+            "reason": f"no variant keeps {target:g} of the ensemble's validation accuracy "
+                      f"({threshold:.4f}): the most accurate on validation"}
+
+
+def choose_variant(cfg: Config, student_root: Path, shards: Path | str) -> dict:
+    """The chosen variant of `cfg.student.variants`, from each student's metrics.json (its
+    final validation accuracy and parameter count) and the shards' validation rows."""
+    val_acc, params = {}, {}
+    for name in cfg.student.variants:
+        path = student_root / name / "metrics.json"
+        if not path.is_file():
+            raise ArtifactError(f"{path}: missing; run `kd student {name}` (or dvc repro)")
+        m = read_json(path, ArtifactError)
+        if not isinstance(m, dict) or not isinstance(m.get("params"), int):
+            raise ArtifactError(f"{path}: not a student's metrics.json (no parameter count)")
+        val_acc[name], params[name] = m.get("val_accuracy"), m["params"]
+    reference, rows = ensemble_val_accuracy(shards, cfg.student.shared().combine)
+    choice = pick(val_acc, params, reference, cfg.report.retain_target)
+    return choice | {"ensemble_val_accuracy": reference, "validation_rows": rows,
+                     "retain_target": cfg.report.retain_target,
+                     "val_accuracy": val_acc, "params": params}

@@ -1,0 +1,127 @@
+"""The report's view of the student variants: the compression frontier and the controls.
+
+    figures = variant_figures(cfg, right, params, val, teacher_acc)   # metrics.json "variants"
+    rows = controls_rows(cfg, figures)                                # the controls table
+
+A variant is one row of the frontier: its distilled student and its baseline (the same network
+on labels alone) on the test rows, each with a 95% interval, the student's lead over its own
+baseline (paired), and how much of the ensemble's accuracy it keeps. The controls are the
+variants that share one network and differ only in the recipe (`targets: hard`, `rows:
+labeled`): side by side with that network's baseline they say how much of KD's gain the extra
+inputs carry and how much the soft targets themselves do (Hinton et al.'s control experiments).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from kd.config import Config, StudentConfig
+from kd.evaluate import stats
+
+
+def recipe(st: StudentConfig) -> str:
+    """A variant's recipe in words: what its student learned from."""
+    what = "soft targets" if st.targets == "soft" else "hard pseudo-labels"
+    rows = "labeled rows only" if st.rows == "labeled" else "all rows"
+    return f"{what}, {rows}"
+
+
+def network(st: StudentConfig) -> str:
+    """Variants with equal networks (architecture and knobs) form one control group."""
+    return f"{st.arch} {json.dumps(st.knobs, sort_keys=True)}"
+
+
+def variant_figures(cfg: Config, right: dict[str, np.ndarray], params: dict[str, int],
+                    val: dict[str, float], teacher_acc: float) -> dict[str, dict]:
+    """variant -> its figures; `right`, `params`, `val` are keyed `student@v` / `baseline@v`
+    (and `teacher` in `right` and `val`): (N,) booleans of test rows answered right, parameter
+    counts, validation accuracies."""
+    out = {}
+    for v in cfg.student.variants:
+        st = cfg.student.variant(v)
+        s, b = right[f"student@{v}"], right[f"baseline@{v}"]
+        ratios = stats.ratio_intervals(s, right["teacher"], b)
+        cmp = stats.compare(s, b)
+        out[v] = {
+            "accuracy": float(s.mean()), "accuracy_ci": stats.accuracy_interval(s),
+            "params": params[f"student@{v}"],
+            "baseline_accuracy": float(b.mean()), "baseline_accuracy_ci":
+                stats.accuracy_interval(b),
+            "val_accuracy": val.get(f"student@{v}"),
+            "baseline_val_accuracy": val.get(f"baseline@{v}"),
+            "retained": float(s.mean()) / teacher_acc if teacher_acc else None,
+            "retained_ci": ratios["retained_ci"],
+            "gap_recovered": ratios["gap_recovered"],
+            "vs_baseline": {k: cmp[k] for k in ("diff", "ci_low", "ci_high", "p_value")},
+            "arch": st.arch, "targets": st.targets, "rows": st.rows,
+            "control": st.targets != "soft" or st.rows != "all",
+        }
+    return out
+
+
+def frontier_points(figures: dict[str, dict], x: dict[str, float], x_key: str) -> dict:
+    """plots.frontier's input: the students and the baselines at `x[v]` (params or latency)."""
+    pts: dict[str, dict] = {"student": {}, "baseline": {}}
+    for v, f in figures.items():
+        pts["student"][v] = {x_key: x[v], "accuracy": f["accuracy"], "ci": f["accuracy_ci"],
+                             "control": f["control"]}
+        if not f["control"]:  # a control's baseline is its network's baseline: drawn once
+            pts["baseline"][v] = {x_key: x[v], "accuracy": f["baseline_accuracy"],
+                                  "ci": f["baseline_accuracy_ci"]}
+    return pts
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}%"
+
+
+def _ci(lo: float, hi: float, scale: float = 100) -> str:
+    return f"[{scale * lo:.2f}, {scale * hi:.2f}]"
+
+
+CONTROLS_HEADER = ["network", "what the student learned from", "val accuracy", "test accuracy",
+                   "95% interval", "vs baseline (points)", "paired 95% interval"]
+
+
+def controls_rows(cfg: Config, figures: dict[str, dict]) -> list[list[str]]:
+    """For every network that more than one variant shares: its baseline, then each recipe,
+    the controls first and the full recipe (soft targets, all rows) last."""
+    groups: dict[str, list[str]] = {}
+    for v in figures:
+        groups.setdefault(network(cfg.student.variant(v)), []).append(v)
+    order = {("soft", "labeled"): 0, ("hard", "all"): 1, ("hard", "labeled"): 1,
+             ("soft", "all"): 2}
+    rows = []
+    for net, names in groups.items():
+        if len(names) < 2:
+            continue
+        first = figures[names[0]]
+        lo, hi = first["baseline_accuracy_ci"]
+        rows.append([net, "labels alone (baseline)", _pct(first["baseline_val_accuracy"]),
+                     _pct(first["baseline_accuracy"]), _ci(lo, hi), "-", "-"])
+        for v in sorted(names, key=lambda n: (order[(figures[n]["targets"],
+                                                      figures[n]["rows"])], n)):
+            f, c = figures[v], figures[v]["vs_baseline"]
+            rows.append([f"{net} ({v})", recipe(cfg.student.variant(v)),
+                         _pct(f["val_accuracy"]), _pct(f["accuracy"]), _ci(*f["accuracy_ci"]),
+                         f"{100 * c['diff']:+.2f}", _ci(c["ci_low"], c["ci_high"])])
+    return rows
+
+
+FRONTIER_HEADER = ["variant", "recipe", "params", "fewer than ensemble", "val accuracy",
+                   "test accuracy", "95% interval", "baseline test", "retained", "chosen"]
+
+
+def frontier_rows(cfg: Config, figures: dict[str, dict], teacher_params: int,
+                  chosen: str) -> list[list[str]]:
+    """One row per variant, smallest first."""
+    rows = []
+    for v in sorted(figures, key=lambda n: (figures[n]["params"], n)):
+        f = figures[v]
+        rows.append([v, recipe(cfg.student.variant(v)), f"{f['params']:,}",
+                     f"{teacher_params / f['params']:.1f}x", _pct(f["val_accuracy"]),
+                     _pct(f["accuracy"]), _ci(*f["accuracy_ci"]), _pct(f["baseline_accuracy"]),
+                     _pct(f["retained"]), "yes" if v == chosen else ""])
+    return rows

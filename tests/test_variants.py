@@ -1,0 +1,167 @@
+"""Student variants: the recipes do what they say, and the chosen variant is chosen on
+validation rows only.
+
+    pytest -q tests/test_variants.py
+
+On the catalogue's small pipeline (digits, two MLP members, 1,437 exported rows of which 539
+unlabeled): `rows: labeled` never trains on an unlabeled row, `targets: hard` trains on the
+ensemble's argmax at T = 1, and the choice reads each student's validation accuracy and the
+shards' validation rows, never a test figure. The real-`dvc` side (foreach stages, adding or
+editing one variant reruns only it) is tests/test_student.py's; the report's frontier and
+controls tables are tests/test_report.py's.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import kd.train.distill as distill
+from kd.config import parse_config
+from kd.evaluate.choose import choose_variant, ensemble_val_accuracy, pick
+from kd.targets.reader import ShardReader
+from stages import student
+from tests.catalogue import PIPELINE_PARAMS, pipeline
+from tests.conftest import cwd
+
+STUDENT = PIPELINE_PARAMS["student"]["defaults"]
+
+
+def config(**variants):
+    return parse_config({**PIPELINE_PARAMS, "student": {"defaults": STUDENT,
+                                                        "variants": variants}})
+
+
+@pytest.fixture(scope="module")
+def shards() -> Path:
+    return pipeline() / "data/soft_targets"
+
+
+def _all_rows(shards: Path) -> dict[str, np.ndarray]:
+    parts = list(ShardReader(shards, columns=["is_labeled", "is_val"]).iter_batches(
+        100_000, shuffle=False))
+    return {k: np.concatenate([p[k] for p in parts]) for k in ("row_id", "is_labeled", "is_val")}
+
+
+def test_the_labeled_reader_yields_the_labeled_training_rows_and_nothing_else(shards):
+    rows = _all_rows(shards)
+    want = set(rows["row_id"][rows["is_labeled"] & ~rows["is_val"]].tolist())
+    assert 0 < len(want) < len(rows["row_id"]) and (~rows["is_labeled"]).sum() > 0
+    reader = ShardReader(shards, rows="labeled")
+    got = [b["row_id"] for b in reader.iter_batches(64, shuffle=True, seed=3, drop_val=True)]
+    assert sorted(np.concatenate(got).tolist()) == sorted(want)  # each once, only these
+    assert reader.num_rows(drop_val=True) == len(want) == sum(n for *_, n in
+                                                             reader.training_rows())
+    # the ranks' runs: two ranks together take every labeled training row, nothing else
+    seen = set()
+    for rank in range(2):
+        for b in reader.iter_rank_batches(32, world=2, rank=rank, seed=0, epoch=1,
+                                          buffer_rows=100):
+            seen |= set(b["row_id"].tolist())
+    assert seen == want
+    # the validation rows are still the validation rows
+    assert reader.num_rows(only_val=True) == rows["is_val"].sum()
+
+
+def _train(tmp_path: Path, shards: Path, monkeypatch, recipe: dict) -> tuple[list, dict]:
+    """Student variant `v` with `recipe`, recording every call of the Hinton loss."""
+    calls = []
+    real = distill.kd_loss
+
+    def spy(s_logits, t_probs, labels, T, alpha, labeled=None):
+        calls.append((t_probs.detach().clone(), labels.clone(), T))
+        return real(s_logits, t_probs, labels, T, alpha, labeled)
+
+    monkeypatch.setattr(distill, "kd_loss", spy)
+    cfg = config(v=recipe)
+    with cwd(tmp_path):
+        metrics = student.run(cfg, "v", out_root=tmp_path / "student", shards=shards,
+                              prepared=shards.parent / "prepared")
+    return calls, metrics
+
+
+def test_labeled_rows_only_never_trains_on_an_unlabeled_row(tmp_path, shards, monkeypatch):
+    calls, _ = _train(tmp_path, shards, monkeypatch, {"rows": "labeled"})
+    labels = torch.cat([c[1] for c in calls])
+    rows = _all_rows(shards)
+    assert (labels >= 0).all()  # unlabeled rows carry label -1
+    assert len(labels) == (rows["is_labeled"] & ~rows["is_val"]).sum()  # 1 epoch, every one
+    history = json.loads((tmp_path / "student/v/history.json").read_text())
+    assert history[0]["samples"] == len(labels)
+
+
+def test_all_rows_does_train_on_unlabeled_rows(tmp_path, shards, monkeypatch):
+    # the same spy sees unlabeled rows under the default recipe: the test above can fail
+    calls, _ = _train(tmp_path, shards, monkeypatch, {})
+    assert (torch.cat([c[1] for c in calls]) < 0).sum() > 0
+
+
+def test_hard_targets_are_the_ensembles_argmax_at_temperature_1(tmp_path, shards,
+                                                               monkeypatch):
+    calls, metrics = _train(tmp_path, shards, monkeypatch,
+                            {"targets": "hard", "temperature": 5.0})
+    for t_probs, _, T in calls:
+        assert T == 1.0
+        assert torch.equal(t_probs.sum(1), torch.ones(len(t_probs)))
+        assert set(t_probs.unique().tolist()) <= {0.0, 1.0}  # one-hot rows
+    assert metrics["temperature"] == 5.0  # recorded as given; hard targets ignore it
+    # and the one-hot class is the ensemble's argmax of the row's own logits
+    st = config(v={"targets": "hard"}).student.variant("v")
+    t_logits = torch.randn(2, 50, 10, generator=torch.Generator().manual_seed(0))  # (M, B, C)
+    hard, T = distill.ensemble_targets(t_logits, st)
+    # the ensemble's own prediction: its distribution at T = 1 (at another T the mean of
+    # member probabilities can rank the classes differently)
+    soft, _ = distill.ensemble_targets(t_logits,
+                                       config(v={"temperature": 1.0}).student.variant("v"))
+    assert T == 1.0 and torch.equal(hard.argmax(1), soft.argmax(1))
+    assert torch.equal(hard, torch.nn.functional.one_hot(soft.argmax(1), 10).float())
+
+
+# ------------------------------------------------------------------------------ choice
+
+
+def test_pick_takes_the_smallest_variant_that_keeps_the_target():
+    val = {"big": 0.99, "mid": 0.985, "small": 0.97}
+    params = {"big": 1000, "mid": 100, "small": 10}
+    assert pick(val, params, 0.99, 0.99)["variant"] == "mid"  # 0.985 >= 0.9801; small is not
+    assert pick(val, params, 0.99, 0.95)["variant"] == "small"
+    none = pick(val, params, 1.0, 0.999)  # nothing keeps it: the most accurate, said so
+    assert none["variant"] == "big" and none["meets_target"] is False
+    assert "no variant keeps" in none["reason"]
+    tie = pick({"a": 0.99, "b": 0.995}, {"a": 10, "b": 10}, 0.99, 0.99)
+    assert tie["variant"] == "b"  # equal size: the better on validation
+    nothing = pick({"a": None, "b": None}, {"a": 1, "b": 2}, None, 0.99)
+    assert nothing["variant"] == "a" and nothing["meets_target"] is None
+
+
+def test_the_choice_reads_validation_figures_and_never_test_ones(tmp_path, shards):
+    root = pipeline() / "data/student/s"
+    ens, rows = ensemble_val_accuracy(shards, "mean_probs")
+    assert ens is not None and rows > 0
+
+    def write(v: str, params: int, val: float, test: float) -> None:
+        shutil.copytree(root, tmp_path / v, dirs_exist_ok=True)
+        m = json.loads((root / "metrics.json").read_text())
+        m.update(params=params, val_accuracy=val, test_accuracy=test)
+        (tmp_path / v / "metrics.json").write_text(json.dumps(m))
+
+    cfg = config(small={}, large={})
+    # validation and test disagree: on validation the small one keeps the target, on test
+    # it is far behind; the choice follows validation
+    write("small", 100, ens, 0.10)
+    write("large", 1000, 0.5 * ens, 0.99)
+    choice = choose_variant(cfg, tmp_path, shards)
+    assert choice["variant"] == "small" and choice["meets_target"] is True
+    assert choice["ensemble_val_accuracy"] == ens and choice["validation_rows"] == rows
+    # flipping the test figures changes nothing; flipping validation changes the choice
+    write("small", 100, ens, 0.99)
+    write("large", 1000, 0.5 * ens, 0.10)
+    assert choose_variant(cfg, tmp_path, shards)["variant"] == "small"
+    write("small", 100, 0.5 * ens, 0.99)
+    write("large", 1000, ens, 0.10)
+    assert choose_variant(cfg, tmp_path, shards)["variant"] == "large"
