@@ -61,7 +61,7 @@ PARAMS_CASES = [
     P("student.train.batch_size.bool", "a boolean where an integer belongs",
       {"student": {"train": {"batch_size": True}}}, ("student.train.batch_size", "True")),
     P("student.arch.unknown", "an architecture that is not registered",
-      {"student": {"arch": "transformer"}}, ("student.arch", "'transformer'")),
+      {"student": {"arch": "rnn"}}, ("student.arch", "'rnn'")),
     P("student.knobs.unknown", "a knob the architecture does not have",
       {"student": {"arch": "mlp", "knobs": {"channels": 3}}}, ("student.knobs", "'channels'")),
     P("student.knobs.value", "a knob value out of range",

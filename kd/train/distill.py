@@ -23,10 +23,11 @@ import numpy as np
 import torch
 
 from kd.config import Config
-from kd.distill.losses import kd_loss, soft_targets
-from kd.errors import ConfigError
+from kd.distill.losses import cosine_loss, kd_loss, soft_targets
+from kd.errors import ArtifactError, ConfigError
 from kd.io.storage import locate
-from kd.models import build_model, count_params
+from kd.models import build_model, count_params, load_model, resolve_knobs
+from kd.models.transformer import init_from, init_problem
 from kd.prepared import read_split
 from kd.runtime.distributed import SINGLE, Dist, global_batch, ranks
 from kd.targets.reader import ShardReader
@@ -50,8 +51,9 @@ def shard_batches(reader: ShardReader, batch_size: int, seed: int, buffer_rows: 
             stream = reader.iter_batches(batch_size, shuffle=True, seed=seed, epoch=epoch,
                                          buffer_rows=buffer_rows, drop_val=True)
         for b in prefetch(stream):  # decode the next batch while this one trains
+            h = torch.from_numpy(b["hidden"]) if "hidden" in b else None  # (B, D)
             yield Batch(torch.from_numpy(b["features"]), torch.from_numpy(b["label"]),
-                        torch.from_numpy(b["logits"]))  # (B, F), (B,), (M, B, C)
+                        torch.from_numpy(b["logits"]), t_hidden=h)  # (B, F), (B,), (M, B, C)
 
     return batches
 
@@ -66,12 +68,34 @@ def held_out(reader: ShardReader) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             np.concatenate([p["logits"] for p in parts], axis=1))
 
 
+def hidden_member(cfg: Config) -> str | None:
+    """The member whose hidden vectors the student aligns with; None when beta is 0."""
+    st = cfg.student
+    if st.beta == 0:
+        return None
+    return st.hidden_from or cfg.export.hidden[0]  # config: exactly one when not named
+
+
+def init_student(model: torch.nn.Module, st, teachers: Path) -> None:
+    """Layer-skip initialisation (student.init) from the member's saved model directory; the
+    member on disk must still fit (params can change after it was trained)."""
+    name = st.init.from_
+    teacher, spec = load_model(teachers / name)
+    why = init_problem(resolve_knobs(st.arch, st.knobs), spec["arch"],
+                       resolve_knobs(spec["arch"], spec["knobs"]), st.init.layers)
+    if why:
+        raise ArtifactError(f"{teachers / name / 'model.json'}: student.init cannot copy it: "
+                            f"{why}; rerun `kd teacher`")
+    init_from(model, teacher, st.init.layers)
+
+
 def distill_job(cfg: Config, shards: Path | str, prepared: Path, dist: Dist = SINGLE,
-                stage: str = "student") -> TrainJob:
+                stage: str = "student", teachers: Path = Path("data/teachers")) -> TrainJob:
     """The student of `cfg.student` on the (already verified) shard set `shards`."""
     st = cfg.student
     manifest = read_manifest(shards)
-    reader = ShardReader(shards)
+    h_member = hidden_member(cfg)
+    reader = ShardReader(shards, hidden=h_member)
     shape = tuple(manifest["feature_shape"])
     n_classes = len(manifest["class_names"])
     test, _ = read_split(prepared, "test")
@@ -79,7 +103,12 @@ def distill_job(cfg: Config, shards: Path | str, prepared: Path, dist: Dist = SI
     check_same_test_split(manifest, prepared / "test.parquet", where)
     check_test_split(test, manifest, prepared / "test.parquet", where)
     seed_everything(st.train.seed)  # the initial weights come from this seed too
-    model = build_model(st.arch, shape, n_classes, st.knobs)
+    knobs = dict(st.knobs)
+    if h_member is not None and reader.hidden_width != resolve_knobs(st.arch, knobs)["width"]:
+        knobs["align"] = reader.hidden_width  # FitNets: a learned map to the teacher's width
+    model = build_model(st.arch, shape, n_classes, knobs)
+    if st.init is not None:
+        init_student(model, st, teachers)
     n_params = count_params(model)
     n_train = reader.num_rows(drop_val=True)
     batch = global_batch(st.train.batch_size, cfg.runtime, dist)
@@ -89,14 +118,25 @@ def distill_job(cfg: Config, shards: Path | str, prepared: Path, dist: Dist = SI
     # distributed: each rank takes an equal run of the rows, so as many steps as one process
     steps = reader.rank_steps(batch // dist.world, dist.world)
     val_x, val_y, val_t = held_out(reader)
-    T, alpha = st.temperature, st.alpha
+    T, alpha, beta = st.temperature, st.alpha, st.beta
+    s_hidden: list[torch.Tensor] = []  # the last forward's pooled hidden vector, (B, D_s)
+
+    def keep_hidden(_module, _inputs, out: torch.Tensor) -> None:
+        s_hidden[:] = [out]
+
+    if h_member is not None:  # the loop calls model(x): the final norm's output is h_student
+        model.norm.register_forward_hook(keep_hidden)
 
     def loss_fn(s_logits: torch.Tensor, b: Batch) -> torch.Tensor:
         t_probs = soft_targets(b.t_logits, T, st.combine)  # (B, C)
         # distributed: the hard term divides by the global batch's labeled rows (per rank),
         # not this rank's, so ranks dealt more or fewer labeled rows weigh them as one process
         labeled = dist.mean_over_ranks((b.y >= 0).sum()) if dist.active else None
-        return kd_loss(s_logits, t_probs, b.y, T, alpha, labeled)
+        loss = kd_loss(s_logits, t_probs, b.y, T, alpha, labeled)
+        if h_member is None:
+            return loss
+        h = s_hidden[0] if model.align is None else model.align(s_hidden[0])  # (B, D_t)
+        return loss + beta * cosine_loss(h, b.t_hidden)
 
     def evaluate_fn(m: torch.nn.Module) -> dict:
         out = evaluate(m, val_x, val_y)
@@ -113,15 +153,17 @@ def distill_job(cfg: Config, shards: Path | str, prepared: Path, dist: Dist = SI
         steps=steps, loss_fn=loss_fn, evaluate_fn=evaluate_fn,
         fingerprint=fingerprint(st.model_dump(), manifest, dist.world, batch),
         test=(test.x, test.y),
-        spec={"arch": st.arch, "knobs": st.knobs, "input_shape": list(shape),
+        spec={"arch": st.arch, "knobs": knobs, "input_shape": list(shape),
               "n_classes": n_classes, "class_names": manifest["class_names"],
               "params": n_params, "stage": stage},
-        metrics={"temperature": T, "alpha": alpha},
+        metrics={"temperature": T, "alpha": alpha, **({"beta": beta} if beta else {})},
         params={"student": st.model_dump(), "shards": {"rows": manifest["totals"]["rows"],
                                                        "members": manifest["members"]},
                 "world_size": dist.world},
-        intro=f"{stage}: {st.arch} {st.knobs}, {n_params:,} parameters, T={T}, alpha={alpha}, "
-              f"{n_train} training rows from {len(reader.files)} shards, "
+        intro=f"{stage}: {st.arch} {knobs}, {n_params:,} parameters, T={T}, alpha={alpha}, "
+              + (f"beta={beta} (hidden.{h_member}), " if h_member else "")
+              + (f"init from {st.init.from_} layers {st.init.layers}, " if st.init else "")
+              + f"{n_train} training rows from {len(reader.files)} shards, "
               f"{st.train.epochs} epochs{ranks(dist, batch)}")
 
 
