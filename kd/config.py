@@ -69,7 +69,7 @@ class DataConfig(Section):
     classes: Annotated[list[str], Field(min_length=2)] | None = None  # class order; default sorted
     # token ids: every feature is an integer id in [0, vocab_size), checked at prepare; a
     # transformer reads them through its embedding table (knob vocab, which must equal this)
-    vocab_size: Annotated[int, Field(ge=2)] | None = None
+    vocab_size: Annotated[int, Field(ge=2, le=2**24)] | None = None  # float32 holds ids exactly
 
     @model_validator(mode="after")
     def _check_source(self) -> DataConfig:
