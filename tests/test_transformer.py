@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -322,3 +323,63 @@ def test_out_of_range_token_ids_fail_in_one_line(tmp_path, bad):
     model = tfm((4,), vocab=12)
     with pytest.raises(DataError, match="row 1, position 2"):
         model(torch.tensor([[1.0, 2, 3, 4], [0, 1, 12, 2]]))
+
+
+# --------------------------------------------------------------------------- the stages
+
+
+TEACHER = {"arch": "transformer", "knobs": {"layers": 4, "width": 16, "heads": 2, "patch": 8},
+           "train": {"epochs": 2, "batch_size": 64}}
+
+
+def _recipe(width: int = 16, **student) -> dict:
+    return {"data": {"source": "digits"}, "teacher": {"members": {"t": TEACHER}},
+            "export": {"rows_per_shard": 600, "row_group_size": 200, "hidden": ["t"]},
+            "student": {"arch": "transformer", "train": {"epochs": 2, "batch_size": 64},
+                        "knobs": {"layers": 2, "width": width, "heads": 2, "patch": 8},
+                        **student},
+            "tracking": {"enabled": False}}
+
+
+def test_export_hidden_then_student_with_init_and_cosine_term(tmp_path):
+    from kd.prepared import read_split
+    from kd.train.loop import predict
+    from stages import deploy, student
+    from tests.conftest import build_pipeline, cwd
+
+    init = {"from": "t", "layers": [0, 3]}
+    d = build_pipeline(tmp_path / "p", _recipe(init=init, beta=1.0),
+                       ("prepare", "teacher", "export"))
+    reader = ShardReader(d / "data/soft_targets", hidden="t")
+    assert reader.manifest["hidden"] == {"t": 16} and verify(d / "data/soft_targets")
+    teacher, _ = load_model(d / "data/teachers/t")
+    b = next(reader.iter_batches(50, shuffle=False))
+    z, h = teacher.forward_with_hidden(torch.from_numpy(b["features"]))
+    np.testing.assert_allclose(b["hidden"], h.detach().numpy(), atol=1e-5)  # the teacher's own
+    np.testing.assert_allclose(b["logits"][0], z.detach().numpy(), atol=1e-5)
+    with cwd(d):
+        cfg = parse_config(_recipe(init=init, beta=1.0))
+        metrics = student.run(cfg)
+        assert metrics["beta"] == 1.0 and metrics["test_accuracy"] > 0.1
+        deploy.run(cfg)  # the transformer student exports to ONNX and checks against PyTorch
+        # widths differ: a learned map (knob align) carries the student's vector to the teacher's
+        narrow = parse_config(_recipe(width=8, beta=1.0))
+        student.run(narrow, out_dir=Path("data/narrow"))
+    s, spec = load_model(d / "data/narrow")
+    assert spec["knobs"]["align"] == 16 and s.align.weight.shape == (16, 8)
+    test, _ = read_split(d / "data/prepared", "test")
+    assert predict(s, test.x).shape == (len(test.y), 10)
+
+
+def test_student_init_refuses_a_member_that_no_longer_fits(tmp_path):
+    from stages import student
+    from tests.conftest import build_pipeline, cwd
+
+    d = build_pipeline(tmp_path / "p", _recipe(), ("prepare", "teacher", "export"))
+    spec = json.loads((d / "data/teachers/t/model.json").read_text())
+    knobs = {**spec["knobs"], "layers": 2}  # a member trained under other params, not rerun
+    save_model(d / "data/teachers/t", build_model("transformer", (8, 8), 10, knobs),
+               {**spec, "knobs": knobs})
+    with cwd(d), pytest.raises(ArtifactError) as exc:
+        student.run(parse_config(_recipe(init={"from": "t", "layers": [0, 3]})))
+    assert "layer 3" in str(exc.value) and "data/teachers/t/model.json" in str(exc.value)
