@@ -383,3 +383,12 @@ def test_student_init_refuses_a_member_that_no_longer_fits(tmp_path):
     with cwd(d), pytest.raises(ArtifactError) as exc:
         student.run(parse_config(_recipe(init={"from": "t", "layers": [0, 3]})))
     assert "layer 3" in str(exc.value) and "data/teachers/t/model.json" in str(exc.value)
+
+
+def test_example_params_file_is_valid():
+    from kd.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "examples" / "transformer.yaml")
+    assert cfg.student.init.from_ == "t" and cfg.student.init.layers == [0, 2]
+    assert cfg.export.hidden == ["t"] and cfg.student.beta == 1.0
+    assert cfg.student.knobs["layers"] * 2 == cfg.teacher.member("t").knobs["layers"]
