@@ -32,6 +32,7 @@ import torch
 from kd.config import AugmentConfig, DataConfig, TrainConfig
 from kd.datasets import load_mnist1d
 from kd.distill.losses import cosine_loss, kd_loss, soft_targets
+from kd.evaluate.stats import compare, ratio_intervals
 from kd.models import build_model, count_params
 from kd.models.transformer import init_from
 from kd.train.batches import Batch, epoch_seed, in_memory_batches
@@ -133,6 +134,25 @@ def _scores(model, d) -> dict:
             "test_pred": predict(model, d["x_test"]).argmax(1).tolist()}
 
 
+# (a, b): what each ablation difference isolates
+PAIRS = {"init, with cosine": ("layer-skip+beta1", "random+beta1"),
+         "init, without cosine": ("layer-skip+beta0", "random+beta0"),
+         "cosine, random init": ("random+beta1", "random+beta0"),
+         "cosine, layer-skip init": ("layer-skip+beta1", "layer-skip+beta0")}
+RECIPE = "layer-skip+beta1"  # DistilBERT's: fixed before the run, not chosen on test rows
+
+
+def intervals(runs: list[dict], y_test: np.ndarray) -> dict:
+    """Paired bootstrap 95% intervals (kd/evaluate/stats.py) over the test rows of all seeds
+    pooled (seeds x 1,000 pairs): each ablation difference, and the recipe's accuracy kept."""
+    right = {arm: np.concatenate([np.asarray(r[arm]["test_pred"]) == y_test for r in runs])
+             for arm in runs[0] if arm != "latency_ms"}
+    out = {name: compare(right[a], right[b]) for name, (a, b) in PAIRS.items()}
+    kept = ratio_intervals(right[RECIPE], right["teacher"], right["random+beta0"])
+    out["kept"] = {"value": kept["retained"], "ci": kept["retained_ci"]}
+    return out
+
+
 def summarise(runs: list[dict]) -> dict:
     arms = [k for k in runs[0] if k != "latency_ms"]
     table = {}
@@ -153,13 +173,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="1 seed, few epochs: a smoke run")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--summarise", action="store_true",
+                    help="recompute the summary from the runs in the results file, no training")
     args = ap.parse_args()
     torch.set_num_threads(1)
     seeds = 1 if args.quick else args.seeds
     te, se, unl = (3, 2, 1000) if args.quick else (40, 15, 4000)
+    path = OUT / ("transformer-quick.json" if args.quick else "transformer.json")
     d = data(unl)
-    runs = []
-    for seed in range(seeds):
+    runs = json.loads(path.read_text())["runs"] if args.summarise else []
+    for seed in range(0 if args.summarise else seeds):
         r = run_seed(seed, d, te, se)
         runs.append(r)
         print(f"seed {seed}: " + ", ".join(f"{k} {v['test_accuracy']:.4f}"
@@ -167,6 +190,7 @@ def main() -> None:
               + f"; latency teacher {r['latency_ms']['teacher']:.3f} ms, student "
                 f"{r['latency_ms']['student']:.3f} ms", flush=True)
     s = summarise(runs)
+    s["intervals"] = intervals(runs, d["y_test"])
     print(f"{'arm':<20}{'val':>8}{'test':>8}{'sd':>7}{'kept':>7}{'min kept':>9}{'params':>9}")
     for arm, v in s["arms"].items():
         print(f"{arm:<20}{v['val_mean']:>8.4f}{v['test_mean']:>8.4f}{v['test_sd']:>7.4f}"
@@ -174,8 +198,16 @@ def main() -> None:
     print(f"batch-1 latency: teacher {s['latency_ms']['teacher']:.3f} ms, student "
           f"{s['latency_ms']['student']:.3f} ms, speed-up {s['speedup_mean']:.2f}x "
           f"(min over seeds {s['speedup_min']:.2f}x)")
+    for name, c in s["intervals"].items():
+        if name == "kept":
+            print(f"{RECIPE} keeps {c['value']:.4f} of the teacher's test accuracy, 95% "
+                  f"interval [{c['ci'][0]:.4f}, {c['ci'][1]:.4f}] (seeds pooled)")
+        else:
+            print(f"{name:<26} {c['diff'] * 100:+.2f} points, 95% interval "
+                  f"[{c['ci_low'] * 100:+.2f}, {c['ci_high'] * 100:+.2f}], McNemar p "
+                  f"{c['p_value']:.3g}")
     OUT.mkdir(exist_ok=True)
-    path = OUT / ("transformer-quick.json" if args.quick else "transformer.json")
+    seeds = len(runs)
     config = {"teacher": TEACHER, "student": STUDENT, "layers": LAYERS, "T": T,
               "alpha": ALPHA, "teacher_epochs": te, "student_epochs": se, "unlabeled": unl,
               "seeds": seeds}

@@ -85,13 +85,13 @@ class DataConfig(Section):
             )
         parquet_keys = ("labeled", "unlabeled", "test", "features", "label", "id", "shape",
                         "classes", "vocab_size")
-        if self.vocab_size is not None and self.normalize != "none":
-            raise ValueError(f"normalize: must be 'none' with data.vocab_size (token ids are "
-                             f"not scaled), got '{self.normalize}'")
         if self.source == "parquet":
             for key in ("labeled", "test", "features", "label"):
                 if getattr(self, key) in (None, "", []):
                     raise ValueError(f"{key}: required when data.source is 'parquet'")
+            if self.vocab_size is not None and self.normalize != "none":
+                raise ValueError(f"normalize: must be 'none' with data.vocab_size (token ids "
+                                 f"are not scaled), got '{self.normalize}'")
             if self.classes and len(set(self.classes)) < len(self.classes):
                 twice = next(c for c in self.classes if self.classes.count(c) > 1)
                 raise ValueError(f"classes: {twice!r} is listed twice")
