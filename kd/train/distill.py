@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kd.config import Config
+from kd.config import Config, StudentConfig
 from kd.distill.losses import cosine_loss, kd_loss, soft_targets
 from kd.errors import ArtifactError, ConfigError
 from kd.io.storage import locate
@@ -68,15 +68,15 @@ def held_out(reader: ShardReader) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             np.concatenate([p["logits"] for p in parts], axis=1))
 
 
-def hidden_member(cfg: Config) -> str | None:
-    """The member whose hidden vectors the student aligns with; None when beta is 0."""
-    st = cfg.student
+def hidden_member(st: StudentConfig, exported: list[str]) -> str | None:
+    """The member whose hidden vectors the student aligns with (`exported`: export.hidden);
+    None when beta is 0."""
     if st.beta == 0:
         return None
-    return st.hidden_from or cfg.export.hidden[0]  # config: exactly one when not named
+    return st.hidden_from or exported[0]  # the config checked: exactly one when not named
 
 
-def init_student(model: torch.nn.Module, st, teachers: Path) -> None:
+def init_student(model: torch.nn.Module, st: StudentConfig, teachers: Path) -> None:
     """Layer-skip initialisation (student.init) from the member's saved model directory; the
     member on disk must still fit (params can change after it was trained)."""
     name = st.init.from_
@@ -94,7 +94,7 @@ def distill_job(cfg: Config, shards: Path | str, prepared: Path, dist: Dist = SI
     """The student of `cfg.student` on the (already verified) shard set `shards`."""
     st = cfg.student
     manifest = read_manifest(shards)
-    h_member = hidden_member(cfg)
+    h_member = hidden_member(st, cfg.export.hidden)
     reader = ShardReader(shards, hidden=h_member)
     shape = tuple(manifest["feature_shape"])
     n_classes = len(manifest["class_names"])
