@@ -67,6 +67,9 @@ class DataConfig(Section):
     id: str | None = None
     shape: list[PositiveInt] | None = None
     classes: Annotated[list[str], Field(min_length=2)] | None = None  # class order; default sorted
+    # token ids: every feature is an integer id in [0, vocab_size), checked at prepare; a
+    # transformer reads them through its embedding table (knob vocab, which must equal this)
+    vocab_size: Annotated[int, Field(ge=2, le=2**24)] | None = None  # float32 holds ids exactly
 
     @model_validator(mode="after")
     def _check_source(self) -> DataConfig:
@@ -81,11 +84,14 @@ class DataConfig(Section):
                 f"rows (< 0.95), got {self.test_fraction} + {self.unlabeled_fraction}"
             )
         parquet_keys = ("labeled", "unlabeled", "test", "features", "label", "id", "shape",
-                        "classes")
+                        "classes", "vocab_size")
         if self.source == "parquet":
             for key in ("labeled", "test", "features", "label"):
                 if getattr(self, key) in (None, "", []):
                     raise ValueError(f"{key}: required when data.source is 'parquet'")
+            if self.vocab_size is not None and self.normalize != "none":
+                raise ValueError(f"normalize: must be 'none' with data.vocab_size (token ids "
+                                 f"are not scaled), got '{self.normalize}'")
             if self.classes and len(set(self.classes)) < len(self.classes):
                 twice = next(c for c in self.classes if self.classes.count(c) > 1)
                 raise ValueError(f"classes: {twice!r} is listed twice")
@@ -193,6 +199,9 @@ class ExportConfig(Section):
     batch_size: PositiveInt = 1_024
     compression: Literal["zstd", "snappy", "gzip", "lz4", "none"] = "zstd"
     logits_dtype: Literal["float32", "float16"] = "float32"
+    # members whose pooled hidden vector is stored too (`hidden.<member>` columns), for a
+    # student's cosine term (student.beta); each must be a model with forward_features
+    hidden: list[str] = []
 
     @model_validator(mode="after")
     def _check_groups(self) -> ExportConfig:
@@ -202,6 +211,15 @@ class ExportConfig(Section):
                 f"got {self.row_group_size}"
             )
         return self
+
+
+class InitConfig(Section):
+    """Layer-skip initialisation (DistilBERT): the student starts as a copy of a teacher
+    member's embeddings, its encoder layers `layers` (in order) and its head."""
+
+    model_config = ConfigDict(populate_by_name=True)
+    from_: str = Field(alias="from")  # a teacher member of the student's family and width
+    layers: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 
 
 class StudentConfig(ModelConfig):
@@ -217,6 +235,11 @@ class StudentConfig(ModelConfig):
     # without a transfer set: what is left of KD without the extra inputs)
     rows: Literal["all", "labeled"] = "all"
     shuffle_buffer: PositiveInt = 50_000
+    init: InitConfig | None = None  # None: random initialisation from train.seed
+    # + beta * (1 - cos(h_student, h_teacher)) on the pooled hidden vectors (export.hidden);
+    # 0 reads no hidden columns
+    beta: Annotated[float, Field(ge=0, le=100)] = 0.0
+    hidden_from: str | None = None  # the member to align with; None: export.hidden's only one
 
     @model_validator(mode="after")
     def _no_augmentation(self) -> StudentConfig:
@@ -397,6 +420,7 @@ class Config(Section):
             except ValidationError as e:
                 raise ConfigError(_format(e, prefix=f"{key}.train")
                                   + " (in the baseline's run, with baseline.epochs)") from None
+        _check_transformer(self)
         return self
 
 
@@ -411,6 +435,64 @@ def _check_arch(key: str, spec: ModelConfig) -> None:
     except ConfigError as e:
         what = "arch" if "unknown architecture" in str(e) else "knobs"
         raise ConfigError(f"{key}.{what}: {e}") from None
+
+
+def _check_transformer(cfg: Config) -> None:
+    """The transformer recipe's keys against each other: hidden members and the student's
+    cosine term, layer-skip init, and token ids (data.vocab_size) against knob vocab."""
+    from kd.models import resolve_knobs
+
+    members = list(cfg.teacher.members)
+    for i, name in enumerate(cfg.export.hidden):
+        if name not in members:
+            raise ConfigError(f"export.hidden.{i}: {name!r} is not a teacher member "
+                              f"(members: {', '.join(members)})")
+        if (arch := cfg.teacher.member(name).arch) != "transformer":
+            raise ConfigError(f"export.hidden.{i}: member {name!r} is a {arch!r}, which has "
+                              "no pooled hidden vector (a 'transformer' has)")
+    vocab = cfg.data.vocab_size or 0
+    specs: dict[str, ModelConfig] = {f"teacher.members.{m}": cfg.teacher.member(m)
+                                     for m in members}
+    for variant in cfg.student.variants:
+        key, st = f"student.variants.{variant}", cfg.student.variant(variant)
+        specs[key] = st
+        _check_student_recipe(cfg, key, st, members)
+    for key, spec in specs.items():
+        if spec.arch == "transformer":
+            have = resolve_knobs("transformer", spec.knobs)["vocab"]
+            if have != vocab:
+                raise ConfigError(f"{key}.knobs: vocab={have} must equal data.vocab_size "
+                                  f"({cfg.data.vocab_size}; 0 when the features are not ids)")
+
+
+def _check_student_recipe(cfg: Config, key: str, st: StudentConfig, members: list[str]) -> None:
+    """One variant's cosine term and layer-skip init against the members and export.hidden."""
+    from kd.models import resolve_knobs
+    from kd.models.transformer import init_problem
+
+    if st.beta > 0:
+        if st.arch != "transformer":
+            raise ConfigError(f"{key}.beta: the cosine term needs a 'transformer' student "
+                              f"(its pooled hidden vector), got arch {st.arch!r}")
+        if st.hidden_from is None and len(cfg.export.hidden) != 1:
+            raise ConfigError(f"{key}.beta: {st.beta} needs exactly one member in export.hidden "
+                              f"or {key}.hidden_from, got export.hidden {cfg.export.hidden}")
+    if st.hidden_from is not None and st.hidden_from not in cfg.export.hidden:
+        raise ConfigError(f"{key}.hidden_from: {st.hidden_from!r} is not in export.hidden "
+                          f"{cfg.export.hidden}")
+    if st.init is not None:
+        name = st.init.from_
+        if name not in members:
+            raise ConfigError(f"{key}.init.from: {name!r} is not a teacher member "
+                              f"(members: {', '.join(members)})")
+        if st.arch != "transformer":
+            raise ConfigError(f"{key}.init: layer-skip init needs a 'transformer' student, "
+                              f"got arch {st.arch!r}")
+        member = cfg.teacher.member(name)
+        why = init_problem(resolve_knobs(st.arch, st.knobs), member.arch,
+                           resolve_knobs(member.arch, member.knobs), st.init.layers)
+        if why:
+            raise ConfigError(f"{key}.init: cannot copy member {name!r}: {why}")
 
 
 # ------------------------------------------------------------------------------ loading

@@ -205,6 +205,17 @@ def _features(path: Path, table: pa.Table, spec: str | list[str]) -> np.ndarray:
     return x
 
 
+def check_token_ids(path: Path, x: np.ndarray, vocab_size: int) -> None:
+    """DataError naming the first row whose features are not token ids in [0, vocab_size):
+    with data.vocab_size the features are ids that index a transformer's embedding table
+    (stored as float32 like any feature; exact for ids below 2**24)."""
+    bad = (x < 0) | (x >= vocab_size) | (x != np.round(x))  # (N, F)
+    if bad.any():
+        row, pos = (int(i) for i in np.argwhere(bad)[0])
+        raise DataError(f"{path}: features: row {row}, position {pos} holds {x[row, pos]:g}, "
+                        f"not a token id in [0, {vocab_size}) (data.vocab_size)")
+
+
 def _labels(path: Path, table: pa.Table, name: str) -> np.ndarray:
     col = table.column(name).combine_chunks()
     if not (pa.types.is_integer(col.type) or pa.types.is_string(col.type)
@@ -300,6 +311,8 @@ def load_parquet(cfg: DataConfig, root: Path) -> Source:
         if need_label and table.num_rows == 0:
             raise DataError(f"{path}: the {split} split has no rows")
         x = _features(path, table, feat_cols)
+        if cfg.vocab_size is not None:
+            check_token_ids(path, x, cfg.vocab_size)
         y = _labels(path, table, cfg.label) if need_label else None
         ids = _ids(path, table, cfg.id) if cfg.id else None
         raw[split] = (x, y, ids)

@@ -33,7 +33,7 @@ from kd.prepared import interleave, load_meta, split_rows
 from kd.runtime.distributed import SINGLE, Dist, shared_atomic_dir
 from kd.targets.shards import MANIFEST, ShardWriter, prepared_digests, write_manifest
 from kd.targets.shardset import summary
-from kd.teachers.native import load_members, member_logits
+from kd.teachers.native import hidden_widths, load_members, member_outputs
 from kd.tracking import stage_run, tag_output
 
 SYNTHETIC = "synthetic"  # the transfer stage's file and the shards' split name
@@ -74,6 +74,7 @@ def run(cfg: Config, out_dir: Path = Path("data/soft_targets"),
     models = {name: m.to(dist.device) for name, m in load_members(cfg, meta, teachers).items()}
     shape = tuple(meta["feature_shape"])
     ex = cfg.export
+    hidden = hidden_widths(models, ex.hidden)  # member -> D of its `hidden.<member>` column
     params = {"export": ex.model_dump(), "members": list(models), "world_size": dist.world}
     with stage_run(cfg, "export", params=params, main=dist.is_main) as tracking:
         t0, rows, forward_s = time.perf_counter(), 0, 0.0
@@ -84,15 +85,16 @@ def run(cfg: Config, out_dir: Path = Path("data/soft_targets"),
                 row_group_size=ex.row_group_size, compression=ex.compression,
                 logits_dtype=ex.logits_dtype,
                 extra_metadata={"prepared_fingerprint": meta["fingerprint"]},
-                prefix=f"part-r{dist.rank:03d}" if dist.active else "part")
+                prefix=f"part-r{dist.rank:03d}" if dist.active else "part", hidden=hidden)
             with writer:
                 # labeled, unlabeled (and synthetic) rows mixed in proportion in every batch
                 for split, part, is_val in interleave(sources, ex.batch_size, dist.rank,
                                                       dist.world):
                     f0 = time.perf_counter()
-                    logits = member_logits(models, part.x, shape, dist.device)
+                    logits, vectors = member_outputs(models, part.x, shape, dist.device,
+                                                     ex.hidden)
                     forward_s += time.perf_counter() - f0
-                    writer.write(part.row_id, split, part.y, is_val, part.x, logits)
+                    writer.write(part.row_id, split, part.y, is_val, part.x, logits, vectors)
                     rows += len(part.row_id)
                 shards = writer.close()
             # a collective: past it, every rank has finished and renamed its shards
@@ -106,7 +108,7 @@ def run(cfg: Config, out_dir: Path = Path("data/soft_targets"),
                     member_fingerprints={m: model_fingerprint(teachers / m) for m in models},
                     params={"export": ex.model_dump(), "teacher": cfg.teacher.model_dump()},
                     extra={"prepared_fingerprint": meta["fingerprint"], "ranks": dist.world,
-                           **prepared_digests(prepared), **about})
+                           **prepared_digests(prepared), **about}, hidden=hidden)
         if not dist.is_main:
             return {}
         elapsed = time.perf_counter() - t0

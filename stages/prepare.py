@@ -90,6 +90,8 @@ def run(cfg: Config, out_dir: str | Path = "data/prepared", root: str | Path = "
             }
             if src.feature_columns:
                 meta["feature_columns"] = src.feature_columns
+            if cfg.data.vocab_size is not None:  # the features are token ids (kd/datasets.py)
+                meta["vocab_size"] = cfg.data.vocab_size
             if overlap:  # allowed by the user: the report says so
                 meta["test_overlap"] = {split: v[0] for split, v in overlap.items()}
             fit_to_data(cfg, meta)  # before anything is published: no model can fail on it

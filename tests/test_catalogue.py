@@ -46,6 +46,7 @@ def params_case(case_id: str, mistake: str, params: dict | str, names: tuple[str
 
 PARQUET = {"source": "parquet", "inputs": ".", "labeled": "l", "test": "t", "label": "y", "features": "f"}
 P = params_case
+TFM = {"arch": "transformer"}
 PARAMS_CASES = [
     P("student.temperature.range", "a temperature that is not positive",
       {"student": {"defaults": {"temperature": -1}}}, ("student.defaults.temperature", "-1")),
@@ -76,8 +77,8 @@ PARAMS_CASES = [
       {"student": {"defaults": {"train": {"batch_size": True}}}},
       ("student.defaults.train.batch_size", "True")),
     P("student.arch.unknown", "an architecture that is not registered",
-      {"student": {"variants": {"v": {"arch": "transformer"}}}},
-      ("student.variants.v.arch", "'transformer'")),
+      {"student": {"variants": {"v": {"arch": "rnn"}}}},
+      ("student.variants.v.arch", "'rnn'")),
     P("student.knobs.unknown", "a knob the architecture does not have",
       {"student": {"variants": {"v": {"arch": "mlp", "knobs": {"channels": 3}}}}},
       ("student.variants.v.knobs", "'channels'")),
@@ -177,6 +178,24 @@ PARAMS_CASES = [
     P("runtime.batch.split", "a global batch that does not split over the processes",
       {"runtime": {"nproc": 3}, "student": {"defaults": {"train": {"batch_size": 256}}}},
       ("student.variants.main.train.batch_size", "256", "3")),
+    P("student.init.misfit", "layer-skip init from a member of another width",
+      {"teacher": {"members": {"t": TFM}}, "student": {"variants": {"v": {
+          **TFM, "knobs": {"width": 32}, "init": {"from": "t", "layers": [0, 1]}}}}},
+      ("student.variants.v.init", "'t'", "knob width")),
+    P("student.init.layer", "layer-skip init listing a layer the member does not have",
+      {"teacher": {"members": {"t": TFM}}, "student": {"variants": {"v": {
+          **TFM, "knobs": {"layers": 2}, "init": {"from": "t", "layers": [0, 4]}}}}},
+      ("student.variants.v.init", "layer 4")),
+    P("student.init.from", "layer-skip init from a member that does not exist",
+      {"student": {"variants": {"v": {**TFM, "init": {"from": "bert", "layers": [0, 1, 2, 3]}}}}},
+      ("student.variants.v.init.from", "'bert'")),
+    P("student.beta.no_hidden", "the cosine term without a member's hidden vectors exported",
+      {"student": {"variants": {"v": {**TFM, "beta": 1.0}}}},
+      ("student.variants.v.beta", "export.hidden")),
+    P("export.hidden.arch", "hidden vectors asked of a member that has none (a cnn1d)",
+      {"export": {"hidden": ["cnn_0"]}}, ("export.hidden.0", "'cnn_0'", "'cnn1d'")),
+    P("data.vocab_size.normalize", "token ids that would be normalised",
+      {"data": {**PARQUET, "vocab_size": 100}}, ("data.normalize", "data.vocab_size")),
     P("yaml.syntax", "a YAML syntax error", "data: [unclosed", ("params.yaml", "line 1")),
     P("yaml.duplicate", "a key written twice",
       "data:\n  source: mnist1d\n  source: digits\n", ("params.yaml", "source", "line 3")),
@@ -283,7 +302,19 @@ DATA = [
      lambda d, p: _ids(d, p, "float")),
     ("id.null", "a missing id", ("lab.parquet", "'key'", "row 0"),
      lambda d, p: _ids(d, p, "null")),
+    ("features.token_id", "a token id outside data.vocab_size",
+     ("lab.parquet", "row 7", "position 2", "[0, 8)"), lambda d, p: _token_ids(p)),
 ]
+
+
+def _token_ids(p: dict) -> dict:
+    for name, path in p.items():  # rows of 6 token ids in [0, 8); labeled row 7 holds a 9
+        n = pq.read_table(path).num_rows
+        ids = (np.arange(n * 6).reshape(n, 6) % 8).tolist()
+        if name == "lab":
+            ids[7][2] = 9
+        _rewrite(path, 0, "pixels", ids)
+    return {"vocab_size": 8, "normalize": "none"}
 
 
 def data_case(case_id: str, mistake: str, names: tuple[str, ...], breaker: Breaker) -> Case:

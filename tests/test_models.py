@@ -124,7 +124,7 @@ def test_build_is_deterministic_under_a_seed():
 @pytest.mark.parametrize(
     "arch, input_shape, knobs, fragments",
     [
-        ("transformer", (40,), {}, ["'transformer'", "cnn1d", "cnn2d", "mlp"]),
+        ("rnn", (40,), {}, ["'rnn'", "cnn1d", "cnn2d", "mlp"]),
         ("mlp", (40,), {"heads": 4}, ["'heads'", "'mlp'"]),
         ("cnn1d", (40,), {"width": 4}, ["'width'", "'cnn1d'"]),
         ("mlp", (40,), {"depth": -1}, ["depth=-1"]),

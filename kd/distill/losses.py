@@ -3,6 +3,7 @@
     t_probs = soft_targets(t_logits, T=4.0)                  # (M, B, C) -> (B, C)
     loss = kd_loss(s_logits, t_probs, labels, T=4.0, alpha=0.9)
     total, soft, hard = kd_loss_parts(s_logits, t_probs, labels, T=4.0, alpha=0.9)
+    loss = loss + beta * cosine_loss(s_hidden, t_hidden)    # DistilBERT's hidden-state term
 
     total = alpha * soft + (1 - alpha) * hard
     soft  = T^2 * KL(t_probs || softmax(s_logits / T))   mean over ALL B rows ("batchmean")
@@ -13,6 +14,9 @@ so without it raising T silently turns down the soft term against the hard one. 
 over all rows: unlabeled rows carry the soft term alone and must weigh as much as labeled rows;
 "mean" would divide by B*C as well. Everything is computed in float32, so float16 logits from
 shards or autocast do not underflow in softmax/log.
+
+The cosine term (Sanh et al. 2019, DistilBERT) aligns the student's pooled hidden vector with a
+teacher member's: mean over all rows of 1 - cos(h_s, h_t), labeled or not, like the soft term.
 """
 
 from __future__ import annotations
@@ -98,3 +102,13 @@ def kd_loss(s_logits: Tensor, t_probs: Tensor, labels: Tensor, T: float, alpha: 
             labeled: Tensor | None = None) -> Tensor:
     """Hinton's distillation loss, a scalar: alpha * soft + (1 - alpha) * hard."""
     return kd_loss_parts(s_logits, t_probs, labels, T, alpha, labeled)[0]
+
+
+def cosine_loss(s_hidden: Tensor, t_hidden: Tensor, eps: float = 1e-8) -> Tensor:
+    """mean over rows of 1 - cos(s_hidden, t_hidden): (B, D), (B, D) -> scalar in [0, 2].
+    0 for vectors pointing the same way; a zero vector counts as orthogonal (cos 0)."""
+    if s_hidden.dim() != 2 or s_hidden.shape != t_hidden.shape:
+        raise ValueError(f"s_hidden {tuple(s_hidden.shape)} and t_hidden "
+                         f"{tuple(t_hidden.shape)} must both be (B, D)")
+    cos = F.cosine_similarity(s_hidden.float(), t_hidden.float(), dim=-1, eps=eps)  # (B,)
+    return (1.0 - cos).mean()

@@ -5,7 +5,7 @@
 Importing this package registers every built-in family.
 """
 
-from kd.models import conv, mlp, soft_tree  # noqa: F401  (cnn1d, cnn2d, mlp, soft_tree)
+from kd.models import conv, mlp, soft_tree, transformer  # noqa: F401  (cnn1d, cnn2d, mlp, ...)
 from kd.models.io import (
     SPEC_FILE,
     WEIGHTS_FILE,

@@ -25,7 +25,9 @@ def recipe(st: StudentConfig) -> str:
     """A variant's recipe in words: what its student learned from."""
     what = "soft targets" if st.targets == "soft" else "hard pseudo-labels"
     rows = "labeled rows only" if st.rows == "labeled" else "all rows"
-    return f"{what}, {rows}"
+    extra = ([f"layer-skip init from {st.init.from_}"] if st.init else []) + \
+        ([f"cosine term beta={st.beta:g}"] if st.beta else [])
+    return ", ".join([what, rows, *extra])
 
 
 def network(st: StudentConfig) -> str:

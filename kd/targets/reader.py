@@ -30,6 +30,7 @@ from kd.targets.shards import (
     Batch,
     check_shard_metadata,
     concat_rows,
+    hidden_column,
     logits_column,
     read_manifest,
     read_shard_metadata,
@@ -45,7 +46,9 @@ class ShardReader:
 
     A batch: row_id (B,) int64, label (B,) int64 (-1 = null), is_labeled (B,) bool, is_val (B,)
     bool, features (B, F) float32, logits (M, B, C) float32 in manifest member order. `columns`
-    picks a subset of those keys (row_id is always there).
+    picks a subset of those keys (row_id is always there). `hidden` names a member whose
+    pooled hidden vector (export.hidden) is read too, as `hidden` (B, D) float32; without it
+    no hidden column is ever read.
 
     The training rows (`drop_val`, the ranks' runs) are every row but the validation rows, or,
     with `rows="labeled"`, the labeled training rows only: the unlabeled and synthetic rows are
@@ -53,7 +56,8 @@ class ShardReader:
     """
 
     def __init__(self, dir: str | os.PathLike, *, columns: list[str] | None = None,
-                 verify_checksums: bool = False, rows: Literal["all", "labeled"] = "all"):
+                 verify_checksums: bool = False, hidden: str | None = None,
+                 rows: Literal["all", "labeled"] = "all"):
         if rows not in ("all", "labeled"):
             raise ValueError(f"rows must be 'all' or 'labeled', got {rows!r}")
         self.rows = rows
@@ -70,6 +74,13 @@ class ShardReader:
         self._train_groups: list[tuple[str, int, int]] | None = None
         if unknown := set(self.columns) - set(COLUMNS):
             raise ValueError(f"unknown columns {sorted(unknown)}; choose from {COLUMNS}")
+        self.hidden, self.hidden_width = hidden, (m.get("hidden") or {}).get(hidden, 0)
+        if hidden is not None:
+            if not self.hidden_width:
+                raise ArtifactError(f"{self.loc.show(MANIFEST)}: no hidden vectors of member "
+                                    f"{hidden!r} (hidden: {sorted(m.get('hidden') or {})}); "
+                                    "add it to export.hidden and rerun `kd export`")
+            self.columns.append("hidden")
 
     def num_rows(self, *, shards: list[str] | None = None, drop_val: bool = False,
                  only_val: bool = False) -> int:
@@ -225,6 +236,7 @@ class ShardReader:
             want.add("is_labeled")
         source = {"is_labeled": ["split"], "logits": [logits_column(m) for m in self.members]}
         cols = [c for k in COLUMNS if k in want for c in source.get(k, [k])]
+        cols += [hidden_column(self.hidden)] if self.hidden is not None else []
         with self.loc.open(file) as stream, self._open(file, stream) as pf:
             for g in groups:
                 out = self._decode(self._read_group(pf, file, g, cols))
@@ -269,6 +281,8 @@ class ShardReader:
             for i, m in enumerate(self.members):
                 z[i] = _np(t[logits_column(m)]).reshape(-1, self.num_classes)
             out["logits"] = z
+        if self.hidden is not None:
+            out["hidden"] = _np(t[hidden_column(self.hidden)]).reshape(-1, self.hidden_width)
         return out
 
 

@@ -47,6 +47,11 @@ def logits_column(member: str) -> str:
     return f"logits.{member}"
 
 
+def hidden_column(member: str) -> str:
+    """A member's pooled hidden vector (export.hidden), for a student's cosine term."""
+    return f"hidden.{member}"
+
+
 def read_shard_metadata(source: str | os.PathLike | pa.NativeFile,
                         shown: str | None = None) -> dict[str, Any]:
     """The `kd` metadata of one shard (a path, or an open file named `shown`): schema_version,
@@ -61,10 +66,10 @@ def check_shard_metadata(path: str | os.PathLike, meta: dict[str, Any],
                          manifest: dict[str, Any]) -> None:
     """ArtifactError unless a shard's own metadata agrees with the manifest listing it: a shard
     from another export (other members, classes, shapes) must not be read as part of this one."""
-    for key in ("members", "class_names", "feature_shape", "logits_dtype"):
-        if meta.get(key) != manifest[key]:
+    for key in ("members", "class_names", "feature_shape", "logits_dtype", "hidden"):
+        if meta.get(key) != manifest.get(key):  # a set without hidden columns names none
             raise ArtifactError(f"{path}: {key} {meta.get(key)!r} disagrees with {MANIFEST} "
-                                f"({manifest[key]!r})")
+                                f"({manifest.get(key)!r})")
 
 
 def check_members(dir: str | os.PathLike, manifest: dict[str, Any], members: list[str]) -> None:
@@ -89,7 +94,8 @@ class ShardWriter:
                  feature_shape: tuple[int, ...], rows_per_shard: int = 100_000,
                  row_group_size: int = 10_000, compression: str = "zstd",
                  logits_dtype: str = "float32", extra_metadata: dict | None = None,
-                 first_shard_index: int = 0, prefix: str = "part"):
+                 first_shard_index: int = 0, prefix: str = "part",
+                 hidden: dict[str, int] | None = None):
         if not members or len(set(members)) < len(members) or not all(
                 re.fullmatch(r"[\w-]+", m) for m in members):
             raise ValueError(f"members must be unique names of [A-Za-z0-9_-]: {members!r}")
@@ -97,6 +103,9 @@ class ShardWriter:
             raise ValueError(f"prefix must be 'part' or start with 'part-': {prefix!r}")
         if logits_dtype not in LOGITS_DTYPES or min(rows_per_shard, row_group_size) < 1:
             raise ValueError(f"bad logits_dtype {logits_dtype!r} or non-positive sizes")
+        self.hidden = dict(hidden or {})  # member -> width of its hidden vector
+        if not set(self.hidden) <= set(members) or min(self.hidden.values(), default=1) < 1:
+            raise ValueError(f"hidden must map members to positive widths: {hidden!r}")
         self.out_dir, self.members, self.prefix = Path(out_dir), list(members), prefix
         self.num_classes, self.width = len(class_names), int(np.prod(feature_shape))
         self.rows_per_shard, self.row_group_size = rows_per_shard, row_group_size
@@ -104,6 +113,8 @@ class ShardWriter:
         meta = dict(schema_version=SCHEMA_VERSION, class_names=list(class_names),
                     members=self.members, feature_shape=list(feature_shape),
                     logits_dtype=logits_dtype, extra=extra_metadata or {})
+        if self.hidden:  # only then: a set without hidden vectors keeps its old bytes
+            meta["hidden"] = self.hidden
         lt = LOGITS_DTYPES[logits_dtype][1]
         self.schema = pa.schema([
             pa.field("row_id", pa.int64(), nullable=False),
@@ -113,6 +124,8 @@ class ShardWriter:
             pa.field("features", pa.list_(pa.float32(), self.width), nullable=False),
             *[pa.field(logits_column(m), pa.list_(lt, self.num_classes), nullable=False)
               for m in self.members],
+            *[pa.field(hidden_column(m), pa.list_(pa.float32(), d), nullable=False)
+              for m, d in self.hidden.items()],
         ], metadata={META_KEY: json.dumps(meta, sort_keys=True)})
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / MANIFEST).unlink(missing_ok=True)  # the set changes: no longer complete
@@ -132,10 +145,11 @@ class ShardWriter:
 
     def write(self, row_ids: np.ndarray, split: str, labels: np.ndarray | None,
               is_val: np.ndarray | None, features: np.ndarray,
-              logits: dict[str, np.ndarray]) -> None:
+              logits: dict[str, np.ndarray], hidden: dict[str, np.ndarray] | None = None) -> None:
         """Append B rows of one split. labels (B,) with -1 = null (None: all null), is_val (B,)
-        (None: all False), features (B, F) or (B, *feature_shape), logits member -> (B, C).
-        Everything is copied, so callers may reuse their buffers."""
+        (None: all False), features (B, F) or (B, *feature_shape), logits member -> (B, C),
+        hidden member -> (B, D) for the writer's hidden members. Everything is copied, so
+        callers may reuse their buffers."""
         rid, C = np.asarray(row_ids), self.num_classes
         if rid.ndim != 1 or rid.dtype.kind not in "iu":
             raise ArtifactError(f"row_ids: expected 1-d integers, got {rid.dtype}{rid.shape}")
@@ -171,10 +185,25 @@ class ShardWriter:
                 raise ArtifactError(f"logits.{m}: non-finite value at row_id {rid[~ok][0]} "
                                     f"(as {np.dtype(self.np_dtype).name})")
             chunk[logits_column(m)] = z
+        chunk.update(self._hidden_chunk(rid, hidden or {}))
         self._chunks.append(chunk)
         self._pending += B
         if self._pending >= self._group_size():
             self._flush(final=False)
+
+    def _hidden_chunk(self, rid: np.ndarray, hidden: dict[str, np.ndarray]) -> Batch:
+        if set(hidden) != set(self.hidden):
+            raise ArtifactError(f"hidden: expected members {sorted(self.hidden)}, got "
+                                f"{sorted(hidden)}")
+        out = {}
+        for m, d in self.hidden.items():
+            h = np.asarray(hidden[m], np.float32)
+            if h.shape != (len(rid), d):
+                raise ArtifactError(f"hidden.{m}: expected ({len(rid)}, {d}), got shape {h.shape}")
+            if not (ok := np.isfinite(h).all(axis=1)).all():
+                raise ArtifactError(f"hidden.{m}: non-finite value at row_id {rid[~ok][0]}")
+            out[hidden_column(m)] = h
+        return out
 
     def close(self) -> list[dict[str, Any]]:
         """Flush and finish the last shard. Returns one info dict per shard this writer wrote:
@@ -226,7 +255,8 @@ class ShardWriter:
                   pa.DictionaryArray.from_arrays(g["split"], pa.array(names)),
                   pa.array(g["label"], pa.int32(), mask=g["label"] < 0),
                   pa.array(g["is_val"]), fixed("features"),
-                  *[fixed(logits_column(m)) for m in self.members]]
+                  *[fixed(logits_column(m)) for m in self.members],
+                  *[fixed(hidden_column(m)) for m in self.hidden]]
         if self._pw is None:  # dictionary-encode only split; statistics only on small columns
             self._pw = pq.ParquetWriter(self._tmp_path(), self.schema, compression=self.compression,
                                         use_dictionary=["split"],
@@ -268,7 +298,8 @@ def split_counts(counts: dict[str, int]) -> dict[str, int]:
 def write_manifest(out_dir: str | os.PathLike, shards: list[dict], *, members: list[str],
                    class_names: list[str], feature_shape: tuple[int, ...], logits_dtype: str,
                    member_fingerprints: dict[str, str], params: dict,
-                   extra: dict | None = None) -> dict[str, Any]:
+                   extra: dict | None = None, hidden: dict[str, int] | None = None
+                   ) -> dict[str, Any]:
     """Write manifest.json atomically; call it LAST, its presence means the set is complete.
     `shards`: the info dicts from every writer's close() (all ranks, any order)."""
     out_dir, shards = Path(out_dir), sorted(shards, key=lambda s: s["file"])
@@ -288,6 +319,8 @@ def write_manifest(out_dir: str | os.PathLike, shards: list[dict], *, members: l
                     feature_shape=list(feature_shape), logits_dtype=logits_dtype,
                     member_fingerprints=dict(member_fingerprints), params=params,
                     extra=extra or {})
+    if hidden:  # member -> width of its `hidden.<member>` column; absent when there are none
+        manifest["hidden"] = dict(hidden)
     write_json(out_dir / MANIFEST, manifest)
     return manifest
 
@@ -320,6 +353,7 @@ class _Manifest(_Entry):
     members: Annotated[list[Annotated[str, Field(pattern=r"^[\w-]+$")]], Field(min_length=1)]
     feature_shape: Annotated[list[Annotated[int, Field(gt=0)]], Field(min_length=1)]
     logits_dtype: Literal["float32", "float16"]
+    hidden: dict[Annotated[str, Field(pattern=r"^[\w-]+$")], Annotated[int, Field(gt=0)]] = {}
 
 
 def check_test_split(test: Split, manifest: dict, path: Path, manifest_path: str) -> None:

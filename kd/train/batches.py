@@ -32,13 +32,15 @@ class Batch:
     # this rank's share of the global batch, times the world size: scaling a rank's mean loss
     # by it makes DDP's gradient average the mean over the global batch, as in one process
     scale: float = 1.0
+    t_hidden: torch.Tensor | None = None  # (B, D) a member's pooled hidden vector (beta > 0)
 
     def to(self, device: torch.device) -> Batch:
         if device.type == "cpu":
             return self
-        t = None if self.t_logits is None else self.t_logits.to(device, non_blocking=True)
+        t, h = (None if v is None else v.to(device, non_blocking=True)
+                for v in (self.t_logits, self.t_hidden))
         return Batch(self.x.to(device, non_blocking=True), self.y.to(device, non_blocking=True),
-                     t, self.scale)
+                     t, self.scale, h)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

@@ -23,10 +23,11 @@ import numpy as np
 import torch
 
 from kd.config import Config, StudentConfig
-from kd.distill.losses import kd_loss, soft_targets
-from kd.errors import ConfigError
+from kd.distill.losses import cosine_loss, kd_loss, soft_targets
+from kd.errors import ArtifactError, ConfigError
 from kd.io.storage import locate
-from kd.models import build_model, count_params
+from kd.models import build_model, count_params, load_model, resolve_knobs
+from kd.models.transformer import init_from, init_problem
 from kd.prepared import read_split
 from kd.runtime.distributed import SINGLE, Dist, global_batch, ranks
 from kd.targets.reader import ShardReader
@@ -50,8 +51,9 @@ def shard_batches(reader: ShardReader, batch_size: int, seed: int, buffer_rows: 
             stream = reader.iter_batches(batch_size, shuffle=True, seed=seed, epoch=epoch,
                                          buffer_rows=buffer_rows, drop_val=True)
         for b in prefetch(stream):  # decode the next batch while this one trains
+            h = torch.from_numpy(b["hidden"]) if "hidden" in b else None  # (B, D)
             yield Batch(torch.from_numpy(b["features"]), torch.from_numpy(b["label"]),
-                        torch.from_numpy(b["logits"]))  # (B, F), (B,), (M, B, C)
+                        torch.from_numpy(b["logits"]), t_hidden=h)  # (B, F), (B,), (M, B, C)
 
     return batches
 
@@ -76,13 +78,35 @@ def ensemble_targets(t_logits: torch.Tensor, st: StudentConfig) -> tuple[torch.T
     return soft_targets(t_logits, st.temperature, st.combine), st.temperature
 
 
+def hidden_member(st: StudentConfig, exported: list[str]) -> str | None:
+    """The member whose hidden vectors the student aligns with (`exported`: export.hidden);
+    None when beta is 0."""
+    if st.beta == 0:
+        return None
+    return st.hidden_from or exported[0]  # the config checked: exactly one when not named
+
+
+def init_student(model: torch.nn.Module, st: StudentConfig, teachers: Path) -> None:
+    """Layer-skip initialisation (student.init) from the member's saved model directory; the
+    member on disk must still fit (params can change after it was trained)."""
+    name = st.init.from_
+    teacher, spec = load_model(teachers / name)
+    why = init_problem(resolve_knobs(st.arch, st.knobs), spec["arch"],
+                       resolve_knobs(spec["arch"], spec["knobs"]), st.init.layers)
+    if why:
+        raise ArtifactError(f"{teachers / name / 'model.json'}: student.init cannot copy it: "
+                            f"{why}; rerun `kd teacher`")
+    init_from(model, teacher, st.init.layers)
+
+
 def distill_job(cfg: Config, variant: str, shards: Path | str, prepared: Path,
-                dist: Dist = SINGLE) -> TrainJob:
+                dist: Dist = SINGLE, teachers: Path = Path("data/teachers")) -> TrainJob:
     """Student variant `variant` on the (already verified) shard set `shards`."""
     st = cfg.student.variant(variant)
     stage = f"student@{variant}"
     manifest = read_manifest(shards)
-    reader = ShardReader(shards, rows=st.rows)
+    h_member = hidden_member(st, cfg.export.hidden)
+    reader = ShardReader(shards, hidden=h_member, rows=st.rows)
     shape = tuple(manifest["feature_shape"])
     n_classes = len(manifest["class_names"])
     test, _ = read_split(prepared, "test")
@@ -90,7 +114,12 @@ def distill_job(cfg: Config, variant: str, shards: Path | str, prepared: Path,
     check_same_test_split(manifest, prepared / "test.parquet", where)
     check_test_split(test, manifest, prepared / "test.parquet", where)
     seed_everything(st.train.seed)  # the initial weights come from this seed too
-    model = build_model(st.arch, shape, n_classes, st.knobs)
+    knobs = dict(st.knobs)
+    if h_member is not None and reader.hidden_width != resolve_knobs(st.arch, knobs)["width"]:
+        knobs["align"] = reader.hidden_width  # FitNets: a learned map to the teacher's width
+    model = build_model(st.arch, shape, n_classes, knobs)
+    if st.init is not None:
+        init_student(model, st, teachers)
     n_params = count_params(model)
     n_train = reader.num_rows(drop_val=True)
     batch = global_batch(st.train.batch_size, cfg.runtime, dist)
@@ -101,17 +130,28 @@ def distill_job(cfg: Config, variant: str, shards: Path | str, prepared: Path,
     # distributed: each rank takes an equal run of the rows, so as many steps as one process
     steps = reader.rank_steps(batch // dist.world, dist.world)
     val_x, val_y, val_t = held_out(reader)
-    alpha = st.alpha
+    alpha, beta = st.alpha, st.beta
     if n_train == 0:
         raise ConfigError(f"student.variants.{variant}.rows: the shards hold no "
                           f"{'labeled ' if st.rows == 'labeled' else ''}training rows")
+    s_hidden: list[torch.Tensor] = []  # the last forward's pooled hidden vector, (B, D_s)
+
+    def keep_hidden(_module, _inputs, out: torch.Tensor) -> None:
+        s_hidden[:] = [out]
+
+    if h_member is not None:  # the loop calls model(x): the final norm's output is h_student
+        model.norm.register_forward_hook(keep_hidden)
 
     def loss_fn(s_logits: torch.Tensor, b: Batch) -> torch.Tensor:
         t_probs, T = ensemble_targets(b.t_logits, st)  # (B, C)
         # distributed: the hard term divides by the global batch's labeled rows (per rank),
         # not this rank's, so ranks dealt more or fewer labeled rows weigh them as one process
         labeled = dist.mean_over_ranks((b.y >= 0).sum()) if dist.active else None
-        return kd_loss(s_logits, t_probs, b.y, T, alpha, labeled)
+        loss = kd_loss(s_logits, t_probs, b.y, T, alpha, labeled)
+        if h_member is None:
+            return loss
+        h = s_hidden[0] if model.align is None else model.align(s_hidden[0])  # (B, D_t)
+        return loss + beta * cosine_loss(h, b.t_hidden)
 
     def evaluate_fn(m: torch.nn.Module) -> dict:
         out = evaluate(m, val_x, val_y)
@@ -128,16 +168,18 @@ def distill_job(cfg: Config, variant: str, shards: Path | str, prepared: Path,
         steps=steps, loss_fn=loss_fn, evaluate_fn=evaluate_fn,
         fingerprint=fingerprint(st.model_dump(), manifest, dist.world, batch),
         test=(test.x, test.y),
-        spec={"arch": st.arch, "knobs": st.knobs, "input_shape": list(shape),
+        spec={"arch": st.arch, "knobs": knobs, "input_shape": list(shape),
               "n_classes": n_classes, "class_names": manifest["class_names"],
               "params": n_params, "stage": stage, "variant": variant},
-        metrics={"temperature": st.temperature, "alpha": alpha},
+        metrics={"temperature": st.temperature, "alpha": alpha, **({"beta": beta} if beta else {})},
         params={"student": st.model_dump(), "variant": variant,
                 "shards": {"rows": manifest["totals"]["rows"], "members": manifest["members"]},
                 "world_size": dist.world},
-        intro=f"{stage}: {st.arch} {st.knobs}, {n_params:,} parameters, {st.targets} targets"
+        intro=f"{stage}: {st.arch} {knobs}, {n_params:,} parameters, {st.targets} targets"
               f"{f' T={st.temperature:g}' if st.targets == 'soft' else ''}, alpha={alpha}, "
-              f"{n_train} {'labeled ' if st.rows == 'labeled' else ''}training rows from "
+              + (f"beta={beta} (hidden.{h_member}), " if h_member else "")
+              + (f"init from {st.init.from_} layers {st.init.layers}, " if st.init else "")
+              + f"{n_train} {'labeled ' if st.rows == 'labeled' else ''}training rows from "
               f"{len(reader.files)} shards, "
               f"{st.train.epochs} epochs{ranks(dist, batch)}")
 
