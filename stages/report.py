@@ -47,12 +47,13 @@ from kd.evaluate.metrics import (
 )
 from kd.io.atomic import atomic_dir, write_json
 from kd.io.faults import failpoint
-from kd.models import check_fits, count_params, load_model
+from kd.models import check_fits, load_model
 from kd.prepared import load_meta, read_split
 from kd.report.figures import tree_figures, write_figures
 from kd.report.render import render_html, render_markdown
 from kd.targets.shards import MANIFEST, check_members, check_same_test_split, read_manifest
 from kd.targets.shardset import verify
+from kd.teachers import load_member, member_bytes, member_output, member_params
 from kd.tracking import COMPARE_BY, flatten, link_input_runs, stage_run
 
 TIMING = "timing.json"  # wall-clock figures: not cached, differ between identical runs
@@ -114,24 +115,24 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
     test, _ = read_split(prepared, "test")
     shape, n_classes = tuple(meta["feature_shape"]), meta["n_classes"]
     x = torch.from_numpy(test.x).view(len(test.x), *shape)  # (N, *shape)
-    members = list(cfg.teacher.members)
+    members = cfg.teacher.names()
     transfer = transfer_set(check_shards(shards, members, meta, prepared))
     dirs = {name: teachers / name for name in members}
     dirs.update(student=student_dir, baseline=baseline_dir)
-    models, specs = {}, {}
-    for name, d in dirs.items():
-        models[name], specs[name] = load_model(d)
-        check_fits(specs[name], d, meta, f"member '{name}'" if name in members
-                   else f"the {name}")
+    # members of any kind (trained here or imported) load alike, checked against the data
+    models, specs = {name: load_member(dirs[name], meta) for name in members}, {}
+    for name in ("student", "baseline"):
+        models[name], specs[name] = load_model(dirs[name])
+        check_fits(specs[name], dirs[name], meta, f"the {name}")
     with torch.no_grad():
         logits = {name: m(x) for name, m in models.items()}  # each (N, C)
     probs = {name: softmax(lg) for name, lg in logits.items()}
     probs["teacher"] = ensemble_probs([logits[m] for m in members], cfg.student.combine)
 
     evals = {name: quality(p, test.y, n_classes) for name, p in probs.items()}
-    params = {name: count_params(m) for name, m in models.items()}
-    params["teacher"] = sum(params[m] for m in members)
-    size = {name: (d / "model.safetensors").stat().st_size for name, d in dirs.items()}
+    params = {name: member_params(m) for name, m in models.items()}  # None: unknown (sklearn)
+    params["teacher"] = sum(params[m] or 0 for m in members)  # of the members that say
+    size = {name: member_bytes(d) for name, d in dirs.items()}
     size["teacher"] = sum(size[m] for m in members)
     # the deployed files, scored on one ONNX Runtime thread (the same figures anywhere)
     onnx_files = deployed_files(deploy_dir, specs["student"])
@@ -224,7 +225,7 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
         tracking.set_tags({f"kd.machine.{k}": v for k, v in timing["machine"].items()})
         lock = Path("dvc.lock")
         tracking.set_tags({"kd.dvc_lock_sha256": sha256(lock) if lock.exists() else "none"})
-        link_input_runs(tracking, {f"teacher@{m}": dirs[m] / "model.safetensors" for m in members}
+        link_input_runs(tracking, dict(member_output(dirs[m]) for m in members)
                         | {"student": student_dir / "model.safetensors",
                            "baseline": baseline_dir / "model.safetensors",
                            "export": shards / MANIFEST,

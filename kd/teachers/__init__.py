@@ -59,7 +59,9 @@ def load_members(cfg: Config, meta: dict, root: Path) -> dict[str, torch.nn.Modu
 def member_params(model: torch.nn.Module) -> int | None:
     """Scalar parameters of a member; None where the kind has no such count (a scikit-learn
     model): the report says n/a."""
-    return getattr(model, "params", None) if hasattr(model, "predict") else count_params(model)
+    from kd.teachers.imported import ImportedModel
+
+    return model.params if isinstance(model, ImportedModel) else count_params(model)
 
 
 def member_bytes(member_dir: Path) -> int:
@@ -68,6 +70,14 @@ def member_bytes(member_dir: Path) -> int:
     if files.is_dir():
         return sum(p.stat().st_size for p in files.rglob("*") if p.is_file())
     return (member_dir / "model.safetensors").stat().st_size
+
+
+def member_output(member_dir: Path) -> tuple[str, Path]:
+    """(stage, file) of the stage that wrote the member, for linking the report's MLflow run
+    to it: teacher@<name>'s weights, or import@<name>'s model.json."""
+    if is_imported(member_dir):
+        return f"import@{member_dir.name}", member_dir / "model.json"
+    return f"teacher@{member_dir.name}", member_dir / "model.safetensors"
 
 
 def member_fingerprint(member_dir: Path) -> str:
