@@ -32,7 +32,7 @@ from kd.prepared import interleave, load_meta, split_rows
 from kd.runtime.distributed import SINGLE, Dist, shared_atomic_dir
 from kd.targets.shards import MANIFEST, ShardWriter, prepared_digests, write_manifest
 from kd.targets.shardset import summary
-from kd.teachers import load_members, member_fingerprint, member_logits
+from kd.teachers.members import load_members, member_fingerprint, member_logits
 from kd.tracking import stage_run, tag_output
 
 SYNTHETIC = "synthetic"  # the transfer stage's file and the shards' split name

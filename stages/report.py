@@ -53,7 +53,7 @@ from kd.report.figures import tree_figures, write_figures
 from kd.report.render import render_html, render_markdown
 from kd.targets.shards import MANIFEST, check_members, check_same_test_split, read_manifest
 from kd.targets.shardset import verify
-from kd.teachers import load_member, member_bytes, member_output, member_params
+from kd.teachers.members import load_member, member_bytes, member_output, member_params
 from kd.tracking import COMPARE_BY, flatten, link_input_runs, stage_run
 
 TIMING = "timing.json"  # wall-clock figures: not cached, differ between identical runs

@@ -89,7 +89,7 @@ def _open_export(files: Path, where: str) -> tuple[Callable, list[str] | None, i
 
 
 def _open_mlflow(files: Path, where: str) -> tuple[Callable, list[str] | None, int | None, tuple]:
-    from kd.teachers import mlflow_source
+    import kd.teachers.mlflow_source as mlflow_source
 
     predict, names = mlflow_source.load(files)
     return predict, names, None, ()  # () : (N, F) rows, the pyfunc convention

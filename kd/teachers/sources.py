@@ -30,7 +30,7 @@ def resolve(spec: ImportedMember, tracking_uri: str, timeout: float = 10.0) -> d
     run, or a local file's sha256. ArtifactError (one line) when it cannot be reached."""
     out = {"kind": spec.kind, "source": spec.source}
     if spec.kind == "mlflow":
-        from kd.teachers import mlflow_source
+        import kd.teachers.mlflow_source as mlflow_source
 
         return out | mlflow_source.resolve(spec.source, tracking_uri, timeout)
     path = Path(spec.source)
@@ -44,7 +44,7 @@ def _fetch(spec: ImportedMember, resolved: dict, files: Path, tracking_uri: str,
            timeout: float) -> None:
     files.mkdir(parents=True, exist_ok=True)
     if spec.kind == "mlflow":
-        from kd.teachers import mlflow_source
+        import kd.teachers.mlflow_source as mlflow_source
 
         mlflow_source.download(resolved["uri"], files, tracking_uri, timeout)
         return
