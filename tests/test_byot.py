@@ -281,3 +281,55 @@ def test_a_custom_architecture_trains_saves_and_rebuilds(world, tmp_path, kd):
             assert result.exit_code == 2 and "Traceback" not in result.output, result.output
             errors = [ln for ln in result.output.splitlines() if ln.startswith("Error")]
             assert len(errors) == 1 and all(n in errors[0] for n in needles), result.output
+
+
+# ------------------------------------------------------------------ DVC: versions, sharing
+
+
+@pytest.mark.slow
+def test_dvc_reimports_a_moved_alias_and_shares_the_import_without_the_registry(world,
+                                                                                   tmp_path):
+    """A real repository: import@lr reruns when the alias moves and only then; `dvc push` to a
+    folder remote, and a teammate's clone pulls the member and runs it with the registry out
+    of reach (source@lr keeps the pulled answer with a warning, import@lr stays as pulled)."""
+    from tests.conftest import make_repo, run_cmd
+
+    git_id = ["-c", "user.email=t@t", "-c", "user.name=t"]
+
+    store = world["store"]
+    client = mlflow.MlflowClient(store)
+    repo = make_repo(tmp_path / "repo", {
+        "data": {"source": "digits"}, "tracking": {"enabled": False, "uri": store},
+        "teacher": {"members": {}, "imports": {"lr": {"kind": "mlflow",
+                                                      "source": "models:/digits-lr@champion"}}},
+        "student": {"arch": "mlp", "knobs": {"depth": 1, "width": 8}}})
+    record = repo / "data/teachers/lr/model.json"
+    run_cmd(["dvc", "repro", "import@lr"], repo)
+    assert json.loads(record.read_text())["version"] == "1"
+    again = run_cmd(["dvc", "repro", "import@lr"], repo).stdout
+    assert "Running stage 'source@lr'" in again and "Running stage 'import@lr'" not in again
+    client.set_registered_model_alias("digits-lr", "champion", "2")
+    try:
+        moved = run_cmd(["dvc", "repro", "import@lr"], repo).stdout
+    finally:
+        client.set_registered_model_alias("digits-lr", "champion", "1")
+    assert "Running stage 'import@lr'" in moved
+    assert json.loads(record.read_text())["version"] == "2"
+
+    run_cmd(["dvc", "remote", "add", "-d", "shared", str(tmp_path / "remote")], repo)
+    run_cmd(["git", "add", "-A"], repo)
+    run_cmd(["git", *git_id, "commit", "-qm", "import lr"], repo)
+    run_cmd(["dvc", "push"], repo)
+    clone = tmp_path / "clone"
+    run_cmd(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+    run_cmd(["dvc", "pull", "--with-deps", "import@lr"], clone)
+    assert (clone / "data/teachers/lr/model.json").read_bytes() == record.read_bytes()
+    away = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}  # no registry here
+    out = run_cmd(["dvc", "repro", "import@lr"], clone, env=away)
+    assert "keeping the version resolved before (2)" in out.stderr + out.stdout
+    assert "Running stage 'import@lr'" not in out.stdout
+    assert run_cmd(["dvc", "status", "import@lr"], clone).stdout.count("changed") == 0
+    meta = load_meta(clone / "data/prepared")
+    x = torch.from_numpy(read_split(clone / "data/prepared", "test")[0].x).view(-1, 8, 8)
+    want = load_member(repo / "data/teachers/lr", meta)(x)
+    torch.testing.assert_close(load_member(clone / "data/teachers/lr", meta)(x), want)
