@@ -48,7 +48,7 @@ def run(cfg: Config, name: str, out_root: Path = Path("data/teachers"),
     with stage_run(cfg, f"import@{name}", params={"kind": spec.kind, "source": spec.source,
                                                   "version": resolved["version"]}) as tracking:
         with atomic_dir(out) as tmp:
-            record = fetch_and_check(spec, resolved, tmp, meta, labeled.x, uri, timeout)
+            record = fetch_and_check(name, spec, resolved, tmp, meta, labeled.x, uri, timeout)
             write_json(tmp / "model.json", record)
             model = load_imported(tmp, meta)
             t = score(model, test.x, test.y, shape, n)

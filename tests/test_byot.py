@@ -25,6 +25,7 @@ from kd.prepared import load_meta, read_split
 from kd.targets.reader import ShardReader
 from kd.teachers.members import load_member, member_params
 from stages import export, imports, prepare, source, teacher
+from tests.catalogue import Case, assert_case
 from tests.conftest import assert_user_error, cwd, free_port
 
 NATIVE = {"arch": "mlp", "knobs": {"depth": 1, "width": 8}, "train": {"epochs": 1}}
@@ -333,3 +334,59 @@ def test_dvc_reimports_a_moved_alias_and_shares_the_import_without_the_registry(
     x = torch.from_numpy(read_split(clone / "data/prepared", "test")[0].x).view(-1, 8, 8)
     want = load_member(repo / "data/teachers/lr", meta)(x)
     torch.testing.assert_close(load_member(clone / "data/teachers/lr", meta)(x), want)
+
+
+# ------------------------------------------------- the bad-input catalogue (docs/errors.md)
+
+
+def _byot_params(d: Path, imports: dict | None = None, **sections) -> None:
+    params = {"data": {"source": "digits"}, "teacher": {"members": {"a": NATIVE},
+                                                        "imports": imports or {}}, **sections}
+    (d / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def _onnx_member(n_in: int, shape: tuple, names: list[str] | None = None):
+    def setup(d: Path) -> None:
+        onnx_file(linear(n_in, 10, 0), d / "m.onnx", torch.zeros(2, *shape), names)
+        _byot_params(d, {"x": {"kind": "onnx", "source": "m.onnx"}})
+    return setup
+
+
+_MLFLOW_X = {"x": {"kind": "mlflow", "source": "models:/digits-lr@champion"}}
+CASES = [
+    Case("params.teacher.imports.source", "params", "an import whose source does not fit its "
+         "kind", ("prepare",), lambda d: _byot_params(d, {"x": {"kind": "onnx",
+                                                               "source": "m.pt2"}}),
+         ("teacher.imports.x.source", "*.onnx", "'m.pt2'")),
+    Case("params.teacher.imports.name_taken", "params", "an import named like a member",
+         ("prepare",), lambda d: _byot_params(d, {"a": {"kind": "onnx", "source": "m.onnx"}}),
+         ("teacher.imports", "'a'", "teacher.members")),
+    Case("params.student.arch.module", "params", "an architecture `package.module:Class` whose "
+         "module cannot be imported", ("prepare",),
+         lambda d: _byot_params(d, student={"arch": "nosuch.nets:Net"}),
+         ("student.arch", "nosuch", "cannot import")),
+    Case("artifacts.import.classes", "artifacts", "an imported model whose classes are not the "
+         "prepared data's", ("import", "x"),
+         _onnx_member(64, (8, 8), [f"c{i}" for i in range(10)]),
+         ("teacher.imports", "m.onnx", "'c0'", "not the prepared data's"), base="pipeline"),
+    Case("artifacts.import.width", "artifacts", "an imported model that takes another number "
+         "of features", ("import", "x"), _onnx_member(32, (32,)),
+         ("m.onnx", "takes 32 features", "64"), base="pipeline"),
+    Case("cli.import.unreachable", "cli", "an MLflow member whose registry is unreachable",
+         ("import", "x"), lambda d: _byot_params(d, _MLFLOW_X, tracking={
+             "enabled": False, "uri": "http://127.0.0.1:1", "timeout_s": 2.0}),
+         ("http://127.0.0.1:1", "unreachable"), base="pipeline"),
+    Case("cli.import.missing_file", "cli", "an import whose file does not exist",
+         ("import", "x"), lambda d: _byot_params(d, {"x": {"kind": "onnx",
+                                                         "source": "gone.onnx"}}),
+         ("gone.onnx", "file not found"), base="pipeline"),
+    Case("cli.import.unknown", "cli", "importing a name teacher.imports does not list",
+         ("import", "nosuch"), lambda d: _byot_params(d), ("teacher.imports", "'nosuch'")),
+    Case("cli.teacher.imported", "cli", "`kd teacher` on an imported member", ("teacher", "x"),
+         lambda d: _byot_params(d, _MLFLOW_X), ("teacher.imports.x", "kd import x")),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_case(case, tmp_path):
+    assert_case(case, tmp_path)

@@ -21,14 +21,24 @@ from pathlib import Path
 import numpy as np
 
 from kd.errors import ArtifactError
-from kd.tracking import _check_reachable
+from kd.tracking import TrackingError, _check_reachable
 
 _MODELS = re.compile(r"models:/(?P<name>[^/@]+)(?:/(?P<version>[^/]+)|@(?P<alias>[^/]+))$")
 _RUNS = re.compile(r"runs:/(?P<run>[0-9a-f]+)/(?P<path>.+)$")
 
 
-def _client(uri: str, timeout: float):
-    _check_reachable(uri, timeout)  # a server that is down: one line now, not minutes later
+def _reachable(source: str, uri: str, timeout: float) -> None:
+    """A server that is down: one line now, not after the client's minutes of retries."""
+    try:
+        _check_reachable(uri, timeout)
+    except TrackingError as e:  # its advice (tracking off) does not bring a registry back
+        what = str(e).split("; set")[0].replace("MLflow tracking server", "the MLflow registry")
+        raise ArtifactError(f"{source}: {what}; `dvc pull` brings a teammate's import "
+                            "without it") from None
+
+
+def _client(source: str, uri: str, timeout: float):
+    _reachable(source, uri, timeout)
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -39,7 +49,7 @@ def resolve(source: str, uri: str, timeout: float = 10.0) -> dict:
     ArtifactError, one line, when the store has no such model, version, alias or run."""
     from mlflow.exceptions import MlflowException
 
-    client = _client(uri, timeout)
+    client = _client(source, uri, timeout)
     try:
         if m := _MODELS.match(source):
             name = m["name"]
@@ -71,7 +81,7 @@ def download(resolved_uri: str, dest: Path, uri: str, timeout: float = 10.0) -> 
     from mlflow.exceptions import MlflowException
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # plain stage logs
-    _check_reachable(uri, timeout)
+    _reachable(resolved_uri, uri, timeout)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     with tempfile.TemporaryDirectory(prefix="kd-import-") as tmp:

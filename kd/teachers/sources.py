@@ -2,7 +2,7 @@
 it against the prepared data.
 
     resolved = resolve(spec, tracking_uri)          # {"kind", "source", "version", ...}
-    record = fetch_and_check(spec, resolved, Path("tmp/hgb"), meta, x, tracking_uri)
+    record = fetch_and_check("hgb", spec, resolved, Path("tmp/hgb"), meta, x, uri)
 
 `kd source <name>` (stage `source@<name>`, always run) writes what `resolve` returns; `kd import
 <name>` (stage `import@<name>`) fetches exactly that version, so an MLflow alias that moves to
@@ -75,12 +75,12 @@ def class_columns(model_names: list[str] | None, n_out: int, meta: dict,
     return [model_names.index(c) for c in ours]
 
 
-def fetch_and_check(spec: ImportedMember, resolved: dict, out_dir: Path, meta: dict,
-                    x: np.ndarray, tracking_uri: str, timeout: float = 10.0) -> dict:
+def fetch_and_check(name: str, spec: ImportedMember, resolved: dict, out_dir: Path,
+                    meta: dict, x: np.ndarray, tracking_uri: str, timeout: float = 10.0) -> dict:
     """Copy the member's files to out_dir/files, run it on a few prepared rows `x` and return
     its model.json record. ArtifactError (one line) for a model that takes another width,
     predicts other classes, or returns what `outputs` says it does not."""
-    where = f"teacher.imports: {spec.source}"
+    where = f"teacher.imports.{name} ({spec.source})"
     files = out_dir / FILES
     _fetch(spec, resolved, files, tracking_uri, timeout)
     model, names = open_model(spec.kind, files, meta, inputs=spec.inputs,
