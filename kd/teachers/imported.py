@@ -51,7 +51,7 @@ def _open_onnx(files: Path, where: str) -> tuple[Callable, list[str] | None, int
     from kd.deploy.runtime import open_session
 
     path = files / FILE_NAMES["onnx"]
-    sess = open_session(path, threads=0)
+    sess = open_session(path, threads=torch.get_num_threads())  # runtime.threads, as torch
     inp, out = sess.get_inputs()[0], sess.get_outputs()[0].name
     dims = tuple(inp.shape)  # (batch, ...): names or None where dynamic
     if isinstance(dims[0], int) and dims[0] != -1:
