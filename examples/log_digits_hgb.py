@@ -17,6 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+# the tree type of a HistGradientBoostingClassifier, which skops will not load unless told
+TRUSTED = ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"]
+
 
 def raw_training_rows(prepared: Path) -> tuple[np.ndarray, np.ndarray]:
     """(N, 64) raw pixel values and (N,) labels of the labeled training rows."""
@@ -44,7 +47,10 @@ def fit_and_register(prepared: Path, tracking_uri: str, seed: int = 0,
         mlflow.log_params({"max_iter": 200, "learning_rate": 0.1, "seed": seed})
         info = mlflow.sklearn.log_model(clf, name="model", pyfunc_predict_fn="predict_proba",
                                         input_example=x[:2], registered_model_name=name,
-                                        pip_requirements=["scikit-learn"])
+                                        pip_requirements=["scikit-learn"],
+                                        # MLflow 3 stores it with skops (no pickle), which
+                                        # loads only the types named here as trusted
+                                        skops_trusted_types=TRUSTED)
     version = str(info.registered_model_version)
     mlflow.MlflowClient().set_registered_model_alias(name, alias, version)
     return version
