@@ -390,3 +390,29 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_case(case, tmp_path):
     assert_case(case, tmp_path)
+
+
+def test_the_report_scores_every_member_alike(world, tmp_path):
+    """student, baseline, deploy and report over the mixed ensemble: each member's row, n/a
+    where a model has no parameter count (scikit-learn)."""
+    import shutil
+
+    from stages import baseline, deploy, report, student
+
+    root = tmp_path / "w"
+    shutil.copytree(world["root"], root, ignore=shutil.ignore_patterns("mlflow.db", "mlruns"))
+    params = {**world["params"], "student": {"arch": "mlp", "knobs": {"depth": 1, "width": 8},
+                                             "train": {"epochs": 1}},
+              "baseline": {"epochs": 1}, "deploy": {"max_accuracy_drop": 0.5}}
+    cfg = parse_config(params)
+    with cwd(root):
+        student.run(cfg)
+        baseline.run(cfg)
+        deploy.run(cfg)
+        metrics = report.run(cfg)
+    members = metrics["members"]
+    assert list(members) == ["a", "onx", "pt", "lr"]
+    assert members["lr"]["params"] is None and members["onx"]["params"] == 650
+    assert members["lr"]["accuracy"] > 0.9
+    md = (root / "data/report/report.md").read_text()
+    assert any(line.startswith("| lr |") and "| n/a |" in line for line in md.splitlines())
