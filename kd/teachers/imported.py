@@ -62,7 +62,9 @@ def _open_onnx(files: Path, where: str) -> tuple[Callable, list[str] | None, int
     props = {p.key: p.value for p in proto.metadata_props}
     raw_names = props.get("kd.class_names") or props.get("class_names")
     names = [str(c) for c in json.loads(raw_names)] if raw_names else None
-    return (lambda x: sess.run([out], {inp.name: x})[0]), names, params, dims[1:]
+    dtype = np.float64 if inp.type == "tensor(double)" else np.float32  # skl2onnx: often double
+    return (lambda x: sess.run([out], {inp.name: x.astype(dtype, copy=False)})[0]), names, \
+        params, dims[1:]
 
 
 def _open_export(files: Path, where: str) -> tuple[Callable, list[str] | None, int | None, tuple]:
@@ -138,12 +140,15 @@ def open_model(kind: str, files: Path, meta: dict, *, inputs: str, outputs: str,
     predict, names, params, dims = OPENERS[kind](files, where)
     n_features = int(meta["n_features"]) if "n_features" in meta else \
         int(np.prod(meta["feature_shape"]))
+    # rows go in flat (N, F) when the model takes rank-2 input (or says nothing, as pyfunc),
+    # else in the model's own shape when it declares one, else in the prepared shape
     model_shape = tuple(meta["feature_shape"]) if len(dims) > 1 else ()
-    if dims and all(isinstance(d, int) for d in dims) and int(np.prod(dims)) != n_features:
+    known = bool(dims) and all(isinstance(d, int) and d > 0 for d in dims)
+    if known and int(np.prod(dims)) != n_features:
         raise ArtifactError(f"{where}: the model takes {int(np.prod(dims))} features per row "
                             f"{tuple(dims)}, the prepared data has {n_features} "
                             f"{tuple(meta['feature_shape'])}")
-    if len(dims) > 1 and tuple(dims) != tuple(meta["feature_shape"]):
+    if known and len(dims) > 1:
         model_shape = tuple(int(d) for d in dims)
     model = ImportedModel(predict, feature_shape=meta["feature_shape"], model_shape=model_shape,
                           inputs=inputs, outputs=outputs, columns=columns,
