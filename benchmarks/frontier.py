@@ -44,7 +44,7 @@ from kd.evaluate.choose import ensemble_val_accuracy, pick  # noqa: E402
 from kd.evaluate.metrics import ensemble_probs  # noqa: E402
 from kd.models import count_params  # noqa: E402
 from kd.prepared import load_meta, read_split  # noqa: E402
-from kd.teachers.native import load_members, member_logits  # noqa: E402
+from kd.teachers.members import load_members, member_logits  # noqa: E402
 from stages import baseline, student  # noqa: E402
 
 

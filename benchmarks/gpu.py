@@ -43,7 +43,7 @@ import yaml  # noqa: E402
 from kd.config import _deep_merge, parse_config  # noqa: E402
 from kd.prepared import read_split  # noqa: E402
 from kd.runtime.distributed import session  # noqa: E402
-from kd.teachers.native import load_members, member_logits  # noqa: E402
+from kd.teachers.members import load_members, member_logits  # noqa: E402
 from stages import export, prepare, student, teacher  # noqa: E402
 
 

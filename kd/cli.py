@@ -143,6 +143,28 @@ def teacher(cfg: Config, member: str, dist) -> None:
 
 @cli.command()
 @with_config
+@click.argument("name")
+def source(cfg: Config, name: str) -> None:
+    """Resolve the imported member NAME's source to the version it names now (an MLflow alias
+    followed, a file's sha256) -> data/sources/NAME.json."""
+    from stages import source as stage
+
+    stage.run(cfg, name)
+
+
+@cli.command("import")
+@with_config
+@click.argument("name")
+def import_(cfg: Config, name: str) -> None:
+    """Import NAME (a key of `teacher.imports`: an MLflow model, ONNX or torch.export file)
+    into data/teachers/NAME/, checked against the prepared data."""
+    from stages import imports as stage
+
+    stage.run(cfg, name)
+
+
+@cli.command()
+@with_config
 @distributed
 def export(cfg: Config, dist) -> None:
     """Write every member's logits on the labeled, unlabeled and synthetic rows as shards."""
@@ -380,6 +402,8 @@ def check_params(cfg: Config, prepared: Path) -> None:
 
     for name in cfg.teacher.members:
         click.echo(f"teacher.members.{name}: {cfg.teacher.member(name).model_dump()}")
+    for name, spec in cfg.teacher.imports.items():
+        click.echo(f"teacher.imports.{name}: {spec.model_dump()}")
     for name in cfg.student.variants:
         click.echo(f"student.variants.{name}: {cfg.student.variant(name).model_dump()}")
     meta = None

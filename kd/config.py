@@ -173,17 +173,74 @@ def _merge_spec(defaults: dict, own: dict) -> dict:
     return _deep_merge(base, own)
 
 
+_SOURCE_FORMS = {"mlflow": ("models:/", "runs:/"), "onnx": (".onnx",), "torch_export": (".pt2",)}
+
+
+class ImportedMember(Section):
+    """A member trained elsewhere (`teacher.imports.<name>`), imported by `kd import <name>`
+    into data/teachers/<name>/ (kd/teachers/): an MLflow model URI, an ONNX file or a
+    torch.export file. Loading an MLflow scikit-learn model or a .pt2 file unpickles it: trusted
+    sources only; ONNX is the safe format."""
+
+    kind: Literal["mlflow", "onnx", "torch_export"]
+    # mlflow: models:/<name>/<version>, models:/<name>@<alias> or runs:/<run>/<path>;
+    # onnx, torch_export: a local .onnx / .pt2 file
+    source: Annotated[str, Field(min_length=1)]
+    # what the model returns: class probabilities (their log is taken as logits) or logits;
+    # None: probs for mlflow (a classifier logged with pyfunc_predict_fn="predict_proba"),
+    # logits for onnx and torch_export
+    outputs: Literal["probs", "logits"] | None = None
+    # raw: the features as the user's files hold them (the prepared normalisation is undone);
+    # prepared: the normalised features the native members see
+    inputs: Literal["raw", "prepared"] = "raw"
+    # the classes of the model's outputs, in its order, when the model carries no names
+    classes: Annotated[list[str], Field(min_length=2)] | None = None
+
+    @model_validator(mode="after")
+    def _check_source(self) -> ImportedMember:
+        forms = _SOURCE_FORMS[self.kind]
+        ok = (self.source.startswith(forms) if self.kind == "mlflow"
+              else self.source.endswith(forms))
+        if not ok:
+            want = " or ".join(f"{f}..." if self.kind == "mlflow" else f"a *{f} file"
+                               for f in forms)
+            raise ValueError(f"source: kind {self.kind!r} needs {want}, got {self.source!r}")
+        if self.classes and len(set(self.classes)) < len(self.classes):
+            raise ValueError(f"classes: names must be unique, got {self.classes}")
+        return self
+
+    def output_kind(self) -> str:
+        return self.outputs or ("probs" if self.kind == "mlflow" else "logits")
+
+
 class TeacherConfig(Section):
     """`defaults` hold what members share; each member overrides any part of it. A member
-    with its own `arch` keeps the shared training settings but not the shared knobs."""
+    with its own `arch` keeps the shared training settings but not the shared knobs.
+    `members` are trained here (`teacher@<name>`), `imports` come from elsewhere
+    (`import@<name>`); the ensemble is both, members first."""
 
     defaults: dict[str, Any] = {}
     members: dict[str, dict[str, Any]] = {"cnn_0": {}}
+    imports: dict[str, ImportedMember] = {}
 
-    @field_validator("members")
+    @field_validator("members", "imports")
     @classmethod
-    def _check_members(cls, members: dict) -> dict:
-        return _check_names("member", members)
+    def _check_member_names(cls, members: dict) -> dict:
+        return _check_names("member", members, empty_ok=True)  # imports may be the ensemble
+
+    @model_validator(mode="after")
+    def _check_ensemble(self) -> TeacherConfig:
+        if not self.members and not self.imports:
+            raise ValueError("members: the ensemble needs at least one member or import, got "
+                             "none")
+        if twice := sorted(set(self.members) & set(self.imports)):
+            raise ValueError(f"imports: {twice[0]!r} is also a key of teacher.members; an "
+                             "ensemble member's name is its own")
+        return self
+
+    def names(self) -> list[str]:
+        """Every member of the ensemble, in the order its logits are exported."""
+        return [*self.members, *self.imports]
 
     def member(self, name: str) -> ModelConfig:
         """The member's full settings: the shared defaults with its own overrides on top."""
@@ -257,8 +314,8 @@ class StudentConfig(ModelConfig):
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
-def _check_names(what: str, names: dict) -> dict:
-    if not names:
+def _check_names(what: str, names: dict, empty_ok: bool = False) -> dict:
+    if not names and not empty_ok:
         raise ValueError(f"needs at least one {what}, got none")
     for name in names:
         if not isinstance(name, str) or not _NAME.fullmatch(name):
@@ -433,7 +490,8 @@ def _check_arch(key: str, spec: ModelConfig) -> None:
     try:
         check_arch(spec.arch, spec.knobs)
     except ConfigError as e:
-        what = "arch" if "unknown architecture" in str(e) else "knobs"
+        msg = str(e)
+        what = "arch" if msg.startswith(("unknown architecture", "architecture ")) else "knobs"
         raise ConfigError(f"{key}.{what}: {e}") from None
 
 

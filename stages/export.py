@@ -28,12 +28,11 @@ from kd.config import Config
 from kd.errors import ArtifactError
 from kd.io.atomic import read_json
 from kd.io.faults import failpoint
-from kd.models import model_fingerprint
 from kd.prepared import interleave, load_meta, split_rows
 from kd.runtime.distributed import SINGLE, Dist, shared_atomic_dir
 from kd.targets.shards import MANIFEST, ShardWriter, prepared_digests, write_manifest
 from kd.targets.shardset import summary
-from kd.teachers.native import hidden_widths, load_members, member_outputs
+from kd.teachers.members import hidden_widths, load_members, member_fingerprint, member_outputs
 from kd.tracking import stage_run, tag_output
 
 SYNTHETIC = "synthetic"  # the transfer stage's file and the shards' split name
@@ -105,7 +104,7 @@ def run(cfg: Config, out_dir: Path = Path("data/soft_targets"),
                     tmp, [s for r in per_rank for s in r["shards"]], members=list(models),
                     class_names=meta["class_names"], feature_shape=shape,
                     logits_dtype=ex.logits_dtype,
-                    member_fingerprints={m: model_fingerprint(teachers / m) for m in models},
+                    member_fingerprints={m: member_fingerprint(teachers / m) for m in models},
                     params={"export": ex.model_dump(), "teacher": cfg.teacher.model_dump()},
                     extra={"prepared_fingerprint": meta["fingerprint"], "ranks": dist.world,
                            **prepared_digests(prepared), **about}, hidden=hidden)

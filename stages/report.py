@@ -48,7 +48,7 @@ from kd.evaluate.metrics import (
 )
 from kd.io.atomic import atomic_dir, write_json
 from kd.io.faults import failpoint
-from kd.models import check_fits, count_params, load_model
+from kd.models import check_fits, load_model
 from kd.prepared import load_meta, read_split
 from kd.report import plots
 from kd.report.figures import tree_figures, write_figures
@@ -56,6 +56,7 @@ from kd.report.render import render_html, render_markdown
 from kd.report.variants import controls_rows, frontier_points, frontier_rows, variant_figures
 from kd.targets.shards import MANIFEST, check_members, check_same_test_split, read_manifest
 from kd.targets.shardset import verify
+from kd.teachers.members import load_member, member_bytes, member_output, member_params
 from kd.tracking import COMPARE_BY, flatten, link_input_runs, stage_run
 
 TIMING = "timing.json"  # wall-clock figures: not cached, differ between identical runs
@@ -121,7 +122,7 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
     test, _ = read_split(prepared, "test")
     shape, n_classes = tuple(meta["feature_shape"]), meta["n_classes"]
     x = torch.from_numpy(test.x).view(len(test.x), *shape)  # (N, *shape)
-    members = list(cfg.teacher.members)
+    members = cfg.teacher.names()
     transfer = transfer_set(check_shards(shards, members, meta, prepared))
     # the variant deploy shipped, chosen on validation rows by the same function
     choice = choose_variant(cfg, student_root, shards)
@@ -130,11 +131,12 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
     dirs = {name: teachers / name for name in members}
     for v in variants:
         dirs.update({f"student@{v}": student_root / v, f"baseline@{v}": baseline_root / v})
-    models, specs = {}, {}
+    # members of any kind (trained here or imported) load alike, checked against the data
+    models, specs = {name: load_member(dirs[name], meta) for name in members}, {}
     for name, d in dirs.items():
-        models[name], specs[name] = load_model(d)
-        check_fits(specs[name], d, meta, f"member '{name}'" if name in members
-                   else name.replace("@", " '") + "'")
+        if name not in members:
+            models[name], specs[name] = load_model(d)
+            check_fits(specs[name], d, meta, name.replace("@", " '") + "'")
     with torch.no_grad():
         logits = {name: m(x) for name, m in models.items()}  # each (N, C)
     probs = {name: softmax(lg) for name, lg in logits.items()}
@@ -145,9 +147,9 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
             d[kind] = d[f"{kind}@{chosen}"]
 
     evals = {name: quality(p, test.y, n_classes) for name, p in probs.items()}
-    params = {name: count_params(m) for name, m in models.items()}
-    params["teacher"] = sum(params[m] for m in members)
-    size = {name: (d / "model.safetensors").stat().st_size for name, d in dirs.items()}
+    params = {name: member_params(m) for name, m in models.items()}  # None: unknown (sklearn)
+    params["teacher"] = sum(params[m] or 0 for m in members)  # of the members that say
+    size = {name: member_bytes(d) for name, d in dirs.items()}
     size["teacher"] = sum(size[m] for m in members)
     # the deployed files, scored on one ONNX Runtime thread (the same figures anywhere)
     onnx_files = deployed_files(deploy_dir, specs["student"])
@@ -270,8 +272,8 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
         lock = Path("dvc.lock")
         tracking.set_tags({"kd.dvc_lock_sha256": sha256(lock) if lock.exists() else "none"})
         tracking.set_tags({"kd.variant": chosen})
-        link_input_runs(tracking, {name: d / "model.safetensors" for name, d in dirs.items()
-                                   if "@" in name or name in members}
+        link_input_runs(tracking, dict(member_output(dirs[m]) for m in members)
+                        | {name: d / "model.safetensors" for name, d in dirs.items() if "@" in name}
                         | {"export": shards / MANIFEST,
                            "deploy": onnx_files["student_int8"]})
         tracking.log_artifact(out_dir)

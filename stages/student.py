@@ -32,7 +32,7 @@ def run(cfg: Config, variant: str, out_root: Path = Path("data/student"),
     # every checksum and row count, before an hour of training: the ranks share the hashing,
     # and a bad shard fails all of them with one line
     dist.fail_together(verify, shards, part=(dist.rank, dist.world))
-    check_members(shards, read_manifest(shards), list(cfg.teacher.members))
+    check_members(shards, read_manifest(shards), cfg.teacher.names())
     job = distill_job(cfg, variant, shards, prepared, dist)
     out_dir = out_root / variant
     with stage_run(cfg, job.stage, params=job.params, main=dist.is_main) as tracking:

@@ -25,6 +25,9 @@ from kd.train.supervised import supervised_job
 
 def run(cfg: Config, member: str, out_root: Path = Path("data/teachers"),
         prepared: Path = Path("data/prepared"), dist: Dist = SINGLE) -> dict:
+    if member in cfg.teacher.imports:
+        raise ConfigError(f"teacher.imports.{member}: an imported member; `kd import {member}` "
+                          f"(dvc repro import@{member}) brings it in")
     if member not in cfg.teacher.members:
         known = ", ".join(cfg.teacher.members)
         raise ConfigError(f"teacher.members: no member named {member!r} (members: {known})")

@@ -5,7 +5,8 @@
 A `Case` breaks something in a fresh directory (a params key, a data file, an artifact of a
 small built pipeline), runs one real `kd` command there in-process, and expects exit status 2,
 one line naming `names`, no traceback, and not one byte written, changed or removed in the
-directory. tests/test_catalogue.py (params, data, CLI) and tests/test_corrupt.py (artifacts)
+directory. tests/test_catalogue.py (params, data, CLI), tests/test_corrupt.py (artifacts) and
+tests/test_byot_cases.py (imported members, custom architectures)
 hold the cases and check each printed line against docs/errors.md, so the page cannot drift
 from what the program prints: change a message, rerun this script, review the diff.
 """
@@ -210,10 +211,11 @@ def render(cases: list[Case], messages: dict[str, str]) -> str:
 
 
 def all_cases() -> list[Case]:
+    from tests.test_byot_cases import CASES as BYOT_CASES
     from tests.test_catalogue import CASES as INPUT_CASES
     from tests.test_corrupt import CASES as ARTIFACT_CASES
 
-    cases = [*INPUT_CASES, *ARTIFACT_CASES]
+    cases = [*INPUT_CASES, *ARTIFACT_CASES, *BYOT_CASES]
     ids = [c.id for c in cases]
     assert len(set(ids)) == len(ids), "duplicate case ids"
     assert all(c.group in GROUPS for c in cases)

@@ -7,12 +7,17 @@ An architecture is an `nn.Module` whose constructor is `(input_shape, n_classes,
 a default for every knob; the constructor's signature *is* the knob schema, so there is no
 second list of knobs to keep in sync. It also carries `probe_shape`, a small input it accepts,
 on which `kd check-params` builds it to check knob values before any work. A new family is one
-file in this package that calls `@register("name")`, plus its import in `__init__.py`.
+file in this package that calls `@register("name")`, plus its import in `__init__.py`. A user's
+own class is named `package.module:ClassName` instead of registered; `probe_shape` is optional
+there (without it the knobs are checked on the prepared data's shape).
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import os
+import sys
 from typing import Any
 
 import torch.nn as nn
@@ -65,23 +70,55 @@ def kernel_knob(arch: str, value: Any) -> int:
 
 
 def _arch_class(arch: Any) -> type[nn.Module]:
+    if isinstance(arch, str) and ":" in arch:
+        return _custom_class(arch)
     if not isinstance(arch, str) or arch not in ARCHITECTURES:
         known = ", ".join(sorted(ARCHITECTURES))
-        raise ConfigError(f"unknown architecture {arch!r} (known: {known})")
+        raise ConfigError(f"unknown architecture {arch!r} (known: {known}, or "
+                          "package.module:ClassName)")
     return ARCHITECTURES[arch]
+
+
+def _custom_class(arch: str) -> type[nn.Module]:
+    """The user's own architecture, `package.module:ClassName`, imported from the Python path
+    or the current directory (the repository root, where DVC runs the stages; the console
+    script alone would not look there)."""
+    module, _, name = arch.partition(":")
+    if not module or not name.isidentifier():
+        raise ConfigError(f"architecture {arch!r}: write it as package.module:ClassName")
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:  # ModuleNotFoundError included
+        raise ConfigError(f"architecture {arch!r}: cannot import {module!r} ({e})") from None
+    cls = getattr(mod, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ConfigError(f"architecture {arch!r}: {module} has no nn.Module class {name!r}")
+    return cls
+
+
+def _takes_any_knob(cls: type[nn.Module]) -> bool:
+    params = inspect.signature(cls.__init__).parameters.values()
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def knob_defaults(arch: str) -> dict[str, Any]:
     """Every knob of `arch` with its default, read off the constructor's signature."""
     params = list(inspect.signature(_arch_class(arch).__init__).parameters.values())
-    return {p.name: p.default for p in params[3:]}  # skip self, input_shape, n_classes
+    # skip self, input_shape, n_classes; a custom class's knobs without a default are the
+    # user's to give (its constructor names any that are missing)
+    return {p.name: p.default for p in params[3:]
+            if p.kind is not inspect.Parameter.VAR_KEYWORD and p.default is not p.empty}
 
 
 def resolve_knobs(arch: str, knobs: dict[str, Any] | None) -> dict[str, Any]:
     """The full knob dict (defaults filled in); ConfigError for a knob `arch` does not have."""
     full = knob_defaults(arch)
+    cls = _arch_class(arch)
+    named = list(inspect.signature(cls.__init__).parameters)[3:]
     for name in knobs or {}:
-        if name not in full:
+        if name not in full and name not in named and not _takes_any_knob(cls):
             known = ", ".join(sorted(full))
             raise ConfigError(f"unknown knob {name!r} for architecture {arch!r} (known: {known})")
     return {**full, **(knobs or {})}
@@ -99,7 +136,14 @@ def build_model(
         raise ConfigError(f"{arch}: input shape {shape} must be non-empty positive integers")
     if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2:
         raise ConfigError(f"{arch}: n_classes={n_classes!r} must be an integer >= 2")
-    return cls(shape, n_classes, **knobs)
+    if arch in ARCHITECTURES:  # the built-ins check their knobs with one-line errors
+        return cls(shape, n_classes, **knobs)
+    try:
+        return cls(shape, n_classes, **knobs)
+    except (TypeError, ValueError, AssertionError) as e:  # the user's constructor said no
+        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise ConfigError(f"{arch}: the constructor rejects input shape {shape}, "
+                          f"n_classes={n_classes}, knobs {knobs} ({first})") from None
 
 
 def count_params(model: nn.Module) -> int:
@@ -113,4 +157,6 @@ def check_arch(arch: str, knobs: dict[str, Any] | None) -> None:
     """Architecture, knob names and knob values, checked by building the model on its probe
     input (whether it fits the data's feature shape is the stage's check)."""
     resolve_knobs(arch, knobs)
-    build_model(arch, _arch_class(arch).probe_shape, 2, knobs)
+    probe = getattr(_arch_class(arch), "probe_shape", None)
+    if probe is not None:  # else it is built on the data's shape (kd.checks.fit_to_data)
+        build_model(arch, probe, 2, knobs)

@@ -32,9 +32,12 @@ def soft_target_entropy(shards: Path, T: float, combine: str) -> dict[str, np.nd
 
 def write_figures(out: Path, st: StudentConfig, meta: dict, evals: dict, probs: dict, y: np.ndarray,
                   params: dict, dirs: dict, members: list[str], shards: Path) -> None:
-    histories = {name: json.loads((d / "history.json").read_text()) for name, d in dirs.items()}
+    # an imported member was trained elsewhere: no curves; a model of unknown size: no point
+    histories = {name: json.loads((d / "history.json").read_text()) for name, d in dirs.items()
+                 if (d / "history.json").is_file()}
     plots.training_curves(histories, out / "plots" / "training_curves.png")
-    plots.accuracy_vs_params({n: (params[n], evals[n]["accuracy"]) for n in params},
+    plots.accuracy_vs_params({n: (params[n], evals[n]["accuracy"]) for n in params
+                              if params[n] is not None},
                              out / "plots" / "accuracy_vs_params.png")
     plots.reliability_diagram({n: reliability(probs[n], y) for n in ("teacher", "student",
                                                                       "baseline")},

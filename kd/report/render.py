@@ -48,7 +48,9 @@ def _pct(v: float) -> str:
 def _row(name: str, m: dict) -> list[str]:
     val = m.get("val_accuracy")
     return [name, _pct(val) if val is not None else "-", _pct(m["accuracy"]), str(m["errors"]),
-            f"{m['nll']:.4f}", f"{m['ece']:.4f}", f"{m['params']:,}", f"{m['bytes'] / 1024:.1f}",
+            f"{m['nll']:.4f}", f"{m['ece']:.4f}",
+            f"{m['params']:,}" if m["params"] is not None else "n/a",  # unknown: an import
+            f"{m['bytes'] / 1024:.1f}",
             _pct(m["agreement"]) if "agreement" in m else "-"]
 
 
