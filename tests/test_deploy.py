@@ -228,7 +228,7 @@ def _stages_run(out: str) -> list[str]:
 def test_deploy_reruns_only_when_the_student_or_its_params_change(tmp_path):
     repo = make_repo(tmp_path / "repo", {**PIPELINE_PARAMS, "baseline": {"epochs": 1}})
     first = _stages_run(run_cmd(["dvc", "repro", "deploy"], repo).stdout)
-    assert "deploy" in first and "baseline" not in first
+    assert "deploy" in first and "baseline@s" not in first
     assert _stages_run(run_cmd(["dvc", "repro", "deploy"], repo).stdout) == []
 
     def edit(update):
@@ -239,7 +239,9 @@ def test_deploy_reruns_only_when_the_student_or_its_params_change(tmp_path):
 
     # params of a stage the deploy stage does not read: nothing to do
     assert edit(lambda p: p["baseline"].update(epochs=2)) == []
+    assert edit(lambda p: p["report"].update(retain_target=0.9)) == ["deploy"]  # the choice
     # its own params: deploy alone
     assert edit(lambda p: p["deploy"].update(quantize="static")) == ["deploy"]
     # another student: the student, then deploy
-    assert edit(lambda p: p["student"]["train"].update(seed=1)) == ["student", "deploy"]
+    assert edit(lambda p: p["student"]["defaults"]["train"].update(seed=1)) == ["student@s",
+                                                                                 "deploy"]

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import ROOT, make_repo, mlflow_server, one_variant
+from tests.conftest import ROOT, VARIANT, make_repo, mlflow_server, one_variant
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ TINY = {
                 "train": {"epochs": 2, "batch_size": 64}}),
     "baseline": {"epochs": 2},
 }
-STAGES = ("prepare", "transfer", "teacher@a", "export", "baseline", "student", "deploy",
+STAGES = ("prepare", "transfer", "teacher@a", "export", "baseline@s", "student@s", "deploy",
           "report")
 GIT = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
 
@@ -83,7 +83,7 @@ def test_every_stage_is_one_run_on_a_real_tracking_server(tmp_path):
         assert by_stage["teacher@a"].data.tags["kd.stage"] == "teacher"
 
         # an artifact travels through the server, byte for byte
-        student = by_stage["student"]
+        student = by_stage[f"student@{VARIANT}"]
         assert student.info.artifact_uri.startswith("mlflow-artifacts:"), \
             student.info.artifact_uri
         names = {f.path for f in client.list_artifacts(student.info.run_id)}
@@ -155,8 +155,8 @@ def queued(tmp_path_factory):
     sh(["git", "add", "-A"], repo, env)
     sh([*GIT, "commit", "-qm", "run"], repo, env)
     for t in ("2", "8"):
-        sh(["dvc", "exp", "run", "--queue", "-S", f"student.temperature={t}", "-n", f"t{t}"],
-           repo, env)
+        sh(["dvc", "exp", "run", "--queue", "-S", f"student.defaults.temperature={t}", "-n",
+            f"t{t}"], repo, env)
     logs: dict[str, str] = {}
     try:
         # the workers are daemons that inherit stdout/stderr: captured pipes would make
@@ -202,12 +202,13 @@ def test_queued_variants_write_concurrently_to_the_default_sqlite_store(queued):
     runs = variant_runs(repo)
     assert {r.info.status for rs in runs.values() for r in rs} == {"FINISHED"}
     assert Counter(r.data.tags["kd.stage_name"] for r in runs[""]) == Counter(STAGES)
-    for variant, temp in (("t2", "2.0"), ("t8", "8.0")):
+    for variant, temp in (("t2", "2"), ("t8", "8")):
         reports = [r for r in runs[variant] if r.data.tags["kd.stage"] == "report"]
         students = [r for r in runs[variant] if r.data.tags["kd.stage"] == "student"]
         assert len(reports) == 1 and len(students) == 1, runs[variant]
-        assert reports[0].data.params["student.temperature"] == temp
-        assert students[0].data.params["student.temperature"] == temp
+        # the report logs params.yaml as written (`-S` writes 2); the student its resolved 2.0
+        assert reports[0].data.params["student.defaults.temperature"] == temp
+        assert students[0].data.params["student.temperature"] == f"{temp}.0"
         # artifacts beside the database, not in the worker's deleted temporary copy
         uri = reports[0].info.artifact_uri
         assert uri.startswith((repo / "mlartifacts").as_uri() + "/"), uri
@@ -223,4 +224,4 @@ def test_a_queued_temperature_variant_reruns_only_student_deploy_and_report(queu
     runs = variant_runs(queued[0])
     for variant in ("t2", "t8"):  # the deployed files are the student's: they follow it
         assert sorted(r.data.tags["kd.stage_name"] for r in runs[variant]) == \
-            ["deploy", "report", "student"], variant
+            ["deploy", "report", f"student@{VARIANT}"], variant
