@@ -1,7 +1,8 @@
-"""`kd explain ROW_ID`: draw a trained soft decision tree and one test row's path through it.
+"""`kd explain ROW_ID --model DIR`: draw a trained soft decision tree and one test row's path
+through it.
 
-    kd explain 4321                           # the student: data/explain/{tree,path_4321}.png
-    kd explain 4321 --model data/baseline     # the baseline, when it is a soft_tree too
+    kd explain 4321 --model data/student/tree    # variant tree: data/explain/{tree,path_4321}.png
+    kd explain 4321 --model data/baseline/tree   # its baseline, a soft_tree too
 
 Reads a model directory (model.json + safetensors) and the prepared test split; the pictures
 are kd/report/tree.py's. The report stage calls `tree_pictures` for its own student.
