@@ -324,8 +324,10 @@ def link_input_runs(run: StageRun, inputs: Mapping[str, Path]) -> None:
     tags = {}
     for stage, path in inputs.items():
         digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        # and by stage: two variants' baselines of one network write the same bytes
         found = run.client.search_runs(
-            [exp_id], filter_string=f"tags.`{OUTPUT_TAG}` = '{digest}'",
+            [exp_id], filter_string=f"tags.`{OUTPUT_TAG}` = '{digest}' and "
+                                    f"tags.`kd.stage_name` = '{stage}'",
             order_by=["attributes.start_time DESC"], max_results=1)
         # MLflow tag keys take no '@': teacher@cnn_0 -> kd.input_run.teacher/cnn_0
         key = f"kd.input_run.{stage.replace('@', '/')}"

@@ -32,6 +32,9 @@ TINY = {
 }
 # wall-clock figures: the one kind of output allowed to differ between identical runs
 TIMING = "timing.json"
+# every file the report derives from wall-clock figures: timing.json and the frontier against
+# latency drawn from it (stages/report.py FRONTIER_LATENCY)
+WALL_CLOCK = (TIMING, "frontier_latency.png")
 
 
 def fresh_run(repo: Path) -> Path:
@@ -78,10 +81,10 @@ def lock_hashes(repo: Path) -> dict[str, str]:
 
 
 def output_bytes(repo: Path) -> dict[str, bytes]:
-    """Every file under data/ but wall-clock timing files, hidden files and checkpoints."""
+    """Every file under data/ but wall-clock files (WALL_CLOCK), hidden files and checkpoints."""
     data = repo / "data"
     return {str(p.relative_to(data)): p.read_bytes() for p in sorted(data.rglob("*"))
-            if p.is_file() and p.name != TIMING
+            if p.is_file() and p.name not in WALL_CLOCK
             and not any(part.startswith(".") for part in p.relative_to(data).parts)}
 
 
