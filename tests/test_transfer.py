@@ -25,7 +25,7 @@ from kd.targets.shardset import read_table
 from kd.transfer.munge import munge, nearest_neighbours
 from stages import report
 from stages import transfer as stage
-from tests.conftest import build_pipeline, cwd, one_variant, run_cmd
+from tests.conftest import VARIANT, build_pipeline, cwd, one_variant, run_cmd
 from tests.test_student import changed, edit_params, ran
 
 TINY = {"arch": "mlp", "knobs": {"depth": 1, "width": 16}}
