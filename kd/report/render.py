@@ -153,7 +153,8 @@ def tables(ctx: dict) -> tuple[list[str], list[tuple[str, list[str], list[list[s
     vs = ""
     if sb:
         vs = (f"Student against baseline: **{_points(sb['diff'])} points**, 95% interval "
-              f"{_interval(sb['ci_low'], sb['ci_high'])}, McNemar p = {_p(sb['p_value'])}.")
+              f"{_interval(sb['ci_low'], sb['ci_high'])}, McNemar p "
+              f"{'' if sb['p_value'] < 0.001 else '= '}{_p(sb['p_value'])}.")
     headline = [
         f"The student keeps **{retained}** of the teacher's test accuracy "
         f"({_pct(m['student']['accuracy'])} against {_pct(m['teacher']['accuracy'])}) with "
