@@ -1,7 +1,7 @@
 """Two experiments through `dvc queue start -j 2` against the same two one after the other.
 
     dvc repro                                           # a finished pipeline, once
-    python benchmarks/queue.py --repo . --set +student.variants.medium.temperature \\
+    python benchmarks/queue.py --repo . --set ++student.variants.medium.temperature \\
         --values 2 3 6 8 --out benchmarks/results/queue.json
 
 On 2 cores, two busy processes with a torch thread per core each collapse (OpenMP threads wait
@@ -46,8 +46,8 @@ def queue_busy(repo: Path) -> bool:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repo", type=Path, default=ROOT, help="a repository whose pipeline ran")
-    ap.add_argument("--set", dest="key", default="+student.variants.medium.temperature",
-                    help="a params key; a leading + adds a key the variant does not list")
+    ap.add_argument("--set", dest="key", default="++student.variants.medium.temperature",
+                    help="a params key; a leading ++ adds the key or overrides it (Hydra)")
     ap.add_argument("--values", nargs=4, default=["2", "3", "6", "8"],
                     help="A, B (one after the other), C, D (queued, -j 2)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/queue.json")
