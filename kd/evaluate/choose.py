@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from kd.config import Config
@@ -31,14 +30,12 @@ from kd.targets.reader import ShardReader
 def ensemble_val_accuracy(shards: Path | str, combine: str) -> tuple[float | None, int]:
     """The ensemble's accuracy on the shards' validation rows (the members' stored logits,
     combined as the students combine them), and the number of those rows."""
-    reader = ShardReader(shards, columns=["label", "logits"])
-    parts = list(reader.iter_batches(65_536, shuffle=False, only_val=True))
-    if not parts:
+    v = ShardReader(shards, columns=["label", "logits"]).validation_rows()
+    if v is None:
         return None, 0
-    y = np.concatenate([p["label"] for p in parts])  # (N,)
-    t_logits = torch.from_numpy(np.concatenate([p["logits"] for p in parts], axis=1))  # (M, N, C)
-    top = soft_targets(t_logits, 1.0, combine).argmax(1).numpy()
-    return float((top == y).mean()), len(y)
+    t_logits = torch.from_numpy(v["logits"])  # (M, N, C)
+    top = soft_targets(t_logits, 1.0, combine).argmax(1).numpy()  # (N,)
+    return float((top == v["label"]).mean()), len(v["label"])
 
 
 def pick(val_acc: dict[str, float | None], params: dict[str, int], reference: float | None,

@@ -16,8 +16,6 @@ import base64
 import html
 from pathlib import Path
 
-from kd.report.variants import CONTROLS_HEADER, FRONTIER_HEADER
-
 FIGURES = [("frontier.png", "Compression frontier: test accuracy against parameters, every "
                            "variant (95% intervals)"),
            ("training_curves.png", "Training curves"),
@@ -41,13 +39,12 @@ def _figure_list(ctx: dict) -> list[tuple[str, str]]:
     return FIGURES + (ctx["tree"]["figures"] if ctx.get("tree") else [])
 
 
-def _pct(v: float) -> str:
-    return f"{100 * v:.2f}%"
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}%"
 
 
 def _row(name: str, m: dict) -> list[str]:
-    val = m.get("val_accuracy")
-    return [name, _pct(val) if val is not None else "-", _pct(m["accuracy"]), str(m["errors"]),
+    return [name, _pct(m.get("val_accuracy")), _pct(m["accuracy"]), str(m["errors"]),
             f"{m['nll']:.4f}", f"{m['ece']:.4f}",
             f"{m['params']:,}" if m["params"] is not None else "n/a",  # unknown: an import
             f"{m['bytes'] / 1024:.1f}",
@@ -191,11 +188,10 @@ def tables(ctx: dict) -> tuple[list[str], list[tuple[str, list[str], list[list[s
                            "tables below call it \"student\". Every variant, with its baseline, "
                            "is in the frontier table (the figure against batch-1 latency is "
                            "`frontier_latency.png`, beside `timing.json`).")
-        variant_tables.append(("Student variants: the compression frontier", FRONTIER_HEADER,
-                               var["frontier"]))
-        if var["controls"]:
+        variant_tables.append(("Student variants: the compression frontier", *var["frontier"]))
+        if var["controls"][1]:  # (header, rows): rows only where variants share a network
             variant_tables.append(("Controls: where the gain comes from (same network, "
-                                   "another recipe)", CONTROLS_HEADER, var["controls"]))
+                                   "another recipe)", *var["controls"]))
     names = ("teacher", "student", "baseline")
     per_class = [[cls] + [_pct(ctx["evals"][k]["per_class_accuracy"][i]) for k in names]
                  for i, cls in enumerate(ctx["class_names"])]

@@ -19,6 +19,7 @@ import numpy as np
 
 from kd.config import Config, StudentConfig
 from kd.evaluate import stats
+from kd.report.render import _interval, _pct
 
 
 def recipe(st: StudentConfig) -> str:
@@ -75,21 +76,18 @@ def frontier_points(figures: dict[str, dict], x: dict[str, float], x_key: str) -
     return pts
 
 
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.2f}%"
-
-
-def _ci(lo: float, hi: float, scale: float = 100) -> str:
-    return f"[{scale * lo:.2f}, {scale * hi:.2f}]"
-
-
 CONTROLS_HEADER = ["network", "what the student learned from", "val accuracy", "test accuracy",
                    "95% interval", "vs baseline (points)", "paired 95% interval"]
 
 
-def controls_rows(cfg: Config, figures: dict[str, dict]) -> list[list[str]]:
-    """For every network that more than one variant shares: its baseline, then each recipe,
-    the controls first and the full recipe (soft targets, all rows) last."""
+def _ci(lo: float, hi: float) -> str:
+    return _interval(lo, hi, fmt="{:.2f}")
+
+
+def controls_rows(cfg: Config, figures: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
+    """The controls table (header, rows): for every network that more than one variant
+    shares, its baseline, then each recipe, the controls first and the full recipe (soft
+    targets, all rows) last."""
     groups: dict[str, list[str]] = {}
     for v in figures:
         groups.setdefault(network(cfg.student.variant(v)), []).append(v)
@@ -109,7 +107,7 @@ def controls_rows(cfg: Config, figures: dict[str, dict]) -> list[list[str]]:
             rows.append([f"{net} ({v})", recipe(cfg.student.variant(v)),
                          _pct(f["val_accuracy"]), _pct(f["accuracy"]), _ci(*f["accuracy_ci"]),
                          f"{100 * c['diff']:+.2f}", _ci(c["ci_low"], c["ci_high"])])
-    return rows
+    return CONTROLS_HEADER, rows
 
 
 FRONTIER_HEADER = ["variant", "recipe", "params", "fewer than ensemble", "val accuracy",
@@ -117,8 +115,8 @@ FRONTIER_HEADER = ["variant", "recipe", "params", "fewer than ensemble", "val ac
 
 
 def frontier_rows(cfg: Config, figures: dict[str, dict], teacher_params: int,
-                  chosen: str) -> list[list[str]]:
-    """One row per variant, smallest first."""
+                  chosen: str) -> tuple[list[str], list[list[str]]]:
+    """The frontier table (header, rows): one row per variant, smallest first."""
     rows = []
     for v in sorted(figures, key=lambda n: (figures[n]["params"], n)):
         f = figures[v]
@@ -126,4 +124,4 @@ def frontier_rows(cfg: Config, figures: dict[str, dict], teacher_params: int,
                      f"{teacher_params / f['params']:.1f}x", _pct(f["val_accuracy"]),
                      _pct(f["accuracy"]), _ci(*f["accuracy_ci"]), _pct(f["baseline_accuracy"]),
                      _pct(f["retained"]), "yes" if v == chosen else ""])
-    return rows
+    return FRONTIER_HEADER, rows

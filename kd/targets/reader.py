@@ -213,6 +213,12 @@ class ShardReader:
             data = _mix(buf, rng)
             yield from (take_rows(data, i, i + batch_size) for i in range(0, n, batch_size))
 
+    def validation_rows(self) -> Batch | None:
+        """Every labeled validation row of the set at once, in manifest order (a few hundred
+        rows: what curves and choices read); None when the set holds none."""
+        parts = list(self.iter_batches(65_536, shuffle=False, only_val=True))
+        return concat_rows(parts) if parts else None
+
     def _select(self, shards: list[str] | None) -> list[str]:
         if shards is None:
             return list(self.files)

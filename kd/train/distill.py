@@ -60,12 +60,10 @@ def shard_batches(reader: ShardReader, batch_size: int, seed: int, buffer_rows: 
 
 def held_out(reader: ShardReader) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The labeled validation rows of a shard set: features, labels, member logits."""
-    parts = list(reader.iter_batches(65_536, shuffle=False, only_val=True))
-    if not parts:
+    v = reader.validation_rows()
+    if v is None:
         return np.zeros((0, 0), np.float32), np.zeros(0, np.int64), np.zeros((0, 0, 0))
-    return (np.concatenate([p["features"] for p in parts]),
-            np.concatenate([p["label"] for p in parts]),
-            np.concatenate([p["logits"] for p in parts], axis=1))
+    return v["features"], v["label"], v["logits"]
 
 
 def ensemble_targets(t_logits: torch.Tensor, st: StudentConfig) -> tuple[torch.Tensor, float]:
