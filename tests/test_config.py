@@ -6,7 +6,7 @@ import pytest
 
 from kd.config import Config, load_config, parse_config
 from kd.errors import ConfigError
-from tests.conftest import assert_user_error
+from tests.conftest import ROOT, assert_user_error
 
 # The one-line message of every bad-params case is checked, through `kd`, against
 # docs/errors.md by tests/test_catalogue.py; this file tests the loader itself.
@@ -63,8 +63,6 @@ def test_members_override_defaults():
 
 
 def test_the_repository_params_are_valid():
-    from tests.conftest import ROOT
-
     cfg = load_config(ROOT / "params.yaml")
     assert cfg.data.source == "mnist1d"
 
@@ -101,3 +99,31 @@ def test_baseline_settings_are_validated_when_params_load():
 def test_non_finite_numbers_are_rejected(params, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         parse_config(params)
+
+
+def _declared(stage: dict) -> list[str]:
+    """The params keys a dvc.yaml stage declares, and the key its foreach iterates."""
+    body = stage.get("do", stage)
+    keys = [k for k in body.get("params", []) if isinstance(k, str)]
+    loop = stage.get("foreach")
+    return keys + ([loop[2:-1]] if isinstance(loop, str) and loop.startswith("${") else [])
+
+
+@pytest.mark.parametrize("name", ["params.yaml", *sorted(
+    f"examples/{p.name}" for p in (ROOT / "examples").glob("*.yaml"))])
+def test_every_params_file_holds_every_key_dvc_yaml_declares(name):
+    # DVC stops with "Parameters 'x' are missing" (or cannot resolve a foreach) when a params
+    # file lacks a key a stage declares, though kd's own defaults would fill it in
+    import yaml
+
+    params = yaml.safe_load((ROOT / name).read_text())
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for stage_name, stage in stages.items():
+        for key in _declared(stage):
+            node = params
+            for part in key.split("."):
+                if part.startswith("${"):
+                    break  # a foreach item: any of them
+                assert isinstance(node, dict) and part in node, \
+                    f"{name}: {key} (declared by {stage_name}) is missing"
+                node = node[part]
