@@ -126,3 +126,18 @@ def test_a_missing_or_stale_code_dep_is_caught(tree):
     imports_of.cache_clear()
     assert any("depends on kd/transfer, which it never imports" in f
                for f in uncovered_deps(tree))
+
+
+def shadowing(folder: Path) -> list[str]:
+    """Scripts in `folder` named like a standard-library module: run as `python folder/x.py`,
+    the folder comes first on sys.path and the script replaces that module for every import."""
+    import sys
+
+    return sorted(p.name for p in folder.glob("*.py") if p.stem in sys.stdlib_module_names)
+
+
+def test_no_script_folder_shadows_a_standard_library_module(tmp_path):
+    for folder in ("benchmarks", "examples", "stages"):
+        assert shadowing(ROOT / folder) == [], folder
+    (tmp_path / "queue.py").write_text("")  # what once broke every benchmark (torch imports queue)
+    assert shadowing(tmp_path) == ["queue.py"]
