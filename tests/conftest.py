@@ -192,7 +192,7 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def loopback_server(cmd: list[str], url: str, *, cwd: Path | None = None,
-                    env: dict | None = None, log: Path | None = None, timeout: float = 90):
+                    env: dict | None = None, log: Path | None = None, timeout: float = 180):
     """Start a server process, wait until `url` answers, yield the process, and always stop
     its whole process group (workers included) afterwards."""
     import signal
@@ -255,7 +255,7 @@ def s3_server():
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     with loopback_server([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                          str(port)], endpoint, timeout=60):
+                          str(port)], endpoint, timeout=120):
         import boto3
 
         boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
