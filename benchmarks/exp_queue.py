@@ -1,8 +1,8 @@
 """Two experiments through `dvc queue start -j 2` against the same two one after the other.
 
     dvc repro                                           # a finished pipeline, once
-    python benchmarks/queue.py --repo . --set ++student.variants.medium.temperature \\
-        --values 2 3 6 8 --out benchmarks/results/queue.json
+    python benchmarks/exp_queue.py --repo . --set ++student.variants.medium.temperature \\
+        --values 2 3 6 8 --out benchmarks/results/exp_queue.json
 
 On 2 cores, two busy processes with a torch thread per core each collapse (OpenMP threads wait
 on descheduled peers); the default `runtime.threads: 1` is meant to let two queued experiments
@@ -50,7 +50,7 @@ def main() -> None:
                     help="a params key; a leading ++ adds the key or overrides it (Hydra)")
     ap.add_argument("--values", nargs=4, default=["2", "3", "6", "8"],
                     help="A, B (one after the other), C, D (queued, -j 2)")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/queue.json")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/exp_queue.json")
     args = ap.parse_args()
     repo = args.repo.resolve()
     if "up to date" not in dvc(repo, "status"):
