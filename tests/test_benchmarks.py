@@ -267,3 +267,20 @@ def test_no_script_shadows_the_standard_library():
         shadowing = sorted(p.name for p in folder.glob("*.py")
                            if p.stem in sys.stdlib_module_names)
         assert shadowing == [], f"{folder.name}/ shadows the standard library: {shadowing}"
+
+
+def test_a_script_measures_the_named_the_chosen_or_the_first_variant(tmp_path):
+    which = load("chosen").which_variant
+    cfg = parse_config(BASE)
+    first = next(iter(cfg.student.variants))
+    assert which(cfg, tmp_path, "tiny")["variant"] == "tiny"
+    with pytest.raises(SystemExit, match="^--variant: student.variants: no variant named 'x'"):
+        which(cfg, tmp_path, "x")
+    got = which(cfg, tmp_path)  # no report, no students: nothing was chosen
+    assert got["variant"] == first and "first of student.variants" in got["source"]
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report/metrics.json").write_text('{"chosen_variant": "tiny"}')
+    assert which(cfg, tmp_path) == {"variant": "tiny",
+                                    "source": f"chosen_variant of {tmp_path}/report/metrics.json"}
+    (tmp_path / "report/metrics.json").write_text('{"chosen_variant": "gone"}')  # stale report
+    assert which(cfg, tmp_path)["variant"] == first
