@@ -1,6 +1,7 @@
 """Re-check on validation rows the default that was once chosen on test rows: BatchNorm in cnn1d.
 
     dvc repro prepare && python benchmarks/batchnorm.py    # ~2.5 min at one thread
+    python benchmarks/batchnorm.py --epochs 2 --out /tmp/batchnorm-smoke.json   # a smoke run
 
 Trains the default teacher member (params.yaml) with `batchnorm: true` and `false`, seeds 0
 and 1, exactly as `kd teacher` does, on data/prepared, and prints and writes the validation
@@ -29,8 +30,20 @@ from kd.config import _deep_merge, parse_config  # noqa: E402
 from stages import teacher  # noqa: E402
 
 
+def member_params(base: dict, seed: int, batchnorm: bool, epochs: int | None = None) -> dict:
+    """`base` with one teacher member, `m`: the default member with `batchnorm` and `seed`
+    (and `epochs`, when given)."""
+    p = _deep_merge(base, {"teacher": {"defaults": {"knobs": {"batchnorm": batchnorm}}}})
+    train = {"seed": seed} if epochs is None else {"seed": seed, "epochs": epochs}
+    p["teacher"]["members"] = {"m": {"train": train}}
+    return p
+
+
 def main() -> None:
-    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--epochs", type=int, default=None, help="default: the teacher's")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/batchnorm.json")
+    args = ap.parse_args()
     torch.set_num_threads(1)
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
     prepared = (ROOT / "data/prepared").resolve()
@@ -41,9 +54,8 @@ def main() -> None:
     try:
         for seed in (0, 1):
             for bn in (True, False):
-                p = _deep_merge(base, {"teacher": {"defaults": {"knobs": {"batchnorm": bn}}}})
-                p["teacher"]["members"] = {"m": {"train": {"seed": seed}}}
-                m = teacher.run(parse_config(p), "m", work / f"{seed}-{bn}", prepared)
+                cfg = parse_config(member_params(base, seed, bn, args.epochs))
+                m = teacher.run(cfg, "m", work / f"{seed}-{bn}", prepared)
                 out[f"seed{seed}.batchnorm_{str(bn).lower()}"] = {
                     "val_accuracy": m["val_accuracy"], "val_nll": m["val_nll"]}
     finally:
@@ -51,7 +63,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     text = json.dumps(out, indent=2)
     print(text)
-    (ROOT / "benchmarks/results/batchnorm.json").write_text(text + "\n")
+    args.out.write_text(text + "\n")
 
 
 if __name__ == "__main__":

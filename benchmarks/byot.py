@@ -15,8 +15,9 @@
     log_digits_hgb.py), imported, exported, distilled into the example's small CNN; the
     baseline is that CNN on labels. Validation and test accuracy and NLL of every member and of
     the ensemble (mean of probabilities, the student's combine rule); student and baseline with
-    train seeds 0, 1, 2. Targets: the ensemble beats each member on validation accuracy or NLL;
-    the student beats the baseline (mean over seeds, validation and test).
+    train seeds 0, 1, 2 (the example's one student variant, `cnn`; `--variant` names another).
+    Targets: the ensemble beats each member on validation accuracy or NLL; the student beats the
+    baseline (mean over seeds, validation and test).
 
 Everything runs in a temporary directory, MLflow tracking off (the registry is a temporary
 SQLite store). Writes benchmarks/results/byot.json.
@@ -40,7 +41,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from kd.config import parse_config  # noqa: E402
+from kd.config import _deep_merge, parse_config  # noqa: E402
 from kd.deploy.runtime import open_session  # noqa: E402
 from kd.evaluate.metrics import ensemble_probs, quality, softmax  # noqa: E402
 from kd.models import build_model  # noqa: E402
@@ -49,6 +50,7 @@ from kd.teachers.members import load_members  # noqa: E402
 from stages import baseline, export, imports, prepare, source, student, teacher  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples/byot_digits.yaml"
 sys.path.insert(0, str(ROOT / "examples"))
 
 
@@ -62,12 +64,15 @@ def onnx_cnn(path: Path, shape: tuple[int, ...], n_classes: int) -> None:
                       dynamic_axes={"x": {0: "b"}, "logits": {0: "b"}})
 
 
+def throughput_params() -> dict:
+    return {"data": {"source": "mnist1d", "unlabeled_size": 20_000},
+            "teacher": {"members": {}, "imports": {"onx": {
+                "kind": "onnx", "source": "cnn.onnx", "inputs": "prepared"}}},
+            "tracking": {"enabled": False}}
+
+
 def throughput(work: Path, rounds: int) -> dict:
-    params = {"data": {"source": "mnist1d", "unlabeled_size": 20_000},
-              "teacher": {"members": {}, "imports": {"onx": {
-                  "kind": "onnx", "source": "cnn.onnx", "inputs": "prepared"}}},
-              "tracking": {"enabled": False}}
-    cfg = parse_config(params)
+    cfg = parse_config(throughput_params())
     os.chdir(work)
     prepare.run(cfg, Path("data/prepared"))
     meta = load_meta("data/prepared")
@@ -113,19 +118,31 @@ def evaluate(cfg, meta: dict) -> dict:
             logits = {m: model(torch.from_numpy(x).view(len(x), *shape))
                       for m, model in models.items()}
         probs = {m: softmax(lg) for m, lg in logits.items()}
-        probs["ensemble"] = ensemble_probs(list(logits.values()), cfg.student.combine)
+        # the ensemble as the report measures it: the combine rule the variants share
+        probs["ensemble"] = ensemble_probs(list(logits.values()), cfg.student.shared().combine)
         for m, p in probs.items():
             q = quality(p, y, n)
             out.setdefault(m, {})[split] = {"accuracy": q["accuracy"], "nll": q["nll"]}
     return out
 
 
-def digits(work: Path, seeds: list[int]) -> dict:
+def digits_params(work: Path, variant: str | None = None, seed: int | None = None) -> dict:
+    """The example's params, tracking off (its registry in `work`); with `seed`, student
+    variant `variant` (and its baseline) train with that seed."""
+    params = yaml.safe_load(EXAMPLE.read_text())
+    params["tracking"] = {"enabled": False, "uri": f"sqlite:///{work / 'mlflow.db'}"}
+    if seed is not None:
+        variants = params["student"]["variants"]
+        variants[variant] = _deep_merge(variants[variant] or {}, {"train": {"seed": seed}})
+    return params
+
+
+def digits(work: Path, seeds: list[int], variant: str | None) -> dict:
     from log_digits_hgb import fit_and_register
 
-    params = yaml.safe_load((ROOT / "examples/byot_digits.yaml").read_text())
-    params["tracking"] = {"enabled": False, "uri": f"sqlite:///{work / 'mlflow.db'}"}
-    cfg = parse_config(params)
+    cfg = parse_config(digits_params(work))
+    variant = variant or next(iter(cfg.student.variants))
+    cfg.student.variant(variant)  # an unknown name: one line, before any training
     os.chdir(work)
     t0 = time.perf_counter()
     prepare.run(cfg, Path("data/prepared"))
@@ -139,11 +156,9 @@ def digits(work: Path, seeds: list[int]) -> dict:
     members = evaluate(cfg, meta)
     runs = []
     for seed in seeds:
-        p = json.loads(json.dumps(params))
-        p["student"]["train"]["seed"] = seed
-        c = parse_config(p)
-        s = student.run(c)
-        b = baseline.run(c)
+        c = parse_config(digits_params(work, variant, seed))
+        s = student.run(c, variant)
+        b = baseline.run(c, variant)
         runs.append({"seed": seed, "student": {k: s[k] for k in ("val_accuracy",
                                                                   "test_accuracy")},
                      "baseline": {k: b[k] for k in ("val_accuracy", "test_accuracy")}})
@@ -152,8 +167,8 @@ def digits(work: Path, seeds: list[int]) -> dict:
              for m, v in members.items() if m != "ensemble"}
     mean = {who: {k: statistics.mean(r[who][k] for r in runs) for k in runs[0][who]}
             for who in ("student", "baseline")}
-    return {"members": members, "ensemble_beats_each_member_on_val_acc_or_nll": beats,
-            "runs": runs, "mean": mean,
+    return {"variant": variant, "members": members,
+            "ensemble_beats_each_member_on_val_acc_or_nll": beats, "runs": runs, "mean": mean,
             "student_beats_baseline": all(mean["student"][k] > mean["baseline"][k]
                                           for k in mean["student"]),
             "elapsed_s": time.perf_counter() - t0}
@@ -164,6 +179,8 @@ def main() -> None:
     ap.add_argument("--skip", choices=["throughput", "digits"], action="append", default=[])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--variant", default=None,
+                    help="(b) the example's student variant (default: its first, `cnn`)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/byot.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -183,13 +200,13 @@ def main() -> None:
                   f"{t['export_vs_bare']:.3f}")
         if "digits" not in args.skip:
             with tempfile.TemporaryDirectory(prefix="kd-byot-") as tmp:
-                result["digits"] = d = digits(Path(tmp), args.seeds)
+                result["digits"] = d = digits(Path(tmp), args.seeds, args.variant)
                 os.chdir(here)
             for m, v in d["members"].items():
                 print(f"(b) {m:9s} val acc {v['val']['accuracy']:.4f} NLL {v['val']['nll']:.4f}"
                       f"   test acc {v['test']['accuracy']:.4f} NLL {v['test']['nll']:.4f}")
             for who, v in d["mean"].items():
-                print(f"(b) {who:9s} mean over seeds {args.seeds}: val acc "
+                print(f"(b) {who:9s} ({d['variant']}) mean over seeds {args.seeds}: val acc "
                       f"{v['val_accuracy']:.4f}, test acc {v['test_accuracy']:.4f}")
     finally:
         os.chdir(here)

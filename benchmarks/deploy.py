@@ -2,8 +2,10 @@
 
     KD_TRACKING=0 OMP_NUM_THREADS=1 python benchmarks/deploy.py            # ~2 min on 2 cores
     KD_TRACKING=0 OMP_NUM_THREADS=1 python benchmarks/deploy.py --quick    # smoke run
+    KD_TRACKING=0 OMP_NUM_THREADS=1 python benchmarks/deploy.py --variant medium
 
-For two students: the default one (data/student, params.yaml's cnn1d) and an MLP (the `mlp`
+For two students: a variant of the pipeline's (data/student/<variant>: `--variant`, else the one
+the pipeline chose and `kd deploy` ships, benchmarks/chosen.py) and an MLP (the `mlp`
 family, trained here on the labeled training rows with hard labels: a few seconds; its
 accuracy is beside the point, its operators are). For each: the fp32 ONNX file of
 kd/deploy/export.py, and the int8 files of kd/deploy/quantize.py, dynamic and static (static
@@ -20,7 +22,8 @@ Measured, all on 1 thread (torch.set_num_threads(1), ONNX Runtime intra-op 1):
 
 Targets (issue 20): int8 file <= 0.35x fp32; int8 accuracy within 0.5 points of fp32; int8
 batch-1 latency <= fp32 ONNX's; fp32 ONNX batch-1 latency <= PyTorch eager's.
-Needs data/prepared and data/student (`dvc repro student`). Writes
+Needs data/prepared and data/student/<variant> (`dvc repro`; a named variant: `dvc repro
+student@<variant>`). Writes
 benchmarks/results/deploy.json (deploy-quick.json with --quick).
 """
 
@@ -41,7 +44,10 @@ os.environ.setdefault("KD_TRACKING", "0")
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
+from chosen import which_variant  # noqa: E402
 
+from kd.config import parse_config  # noqa: E402
 from kd.deploy.export import export_onnx  # noqa: E402
 from kd.deploy.quantize import calibration_rows, quantize  # noqa: E402
 from kd.deploy.runtime import open_session  # noqa: E402
@@ -150,7 +156,11 @@ def verdict(r: dict, kind: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--prepared", type=Path, default=ROOT / "data/prepared")
-    ap.add_argument("--student", type=Path, default=ROOT / "data/student")
+    ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    ap.add_argument("--student", type=Path, default=ROOT / "data/student",
+                    help="the students' folder (one subfolder per variant)")
+    ap.add_argument("--variant", default=None,
+                    help="the student variant (default: the one the pipeline chose)")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--calls", type=int, default=300)
     ap.add_argument("--mlp-epochs", type=int, default=30)
@@ -159,22 +169,26 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.calls, args.mlp_epochs = 2, 50, 3
-    for need in (args.prepared / "meta.json", args.student / "model.json"):
+    cfg = parse_config(yaml.safe_load(args.params.read_text()))
+    pick = which_variant(cfg, args.student.parent, args.variant)
+    student_dir = args.student / pick["variant"]
+    print(f"student variant {pick['variant']} ({pick['source']})")
+    for need in (args.prepared / "meta.json", student_dir / "model.json"):
         if not need.is_file():
-            sys.exit(f"{need}: missing; run `dvc repro student` first")
+            sys.exit(f"{need}: missing; run `dvc repro student@{pick['variant']}` first")
     torch.set_num_threads(1)
     meta = load_meta(args.prepared)
     test, _ = read_split(args.prepared, "test")
     labeled, is_val = read_split(args.prepared, "labeled")
     x_val, y_val = labeled.x[is_val], labeled.y[is_val]
-    student, spec = load_model(args.student)
+    student, spec = load_model(student_dir)
     mlp, mlp_spec = train_mlp(labeled.x[~is_val], labeled.y[~is_val], meta["feature_shape"],
                               meta["n_classes"], args.mlp_epochs)
     results = {}
     with tempfile.TemporaryDirectory(prefix="kd-bench-deploy-") as tmp:
         for name, model, sp, wbytes in (
                 (f"student ({spec['arch']})", student, spec,
-                 (args.student / "model.safetensors").stat().st_size),
+                 (student_dir / "model.safetensors").stat().st_size),
                 ("mlp", mlp, mlp_spec, 4 * sum(p.numel() for p in mlp.parameters()))):
             d = Path(tmp) / name.split()[0]
             d.mkdir()
@@ -198,7 +212,8 @@ def main() -> None:
             for k, v in results[name]["verdict"].items():
                 shown = {a: round(b, 3) if isinstance(b, float) else b for a, b in v.items()}
                 print(f"  int8 {k}: {json.dumps(shown)}")
-    doc = {"rounds": args.rounds, "calls_per_round": args.calls, "threads": 1,
+    doc = {"variant": pick["variant"], "variant_source": pick["source"],
+           "rounds": args.rounds, "calls_per_round": args.calls, "threads": 1,
            "machine": {"cpu_count": os.cpu_count(), "load_avg": os.getloadavg(),
                        "python": platform.python_version(), "torch": torch.__version__,
                        "onnxruntime": ort.__version__},

@@ -2,14 +2,16 @@
 
     KD_TRACKING=0 python benchmarks/distributed.py            # ~5 min on 2 cores
     KD_TRACKING=0 python benchmarks/distributed.py --quick    # smoke run: 3 student epochs
+    KD_TRACKING=0 python benchmarks/distributed.py --variant medium   # another student variant
 
 (a) Export: `kd export` with runtime.nproc 1 and 2 over the same prepared data and teachers.
     Target: the 2-process manifest's rows and every member's logits equal the single-process
     export's exactly (joined by row_id; shard boundaries differ and the manifest says so).
-(b) Student: `kd student` with runtime.nproc 1 and 2 on the same shards, same params: the same
-    effective batch (runtime.batch: global), epochs and learning-rate schedule. Target: test
-    accuracy within 0.5 points.
-Both variants are the real commands (`kd <stage>` launching torchrun itself, gloo on CPU), each
+(b) Student: `kd student VARIANT` with runtime.nproc 1 and 2 on the same shards, same params:
+    the same effective batch (runtime.batch: global), epochs and learning-rate schedule. Target:
+    test accuracy within 0.5 points. VARIANT: `--variant`, else the one the pipeline chose
+    (benchmarks/chosen.py); the JSON says which.
+Both arms are the real commands (`kd <stage>` launching torchrun itself, gloo on CPU), each
 timed from start to exit, in temporary copies of data/prepared and data/teachers (`dvc repro
 export` makes them; exits 1 without them). Every process runs 1 torch thread (runtime.threads;
 `--threads 0`: cores / nproc), so the ratio is what a second rank buys, not a second OpenMP
@@ -32,21 +34,35 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from chosen import which_variant
+
+from kd.config import _deep_merge, parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
 KD = str(Path(sys.executable).parent / "kd")
 
 
-def run_stage(stage: str, workdir: Path, params: dict) -> float:
+def stage_params(base: dict, variant: str, nproc: int, threads: int, quick: bool) -> dict:
+    """The params both arms run with: tracking off, `nproc` ranks of `threads` threads; quick:
+    3 epochs for the variant (its own `train.epochs`, if any, would win over the defaults')."""
+    over: dict = {"tracking": {"enabled": False},
+                  "runtime": {"nproc": nproc, "threads": threads}}
+    if quick:
+        over["student"] = {"variants": {variant: {"train": {"epochs": 3}}}}
+    return _deep_merge(base, over)
+
+
+def run_stage(stage: list[str], workdir: Path, params: dict) -> float:
     (workdir / "params.yaml").write_text(yaml.safe_dump(params))
     t0 = time.perf_counter()
-    out = subprocess.run([KD, stage], cwd=workdir, capture_output=True, text=True,
+    out = subprocess.run([KD, *stage], cwd=workdir, capture_output=True, text=True,
                          env={**os.environ, "KD_TRACKING": "0"})
     elapsed = time.perf_counter() - t0
+    name = " ".join(stage)
     if out.returncode:
-        sys.exit(f"kd {stage} failed in {workdir}:\n{out.stdout}\n{out.stderr}")
-    print(f"  kd {stage}, nproc {params['runtime']['nproc']}: {elapsed:.1f} s, "
+        sys.exit(f"kd {name} failed in {workdir}:\n{out.stdout}\n{out.stderr}")
+    print(f"  kd {name}, nproc {params['runtime']['nproc']}: {elapsed:.1f} s, "
           f"{out.stdout.strip().splitlines()[-1]}")
     return elapsed
 
@@ -71,12 +87,15 @@ def main() -> None:
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads per process (runtime.threads; 0: cores / nproc)")
+    ap.add_argument("--variant", default=None,
+                    help="the student variant (default: the one the pipeline chose)")
     args = ap.parse_args()
-    params = yaml.safe_load(args.params.read_text())
-    if args.quick:
-        params["student"]["train"]["epochs"] = 3
-    params["tracking"] = {"enabled": False}
-    members = list(params["teacher"]["members"])
+    base = yaml.safe_load(args.params.read_text())
+    pick = which_variant(parse_config(base), DATA, args.variant)
+    variant = pick["variant"]
+    params = {n: stage_params(base, variant, n, args.threads, args.quick) for n in (1, 2)}
+    st = parse_config(params[1]).student.variant(variant)  # what `kd student` will train
+    members = list(base["teacher"]["members"])
     needed = [DATA / "prepared/meta.json", *(DATA / "teachers" / m / "model.json" for m in members)]
     if missing := [str(p) for p in needed if not p.is_file()]:
         sys.exit(f"missing inputs: {', '.join(missing)}; run `dvc repro export` first")
@@ -84,7 +103,8 @@ def main() -> None:
     result: dict = {"machine": {"cpu_count": os.cpu_count(), "python": platform.python_version(),
                                 "threads_per_process": args.threads,
                                 "loadavg_start": list(os.getloadavg())},
-                    "student_epochs": params["student"]["train"]["epochs"]}
+                    "variant": variant, "variant_source": pick["source"],
+                    "student_epochs": st.train.epochs}
     with tempfile.TemporaryDirectory(prefix="kd-bench-dist-") as tmp:
         runs = {}
         for n in (1, 2):
@@ -93,8 +113,7 @@ def main() -> None:
                 shutil.copytree(DATA / part, work / "data" / part)
             runs[n] = work
         print("(a) export")
-        rt = {n: {"runtime": {"nproc": n, "threads": args.threads}} for n in (1, 2)}
-        export_s = {n: run_stage("export", runs[n], {**params, **rt[n]}) for n in (1, 2)}
+        export_s = {n: run_stage(["export"], runs[n], params[n]) for n in (1, 2)}
         one, two = (by_row_id(runs[n] / "data/soft_targets") for n in (1, 2))
         equal = {k: bool(np.array_equal(one[k], two[k])) for k in one}
         manifests = {n: json.loads((runs[n] / "data/soft_targets/manifest.json").read_text())
@@ -106,11 +125,11 @@ def main() -> None:
             "columns_equal": equal, "identical": all(equal.values()) and set(one) == set(two)}
         print(f"  rows and logits identical: {result['export']['identical']}")
 
-        print("(b) student on the single-process shards")
+        print(f"(b) student {variant} on the single-process shards")
         shutil.rmtree(runs[2] / "data/soft_targets")
         shutil.copytree(runs[1] / "data/soft_targets", runs[2] / "data/soft_targets")
-        student_s = {n: run_stage("student", runs[n], {**params, **rt[n]}) for n in (1, 2)}
-        acc = {n: json.loads((runs[n] / "data/student/metrics.json").read_text())
+        student_s = {n: run_stage(["student", variant], runs[n], params[n]) for n in (1, 2)}
+        acc = {n: json.loads((runs[n] / "data/student" / variant / "metrics.json").read_text())
                for n in (1, 2)}
         gap = abs(acc[2]["test_accuracy"] - acc[1]["test_accuracy"]) * 100
         result["student"] = {
@@ -118,7 +137,7 @@ def main() -> None:
             "test_accuracy": {n: a["test_accuracy"] for n, a in acc.items()},
             "test_nll": {n: a["test_nll"] for n, a in acc.items()},
             "gap_points": gap, "within_0_5_points": gap <= 0.5,
-            "global_batch": params["student"]["train"]["batch_size"]}
+            "global_batch": st.train.batch_size}
         print(f"  test accuracy 1 process {acc[1]['test_accuracy']:.4f}, 2 processes "
               f"{acc[2]['test_accuracy']:.4f}: {gap:.2f} points apart")
     result["machine"]["loadavg_end"] = list(os.getloadavg())

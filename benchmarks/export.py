@@ -6,9 +6,10 @@
 
 (a) Throughput. `stages.export.run` (params.yaml, the default teachers, data/prepared, into a
     temporary directory) against the floor it cannot beat: a loop of
-    `stages.export.member_logits` over the same labeled + unlabeled rows, already in memory as
-    one array, in batches of `export.batch_size`. Runs alternate (ABBA...) in this one process
-    after a warm-up; the figure is the median rows/s of each. Target: export >= 0.9 x bare.
+    `kd.teachers.members.member_logits` (what the stage calls) over the same labeled +
+    unlabeled rows, already in memory as one array, in batches of `export.batch_size`. Runs
+    alternate (ABBA...) in this one process after a warm-up; the figure is the median rows/s
+    of each. Target: export >= 0.9 x bare.
 (b) Memory. Peak RSS of a whole export in a fresh child process over a synthetic prepared
     directory of 1,000,000 unlabeled rows against one of 100,000 (same members, same batch
     size; random float32 features of the real width, written like `kd prepare` writes them, in
@@ -55,6 +56,7 @@ import yaml  # noqa: E402
 from kd.config import parse_config  # noqa: E402
 from kd.datasets import Split  # noqa: E402
 from kd.prepared import load_meta, read_split, to_table
+from kd.teachers.members import load_members, member_logits  # noqa: E402
 from stages import export  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,7 +123,7 @@ def _random_split(rng: np.random.Generator, first_id: int, n: int, width: int) -
 def throughput(cfg, prepared: Path, teachers: Path, tmp: Path, repeats: int,
                budget_s: float) -> dict:
     meta = load_meta(prepared)
-    models = export.load_members(cfg, meta, teachers)
+    models = load_members(cfg, meta, teachers)
     shape, bs = tuple(meta["feature_shape"]), cfg.export.batch_size
     x = np.ascontiguousarray(np.concatenate([read_split(prepared, s)[0].x
                                              for s in ("labeled", "unlabeled")]))  # (N, F)
@@ -130,7 +132,7 @@ def throughput(cfg, prepared: Path, teachers: Path, tmp: Path, repeats: int,
     def bare() -> float:
         t0 = time.perf_counter()
         for i in range(0, n, bs):
-            export.member_logits(models, x[i : i + bs], shape)
+            member_logits(models, x[i : i + bs], shape)
         return n / (time.perf_counter() - t0)
 
     shares: list[float] = []  # within one export: time in forward / all its time
@@ -146,8 +148,8 @@ def throughput(cfg, prepared: Path, teachers: Path, tmp: Path, repeats: int,
         return rate
 
     # warm-up: oneDNN primitive caches for both batch shapes, the Parquet/zstd code paths
-    export.member_logits(models, x[:bs], shape)
-    export.member_logits(models, x[: n % bs or bs], shape)
+    member_logits(models, x[:bs], shape)
+    member_logits(models, x[: n % bs or bs], shape)
     runs: dict[str, list[float]] = {"bare": [], "export": []}
     t_start = time.perf_counter()
     for r in range(repeats):

@@ -67,6 +67,15 @@ def ensemble_figures(cfg, data: Path) -> dict:
             "params": sum(count_params(m) for m in models.values())}
 
 
+def seed_params(base: dict, names: list[str], seed: int) -> dict:
+    """`base` with the variants `names` trained with `seed`, at one torch thread."""
+    return _deep_merge(base, {
+        "student": {"variants": {v: _deep_merge(base["student"]["variants"][v] or {},
+                                                {"train": {"seed": seed}})
+                                 for v in names}},
+        "runtime": {"threads": 1}})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
@@ -98,11 +107,7 @@ def main() -> None:
     os.chdir(work)  # checkpoints go under ./data/.checkpoints: keep them here
     try:
         for seed in args.seeds:
-            cfg = parse_config(_deep_merge(base, {
-                "student": {"variants": {v: _deep_merge(base["student"]["variants"][v] or {},
-                                                        {"train": {"seed": seed}})
-                                         for v in names}},
-                "runtime": {"threads": 1}}))
+            cfg = parse_config(seed_params(base, names, seed))
             for v in names:
                 t0 = time.perf_counter()
                 for kind in kinds:

@@ -2,12 +2,17 @@
 
     KD_TRACKING=0 python benchmarks/student.py            # ~2-3 min on 2 busy cores
     KD_TRACKING=0 python benchmarks/student.py --quick    # smoke run, under a minute
+    KD_TRACKING=0 python benchmarks/student.py --variant medium   # another student variant
 
-(a) Data path. `kd.train.loop.fit` with the default student config, fed by the real
-    `stages.student.shard_batches` over the soft-target shards, against the same loop fed by
-    a factory that shuffles the same rows held in memory as tensors (features, labels, member
-    logits (M, B, C)), same batch size, same model init, same loss, same epochs (2). Target:
-    shard-fed samples/s >= 0.9 x in-memory samples/s.
+One student variant: `--variant`, else the one the pipeline chose (data/report/metrics.json's
+`chosen_variant`, else kd/evaluate/choose.py on data/student: benchmarks/chosen.py); the JSON
+says which and why.
+
+(a) Data path. `kd.train.loop.fit` with the variant's config, fed by the real
+    `kd.train.distill.shard_batches` over the soft-target shards (the variant's `rows`),
+    against the same loop fed by a factory that shuffles the same rows held in memory as
+    tensors (features, labels, member logits (M, B, C)), same batch size, same model init, same
+    loss, same epochs (2). Target: shard-fed samples/s >= 0.9 x in-memory samples/s.
 (b) Online distillation, the usual approach: the 5 teacher members (kd.models.load_model)
     run forward on every batch of every epoch to make the logits, on the same in-memory rows.
     Reported: how many times faster a shard-fed student epoch is.
@@ -16,12 +21,13 @@
     data/prepared/test.parquet), student accuracy / ensemble accuracy (target >= 0.99), and
     whether the student beats the baseline.
 
-All variants run in this one process, after a warm-up, in rotating order round after round;
+All arms run in this one process, after a warm-up, in rotating order round after round;
 figures are medians. Shards: data/soft_targets if it is present and verifies, else a fresh
 export into a temporary directory. Needs data/prepared and data/teachers/* (`dvc repro export`);
-exits 1 without them. (c) also reads data/student and data/baseline (`dvc repro student
-baseline`) and reports null for what is missing. Threads: 1 by default (`--threads 0`: torch's
-default), as in benchmarks/export.py: 2 OpenMP threads on 2 shared cores are slow and noisy.
+exits 1 without them. (c) also reads data/student/<variant> and data/baseline/<variant> (`dvc
+repro student@<variant> baseline@<variant>`) and reports null for what is missing. Threads: 1
+by default (`--threads 0`: torch's default), as in benchmarks/export.py: 2 OpenMP threads on 2
+shared cores are slow and noisy.
 Writes benchmarks/results/student.json (student-quick.json with --quick).
 """
 
@@ -44,17 +50,18 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
+from chosen import which_variant  # noqa: E402
 
 from kd.config import parse_config  # noqa: E402
 from kd.distill.losses import kd_loss, soft_targets  # noqa: E402
 from kd.errors import ArtifactError  # noqa: E402
 from kd.models import build_model, count_params, load_model  # noqa: E402
 from kd.prepared import load_meta, read_split  # noqa: E402
-from kd.targets.reader import ShardReader
+from kd.targets.reader import ShardReader  # noqa: E402
 from kd.targets.shards import read_manifest  # noqa: E402
-from kd.targets.shardset import verify
-from kd.train.batches import Batch
-from kd.train.distill import shard_batches
+from kd.targets.shardset import verify  # noqa: E402
+from kd.train.batches import Batch  # noqa: E402
+from kd.train.distill import ensemble_targets, shard_batches  # noqa: E402
 from kd.train.loop import fit, predict  # noqa: E402
 from stages import export  # noqa: E402
 
@@ -145,10 +152,10 @@ def warm(factory, n: int):
 # ---------------------------------------------------------------------------- (a) and (b)
 
 
-def speed(cfg, shards: Path, teachers_dir: Path, epochs: int, rounds: int, online_rounds: int,
+def speed(st, shards: Path, teachers_dir: Path, epochs: int, rounds: int, online_rounds: int,
           budget_s: float) -> dict:
-    st = cfg.student
-    reader = ShardReader(shards)
+    """`st`: the variant's resolved StudentConfig."""
+    reader = ShardReader(shards, rows=st.rows)
     shape, n_classes = reader.feature_shape, reader.num_classes
     parts = list(reader.iter_batches(65_536, shuffle=False, drop_val=True))
     x = torch.from_numpy(np.concatenate([p["features"] for p in parts]))  # (N, F)
@@ -158,10 +165,10 @@ def speed(cfg, shards: Path, teachers_dir: Path, epochs: int, rounds: int, onlin
     assert n == reader.num_rows(drop_val=True)
     steps = -(-n // bs)
     teachers = [load_model(teachers_dir / m)[0] for m in reader.members]  # eval mode
-    T, alpha = st.temperature, st.alpha
 
-    def loss_fn(s_logits: torch.Tensor, b: Batch) -> torch.Tensor:  # as in stages/student.py
-        return kd_loss(s_logits, soft_targets(b.t_logits, T, st.combine), b.y, T, alpha)
+    def loss_fn(s_logits: torch.Tensor, b: Batch) -> torch.Tensor:  # as kd/train/distill.py's
+        t_probs, T = ensemble_targets(b.t_logits, st)  # (B, C); the variant's soft or hard targets
+        return kd_loss(s_logits, t_probs, b.y, T, st.alpha)
 
     factories = {
         "shards": DataWait(shard_batches(reader, bs, st.train.seed, st.shuffle_buffer)),
@@ -288,8 +295,12 @@ def main() -> None:
     ap.add_argument("--prepared", type=Path, default=DATA / "prepared")
     ap.add_argument("--teachers", type=Path, default=DATA / "teachers")
     ap.add_argument("--shards", type=Path, default=DATA / "soft_targets")
-    ap.add_argument("--student", type=Path, default=DATA / "student")
-    ap.add_argument("--baseline", type=Path, default=DATA / "baseline")
+    ap.add_argument("--student", type=Path, default=DATA / "student",
+                    help="the students' folder (one subfolder per variant)")
+    ap.add_argument("--baseline", type=Path, default=DATA / "baseline",
+                    help="the baselines' folder (one subfolder per variant)")
+    ap.add_argument("--variant", default=None,
+                    help="the student variant (default: the one the pipeline chose)")
     ap.add_argument("--epochs", type=int, default=2, help="(a) epochs per training run")
     ap.add_argument("--rounds", type=int, default=7, help="(a) rounds at most (>= 2 run)")
     ap.add_argument("--online-rounds", type=int, default=3,
@@ -308,20 +319,25 @@ def main() -> None:
 
     cfg = parse_config(yaml.safe_load(args.params.read_text()))  # what `kd student` validates
     check_inputs(args.prepared, args.teachers, list(cfg.teacher.members))
+    pick = which_variant(cfg, args.student.parent, args.variant)
+    variant = pick["variant"]
+    st = cfg.student.variant(variant)
+    print(f"student variant {variant} ({pick['source']})", flush=True)
     result: dict = {"benchmark": "student", "quick": args.quick,
                     "machine": {**machine_info(), "torch_default_threads": default_threads},
-                    "params": str(args.params), "student": cfg.student.model_dump()}
+                    "params": str(args.params), "variant": variant,
+                    "variant_source": pick["source"], "student": st.model_dump()}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="kd-bench-student-") as d:
         shards, origin = find_shards(cfg, args.shards, args.prepared, args.teachers, Path(d))
-        print(f"(a)+(b) speed: {cfg.student.arch} {cfg.student.knobs}, batch "
-              f"{cfg.student.train.batch_size}, shards {shards} ({origin}), {threads} torch "
-              f"threads", flush=True)
-        result["speed"] = speed(cfg, shards, args.teachers, args.epochs, args.rounds,
+        print(f"(a)+(b) speed: {st.arch} {st.knobs}, batch {st.train.batch_size}, rows "
+              f"{st.rows}, shards {shards} ({origin}), {threads} torch threads", flush=True)
+        result["speed"] = speed(st, shards, args.teachers, args.epochs, args.rounds,
                                 args.online_rounds, args.budget_s)
         result["speed"]["shards_origin"] = origin
     print("(c) quality", flush=True)
-    result["quality"] = quality(cfg, args.prepared, args.teachers, args.student, args.baseline)
+    result["quality"] = quality(cfg, args.prepared, args.teachers, args.student / variant,
+                                args.baseline / variant)
     result["machine"]["loadavg_end"] = list(os.getloadavg())
     result["wall_s"] = time.perf_counter() - t0
 
@@ -331,7 +347,7 @@ def main() -> None:
     def f(v, spec: str) -> str:
         return "n/a" if v is None else format(v, spec)
 
-    print("\nkd student benchmark" + (" (quick)" if args.quick else ""))
+    print(f"\nkd student benchmark, variant {variant}" + (" (quick)" if args.quick else ""))
     print(f"{'measure':<46}{'subject':>12}{'baseline':>12}{'ratio':>8}{'target':>9}  met")
     print(f"{'(a) samples/s: shards vs in-memory tensors':<46}{a['shards_samples_per_s']:>12.0f}"
           f"{a['memory_samples_per_s']:>12.0f}{a['ratio']:>8.3f}{a['target']:>9}  "
