@@ -6,8 +6,8 @@ of them silently (the student variants: `student.train` became `student.defaults
 imports; the params each one builds, built by its own function, validate and carry the override
 where the stage will read it; every `cfg.<section>.<key>` a script reads exists on kd.config's
 Config; every name a script imports from kd or stages exists, and every call to one binds to
-its signature (`student.run(cfg)` without the variant fails here); no script shadows a
-standard-library module (benchmarks/queue.py once did, and torch's `import queue` got it).
+its signature (`student.run(cfg)` without the variant fails here). That no script shadows a
+standard-library module (benchmarks/queue.py once did) is tests/test_architecture.py's check.
 """
 
 from __future__ import annotations
@@ -258,15 +258,6 @@ def test_resolving_reads_pass():
                     "from stages import student\nstudent.run(cfg, 'v', shards=s)\n"
                     "from stages.export import run as export\nexport(cfg, dist=d)\n"
                     "from kd.train.distill import distill_job\ndistill_job(cfg, v, s, p)") == []
-
-
-def test_no_script_shadows_the_standard_library():
-    # `python benchmarks/x.py` puts benchmarks/ first on sys.path: a queue.py there is the
-    # `queue` every later `import queue` (torch's included) gets
-    for folder in (BENCH, ROOT / "examples"):
-        shadowing = sorted(p.name for p in folder.glob("*.py")
-                           if p.stem in sys.stdlib_module_names)
-        assert shadowing == [], f"{folder.name}/ shadows the standard library: {shadowing}"
 
 
 def test_a_script_measures_the_named_the_chosen_or_the_first_variant(tmp_path):
