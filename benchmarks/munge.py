@@ -61,6 +61,7 @@ MEMBERS = {"digits": {"arch": "cnn2d", "knobs": {"channels": 32, "depth": 2, "ke
                        "train": {"epochs": 60, "batch_size": 64, "lr": 0.003}}}
 STUDENT = {"arch": "mlp", "knobs": {"depth": 1, "width": 16},
            "train": {"epochs": 1, "batch_size": 64, "lr": 0.01}}
+VARIANT = "student"  # the one student variant every arm trains
 
 
 def params(kind: str, data: dict, seed: int, members: int) -> dict:
@@ -70,8 +71,9 @@ def params(kind: str, data: dict, seed: int, members: int) -> dict:
                                                                    "seed": 10 * seed + i}}
                                     for i in range(members)}},
             "export": {"rows_per_shard": 50_000, "row_group_size": 4096, "batch_size": 2048},
-            "student": {**STUDENT, "temperature": 4.0, "alpha": 0.5,
-                        "train": {**STUDENT["train"], "seed": seed}},
+            "student": {"defaults": {**STUDENT, "temperature": 4.0, "alpha": 0.5,
+                                     "train": {**STUDENT["train"], "seed": seed}},
+                        "variants": {VARIANT: {}}},
             "transfer": {"seed": seed}, "tracking": {"enabled": False},
             "runtime": {"threads": 1, "device": "cpu"}}
 
@@ -130,12 +132,11 @@ def student_arm(cfg, work: Path, name: str, prepared: Path, steps: int,
     rows = split_rows(arm / "transfer", "synthetic") + split_rows(prepared, "unlabeled") + \
         split_rows(prepared, "labeled") - json.loads((prepared / "meta.json").read_text())[
             "rows"]["val"]
-    batch = c.student.train.batch_size
-    epochs = max(1, round(steps / max(1, -(-rows // batch))))
-    st = c.student.model_copy(update={"train": c.student.train.model_copy(
-        update={"epochs": epochs})})
-    c = c.model_copy(update={"student": st})
-    m = student.run(c, arm / "student", arm / "shards", prepared)
+    st = c.student.variant(VARIANT)
+    epochs = max(1, round(steps / max(1, -(-rows // st.train.batch_size))))
+    c = c.model_copy(update={"student": c.student.model_copy(
+        update={"variants": {VARIANT: {"train": {"epochs": epochs}}}})})
+    m = student.run(c, VARIANT, arm / "student", arm / "shards", prepared)
     shutil.rmtree(arm, ignore_errors=True)
     return {"test_accuracy": m["test_accuracy"], "val_accuracy": m.get("val_accuracy"),
             "train_rows": rows, "epochs": epochs, "transfer_s": round(gen_s, 3)}
