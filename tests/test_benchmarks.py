@@ -109,8 +109,11 @@ def _batchnorm(m, tmp: Path) -> list[Config]:
 
 
 def _munge(m, tmp: Path) -> list[Config]:  # benchmarks/munge.py's own builder
-    return [parse_config(m.params(kind, {"source": "digits"}, 0, 2))
-            for kind in ("digits", "tabular")]
+    from types import SimpleNamespace
+
+    return [parse_config(m.params(kind, {"source": "digits"}, 0,
+                                  SimpleNamespace(members=2, student=student)))
+            for kind in ("digits", "tabular") for student in ("cnn2d", "mlp16")]
 
 
 def _soft_tree(m, tmp: Path) -> list[Config]:  # the digits pipeline's module-level params
