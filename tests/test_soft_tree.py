@@ -242,7 +242,7 @@ TREE_PIPELINE = {
     "teacher": {"members": {"a": {"arch": "mlp", "knobs": {"depth": 1, "width": 16},
                                   "train": {"epochs": 2, "batch_size": 64}}}},
     "export": {"rows_per_shard": 500, "row_group_size": 250, "batch_size": 512},
-    "student": one_variant({"arch": "soft_tree", "knobs": {"depth": 2, "objective": "leaves"},
+    "student": one_variant({"arch": "soft_tree", "knobs": {"depth": 2},
                 "train": {"epochs": 2, "batch_size": 64}}),
     "baseline": {"epochs": 2},
     "tracking": {"enabled": False},
@@ -288,4 +288,5 @@ def test_example_params_file_is_valid():
     cfg = load_config(Path(__file__).resolve().parents[1] / "examples" / "soft_tree.yaml")
     st = cfg.student.variant("tree")
     assert st.arch == "soft_tree" and st.knobs["inference"] == "max_leaf"
+    assert st.knobs["objective"] == "mixture"  # the default, chosen on validation rows
     assert cfg.baseline_spec("tree").train.augment.shift == 6  # the tree on labels: shifts too
