@@ -62,8 +62,8 @@ def train_student(root: Path, monkeypatch, targets=None) -> dict:
     if targets is not None:
         real = distill.kd_loss
 
-        def ignoring(s_logits, t_probs, labels, T, alpha, labeled=None):
-            return real(s_logits, targets(t_probs), labels, T, alpha, labeled)
+        def ignoring(s_logits, t_probs, labels, T, alpha, labeled=None, components=None):
+            return real(s_logits, targets(t_probs), labels, T, alpha, labeled, components)
 
         monkeypatch.setattr(distill, "kd_loss", ignoring)
     with cwd(root):

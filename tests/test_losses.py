@@ -263,3 +263,115 @@ def test_bad_arguments_raise_value_error(call):
     s, p, labels = batch(B=4, C=3)
     with pytest.raises(ValueError):
         call(s, p, labels)
+
+
+# -----------------------------------------------------------------------------
+# components: the loss's expectation over a mixture's parts (a soft tree's leaves)
+
+
+def mixture_batch(B=6, L=4, C=3, seed=0, per_row=False):
+    g = torch.Generator().manual_seed(seed)
+    s, p, labels = batch(B, C, seed)
+    log_w = F.log_softmax(torch.randn(B, L, generator=g) * 2, dim=1)  # (B, L)
+    shape = (B, L, C) if per_row else (L, C)
+    return log_w, torch.randn(*shape, generator=g) * 2, p, labels
+
+
+def ref_expected_kd(log_w, c_logits, p, labels, T, alpha):
+    """Loops: soft = T^2 mean_b sum_l w_bl KL(p_b || softmax(c_l / T)); hard = mean over
+    labeled b of sum_l w_bl -log softmax(c_l)[y_b]."""
+    w, c, p, labels = log_w.exp().tolist(), c_logits.tolist(), p.tolist(), labels.tolist()
+    B, L = len(w), len(w[0])
+    leaf = (lambda b, j: c[b][j]) if c_logits.dim() == 3 else (lambda b, j: c[j])  # noqa: E731
+    soft = ce = 0.0
+    for b in range(B):
+        for j in range(L):
+            q = ref_softmax(leaf(b, j), T)
+            soft += w[b][j] * sum(pc * math.log(pc / qc) for pc, qc in zip(p[b], q,
+                                                                            strict=True))
+            if labels[b] >= 0:
+                ce += w[b][j] * -math.log(ref_softmax(leaf(b, j), 1.0)[labels[b]])
+    soft, n = T**2 * soft / B, sum(y >= 0 for y in labels)
+    hard = ce / n if n else 0.0
+    return alpha * soft + (1 - alpha) * hard, soft, hard
+
+
+@pytest.mark.parametrize("per_row", [False, True])
+@pytest.mark.parametrize("T, alpha", [(1.0, 0.5), (3.0, 0.9), (2.0, 0.0)])
+def test_expected_loss_over_components_matches_a_hand_computation(per_row, T, alpha):
+    log_w, c, p, labels = mixture_batch(per_row=per_row, seed=int(T))
+    labels[0], labels[1] = -1, 2  # both kinds of row
+    s = torch.zeros(len(labels), c.shape[-1])  # the model's output: read for shapes only
+    got = kd_loss_parts(s, p, labels, T, alpha, components=(log_w, c))
+    for g, want in zip(got, ref_expected_kd(log_w, c, p, labels, T, alpha), strict=True):
+        assert g.item() == pytest.approx(want, rel=1e-5, abs=1e-6)
+    assert kd_loss(s, p, labels, T, alpha, components=(log_w, c)).item() == got[0].item()
+
+
+@pytest.mark.parametrize("T", [1.0, 4.0])
+def test_one_component_per_row_is_the_plain_loss_of_that_component(T):
+    """Hard routing: each row's whole weight on one leaf. The expectation is then the plain
+    Hinton loss of that leaf's logits, and the output itself is not read."""
+    _, c, p, labels = mixture_batch(B=8, L=5, seed=4)
+    leaf = torch.tensor([0, 3, 3, 1, 4, 2, 0, 1])
+    log_w = torch.full((8, 5), -math.inf).scatter(1, leaf[:, None], 0.0)  # (B, L)
+    plain = kd_loss_parts(c[leaf], p, labels, T, 0.7)
+    noise = torch.randn(8, c.shape[1]) * 9  # any output: the components decide
+    hard_routed = kd_loss_parts(noise, p, labels, T, 0.7, components=(log_w, c))
+    for a, b in zip(hard_routed, plain, strict=True):
+        assert a.item() == pytest.approx(b.item(), rel=1e-6)
+    # and with one component shared by every row (L = 1), the expectation is the plain loss
+    one = kd_loss(noise, p, labels, T, 0.7, components=(torch.zeros(8, 1), c[:1]))
+    assert one.item() == pytest.approx(kd_loss(c[[0] * 8], p, labels, T, 0.7).item(), rel=1e-6)
+
+
+@settings(max_examples=30, deadline=None)
+@given(B=st.integers(1, 8), L=st.integers(1, 6), C=st.integers(2, 6),
+       seed=st.integers(0, 10_000), alpha=st.floats(0.0, 1.0))
+def test_expected_loss_is_never_below_the_mixture_loss_at_T1(B, L, C, seed, alpha):
+    """Jensen: -log is convex, so E_l[CE(p, q_l)] >= CE(p, sum_l w_l q_l) (T = 1)."""
+    log_w, c, p, labels = mixture_batch(B, L, C, seed)
+    mixture = torch.logsumexp(log_w[:, :, None] + F.log_softmax(c, -1)[None], dim=1)  # (B, C)
+    expected = kd_loss(mixture, p, labels, 1.0, alpha, components=(log_w, c))
+    assert expected.item() >= kd_loss(mixture, p, labels, 1.0, alpha).item() - 1e-5
+
+
+def test_components_gradients_reach_weights_and_components_and_skip_unlabeled_rows():
+    log_w, c, p, labels = mixture_batch(seed=9)
+    raw = log_w.clone().requires_grad_(True)
+    c.requires_grad_(True)
+    w = F.log_softmax(raw, 1)
+    s = torch.zeros(len(labels), c.shape[-1])
+    kd_loss(s, p, labels, 2.0, 0.5, components=(w, c)).backward()
+    assert raw.grad.abs().sum() > 0 and c.grad.abs().sum() > 0
+    raw.grad = None
+    hard_loss(s, labels, components=(F.log_softmax(raw, 1), c)).backward()
+    assert torch.equal(raw.grad[labels < 0], torch.zeros_like(raw.grad[labels < 0]))
+
+
+def test_supervised_label_loss_is_the_hard_term_over_components():
+    """The baseline's and teachers' loss (kd/train/supervised.py) gives a mixture model the
+    same expectation as the student's hard term, and is plain cross-entropy otherwise."""
+    from kd.train.supervised import label_loss
+
+    log_w, c, _, labels = mixture_batch(seed=12, per_row=True)
+    labels = labels.clamp(min=0)  # a supervised batch: every row labeled
+    s = torch.randn(len(labels), c.shape[-1])
+    got = label_loss(s, labels, (log_w, c))
+    assert got.item() == pytest.approx(hard_loss(s, labels, components=(log_w, c)).item(),
+                                       rel=1e-6)
+    assert got.item() == pytest.approx(ref_expected_kd(log_w, c, s.softmax(1), labels, 1.0,
+                                                       0.0)[2], rel=1e-5)
+    assert torch.equal(label_loss(s, labels), F.cross_entropy(s, labels))
+
+
+@pytest.mark.parametrize("components", [
+    (torch.zeros(3, 4), torch.zeros(4, 5)),  # rows: 3 weights for a batch of 4
+    (torch.zeros(4, 4), torch.zeros(3, 5)),  # 3 components for 4 weights
+    (torch.zeros(4, 4), torch.zeros(4, 4)),  # 4 classes, the output has 5
+    (torch.zeros(4, 4), torch.zeros(2, 4, 5)),  # per-row logits for 2 rows of 4
+])
+def test_mismatched_components_raise_value_error(components):
+    s, p, labels = batch(B=4, C=5)
+    with pytest.raises(ValueError, match="component"):
+        kd_loss(s, p, labels, 2.0, 0.5, components=components)

@@ -113,7 +113,7 @@ def test_penalty_gradient_reaches_the_filters_and_balances_the_splits():
     ({"depth": 0}, "depth=0"), ({"depth": 11}, "depth=11"), ({"beta": 0}, "beta=0"),
     ({"beta": "hot"}, "beta='hot'"), ({"penalty": -1}, "penalty=-1"),
     ({"ema_window": 0}, "ema_window=0"), ({"learn_beta": "yes"}, "learn_beta='yes'"),
-    ({"inference": "argmax"}, "inference='argmax'"),
+    ({"inference": "argmax"}, "inference='argmax'"), ({"objective": "paths"}, "objective='paths'"),
 ])
 def test_bad_knobs(knobs, fragment):
     with pytest.raises(ConfigError) as exc:
@@ -121,11 +121,42 @@ def test_bad_knobs(knobs, fragment):
     assert fragment in str(exc.value) and "soft_tree" in str(exc.value)
 
 
+def test_leaves_objective_gives_the_path_weighted_loss_of_each_leaf():
+    """objective `leaves`: through output_components(), the baseline's (and the student's)
+    loss is the paper's -sum_l P_l(x) log Q_l[y], not -log sum_l P_l(x) Q_l[y]."""
+    from kd.models import output_components
+    from kd.train.supervised import label_loss
+
+    x, y = torch.randn(9, 6), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2])
+    paper = tree(depth=2, objective="leaves").train()
+    out = paper(x)
+    log_p, _ = paper.log_paths(x)  # (B, L)
+    log_q = F.log_softmax(paper.leaves, 1)  # (L, C)
+    want = -(log_p.exp() * log_q[:, y].T).sum(1).mean()  # (B, L) weights times leaf NLLs
+    assert label_loss(out, y, output_components(paper)).item() == pytest.approx(want.item(),
+                                                                                  rel=1e-6)
+    assert label_loss(out, y, output_components(paper)) > F.cross_entropy(out, y)  # Jensen
+    ours = tree(depth=2).train()  # objective mixture (the default): the output alone
+    assert torch.equal(ours(x), out)  # the same weights, the same output
+    assert output_components(ours) is None
+    assert output_components(torch.nn.Linear(2, 2)) is None  # no hook: the output alone
+    # the objective changes what is learned, and training stays deterministic
+    trained = {}
+    for objective in ("mixture", "leaves", "leaves"):
+        m = tree(depth=3, objective=objective)
+        xs, ys = _data()
+        fit(m, in_memory_batches(xs, ys, 32, CFG.seed, (6,), CFG.augment),
+            lambda s, b, m=m: label_loss(s, b.y, output_components(m)), CFG, steps_per_epoch=5)
+        trained.setdefault(objective, []).append(m.leaves.detach().clone())
+    assert torch.equal(*trained["leaves"])
+    assert not torch.allclose(trained["leaves"][0], trained["mixture"][0])
+
+
 # --------------------------------------------------------------------------- files
 
 
 @pytest.mark.parametrize("knobs", [{"depth": 3}, {"depth": 2, "learn_beta": False,
-                                                  "inference": "mixture"}])
+                                                  "inference": "mixture", "objective": "leaves"}])
 def test_save_load_round_trip(tmp_path, knobs):
     t = tree((4, 4), 3, **knobs)
     t.train()(torch.randn(9, 4, 4))  # move the running split averages off their start
@@ -138,7 +169,7 @@ def test_save_load_round_trip(tmp_path, knobs):
     assert torch.equal(loaded(x), t(x))
     assert torch.equal(loaded.split_avg, t.split_avg) and not torch.equal(
         t.split_avg, torch.full_like(t.split_avg, 0.5))
-    assert loaded.inference == t.inference
+    assert loaded.inference == t.inference and loaded.objective == t.objective
     assert json.loads((tmp_path / "model.json").read_text())["knobs"]["depth"] == knobs["depth"]
 
 
@@ -257,4 +288,5 @@ def test_example_params_file_is_valid():
     cfg = load_config(Path(__file__).resolve().parents[1] / "examples" / "soft_tree.yaml")
     st = cfg.student.variant("tree")
     assert st.arch == "soft_tree" and st.knobs["inference"] == "max_leaf"
+    assert st.knobs["objective"] == "mixture"  # the default, chosen on validation rows
     assert cfg.baseline_spec("tree").train.augment.shift == 6  # the tree on labels: shifts too

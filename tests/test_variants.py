@@ -73,9 +73,9 @@ def _train(tmp_path: Path, shards: Path, monkeypatch, recipe: dict) -> tuple[lis
     calls = []
     real = distill.kd_loss
 
-    def spy(s_logits, t_probs, labels, T, alpha, labeled=None):
-        calls.append((t_probs.detach().clone(), labels.clone(), T))
-        return real(s_logits, t_probs, labels, T, alpha, labeled)
+    def spy(s_logits, t_probs, labels, T, alpha, labeled=None, components=None):
+        calls.append((t_probs.detach().clone(), labels.clone(), T, components))
+        return real(s_logits, t_probs, labels, T, alpha, labeled, components)
 
     monkeypatch.setattr(distill, "kd_loss", spy)
     cfg = config(v=recipe)
@@ -95,6 +95,23 @@ def test_labeled_rows_only_never_trains_on_an_unlabeled_row(tmp_path, shards, mo
     assert history[0]["samples"] == len(labels)
 
 
+def test_a_mixture_model_hands_its_components_to_the_hinton_loss(tmp_path, shards,
+                                                                   monkeypatch):
+    """A soft tree with `objective: leaves` is scored by the expectation over its leaves: the
+    student's loss gets its (B, L) log path probabilities and (L, C) leaf logits each step;
+    with `objective: mixture` (and any other model) it gets none."""
+    tree = {"arch": "soft_tree", "knobs": {"depth": 2, "objective": "leaves"}}
+    calls, _ = _train(tmp_path, shards, monkeypatch, tree)
+    assert calls and all(c[3] is not None for c in calls)
+    for t_probs, labels, _, (log_w, leaves) in calls:
+        assert log_w.shape == (len(labels), 4) and leaves.shape == (4, t_probs.shape[1])
+        assert torch.allclose(log_w.exp().sum(1), torch.ones(len(labels)), atol=1e-5)
+    (tmp_path / "m").mkdir()
+    tree["knobs"]["objective"] = "mixture"
+    calls, _ = _train(tmp_path / "m", shards, monkeypatch, tree)
+    assert calls and all(c[3] is None for c in calls)
+
+
 def test_all_rows_does_train_on_unlabeled_rows(tmp_path, shards, monkeypatch):
     # the same spy sees unlabeled rows under the default recipe: the test above can fail
     calls, _ = _train(tmp_path, shards, monkeypatch, {})
@@ -105,7 +122,7 @@ def test_hard_targets_are_the_ensembles_argmax_at_temperature_1(tmp_path, shards
                                                                monkeypatch):
     calls, metrics = _train(tmp_path, shards, monkeypatch,
                             {"targets": "hard", "temperature": 5.0})
-    for t_probs, _, T in calls:
+    for t_probs, _, T, _ in calls:
         assert T == 1.0
         assert torch.equal(t_probs.sum(1), torch.ones(len(t_probs)))
         assert set(t_probs.unique().tolist()) <= {0.0, 1.0}  # one-hot rows

@@ -4,6 +4,7 @@
     loss = kd_loss(s_logits, t_probs, labels, T=4.0, alpha=0.9)
     total, soft, hard = kd_loss_parts(s_logits, t_probs, labels, T=4.0, alpha=0.9)
     loss = loss + beta * cosine_loss(s_hidden, t_hidden)    # DistilBERT's hidden-state term
+    loss = kd_loss(s_logits, t_probs, labels, T=4.0, alpha=0.9, components=(log_w, c_logits))
 
     total = alpha * soft + (1 - alpha) * hard
     soft  = T^2 * KL(t_probs || softmax(s_logits / T))   mean over ALL B rows ("batchmean")
@@ -14,6 +15,17 @@ so without it raising T silently turns down the soft term against the hard one. 
 over all rows: unlabeled rows carry the soft term alone and must weigh as much as labeled rows;
 "mean" would divide by B*C as well. Everything is computed in float32, so float16 logits from
 shards or autocast do not underflow in softmax/log.
+
+A model whose output is a mixture of components (row b's distribution sum_l w_bl softmax(c_l),
+e.g. the leaves of a soft decision tree) may be scored by the *expectation* of the same loss over
+its components instead of the loss of the mixture: pass `components=(log_w, c_logits)`, log_w
+(B, L) each row's log weights (the weights sum to 1 over L), c_logits (L, C) or (B, L, C) the
+components' logits. Then soft = T^2 * mean_b sum_l w_bl KL(t_probs_b || softmax(c_l / T)) and
+hard = mean over labeled b of sum_l w_bl CE(c_l, y_b): the temperature softens each component,
+and each component must fit the targets on its own (Frosst & Hinton 2017's path-weighted
+cross-entropy). At T = 1, by Jensen's inequality, it is never below the loss of the mixture
+sum_l w_l softmax(c_l); with one component
+of weight 1 per row it is exactly the plain loss of that component.
 
 The cosine term (Sanh et al. 2019, DistilBERT) aligns the student's pooled hidden vector with a
 teacher member's: mean over all rows of 1 - cos(h_s, h_t), labeled or not, like the soft term.
@@ -26,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 COMBINES = ("mean_probs", "mean_logits")
+Components = tuple[Tensor, Tensor]  # (B, L) log weights, (L, C) or (B, L, C) component logits
 
 
 def _check_T(T: float) -> None:
@@ -50,41 +63,73 @@ def soft_targets(t_logits: Tensor, T: float, combine: str = "mean_probs") -> Ten
     raise ValueError(f"combine={combine!r} must be one of {COMBINES}")
 
 
-def hard_loss(s_logits: Tensor, labels: Tensor, labeled: Tensor | None = None) -> Tensor:
+def hard_loss(s_logits: Tensor, labels: Tensor, labeled: Tensor | None = None,
+              components: Components | None = None) -> Tensor:
     """Cross-entropy averaged over labeled rows (labels >= 0); exactly 0 if there are none.
+    With `components`, each row's cross-entropy is its expectation over the components.
 
     `labeled` replaces the batch's own labeled count as the divisor. Under DDP a rank passes
     (labeled rows in the global batch) / (ranks): DDP's average of the rank losses is then
     the global batch's mean, however the labeled rows fall on the ranks."""
     is_labeled = labels >= 0  # (B,)
     targets = torch.where(is_labeled, labels, -1)  # any negative label means unlabeled
-    # sum / count instead of a boolean gather + mean: no host sync, no NaN on an empty set,
-    # and the result stays attached to the graph even when it is 0
-    ce_sum = F.cross_entropy(s_logits.float(), targets, ignore_index=-1, reduction="sum")
+    if components is None:
+        # sum / count instead of a boolean gather + mean: no host sync, no NaN on an empty
+        # set, and the result stays attached to the graph even when it is 0
+        ce_sum = F.cross_entropy(s_logits.float(), targets, ignore_index=-1, reduction="sum")
+    else:
+        log_w, log_q = _components(components, s_logits, 1.0)  # (B, L), (B|1, L, C)
+        index = targets.clamp(min=0).view(-1, 1, 1).expand(-1, log_w.shape[1], 1)  # (B, L, 1)
+        ce = -(log_w.exp() * log_q.expand(len(targets), -1, -1).gather(2, index)[..., 0])
+        ce_sum = torch.where(is_labeled, ce.sum(1), 0.0).sum()  # unlabeled rows: exactly 0
     if labeled is None:
         return ce_sum / is_labeled.sum().clamp(min=1)
     return ce_sum / labeled.clamp(min=1e-6)  # no labeled rows anywhere: ce_sum is exactly 0
 
 
-def soft_loss(s_logits: Tensor, t_probs: Tensor, T: float) -> Tensor:
-    """T^2 * KL(t_probs || softmax(s_logits / T)), summed over classes, mean over all rows."""
+def _components(components: Components, s_logits: Tensor, T: float) -> tuple[Tensor, Tensor]:
+    """Checked float32 (B, L) log weights and (B or 1, L, C) component log-probabilities at T."""
+    log_w, c_logits = components
+    B, C = s_logits.shape
+    if log_w.dim() != 2 or log_w.shape[0] != B:
+        raise ValueError(f"component log weights {tuple(log_w.shape)} must be (B, L) with "
+                         f"B = {B}")
+    want = {2: (log_w.shape[1], C), 3: (B, log_w.shape[1], C)}.get(c_logits.dim())
+    if tuple(c_logits.shape) != want:
+        raise ValueError(f"component logits {tuple(c_logits.shape)} must be (L, C) or "
+                         f"(B, L, C) = ({B}, {log_w.shape[1]}, {C})")
+    log_q = F.log_softmax(c_logits.float() / T, dim=-1)  # (L, C) or (B, L, C)
+    return log_w.float(), log_q if log_q.dim() == 3 else log_q.unsqueeze(0)
+
+
+def soft_loss(s_logits: Tensor, t_probs: Tensor, T: float,
+              components: Components | None = None) -> Tensor:
+    """T^2 * KL(t_probs || softmax(s_logits / T)), summed over classes, mean over all rows;
+    with `components`, each row's KL is its expectation over the components softened at T."""
     _check_T(T)
-    log_q = F.log_softmax(s_logits.float() / T, dim=-1)  # (B, C)
     p = t_probs.float()  # (B, C)
-    # xlogy makes 0 * log 0 = 0: a teacher probability that underflowed to 0 is not a NaN
-    kl = (torch.xlogy(p, p) - p * log_q).sum(dim=-1)  # (B,)
+    if components is None:
+        log_q = F.log_softmax(s_logits.float() / T, dim=-1)  # (B, C)
+        # xlogy makes 0 * log 0 = 0: a teacher probability that underflowed to 0 is not a NaN
+        kl = (torch.xlogy(p, p) - p * log_q).sum(dim=-1)  # (B,)
+    else:
+        log_w, log_q = _components(components, s_logits, T)  # (B, L), (B|1, L, C)
+        neg_h = torch.xlogy(p, p).sum(-1, keepdim=True)  # (B, 1)
+        kl_l = neg_h - torch.einsum("bc,blc->bl", p, log_q.expand(len(p), -1, -1))  # (B, L)
+        kl = (log_w.exp() * kl_l).sum(1)  # (B,)
     return T**2 * kl.mean()
 
 
 def kd_loss_parts(
     s_logits: Tensor, t_probs: Tensor, labels: Tensor, T: float, alpha: float,
-    labeled: Tensor | None = None,
+    labeled: Tensor | None = None, components: Components | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(total, soft, hard) with total = alpha * soft + (1 - alpha) * hard; see module doc.
 
     s_logits (B, C) student logits; t_probs (B, C) teacher probabilities at T (soft_targets);
     labels (B,) int64 with -1 for unlabeled rows. `soft` already includes the T^2 factor.
     `labeled`: the divisor of the hard term (see hard_loss), for distributed training.
+    `components`: score the expectation over a mixture's components (module doc).
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha={alpha!r} must be in [0, 1]")
@@ -93,15 +138,15 @@ def kd_loss_parts(
                          "must both be (B, C)")
     if labels.shape != s_logits.shape[:1]:
         raise ValueError(f"labels {tuple(labels.shape)} must be (B,) = ({s_logits.shape[0]},)")
-    soft = soft_loss(s_logits, t_probs, T)
-    hard = hard_loss(s_logits, labels, labeled)
+    soft = soft_loss(s_logits, t_probs, T, components)
+    hard = hard_loss(s_logits, labels, labeled, components)
     return alpha * soft + (1.0 - alpha) * hard, soft, hard
 
 
 def kd_loss(s_logits: Tensor, t_probs: Tensor, labels: Tensor, T: float, alpha: float,
-            labeled: Tensor | None = None) -> Tensor:
+            labeled: Tensor | None = None, components: Components | None = None) -> Tensor:
     """Hinton's distillation loss, a scalar: alpha * soft + (1 - alpha) * hard."""
-    return kd_loss_parts(s_logits, t_probs, labels, T, alpha, labeled)[0]
+    return kd_loss_parts(s_logits, t_probs, labels, T, alpha, labeled, components)[0]
 
 
 def cosine_loss(s_hidden: Tensor, t_hidden: Tensor, eps: float = 1e-8) -> Tensor:

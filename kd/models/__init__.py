@@ -20,10 +20,11 @@ from kd.models.registry import (
     check_arch,
     count_params,
     knob_defaults,
+    output_components,
     register,
     resolve_knobs,
 )
 
 __all__ = ["ARCHITECTURES", "SPEC_FILE", "WEIGHTS_FILE", "build_model", "check_arch",
            "check_fits", "count_params", "knob_defaults", "load_model", "model_fingerprint",
-           "register", "resolve_knobs", "save_model"]
+           "output_components", "register", "resolve_knobs", "save_model"]

@@ -20,6 +20,7 @@ import os
 import sys
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 from kd.errors import ConfigError
@@ -149,6 +150,15 @@ def build_model(
 def count_params(model: nn.Module) -> int:
     """Number of scalar parameters (shared parameters counted once)."""
     return sum(p.numel() for p in model.parameters())
+
+
+def output_components(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The general hook for a model whose output is a mixture that wants the *expected* loss
+    over its components (kd/distill/losses.py `components`): its `output_components()` gives
+    the last training forward's (B, L) log weights and (L, C) or (B, L, C) component logits.
+    None (no such method, or it returns None): the loss reads the model's output alone."""
+    get = getattr(model, "output_components", None)
+    return get() if get is not None else None
 
 
 

@@ -13,7 +13,11 @@ leaf l is the product of the branch probabilities along the way; leaf l holds a 
 distribution Q_l = softmax(phi_l).
 
 The forward returns logits in the sense the rest of the project uses them, the log of a
-distribution, so Hinton's loss at temperature T and every metric work unchanged:
+distribution, so Hinton's loss at temperature T and every metric work unchanged. What training
+minimises is the `objective` knob: `mixture`, the loss of that output distribution, or `leaves`,
+the paper's path-probability-weighted loss of each leaf's own distribution (softened at T per
+leaf), through the general `output_components()` hook that the students' and baselines' losses
+read (kd/distill/losses.py `components`).
 
 - in training mode always the mixture  log sum_l P_l(x) Q_l  (differentiable in everything);
 - in eval mode the `inference` knob: `max_leaf` (default, the paper's explainable mode: the
@@ -40,6 +44,7 @@ from kd.errors import ConfigError
 from kd.models.registry import int_knob, register
 
 INFERENCE = ("max_leaf", "mixture")
+OBJECTIVES = ("mixture", "leaves")
 
 
 def _number(name: str, value, lo: float, strict: bool) -> float:
@@ -58,7 +63,8 @@ class SoftTree(nn.Module):
 
     def __init__(self, input_shape: tuple[int, ...], n_classes: int, depth: int = 4,
                  beta: float = 1.0, learn_beta: bool = True, penalty: float = 0.1,
-                 ema_window: int = 1, inference: str = "max_leaf"):
+                 ema_window: int = 1, inference: str = "max_leaf",
+                 objective: str = "mixture"):
         super().__init__()
         depth = int_knob("soft_tree", "depth", depth, 1)
         if depth > 10:  # 1,023 filters and 1,024 leaves: past any picture a person can read
@@ -71,8 +77,11 @@ class SoftTree(nn.Module):
         if inference not in INFERENCE:
             raise ConfigError(f"soft_tree: knob inference={inference!r} must be one of "
                               f"{', '.join(INFERENCE)}")
+        if objective not in OBJECTIVES:
+            raise ConfigError(f"soft_tree: knob objective={objective!r} must be one of "
+                              f"{', '.join(OBJECTIVES)}")
         self.input_shape, self.depth, self.n_classes = tuple(input_shape), depth, n_classes
-        self.penalty, self.inference = penalty, inference
+        self.penalty, self.inference, self.objective = penalty, inference, objective
         n_inner, n_leaves, n_feat = 2**depth - 1, 2**depth, math.prod(input_shape)
         self.inner = nn.Linear(n_feat, n_inner)  # row i: filter w_i, bias b_i
         self.leaves = nn.Parameter(torch.randn(n_leaves, n_classes) * 0.1)  # phi, (L, C)
@@ -91,6 +100,7 @@ class SoftTree(nn.Module):
         # the running a_i: saved with the weights, so a resumed run continues it
         self.register_buffer("split_avg", torch.full((n_inner,), 0.5))
         self._aux: torch.Tensor | None = None
+        self._components: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ routing
 
@@ -123,6 +133,7 @@ class SoftTree(nn.Module):
         log_q = F.log_softmax(self.leaves, dim=1)  # (L, C)
         if self.training:
             self._aux = self._split_penalty(self.reach(logp), right)
+            self._components = (logp, self.leaves) if self.objective == "leaves" else None
         if self.training or self.inference == "mixture":
             return torch.logsumexp(logp.unsqueeze(2) + log_q, dim=1)  # (B, C)
         return log_q[logp.argmax(1)]  # (B, C): the most probable leaf's distribution
@@ -143,6 +154,12 @@ class SoftTree(nn.Module):
     def aux_loss(self) -> torch.Tensor:
         """The balanced-split penalty of the last training forward (0 before any)."""
         return self._aux if self._aux is not None else self.leaves.new_zeros(())
+
+    def output_components(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """objective `leaves`: the last training forward's leaves as the components of its
+        output, (B, L) log path probabilities and (L, C) leaf logits phi, so the loss is the
+        path-weighted expectation over the leaves (kd/distill/losses.py); `mixture`: None."""
+        return self._components
 
     # ------------------------------------------------------------------ reading the tree
 

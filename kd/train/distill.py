@@ -26,7 +26,7 @@ from kd.config import Config, StudentConfig
 from kd.distill.losses import cosine_loss, kd_loss, soft_targets
 from kd.errors import ArtifactError, ConfigError
 from kd.io.storage import locate
-from kd.models import build_model, count_params, load_model, resolve_knobs
+from kd.models import build_model, count_params, load_model, output_components, resolve_knobs
 from kd.models.transformer import init_from, init_problem
 from kd.prepared import read_split
 from kd.runtime.distributed import SINGLE, Dist, global_batch, ranks
@@ -145,7 +145,8 @@ def distill_job(cfg: Config, variant: str, shards: Path | str, prepared: Path,
         # distributed: the hard term divides by the global batch's labeled rows (per rank),
         # not this rank's, so ranks dealt more or fewer labeled rows weigh them as one process
         labeled = dist.mean_over_ranks((b.y >= 0).sum()) if dist.active else None
-        loss = kd_loss(s_logits, t_probs, b.y, T, alpha, labeled)
+        # a model whose output is a mixture may ask for the loss's expectation over its parts
+        loss = kd_loss(s_logits, t_probs, b.y, T, alpha, labeled, output_components(model))
         if h_member is None:
             return loss
         h = s_hidden[0] if model.align is None else model.align(s_hidden[0])  # (B, D_t)

@@ -11,17 +11,32 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 import torch.nn.functional as F
 
 from kd.config import Config, ModelConfig
 from kd.errors import ConfigError
-from kd.models import build_model, count_params
+from kd.models import build_model, count_params, output_components
 from kd.prepared import load_meta, read_split
 from kd.runtime.distributed import SINGLE, Dist, global_batch, ranks
 from kd.train.batches import in_memory_batches
 from kd.train.checkpoints import fingerprint
 from kd.train.loop import evaluate, seed_everything
 from kd.train.runner import TrainJob
+
+
+def label_loss(logits: torch.Tensor, y: torch.Tensor,
+               components: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Cross-entropy on labeled rows; for a model whose output is a mixture and that asks for it
+    (kd.models.output_components), its expectation over the components: the student's hard term
+    with `components` (kd/distill/losses.py), kept here so the teachers' code never depends on
+    the distillation losses (a loss edit would retrain them)."""
+    if components is None:
+        return F.cross_entropy(logits, y)
+    log_w, c_logits = components  # (B, L), (L, C) or (B, L, C)
+    log_q = F.log_softmax(c_logits.float(), -1).expand(len(y), *c_logits.shape[-2:])  # (B, L, C)
+    nll = -log_q.gather(2, y.view(-1, 1, 1).expand(-1, log_w.shape[1], 1))[..., 0]  # (B, L)
+    return (log_w.float().exp() * nll).sum(1).mean()
 
 
 def supervised_job(cfg: Config, stage: str, spec: ModelConfig, prepared: Path,
@@ -48,7 +63,9 @@ def supervised_job(cfg: Config, stage: str, spec: ModelConfig, prepared: Path,
         stage=stage, model=model, train=spec.train,
         batches=in_memory_batches(train_x, train_y, batch, spec.train.seed, shape,
                                   spec.train.augment, dist),
-        steps=steps, loss_fn=lambda logits, b: F.cross_entropy(logits, b.y),
+        # cross-entropy; a model whose output is a mixture may ask for its expectation over the
+        # parts, as the student's loss does (kd/distill/losses.py)
+        steps=steps, loss_fn=lambda logits, b: label_loss(logits, b.y, output_components(model)),
         evaluate_fn=lambda m: evaluate(m, val_x, val_y),
         fingerprint=fingerprint(spec.model_dump(), meta, dist.world, batch),
         test=(test.x, test.y),
