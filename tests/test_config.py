@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from kd.config import Config, load_config, parse_config
@@ -102,11 +104,14 @@ def test_non_finite_numbers_are_rejected(params, key):
 
 
 def _declared(stage: dict) -> list[str]:
-    """The params keys a dvc.yaml stage declares, and the key its foreach iterates."""
+    """The params keys a dvc.yaml stage declares, and every key it interpolates (`${...}` in
+    its foreach, cmd, deps or outs; a foreach's own ${key} and ${item} aside)."""
+    import re
+
     body = stage.get("do", stage)
     keys = [k for k in body.get("params", []) if isinstance(k, str)]
-    loop = stage.get("foreach")
-    return keys + ([loop[2:-1]] if isinstance(loop, str) and loop.startswith("${") else [])
+    used = re.findall(r"\$\{\s*([\w.]+)\s*\}", json.dumps(stage))
+    return keys + [k for k in used if k.split(".")[0] not in ("key", "item")]
 
 
 @pytest.mark.parametrize("name", ["params.yaml", *sorted(
