@@ -132,3 +132,22 @@ def test_every_params_file_holds_every_key_dvc_yaml_declares(name):
                 assert isinstance(node, dict) and part in node, \
                     f"{name}: {key} (declared by {stage_name}) is missing"
                 node = node[part]
+
+
+@pytest.mark.parametrize("name", sorted(f"examples/{p.name}"
+                                        for p in (ROOT / "examples").glob("*.yaml")))
+def test_dvc_resolves_every_stage_with_each_example(name, tmp_path):
+    # DVC's own resolver over dvc.yaml with the example as params.yaml: what
+    # `cp examples/X.yaml params.yaml && dvc repro` meets first
+    import shutil
+    import subprocess
+
+    from dvc.repo import Repo
+
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    shutil.copy(ROOT / name, tmp_path / "params.yaml")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run(["dvc", "init", "-q"], cwd=tmp_path, check=True)
+    with Repo(str(tmp_path)) as repo:
+        names = {s.name for s in repo.index.stages}
+    assert {"prepare", "transfer", "export", "deploy", "report"} <= names, names
