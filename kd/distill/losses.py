@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kd.models.registry import component_nll
+
 COMBINES = ("mean_probs", "mean_logits")
 Components = tuple[Tensor, Tensor]  # (B, L) log weights, (L, C) or (B, L, C) component logits
 
@@ -79,9 +81,8 @@ def hard_loss(s_logits: Tensor, labels: Tensor, labeled: Tensor | None = None,
         ce_sum = F.cross_entropy(s_logits.float(), targets, ignore_index=-1, reduction="sum")
     else:
         log_w, log_q = _components(components, s_logits, 1.0)  # (B, L), (B|1, L, C)
-        index = targets.clamp(min=0).view(-1, 1, 1).expand(-1, log_w.shape[1], 1)  # (B, L, 1)
-        ce = -(log_w.exp() * log_q.expand(len(targets), -1, -1).gather(2, index)[..., 0])
-        ce_sum = torch.where(is_labeled, ce.sum(1), 0.0).sum()  # unlabeled rows: exactly 0
+        ce = component_nll(log_w, log_q, targets.clamp(min=0))  # (B,)
+        ce_sum = torch.where(is_labeled, ce, 0.0).sum()  # unlabeled rows: exactly 0
     if labeled is None:
         return ce_sum / is_labeled.sum().clamp(min=1)
     return ce_sum / labeled.clamp(min=1e-6)  # no labeled rows anywhere: ce_sum is exactly 0

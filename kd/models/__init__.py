@@ -18,6 +18,7 @@ from kd.models.registry import (
     ARCHITECTURES,
     build_model,
     check_arch,
+    component_nll,
     count_params,
     knob_defaults,
     output_components,
@@ -26,5 +27,5 @@ from kd.models.registry import (
 )
 
 __all__ = ["ARCHITECTURES", "SPEC_FILE", "WEIGHTS_FILE", "build_model", "check_arch",
-           "check_fits", "count_params", "knob_defaults", "load_model", "model_fingerprint",
-           "output_components", "register", "resolve_knobs", "save_model"]
+           "check_fits", "component_nll", "count_params", "knob_defaults", "load_model",
+           "model_fingerprint", "output_components", "register", "resolve_knobs", "save_model"]

@@ -161,6 +161,16 @@ def output_components(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | N
     return get() if get is not None else None
 
 
+def component_nll(log_w: torch.Tensor, log_q: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(B,) each row's negative log-likelihood of class y (B,) in expectation over a mixture's
+    components: -sum_l w_bl log q_bl[y_b], from (B, L) log weights and (L, C), (1, L, C) or
+    (B, L, C) component log-probabilities. The one cross-entropy of the `output_components`
+    hook, for the students' hard term and the baselines' (and teachers') labels alike."""
+    log_q = log_q.expand(len(y), *log_q.shape[-2:])  # (B, L, C)
+    index = y.view(-1, 1, 1).expand(-1, log_w.shape[1], 1)  # (B, L, 1)
+    return -(log_w.exp() * log_q.gather(2, index)[..., 0]).sum(1)  # (B,)
+
+
 
 
 def check_arch(arch: str, knobs: dict[str, Any] | None) -> None:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from kd.config import Config, ModelConfig
 from kd.errors import ConfigError
-from kd.models import build_model, count_params, output_components
+from kd.models import build_model, component_nll, count_params, output_components
 from kd.prepared import load_meta, read_split
 from kd.runtime.distributed import SINGLE, Dist, global_batch, ranks
 from kd.train.batches import in_memory_batches
@@ -34,9 +34,7 @@ def label_loss(logits: torch.Tensor, y: torch.Tensor,
     if components is None:
         return F.cross_entropy(logits, y)
     log_w, c_logits = components  # (B, L), (L, C) or (B, L, C)
-    log_q = F.log_softmax(c_logits.float(), -1).expand(len(y), *c_logits.shape[-2:])  # (B, L, C)
-    nll = -log_q.gather(2, y.view(-1, 1, 1).expand(-1, log_w.shape[1], 1))[..., 0]  # (B, L)
-    return (log_w.float().exp() * nll).sum(1).mean()
+    return component_nll(log_w.float(), F.log_softmax(c_logits.float(), -1), y).mean()
 
 
 def supervised_job(cfg: Config, stage: str, spec: ModelConfig, prepared: Path,
