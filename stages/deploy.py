@@ -47,7 +47,7 @@ def run(cfg: Config, out_dir: Path = Path("data/deploy"), prepared: Path = Path(
             failpoint("deploy.write")
             write_json(tmp / "metrics.json", figures)
         tracking.log_metrics({k: v for k, v in flatten(figures).items()
-                              if k not in ("quantization", "variant")})
+                              if isinstance(v, int | float)})
         tracking.set_tags({"kd.quantization": figures["quantization"]})
         example = read_split(prepared, "test")[0].x[:5]  # (5, F) normalised rows, as stored
         log_onnx_model(tracking, out_dir / FP32, "student_onnx", example)
@@ -58,6 +58,9 @@ def run(cfg: Config, out_dir: Path = Path("data/deploy"), prepared: Path = Path(
     print(f"deploy: fp32 {f['bytes'] / 1024:.1f} KiB, test accuracy {f['accuracy']:.4f}, "
           f"max |logit diff| {f['max_abs_logit_diff']:.2g} against PyTorch; int8 "
           f"({figures['quantization']}) {q['bytes'] / 1024:.1f} KiB ({q['size_ratio']:.2f}x), "
-          f"test accuracy {q['accuracy']:.4f}, validation drop {q['val_accuracy_drop']:+.4f} "
-          f"-> {out_dir}")
+          f"test accuracy {q['accuracy']:.4f} -> {out_dir}")
+    g = q["gate"]
+    print(f"deploy: int8 gate {g['verdict']}: on {g['rows']} validation rows int8 lost "
+          f"{g['lost']} and gained {g['gained']} against fp32, drop {g['drop']:+.4f} (at least "
+          f"{g['drop_lower_bound']:+.4f} at {g['confidence']:.0%}; max {g['max_drop']:g})")
     return figures

@@ -64,6 +64,20 @@ def test_the_stage_writes_self_contained_files_equal_to_the_student(built):
     assert (out / INT8).stat().st_size < (out / FP32).stat().st_size
 
 
+@pytest.mark.parametrize("kind", ["dynamic", "static"])
+def test_int8_weights_fit_seven_bits_so_avx2_cpus_give_the_same_answers(built, tmp_path, kind):
+    # uint8 x int8 products summed in pairs into int16 (AVX2's VPMADDUBSW, no VNNI) saturate
+    # unless |weight| <= 64: then the file predicts the same on every x86-64 CPU
+    with cwd(built):
+        deploy.run(_cfg(quantize=kind), out_dir=tmp_path / kind)
+    proto = onnx.load(str(tmp_path / kind / INT8))
+    weights = [numpy_helper.to_array(w) for w in proto.graph.initializer
+               if w.data_type == onnx.TensorProto.INT8 and w.dims]
+    assert weights, "no int8 weight tensor in the int8 file"
+    assert max(int(np.abs(w.astype(np.int32)).max()) for w in weights) <= 64, \
+        [(int(w.min()), int(w.max())) for w in weights]  # 255 * 64 * 2 = 32640 <= 32767
+
+
 def test_the_same_student_gives_the_same_bytes(built, tmp_path):
     with cwd(built):
         deploy.run(_cfg(), out_dir=tmp_path / "again")
@@ -99,8 +113,50 @@ def test_an_int8_model_that_loses_accuracy_stops_the_stage(built, monkeypatch):
         deploy.run(_cfg(quantize="static", max_accuracy_drop=0.01))
 
 
-def _strict_drop(fp32, int8, max_drop, path):
-    return accuracy_drop(fp32, fp32 - 0.5, max_drop, path)  # as if int8 lost 50 points
+def _strict_drop(fp32_right, int8_right, max_drop, path):
+    # as if int8 got wrong every validation row fp32 gets right
+    return accuracy_drop(fp32_right, np.zeros_like(int8_right), max_drop, path)
+
+
+def _pairs(rows: int, lost: int, gained: int, both_right: int):
+    """fp32/int8 correctness over `rows` paired rows with the given disagreements."""
+    fp32 = np.zeros(rows, bool)
+    int8 = np.zeros(rows, bool)
+    fp32[:lost] = True
+    int8[lost:lost + gained] = True
+    fp32[lost + gained:lost + gained + both_right] = int8[lost + gained:][:both_right] = True
+    return fp32, int8
+
+
+def test_one_flipped_row_of_36_passes_the_int8_gate_within_noise():
+    # digits' 36 validation rows: one flip is 2.8 points, which the rows cannot tell from 0
+    gate = accuracy_drop(*_pairs(36, lost=1, gained=0, both_right=13), 0.01, "x.onnx")
+    assert (gate["rows"], gate["lost"], gate["gained"]) == (36, 1, 0)
+    assert gate["drop"] == pytest.approx(1 / 36)
+    assert gate["drop_lower_bound"] < 0 < gate["drop"]
+    assert gate["verdict"] == "within noise"
+    assert accuracy_drop(*_pairs(36, 0, 0, 14), 0.01, "x.onnx")["verdict"] == "pass"
+
+
+@pytest.mark.parametrize("lost,gained", [(50, 0), (55, 5), (40, 0)])
+def test_a_real_drop_on_1000_rows_fails_the_int8_gate(lost, gained):
+    fp32, int8 = _pairs(1000, lost, gained, both_right=900)
+    with pytest.raises(DeployCheckError) as err:
+        accuracy_drop(fp32, int8, 0.01, "data/deploy/student.int8.onnx")
+    msg = str(err.value)
+    assert "student.int8.onnx" in msg and "deploy.max_accuracy_drop = 0.01" in msg
+    assert f"loses {lost} and gains {gained} of 1000 validation rows" in msg
+
+
+def test_the_int8_gate_bound_is_exact_clopper_pearson():
+    # lower bound of lost/n minus upper bound of gained/n, each one-sided at 2.5%
+    from scipy.stats import binomtest
+    lost, gained, n = 30, 4, 500
+    low = binomtest(lost, n).proportion_ci(0.95, "exact").low
+    high = binomtest(gained, n).proportion_ci(0.95, "exact").high
+    gate = accuracy_drop(*_pairs(n, lost, gained, 300), 1.0, "x.onnx")
+    assert gate["drop_lower_bound"] == pytest.approx(low - high, abs=1e-9)
+    assert 0 < gate["drop_lower_bound"] < gate["drop"]
 
 
 def test_calibration_reads_labeled_training_rows_only(built, monkeypatch):

@@ -55,7 +55,8 @@ def build(model: nn.Module, spec: dict[str, Any], meta: dict[str, Any], cfg: Dep
 
     acc = {"fp32": (_accuracy(o_val, y_val), _accuracy(o_test, test.y)),
            "int8": (_accuracy(q_val, y_val), _accuracy(q_test, test.y))}
-    drop = checks.accuracy_drop(acc["fp32"][0], acc["int8"][0], cfg.max_accuracy_drop, int8)
+    gate = checks.accuracy_drop(o_val.argmax(1) == y_val, q_val.argmax(1) == y_val,
+                                cfg.max_accuracy_drop, int8)
     size = {"fp32": fp32.stat().st_size, "int8": int8.stat().st_size}
     return {
         "quantization": kind,
@@ -63,9 +64,9 @@ def build(model: nn.Module, spec: dict[str, Any], meta: dict[str, Any], cfg: Dep
         "fp32": {"bytes": size["fp32"], "val_accuracy": acc["fp32"][0],
                  "accuracy": acc["fp32"][1], **same},
         "int8": {"bytes": size["int8"], "val_accuracy": acc["int8"][0],
-                 "accuracy": acc["int8"][1], "val_accuracy_drop": drop,
+                 "accuracy": acc["int8"][1], "val_accuracy_drop": gate["drop"],
                  "accuracy_drop": acc["fp32"][1] - acc["int8"][1],
                  "agreement_with_fp32": float((q_test.argmax(1) == o_test.argmax(1)).mean()),
-                 "size_ratio": size["int8"] / size["fp32"]},
+                 "size_ratio": size["int8"] / size["fp32"], "gate": gate},
     }
 
