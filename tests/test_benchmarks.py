@@ -3,8 +3,8 @@
 No test runs a benchmark, so a change to the params layout or a stage's signature broke several
 of them silently (the student variants: `student.train` became `student.defaults.train`, and
 `student.run(cfg)` became `student.run(cfg, variant)`). Here, in a few seconds: every script
-imports and its docstring shows a command it accepts; the params each one builds, built by its own function, validate and carry the override
-where the stage will read it; every `cfg.<section>.<key>` a script reads exists on kd.config's
+imports and its docstring shows a command it accepts; the params each one builds, built by its
+own function, validate and carry the override where the stage will read it; every `cfg.<section>.<key>` a script reads exists on kd.config's
 Config; every name a script imports from kd or stages exists, and every call to one binds to
 its signature (`student.run(cfg)` without the variant fails here). That no script shadows a
 standard-library module (benchmarks/queue.py once did) is tests/test_architecture.py's check.
