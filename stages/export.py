@@ -52,7 +52,7 @@ def transfer_set(transfer: Path, prepared: Path, digest: str) -> dict | None:
         return None
     if info.get("prepared_sha256") != digest:
         raise ArtifactError(f"{path}: made from other prepared data than {prepared} holds "
-                            "(another source or split); rerun `kd transfer`")
+                            "(fingerprints differ); rerun `kd transfer`")
     if split_rows(transfer, SYNTHETIC) != info["rows"]:
         raise ArtifactError(f"{transfer / (SYNTHETIC + '.parquet')}: row count differs from "
                             f"{path} ({info['rows']}); rerun `kd transfer`")
