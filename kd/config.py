@@ -291,12 +291,31 @@ class StudentConfig(ModelConfig):
     # all: every exported training row; labeled: the labeled training rows only (the control
     # without a transfer set: what is left of KD without the extra inputs)
     rows: Literal["all", "labeled"] = "all"
+    # true: the variant exists to explain (an ablation, omitted classes, ...) and is never
+    # shipped (kd/evaluate/choose.py skips it). A variant whose targets or rows differ from
+    # soft/all is a control whatever this says; `false` beside them is refused
+    control: bool = False
     shuffle_buffer: PositiveInt = 50_000
     init: InitConfig | None = None  # None: random initialisation from train.seed
     # + beta * (1 - cos(h_student, h_teacher)) on the pooled hidden vectors (export.hidden);
     # 0 reads no hidden columns
     beta: Annotated[float, Field(ge=0, le=100)] = 0.0
     hidden_from: str | None = None  # the member to align with; None: export.hidden's only one
+
+    @property
+    def is_control(self) -> bool:
+        """A control explains and is never shipped: `control: true`, or another recipe than
+        the full one (soft targets on all rows)."""
+        return self.control or self.targets != "soft" or self.rows != "all"
+
+    @model_validator(mode="after")
+    def _control_is_consistent(self) -> StudentConfig:
+        if "control" in self.model_fields_set and not self.control and self.is_control:
+            recipe = f"targets '{self.targets}'" if self.targets != "soft" else \
+                f"rows '{self.rows}'"
+            raise ValueError(f"control: false, but {recipe} makes the variant a control "
+                             "(it explains KD, it is never shipped); remove `control`")
+        return self
 
     @model_validator(mode="after")
     def _no_augmentation(self) -> StudentConfig:

@@ -13,6 +13,7 @@ files are kd/datasets.py.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -145,6 +146,29 @@ def _checked(path: Path, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.Recor
         except (pa.ArrowException, OSError) as e:
             raise _corrupt(path, e) from None
         yield batch
+
+
+PREPARED_FILES = ("meta.json", *(f"{split}.parquet" for split in SPLITS))
+
+
+def prepared_sha256(prepared: str | Path, names: tuple[str, ...] = PREPARED_FILES) -> str:
+    """sha256 over the named files of a prepared directory (each name and its file's sha256):
+    what a checkpoint or a derived set is keyed on. Unlike meta.json's source fingerprint it
+    sees the split (`is_val`, and which rows are test rows), so a change of data.split_seed
+    changes it. Over all files it is the shards' `prepared_sha256`
+    (kd.targets.shards.prepared_digests)."""
+    whole = hashlib.sha256()
+    for name in names:
+        h = hashlib.sha256()
+        try:
+            with open(Path(prepared) / name, "rb") as f:
+                while block := f.read(1 << 20):
+                    h.update(block)
+        except FileNotFoundError:
+            raise ArtifactError(f"{Path(prepared) / name}: file not found; run `dvc repro "
+                                "prepare` first") from None
+        whole.update(name.encode() + b"\0" + h.hexdigest().encode())
+    return whole.hexdigest()
 
 
 def split_rows(prepared: str | Path, split: str) -> int:

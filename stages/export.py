@@ -38,9 +38,10 @@ from kd.tracking import stage_run, tag_output
 SYNTHETIC = "synthetic"  # the transfer stage's file and the shards' split name
 
 
-def transfer_set(transfer: Path, prepared: Path, meta: dict) -> dict | None:
-    """The transfer stage's meta.json when it holds rows made from this prepared data, None
-    when there is no transfer set (no directory, or `method: none`)."""
+def transfer_set(transfer: Path, prepared: Path, digest: str) -> dict | None:
+    """The transfer stage's meta.json when it holds rows made from this prepared data (`digest`:
+    its prepared_sha256, which sees the split), None when there is no transfer set (no
+    directory, or `method: none`)."""
     path = transfer / "meta.json"
     if not path.is_file():
         return None
@@ -49,7 +50,7 @@ def transfer_set(transfer: Path, prepared: Path, meta: dict) -> dict | None:
         raise ArtifactError(f"{path}: not a transfer set's meta.json (no row count)")
     if info["rows"] == 0:
         return None
-    if info.get("prepared_fingerprint") != meta["fingerprint"]:
+    if info.get("prepared_sha256") != digest:
         raise ArtifactError(f"{path}: made from other prepared data than {prepared} holds "
                             "(fingerprints differ); rerun `kd transfer`")
     if split_rows(transfer, SYNTHETIC) != info["rows"]:
@@ -62,7 +63,8 @@ def run(cfg: Config, out_dir: Path = Path("data/soft_targets"),
         prepared: Path = Path("data/prepared"), teachers: Path = Path("data/teachers"),
         dist: Dist = SINGLE, transfer: Path = Path("data/transfer")) -> dict:
     meta = load_meta(prepared)
-    synthetic = transfer_set(transfer, prepared, meta)
+    digests = prepared_digests(prepared)
+    synthetic = transfer_set(transfer, prepared, digests["prepared_sha256"])
     sources = [(prepared, "labeled"), (prepared, "unlabeled")]
     sources += [(transfer, SYNTHETIC)] if synthetic else []
     about = {}
@@ -107,7 +109,7 @@ def run(cfg: Config, out_dir: Path = Path("data/soft_targets"),
                     member_fingerprints={m: member_fingerprint(teachers / m) for m in models},
                     params={"export": ex.model_dump(), "teacher": cfg.teacher.model_dump()},
                     extra={"prepared_fingerprint": meta["fingerprint"], "ranks": dist.world,
-                           **prepared_digests(prepared), **about}, hidden=hidden)
+                           **digests, **about}, hidden=hidden)
         if not dist.is_main:
             return {}
         elapsed = time.perf_counter() - t0

@@ -23,7 +23,7 @@ from kd.config import Config
 from kd.datasets import Split
 from kd.errors import DataError
 from kd.io.atomic import atomic_dir, write_json
-from kd.prepared import load_meta, max_row_id, read_split, to_table
+from kd.prepared import load_meta, max_row_id, prepared_sha256, read_split, to_table
 from kd.tracking import stage_run, tracking_uri
 from kd.transfer.munge import munge
 
@@ -72,7 +72,8 @@ def run(cfg: Config, out_dir: Path = Path("data/transfer"),
                  "row_ids": [int(start), int(start + len(x))],  # [first, stop)
                  "attribute": attribute_note(meta["feature_shape"]),
                  "feature_shape": meta["feature_shape"],
-                 "prepared_fingerprint": meta["fingerprint"]}
+                 # the bytes it was made from, the split included (export checks it)
+                 "prepared_sha256": prepared_sha256(prepared)}
         with atomic_dir(out_dir) as tmp:
             pq.write_table(to_table(rows, np.zeros(len(x), bool)), tmp / f"{SPLIT}.parquet",
                            compression="zstd", row_group_size=8192, write_page_checksum=True)

@@ -3,8 +3,8 @@
 No test runs a benchmark, so a change to the params layout or a stage's signature broke several
 of them silently (the student variants: `student.train` became `student.defaults.train`, and
 `student.run(cfg)` became `student.run(cfg, variant)`). Here, in a few seconds: every script
-imports; the params each one builds, built by its own function, validate and carry the override
-where the stage will read it; every `cfg.<section>.<key>` a script reads exists on kd.config's
+imports and its docstring shows a command it accepts; the params each one builds, built by its
+own function, validate and carry the override where the stage will read it; every `cfg.<section>.<key>` a script reads exists on kd.config's
 Config; every name a script imports from kd or stages exists, and every call to one binds to
 its signature (`student.run(cfg)` without the variant fails here). That no script shadows a
 standard-library module (benchmarks/queue.py once did) is tests/test_architecture.py's check.
@@ -17,6 +17,7 @@ import contextlib
 import importlib.util
 import inspect
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -55,9 +56,34 @@ def load(name: str):
     return module
 
 
+def _usage(doc: str, name: str) -> list[str]:
+    """The docstring's command lines that run benchmarks/<name>.py (continuations joined)."""
+    joined = re.sub(r"\\\n\s*", " ", doc)
+    return [ln for ln in joined.splitlines() if f"python benchmarks/{name}.py" in ln]
+
+
+def _options(source: str) -> set[str]:
+    """Every `--option` the script's argument parser defines."""
+    return {a.value for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Call)
+            and getattr(n.func, "attr", "") == "add_argument"
+            for a in n.args if isinstance(a, ast.Constant) and str(a.value).startswith("--")}
+
+
 @pytest.mark.parametrize("name", SCRIPTS)
-def test_every_script_imports(name):
-    assert hasattr(load(name), "__doc__")
+def test_every_script_imports_and_its_docstring_shows_a_command_it_accepts(name):
+    """A script's docstring is its manual: it shows how to run it, and every option it shows
+    is one the script's parser defines (a renamed option would leave the manual wrong). A
+    helper that the scripts import shows its import instead."""
+    doc = inspect.getdoc(load(name)) or ""
+    assert doc.strip(), f"benchmarks/{name}.py: no docstring"
+    source = (BENCH / f"{name}.py").read_text()
+    if "__main__" not in source:
+        assert f"from {name} import" in doc, f"benchmarks/{name}.py: no usage shown"
+        return
+    commands = _usage(doc, name)
+    assert commands, f"benchmarks/{name}.py: the docstring shows no `python benchmarks/{name}.py`"
+    shown = set(re.findall(r"(?<![\w-])--[a-z][\w-]*", " ".join(commands)))
+    assert shown <= _options(source), f"benchmarks/{name}.py: unknown {shown - _options(source)}"
 
 
 # ---------------------------------------------------------------- the params each one builds

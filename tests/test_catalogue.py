@@ -66,6 +66,9 @@ PARAMS_CASES = [
     P("student.rows.choice", "a variant's rows that are neither all nor labeled",
       {"student": {"variants": {"v": {"rows": "unlabeled"}}}},
       ("student.variants.v.rows", "'unlabeled'")),
+    P("student.control.contradiction", "`control: false` on a variant whose recipe makes it a "
+      "control", {"student": {"variants": {"v": {"targets": "hard", "control": False}}}},
+      ("student.variants.v.control", "targets 'hard'")),
     P("student.variants.none", "no student variant at all", {"student": {"variants": {}}},
       ("student.variants", "at least one")),
     P("student.variants.name", "a variant name DVC cannot use in a stage name",

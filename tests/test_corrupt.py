@@ -271,7 +271,7 @@ def cases() -> list[Case]:
              base="pipeline"),
         Case("export.transfer.stale", "artifacts", "a transfer set made from other prepared "
              "data", ("export",), with_transfer(edit_json(
-                 TRANSFER_META, lambda m: m.update(prepared_fingerprint="0" * 64))),
+                 TRANSFER_META, lambda m: m.update(prepared_sha256="0" * 64))),
              (TRANSFER_META, "kd transfer"), base="pipeline"),
         Case("export.transfer.rows_truncated", "artifacts", "the synthetic rows cut in half",
              ("export",), with_transfer(truncate("data/transfer/synthetic.parquet")),

@@ -301,3 +301,32 @@ def test_deploy_reruns_only_when_the_student_or_its_params_change(tmp_path):
     # another student: the student, then deploy
     assert edit(lambda p: p["student"]["defaults"]["train"].update(seed=1)) == ["student@s",
                                                                                  "deploy"]
+
+
+def test_the_recorded_int8_drop_is_the_files_own_on_validation_rows():
+    """metrics.json's int8 figures are measured on the files deploy wrote: the fp32 file's
+    validation accuracy minus the int8 file's, each recomputed here with ONNX Runtime."""
+    import json
+
+    import onnxruntime as ort
+
+    from kd.deploy.runtime import CHECK_THREADS
+
+    d = pipeline()
+    labeled, is_val = read_split(d / "data/prepared", "labeled")
+    x, y = labeled.x[is_val].astype(np.float32), labeled.y[is_val]  # (V, F), (V,)
+    assert len(y) > 0
+
+    def val_accuracy(name: str) -> float:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = CHECK_THREADS
+        sess = ort.InferenceSession(str(d / "data/deploy" / name), opts,
+                                    providers=["CPUExecutionProvider"])
+        logits = sess.run(None, {sess.get_inputs()[0].name: x})[0]  # (V, C)
+        return float((logits.argmax(1) == y).mean())
+
+    m = json.loads((d / "data/deploy/metrics.json").read_text())
+    fp32, int8 = val_accuracy(FP32), val_accuracy(INT8)
+    assert m["fp32"]["val_accuracy"] == pytest.approx(fp32, abs=1e-12)
+    assert m["int8"]["val_accuracy"] == pytest.approx(int8, abs=1e-12)
+    assert m["int8"]["val_accuracy_drop"] == pytest.approx(fp32 - int8, abs=1e-12)

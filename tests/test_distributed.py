@@ -20,7 +20,7 @@ import yaml
 from kd.config import AugmentConfig, parse_config
 from kd.datasets import Split
 from kd.prepared import iter_split, to_table
-from kd.runtime.distributed import SINGLE, Dist, rank_rows
+from kd.runtime.distributed import SINGLE, Dist
 from kd.targets.reader import ShardReader
 from kd.targets.shards import ShardWriter, write_manifest
 from kd.targets.shardset import read_table, verify
@@ -70,16 +70,6 @@ def test_single_process_collectives_are_identities():
     assert SINGLE.gather_json({"a": 1}) == [{"a": 1}]
 
 
-@pytest.mark.parametrize("n,batch,world", [(719, 128, 2), (719, 128, 3), (100, 128, 2),
-                                           (1024, 128, 8), (5, 2, 4), (0, 64, 2)])
-def test_rank_rows_are_contiguous_whole_batches_covering_the_split(n, batch, world):
-    spans = [rank_rows(n, batch, Dist(rank=r, world=world)) for r in range(world)]
-    assert spans[0][0] == 0 and spans[-1][1] == n
-    for (_, hi), (lo, _) in zip(spans, spans[1:], strict=False):
-        assert hi == lo  # no gap, no overlap
-    assert all(lo % batch == 0 for lo, _ in spans)  # a single process's batch boundaries
-
-
 def test_row_ranges_read_the_batches_a_whole_stream_has(tmp_path):
     n, rng = 1000, np.random.default_rng(0)
     split = Split(np.arange(n) * 3, rng.normal(size=(n, 4)).astype(np.float32),
@@ -89,8 +79,10 @@ def test_row_ranges_read_the_batches_a_whole_stream_has(tmp_path):
                    row_group_size=70)
     whole = list(iter_split(tmp_path, "unlabeled", 64))
     for world in (1, 2, 3, 7):
+        # contiguous runs of whole batches, one per rank (ranges that start on a batch boundary)
+        cuts = [min(-(-n // 64) * r // world * 64, n) for r in range(world + 1)]
         parts = [b for r in range(world) for b in iter_split(
-            tmp_path, "unlabeled", 64, rank_rows(n, 64, Dist(rank=r, world=world)))]
+            tmp_path, "unlabeled", 64, (cuts[r], cuts[r + 1]))]
         assert [len(p.row_id) for p, _ in parts] == [len(p.row_id) for p, _ in whole]
         for (a, _), (b, _) in zip(whole, parts, strict=True):
             np.testing.assert_array_equal(a.row_id, b.row_id)
@@ -122,7 +114,7 @@ def _shard_set(tmp_path: Path, sizes: list[int], row_group: int = 10_000) -> Pat
     infos = []
     for i, n in enumerate(sizes):
         w = ShardWriter(tmp_path, members=["a"], class_names=["x", "y"], feature_shape=(2,),
-                        rows_per_shard=10_000, row_group_size=row_group, first_shard_index=i)
+                        rows_per_shard=10_000, row_group_size=row_group, prefix=f"part-r{i:03d}")
         w.write(np.arange(rid, rid + n), "unlabeled", None, None, np.zeros((n, 2)),
                 {"a": np.zeros((n, 2))})
         infos += w.close()

@@ -197,12 +197,12 @@ def test_validation_errors_name_member_and_row(tmp_path):
 def test_unclosed_writer_leaves_only_tmp_file(tmp_path):
     shards = write_set(tmp_path)
     w = ShardWriter(tmp_path, members=MEMBERS, class_names=CLASSES, feature_shape=SHAPE,
-                    row_group_size=10, first_shard_index=7)
+                    row_group_size=10, prefix="part-r007")
     rid = np.arange(1000, 1025)
     w.write(rid, "unlabeled", None, None, feats(rid, 6),
             {m: logit(rid, k, 3) for k, m in enumerate(MEMBERS)})  # never closed: "killed"
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert ".tmp-part-00007.parquet" in names and "part-00007.parquet" not in names
+    assert ".tmp-part-r007-00000.parquet" in names and "part-r007-00000.parquet" not in names
     # a new writer removed the old manifest: the directory no longer claims to be complete
     assert "manifest.json" not in names
     with pytest.raises(ArtifactError, match="manifest.json: file not found"):
@@ -211,7 +211,7 @@ def test_unclosed_writer_leaves_only_tmp_file(tmp_path):
     write_manifest(tmp_path, shards, members=MEMBERS, class_names=CLASSES, feature_shape=SHAPE,
                    logits_dtype="float32", member_fingerprints=dict.fromkeys(MEMBERS, "x"),
                    params={})
-    assert verify(tmp_path)["rows"] == 220 and (tmp_path / ".tmp-part-00007.parquet").exists()
+    assert verify(tmp_path)["rows"] == 220 and (tmp_path / ".tmp-part-r007-00000.parquet").exists()
     rows = np.concatenate([b["row_id"] for b in ShardReader(tmp_path).iter_batches(
         64, shuffle=False)])
     np.testing.assert_array_equal(rows, np.arange(220))

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
@@ -24,7 +25,7 @@ import yaml
 from kd.config import parse_config
 from kd.errors import ConfigError
 from kd.models import count_params, load_model
-from kd.prepared import read_split
+from kd.prepared import read_split, to_table
 from kd.targets.shards import read_manifest
 from kd.tracking import run_name
 from kd.train.loop import predict
@@ -238,6 +239,55 @@ def test_student_resumes_after_sigkill_with_the_same_bytes(pipe, tmp_path):
     assert "resuming from epoch 2 of 6" in err
     assert not state.exists()  # removed on success
     assert outputs(d / "data/student/s") == outputs(ref / "data/student/s")
+
+
+def job_fingerprints(d: Path, dist=None) -> dict[str, str]:
+    """The checkpoint keys of baseline@s (the teachers' job) and student@s, as the stages
+    build them in `d`."""
+    from kd.runtime.distributed import SINGLE
+    from kd.train.distill import distill_job
+    from kd.train.supervised import supervised_job
+
+    cfg, prepared = parse_config(PARAMS), Path("data/prepared")
+    with cwd(d):
+        base = supervised_job(cfg, "baseline@s", cfg.baseline_spec(VARIANT), prepared,
+                              dist or SINGLE)
+        stud = distill_job(cfg, VARIANT, Path("data/soft_targets"), prepared, dist or SINGLE)
+    return {"baseline": base.fingerprint, "student": stud.fingerprint}
+
+
+def test_a_checkpoint_key_changes_with_the_data_read_the_code_threads_and_device(
+        pipe, tmp_path, monkeypatch):
+    from kd.runtime.distributed import Dist
+    from kd.train import checkpoints
+    from stages import export
+
+    key = job_fingerprints(pipe)
+    assert job_fingerprints(pipe) == key  # the same run: the checkpoint is resumed
+
+    def differ(new: dict[str, str]) -> list[str]:
+        return [k for k in key if new[k] == key[k]]
+
+    assert differ(job_fingerprints(pipe, Dist(device=torch.device("meta")))) == []
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        assert differ(job_fingerprints(pipe)) == []
+    finally:
+        torch.set_num_threads(threads)
+    with monkeypatch.context() as mp:
+        mp.setattr(checkpoints, "code_digest", lambda: "another tree")
+        assert differ(job_fingerprints(pipe)) == []
+
+    # another split, meta.json unchanged: other validation rows, other shards
+    d = tmp_path / "p"
+    shutil.copytree(pipe / "data/prepared", d / "data/prepared")
+    shutil.copytree(pipe / "data/teachers", d / "data/teachers")
+    labeled, is_val = read_split(d / "data/prepared", "labeled")
+    pq.write_table(to_table(labeled, np.roll(is_val, 1)), d / "data/prepared/labeled.parquet")
+    with cwd(d):
+        export.run(parse_config(PARAMS))
+    assert differ(job_fingerprints(d)) == []
 
 
 # ------------------------------------------------------------------ config

@@ -470,11 +470,9 @@ def test_fit_prints_one_line_per_epoch():
     assert [ln.split(":")[0] for ln in lines] == ["toy epoch 1", "toy epoch 2", "toy epoch 3"]
 
 
-def test_checkpoint_fingerprint_covers_the_code_and_the_threads(tmp_path, monkeypatch):
-    """A run killed before a code fix (or restarted on another thread count) starts over
-    instead of resuming epochs that the old code (or other float sums) trained."""
-    import torch
-
+def test_code_digest_sees_every_source_edit_and_no_bytecode(tmp_path):
+    """A run killed before a code fix starts over instead of resuming epochs that the old code
+    trained (the stages' fingerprints use it: tests/test_student.py)."""
     from kd.train import checkpoints
 
     (tmp_path / "kd").mkdir()
@@ -486,16 +484,16 @@ def test_checkpoint_fingerprint_covers_the_code_and_the_threads(tmp_path, monkey
     assert checkpoints.tree_digest({"kd": tmp_path / "kd"}) == before  # bytecode is no code
     (tmp_path / "kd" / "loss.py").write_text("T = 4\n")  # the fix
     assert checkpoints.tree_digest({"kd": tmp_path / "kd"}) != before
-
     assert len(checkpoints.code_digest()) == 64  # the installed kd/ and stages/ were found
-    fp = checkpoints.fingerprint({"arch": "mlp"})
-    monkeypatch.setattr(checkpoints, "code_digest", lambda: "another tree")
-    assert checkpoints.fingerprint({"arch": "mlp"}) != fp
-    monkeypatch.undo()
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(threads + 1)
-        assert checkpoints.fingerprint({"arch": "mlp"}) != fp
-    finally:
-        torch.set_num_threads(threads)
-    assert checkpoints.fingerprint({"arch": "mlp"}) == fp
+
+
+def test_device_key_names_the_gpu_model_not_its_index(monkeypatch):
+    """Every rank of a run computes one fingerprint (rank 1 on cuda:1 reads rank 0's
+    checkpoint); another GPU model, or the CPU, is another run."""
+    from kd.train.checkpoints import device_key
+
+    names = {0: "NVIDIA H100", 1: "NVIDIA H100", 2: "NVIDIA A100"}
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d: names[d.index])
+    keys = [device_key(torch.device("cuda", i)) for i in range(3)]
+    assert keys[0] == keys[1] != keys[2]
+    assert device_key(torch.device("cpu")) not in keys

@@ -136,6 +136,29 @@ def test_validation_and_test_rows_are_never_sources_and_ids_never_collide(tmp_pa
     assert info["row_ids"] == [920, 1920] and info["attribute"].startswith("one of the 6")
 
 
+def test_export_refuses_a_transfer_set_made_before_a_split_change(tmp_path):
+    """Same meta.json, another validation mask: the synthetic rows came from rows that are now
+    validation rows, so export must not label them."""
+    from kd.errors import ArtifactError
+    from kd.prepared import prepared_sha256
+    from kd.targets.shards import prepared_digests
+    from stages.export import transfer_set
+
+    prepared, transfer = tmp_path / "prepared", tmp_path / "transfer"
+    marked_prepared(prepared)
+    stage.run(parse_config({"transfer": {"method": "munge", "rows": 100}}), transfer, prepared)
+    digest = prepared_digests(prepared)["prepared_sha256"]
+    assert prepared_sha256(prepared) == digest  # one formula, whoever computes it
+    assert transfer_set(transfer, prepared, digest)["rows"] == 100
+
+    labeled, is_val = read_split(prepared, "labeled")
+    meta = (prepared / "meta.json").read_bytes()
+    pq.write_table(to_table(labeled, np.roll(is_val, 1)), prepared / "labeled.parquet")
+    assert (prepared / "meta.json").read_bytes() == meta
+    with pytest.raises(ArtifactError, match="made from other prepared data.*kd transfer"):
+        transfer_set(transfer, prepared, prepared_digests(prepared)["prepared_sha256"])
+
+
 def test_the_stage_is_deterministic_and_method_none_writes_an_empty_set(tmp_path):
     marked_prepared(tmp_path / "prepared")
     cfg = parse_config({"transfer": {"method": "munge", "rows": 300}})

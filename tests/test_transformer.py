@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from kd.config import TrainConfig, parse_config
 from kd.distill.losses import cosine_loss
 from kd.errors import ArtifactError, ConfigError, DataError
-from kd.models import build_model, load_model, save_model
+from kd.models import build_model, count_params, load_model, save_model
 from kd.models.transformer import init_from, init_problem
 from kd.targets.reader import ShardReader
 from kd.targets.shards import ShardWriter, write_manifest
@@ -328,6 +328,18 @@ def test_out_of_range_token_ids_fail_in_one_line(tmp_path, bad):
         model(torch.tensor([[1.0, 2, 3, 4], [0, 1, 12, 2]]))
 
 
+def test_the_alignment_map_is_not_a_deployed_parameter():
+    """count_params counts what forward uses (what ONNX export keeps): not the map that only
+    the student's cosine term uses."""
+    knobs = {"layers": 1, "width": 8, "heads": 2, "patch": 8}
+    plain = build_model("transformer", (8, 8), 10, knobs)
+    aligned = build_model("transformer", (8, 8), 10, {**knobs, "align": 16})
+    aligned(torch.randn(4, 64)).sum().backward()
+    used = sum(p.numel() for p in aligned.parameters() if p.grad is not None)
+    assert count_params(aligned) == used == count_params(plain)
+    assert sum(p.numel() for p in aligned.parameters()) == used + 16 * 8 + 16
+
+
 # --------------------------------------------------------------------------- the stages
 
 
@@ -368,9 +380,12 @@ def test_export_hidden_then_student_with_init_and_cosine_term(tmp_path):
         deploy.run(cfg)  # the transformer student exports to ONNX and checks against PyTorch
         # widths differ: a learned map (knob align) carries the student's vector to the teacher's
         narrow = parse_config(_recipe(width=8, beta=1.0))
-        student.run(narrow, VARIANT, out_root=Path("data/narrow"))
+        m = student.run(narrow, VARIANT, out_root=Path("data/narrow"))
     s, spec = load_model(d / "data/narrow" / VARIANT)
     assert spec["knobs"]["align"] == 16 and s.align.weight.shape == (16, 8)
+    # the map is not deployed: the choice and the compression ratio count the network alone
+    deployed = build_model("transformer", (8, 8), 10, {**spec["knobs"], "align": 0})
+    assert m["params"] == spec["params"] == count_params(deployed)
     test, _ = read_split(d / "data/prepared", "test")
     assert predict(s, test.x).shape == (len(test.y), 10)
 

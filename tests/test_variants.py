@@ -182,3 +182,75 @@ def test_the_choice_reads_validation_figures_and_never_test_ones(tmp_path, shard
     write("small", 100, 0.5 * ens, 0.99)
     write("large", 1000, ens, 0.10)
     assert choose_variant(cfg, tmp_path, shards)["variant"] == "large"
+
+
+# ------------------------------------------------------------------ controls are never shipped
+
+FRONTIER = json.loads((Path(__file__).parents[1] / "benchmarks/results/frontier.json").read_text())
+
+
+def frontier_choice(tmp_path: Path, monkeypatch, target: float, **extra: dict) -> dict:
+    """choose_variant on the project's variants (params.yaml) with the validation figures
+    benchmarks/frontier.py measured (means over its seeds)."""
+    import yaml
+
+    import kd.evaluate.choose as choose
+
+    params = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+    params["report"]["retain_target"] = target
+    params["student"]["variants"].update(extra)
+    cfg = parse_config(params)
+    for v in cfg.student.variants:
+        f = FRONTIER["variants"].get(v, FRONTIER["variants"]["medium"])
+        (tmp_path / v).mkdir(exist_ok=True)
+        (tmp_path / v / "metrics.json").write_text(json.dumps(
+            {"params": f["params"], "val_accuracy": f["student"]["val_accuracy"]["mean"]}))
+    monkeypatch.setattr(choose, "ensemble_val_accuracy",
+                        lambda shards, combine: (FRONTIER["ensemble"]["val_accuracy"], 400))
+    return choose_variant(cfg, tmp_path, tmp_path / "shards")
+
+
+TARGETS = [0.99, 0.994, 0.995]  # 0.994: on these figures medium_hard keeps it, medium does not
+
+
+def test_the_frontier_figures_would_pick_a_control(monkeypatch):
+    # what the choice must guard against: by the numbers alone, a control wins at 0.994
+    val = {v: f["student"]["val_accuracy"]["mean"] for v, f in FRONTIER["variants"].items()}
+    params = {v: f["params"] for v, f in FRONTIER["variants"].items()}
+    assert pick(val, params, FRONTIER["ensemble"]["val_accuracy"], 0.994)["variant"] == \
+        "medium_hard"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_control_is_never_chosen(tmp_path, monkeypatch, target):
+    choice = frontier_choice(tmp_path, monkeypatch, target)
+    assert choice["variant"] in ("large", "medium", "small", "tiny"), choice
+    assert choice["controls"] == ["medium_hard", "medium_labeled"]
+    assert "medium_hard" not in choice["val_accuracy"]
+    assert "controls, which are never shipped" in choice["reason"]
+
+
+def test_control_true_makes_any_variant_a_control(tmp_path, monkeypatch):
+    # `wide` has the full recipe and the best figures, but is marked as a control
+    choice = frontier_choice(tmp_path, monkeypatch, 0.99, wide={"control": True})
+    assert choice["variant"] == "small" and "wide" in choice["controls"]
+    cfg = config(a={}, b={"control": True}, c={"targets": "hard"}, d={"rows": "labeled"})
+    assert [cfg.student.variant(v).is_control for v in "abcd"] == [False, True, True, True]
+
+
+def test_every_variant_a_control_is_one_line(tmp_path):
+    from kd.errors import ConfigError
+
+    cfg = config(h={"targets": "hard"}, c={"control": True})
+    with pytest.raises(ConfigError) as e:
+        choose_variant(cfg, tmp_path, tmp_path)
+    assert len(str(e.value).splitlines()) == 1
+    assert str(e.value).startswith("student.variants: every variant is a control")
+
+
+def test_control_false_beside_another_recipe_is_refused():
+    from kd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"student\.variants\.h\.control: false, but targets"):
+        config(a={}, h={"targets": "hard", "control": False})
+    assert not config(a={"control": False}).student.variant("a").is_control

@@ -8,10 +8,16 @@ Deploy (which ships the chosen variant) and the report (which names it) call thi
 on the same inputs, so they cannot disagree. Test rows are never read: a variant chosen because
 it happened to do well on test would be a number the next data set does not repeat.
 
-The rule: among the variants whose validation accuracy is at least `report.retain_target` times
-the ensemble's, the one with the fewest parameters (ties: the higher validation accuracy, then
-the name); when none reaches it, the most accurate on validation, and the reason says so. With
-no validation rows (`data.val_fraction: 0`) nothing can be judged: the first variant listed.
+Controls (`control: true`, or another recipe than soft targets on all rows: kd/config.py) are
+never candidates: they exist to explain what KD's parts do, and a pseudo-label or labeled-only
+student that happens to score well on validation is not the recipe the pipeline stands for.
+
+The rule: among the variants that are not controls, those whose validation accuracy is at least
+`report.retain_target` times the ensemble's, the one with the fewest parameters (ties: the
+higher validation accuracy, then the name); when none reaches it, the most accurate on
+validation, and the reason says so. With no validation rows (`data.val_fraction: 0`) nothing
+can be judged: the first variant listed that is not a control. When every variant is a
+control there is nothing to ship: one line, exit status 2.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import torch
 
 from kd.config import Config
 from kd.distill.losses import soft_targets
-from kd.errors import ArtifactError
+from kd.errors import ArtifactError, ConfigError
 from kd.io.atomic import read_json
 from kd.targets.reader import ShardReader
 
@@ -60,10 +66,16 @@ def pick(val_acc: dict[str, float | None], params: dict[str, int], reference: fl
 
 
 def choose_variant(cfg: Config, student_root: Path, shards: Path | str) -> dict:
-    """The chosen variant of `cfg.student.variants`, from each student's metrics.json (its
-    final validation accuracy and parameter count) and the shards' validation rows."""
+    """The chosen variant of `cfg.student.variants`, controls left out, from each candidate
+    student's metrics.json (its final validation accuracy and parameter count) and the shards'
+    validation rows. `controls` lists the variants left out."""
+    candidates = [v for v in cfg.student.variants if not cfg.student.variant(v).is_control]
+    if not candidates:
+        raise ConfigError("student.variants: every variant is a control (control: true, or "
+                          "targets/rows other than soft/all), and controls are never shipped: "
+                          "add a variant with the full recipe")
     val_acc, params = {}, {}
-    for name in cfg.student.variants:
+    for name in candidates:
         path = student_root / name / "metrics.json"
         if not path.is_file():
             raise ArtifactError(f"{path}: missing; run `kd student {name}` (or dvc repro)")
@@ -73,6 +85,10 @@ def choose_variant(cfg: Config, student_root: Path, shards: Path | str) -> dict:
         val_acc[name], params[name] = m.get("val_accuracy"), m["params"]
     reference, rows = ensemble_val_accuracy(shards, cfg.student.shared().combine)
     choice = pick(val_acc, params, reference, cfg.report.retain_target)
+    controls = [v for v in cfg.student.variants if v not in candidates]
+    if controls:  # what the report and deploy say: why a better-scoring control lost
+        choice["reason"] += f" ({', '.join(controls)}: controls, which are never shipped)"
     return choice | {"ensemble_val_accuracy": reference, "validation_rows": rows,
                      "retain_target": cfg.report.retain_target,
-                     "val_accuracy": val_acc, "params": params}
+                     "val_accuracy": val_acc, "params": params,
+                     "controls": controls}

@@ -148,8 +148,13 @@ def build_model(
 
 
 def count_params(model: nn.Module) -> int:
-    """Number of scalar parameters (shared parameters counted once)."""
-    return sum(p.numel() for p in model.parameters())
+    """Scalar parameters of the model as deployed (shared parameters counted once): what the
+    choice of a variant and the compression ratio are about. A module the model names in
+    `training_only` (a student's map to a teacher's hidden width, used by a training loss and
+    never by `forward`) is left out: the ONNX file the deploy stage exports does not hold it."""
+    skip = {id(p) for name in getattr(model, "training_only", ())
+            if (m := getattr(model, name, None)) is not None for p in m.parameters()}
+    return sum(p.numel() for p in model.parameters() if id(p) not in skip)
 
 
 def output_components(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -38,6 +38,7 @@ class Transformer(nn.Module):
     """Pre-norm transformer encoder classifier; see the module docstring."""
 
     probe_shape = (16,)
+    training_only = ("align",)  # the cosine term's map: never in forward, never deployed
 
     def __init__(self, input_shape: tuple[int, ...], n_classes: int, layers: int = 4,
                  width: int = 64, heads: int = 4, mlp_ratio: int = 2, dropout: float = 0.0,

@@ -191,7 +191,7 @@ def tables(ctx: dict) -> tuple[list[str], list[tuple[str, list[str], list[list[s
         variant_tables.append(("Student variants: the compression frontier", *var["frontier"]))
         if var["controls"][1]:  # (header, rows): rows only where variants share a network
             variant_tables.append(("Controls: where the gain comes from (same network, "
-                                   "another recipe)", *var["controls"]))
+                                   "another recipe; controls are never shipped)", *var["controls"]))
     names = ("teacher", "student", "baseline")
     per_class = [[cls] + [_pct(ctx["evals"][k]["per_class_accuracy"][i]) for k in names]
                  for i, cls in enumerate(ctx["class_names"])]

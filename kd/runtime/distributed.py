@@ -293,13 +293,6 @@ def ranks(d: Dist, batch: int) -> str:
     return f", {d.world} ranks ({d.device.type}), global batch {batch}" if d.active else ""
 
 
-def rank_rows(n: int, batch_size: int, dist: Dist) -> tuple[int, int]:
-    """This rank's rows of a split of `n`: a contiguous run of whole batches."""
-    batches = -(-n // batch_size)
-    lo, hi = batches * dist.rank // dist.world, batches * (dist.rank + 1) // dist.world
-    return min(lo * batch_size, n), min(hi * batch_size, n)
-
-
 @contextlib.contextmanager
 def shared_atomic_dir(out_dir: Path, dist: Dist) -> Iterator[Path]:
     """atomic_dir for all ranks: rank 0 makes the temporary directory and tells the others its

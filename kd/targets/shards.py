@@ -87,14 +87,14 @@ class ShardWriter:
     Only one pending row group is buffered, so memory does not grow with the total. A shard is
     written as `.tmp-<name>` and renamed when complete: a killed writer leaves only `.tmp-*`
     files, which no reader looks at. Distributed ranks write disjoint shards into one directory
-    by each using its own `prefix` (`part-r003`) or `first_shard_index`.
+    by each using its own `prefix` (`part-r003`).
     """
 
     def __init__(self, out_dir: str | os.PathLike, *, members: list[str], class_names: list[str],
                  feature_shape: tuple[int, ...], rows_per_shard: int = 100_000,
                  row_group_size: int = 10_000, compression: str = "zstd",
                  logits_dtype: str = "float32", extra_metadata: dict | None = None,
-                 first_shard_index: int = 0, prefix: str = "part",
+                 prefix: str = "part",
                  hidden: dict[str, int] | None = None):
         if not members or len(set(members)) < len(members) or not all(
                 re.fullmatch(r"[\w-]+", m) for m in members):
@@ -129,7 +129,7 @@ class ShardWriter:
         ], metadata={META_KEY: json.dumps(meta, sort_keys=True)})
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / MANIFEST).unlink(missing_ok=True)  # the set changes: no longer complete
-        self._index, self._chunks, self._pending = first_shard_index, [], 0
+        self._index, self._chunks, self._pending = 0, [], 0
         self._pw: pq.ParquetWriter | None = None
         self._counts = _zero_counts()  # of the shard in progress
         self.shards: list[dict[str, Any]] = []

@@ -4,8 +4,10 @@
     resumed = load_checkpoint(path, model, opt, fp, dist)   # (next epoch, history) or None
 
 A checkpoint is reused only by a run with the same fingerprint: the model and training settings,
-the data, the world size, the torch thread count, and the code that trains (`code_digest`), so a
-run killed before a code fix never resumes epochs trained by the old code.
+the digest of the data the stage reads (the prepared files, or the shards), the world size, the
+torch thread count, the device, and the code that trains (`code_digest`), so a run killed before
+a code fix, or before a change of split, never resumes epochs trained by the old code or on rows
+that are now validation or test rows.
 """
 
 from __future__ import annotations
@@ -97,15 +99,22 @@ def clear_checkpoint(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def fingerprint(*parts) -> str:
-    """sha256 of JSON-able parts, of the code and of the torch thread count: what makes a
-    checkpoint reusable by a later run. Threads are in it because float sums come out in
-    another order on another count: epochs trained on 2 threads and finished on 1 would give
-    other bytes than an uninterrupted run on either."""
-    key = [code_digest(), torch.get_num_threads(), *parts]
+def fingerprint(*parts, device: torch.device) -> str:
+    """sha256 of JSON-able parts, of the code, the torch thread count and the device: what
+    makes a checkpoint reusable by a later run. Threads and device are in it because float sums
+    come out in another order on another count or kernel: epochs trained on 2 threads (or a GPU)
+    and finished on 1 (or the CPU) would give other bytes than an uninterrupted run on either."""
+    key = [code_digest(), torch.get_num_threads(), device_key(device), *parts]
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
+def device_key(device: torch.device) -> str:
+    """The kind of device a run trains on, without its index: every rank of a run must compute
+    the same fingerprint (rank 1 on cuda:1 reads rank 0's checkpoint), and two GPUs of one
+    model run the same kernels."""
+    if device.type == "cuda":
+        return f"cuda {torch.cuda.get_device_name(device)}"
+    return device.type
 
 
 def tree_digest(roots: dict[str, Path]) -> str:

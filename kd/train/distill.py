@@ -26,7 +26,14 @@ from kd.config import Config, StudentConfig
 from kd.distill.losses import cosine_loss, kd_loss, soft_targets
 from kd.errors import ArtifactError, ConfigError
 from kd.io.storage import locate
-from kd.models import build_model, count_params, load_model, output_components, resolve_knobs
+from kd.models import (
+    build_model,
+    count_params,
+    load_model,
+    model_fingerprint,
+    output_components,
+    resolve_knobs,
+)
 from kd.models.transformer import init_from, init_problem
 from kd.prepared import read_split
 from kd.runtime.distributed import SINGLE, Dist, global_batch, ranks
@@ -165,7 +172,11 @@ def distill_job(cfg: Config, variant: str, shards: Path | str, prepared: Path,
         batches=shard_batches(reader, batch // dist.world, st.train.seed, st.shuffle_buffer,
                               dist),
         steps=steps, loss_fn=loss_fn, evaluate_fn=evaluate_fn,
-        fingerprint=fingerprint(st.model_dump(), manifest, dist.world, batch),
+        # the manifest holds every shard's sha256 (rows, splits, is_val) and the prepared test
+        # split's; an init copies a member's weights, which may have been retrained since
+        fingerprint=fingerprint(st.model_dump(), manifest, dist.world, batch,
+                                model_fingerprint(teachers / st.init.from_) if st.init else None,
+                                device=dist.device),
         test=(test.x, test.y),
         spec={"arch": st.arch, "knobs": knobs, "input_shape": list(shape),
               "n_classes": n_classes, "class_names": manifest["class_names"],

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from kd.config import Config, ModelConfig
 from kd.errors import ConfigError
 from kd.models import build_model, component_nll, count_params, output_components
-from kd.prepared import load_meta, read_split
+from kd.prepared import load_meta, prepared_sha256, read_split
 from kd.runtime.distributed import SINGLE, Dist, global_batch, ranks
 from kd.train.batches import in_memory_batches
 from kd.train.checkpoints import fingerprint
@@ -35,6 +35,9 @@ def label_loss(logits: torch.Tensor, y: torch.Tensor,
         return F.cross_entropy(logits, y)
     log_w, c_logits = components  # (B, L), (L, C) or (B, L, C)
     return component_nll(log_w.float(), F.log_softmax(c_logits.float(), -1), y).mean()
+
+
+READS = ("meta.json", "labeled.parquet", "test.parquet")  # the prepared files a job reads
 
 
 def supervised_job(cfg: Config, stage: str, spec: ModelConfig, prepared: Path,
@@ -65,7 +68,10 @@ def supervised_job(cfg: Config, stage: str, spec: ModelConfig, prepared: Path,
         # parts, as the student's loss does (kd/distill/losses.py)
         steps=steps, loss_fn=lambda logits, b: label_loss(logits, b.y, output_components(model)),
         evaluate_fn=lambda m: evaluate(m, val_x, val_y),
-        fingerprint=fingerprint(spec.model_dump(), meta, dist.world, batch),
+        # keyed on the bytes it reads, not on meta.json: the split (which rows are validation
+        # or test rows) is in the Parquet files alone
+        fingerprint=fingerprint(spec.model_dump(), dist.world, batch,
+                                prepared_sha256(prepared, READS), device=dist.device),
         test=(test.x, test.y),
         spec={"arch": spec.arch, "knobs": spec.knobs, "input_shape": list(shape),
               "n_classes": meta["n_classes"], "class_names": meta["class_names"],
