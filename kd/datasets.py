@@ -265,6 +265,18 @@ def feature_columns(cfg: DataConfig, path: Path) -> list[str]:
     return out
 
 
+def _unknown_label(value: object, row: int, classes: list) -> str:
+    """Why a test label is not a class; when its type differs from the labeled split's (the
+    string "1" against the integer 1: the files were written by different code), say so,
+    since the two print alike."""
+    kind, theirs = type(value).__name__, sorted({type(c).__name__ for c in classes})
+    msg = f"label {value!r} ({kind}) at row {row} does not occur in the labeled split"
+    if kind not in theirs:
+        msg += (f", whose labels are {' and '.join(theirs)}: write the label column with the "
+                "same type in every file")
+    return msg
+
+
 def class_order(labels: list, given: list[str] | None, path: Path, column: str) -> list:
     """The classes in index order: `data.classes` when given (every label must be one of
     them), else the distinct labels sorted, numbers (and number-like strings) by value."""
@@ -337,8 +349,8 @@ def load_parquet(cfg: DataConfig, root: Path) -> Source:
     missing = [i for i, v in enumerate(raw["test"][1].tolist()) if v not in index]
     if missing:
         row = missing[0]
-        raise DataError(f"{root / cfg.test}: column '{cfg.label}': label "
-                        f"{raw['test'][1][row]!r} at row {row} does not occur in the labeled split")
+        raise DataError(f"{root / cfg.test}: column '{cfg.label}': "
+                        f"{_unknown_label(raw['test'][1][row], row, classes)}")
 
     splits, start = {}, 0
     for split in ("labeled", "test", "unlabeled"):

@@ -17,6 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from kd.config import Config
+from kd.evaluate.sanity import model_warnings, validation_chance
+from kd.prepared import load_meta
 from kd.runtime.distributed import SINGLE, Dist
 from kd.tracking import stage_run
 from kd.train.callbacks import progress
@@ -29,5 +31,10 @@ def run(cfg: Config, variant: str, out_root: Path = Path("data/baseline"),
     job = supervised_job(cfg, f"baseline@{variant}", cfg.baseline_spec(variant), prepared, dist)
     with stage_run(cfg, job.stage, params=job.params, main=dist.is_main) as tracking:
         tracking.set_tags({"kd.variant": variant})
-        return train_and_write(job, out_root / variant,
-                               callbacks=progress(dist, job.stage, tracking), dist=dist)
+        metrics = train_and_write(job, out_root / variant,
+                                  callbacks=progress(dist, job.stage, tracking), dist=dist)
+    if dist.is_main:  # a baseline at chance makes "what distillation recovered" meaningless
+        chance = validation_chance(prepared, load_meta(prepared)["n_classes"])
+        for w in model_warnings({variant: metrics.get("val_accuracy")}, chance, "baseline"):
+            print(f"warning: {w}")
+    return metrics

@@ -24,12 +24,18 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import torch
+
 from kd.config import Config
 from kd.errors import ArtifactError
+from kd.evaluate.metrics import ensemble_probs
+from kd.evaluate.sanity import chance_level, ensemble_warnings, model_warnings
 from kd.io.atomic import read_json
 from kd.io.faults import failpoint
 from kd.prepared import interleave, load_meta, split_rows
+from kd.progress import Progress, plural
 from kd.runtime.distributed import SINGLE, Dist, shared_atomic_dir
+from kd.targets.reader import ShardReader
 from kd.targets.shards import MANIFEST, ShardWriter, prepared_digests, write_manifest
 from kd.targets.shardset import summary
 from kd.teachers.members import hidden_widths, load_members, member_fingerprint, member_outputs
@@ -88,7 +94,10 @@ def run(cfg: Config, out_dir: Path = Path("data/soft_targets"),
                 extra_metadata={"prepared_fingerprint": meta["fingerprint"]},
                 prefix=f"part-r{dist.rank:03d}" if dist.active else "part", hidden=hidden)
             with writer:
-                # labeled, unlabeled (and synthetic) rows mixed in proportion in every batch
+                # labeled, unlabeled (and synthetic) rows mixed in proportion in every batch;
+                # rank 0 shows its share (the ranks take equal shares)
+                total = -(-sum(split_rows(d, s) for d, s in sources) // dist.world)
+                bar = Progress(total if dist.is_main else 0, "export", unit="rows")
                 for split, part, is_val in interleave(sources, ex.batch_size, dist.rank,
                                                       dist.world):
                     f0 = time.perf_counter()
@@ -97,7 +106,9 @@ def run(cfg: Config, out_dir: Path = Path("data/soft_targets"),
                     forward_s += time.perf_counter() - f0
                     writer.write(part.row_id, split, part.y, is_val, part.x, logits, vectors)
                     rows += len(part.row_id)
+                    bar.update(len(part.row_id))
                 shards = writer.close()
+                bar.close()
             # a collective: past it, every rank has finished and renamed its shards
             per_rank = dist.gather_json({"shards": shards, "rows": rows, "forward_s": forward_s})
             if dist.is_main:
@@ -123,7 +134,27 @@ def run(cfg: Config, out_dir: Path = Path("data/soft_targets"),
         tracking.log_artifact(out_dir / MANIFEST)
         tag_output(tracking, out_dir / MANIFEST)
     ranks = f" on {dist.world} ranks" if dist.active else ""
-    print(f"export: {rows} rows ({info['splits']}) from {len(models)} members -> "
+    print(f"export: {rows} rows ({info['splits']}) from {plural(len(models), 'member')} -> "
           f"{info['shards']} shards, {info['bytes'] / 1e6:.1f} MB in {out_dir} "
           f"({metrics['rows_per_s']:.0f} rows/s{ranks})")
+    for w in validation_warnings(cfg, out_dir, meta["n_classes"]):
+        print(f"warning: {w}")
     return metrics
+
+
+def validation_warnings(cfg: Config, shards: Path, n_classes: int) -> list[str]:
+    """The ensemble judged on the shards' validation rows (export is the first stage that has
+    every member's logits side by side): near chance, or no better than its best member; and
+    the imported members near chance (the teacher stage judged the others)."""
+    reader = ShardReader(shards)
+    v, members = reader.validation_rows(), reader.members  # logits in the manifest's order
+    if v is None:
+        return []
+    y, logits = v["label"], torch.from_numpy(v["logits"])  # (N,), (M, N, C)
+    acc = {m: float((logits[i].argmax(1).numpy() == y).mean()) for i, m in enumerate(members)}
+    ensemble = float((ensemble_probs(list(logits), cfg.student.shared().combine).argmax(1)
+                      == y).mean())
+    chance = chance_level(y, n_classes)
+    imported = {m: a for m, a in acc.items() if m in cfg.teacher.imports}
+    return (model_warnings(imported, chance, "imported teacher member")
+            + ensemble_warnings(ensemble, acc, chance))

@@ -43,16 +43,19 @@ from kd.evaluate.metrics import (
     quality,
     softmax,
     speed_ratios,
+    speed_rounds,
     speeds,
     validation_accuracy,
 )
+from kd.evaluate.sanity import pipeline_warnings, validation_chance
 from kd.io.atomic import atomic_dir, write_json
 from kd.io.faults import failpoint
 from kd.models import check_fits, load_model
 from kd.prepared import load_meta, read_split
+from kd.progress import Progress, plural
 from kd.report import plots
 from kd.report.figures import tree_figures, write_figures
-from kd.report.render import render_html, render_markdown
+from kd.report.render import kept_phrase, render_html, render_markdown
 from kd.report.variants import controls_rows, frontier_points, frontier_rows, variant_figures
 from kd.targets.shards import MANIFEST, check_members, check_same_test_split, read_manifest
 from kd.targets.shardset import verify
@@ -162,10 +165,11 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
     # files under ONNX Runtime on as many threads as torch has
     threads = torch.get_num_threads()
     timed = [*members, *(f"student@{v}" for v in variants), f"baseline@{chosen}"]
-    speed = speeds({"teacher": [models[m] for m in members]}
-                   | {name: [models[name]] for name in timed}
-                   | {name: onnx_forward(path, threads) for name, path in onnx_files.items()},
-                   x.numpy())
+    with Progress(speed_rounds(), "report: timing", unit="rounds") as bar:
+        speed = speeds({"teacher": [models[m] for m in members]}
+                       | {name: [models[name]] for name in timed}
+                       | {name: onnx_forward(path, threads) for name, path in onnx_files.items()},
+                       x.numpy(), tick=bar.update)
     for kind in ("student", "baseline"):
         speed[kind] = speed[f"{kind}@{chosen}"]
     load = {"before": [round(v, 2) for v in load_before],
@@ -231,7 +235,10 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
     }
     choice_info = {k: choice[k] for k in ("reason", "meets_target", "threshold",
                                           "ensemble_val_accuracy", "retain_target")}
-    context = {"metrics": metrics, "evals": evals, "members": members,
+    # the stages' warnings again, by the headline: near chance, an ensemble no better than a member
+    warnings = pipeline_warnings(val, members, variants,
+                                 validation_chance(prepared, n_classes) if val else None)
+    context = {"metrics": metrics, "evals": evals, "members": members, "warnings": warnings,
                "variants": {"chosen": chosen, "choice": choice_info,
                             "frontier": frontier_rows(cfg, figures, params["teacher"], chosen),
                             "controls": controls_rows(cfg, figures)},
@@ -278,12 +285,14 @@ def run(cfg: Config, out_dir: Path = Path("data/report"), prepared: Path = Path(
                            "deploy": onnx_files["student_int8"]})
         tracking.log_artifact(out_dir)
     c = metrics["compression"]
-    print(f"report: {len(variants)} student variants; chosen '{chosen}' on validation rows "
-          f"({choice['reason']})")
+    for w in warnings:
+        print(f"warning: {w}")
+    print(f"report: {plural(len(variants), 'student variant')}; chosen '{chosen}' on validation "
+          f"rows ({choice['reason']})")
     print(f"report: teacher {t_acc:.4f} ({params['teacher']:,} params), student {s_acc:.4f} "
           f"({params['student']:,}), baseline {b_acc:.4f}; {c['params_ratio']:.1f}x fewer "
           f"parameters, {timing['compression']['speedup']:.1f}x faster (median batch-1 latency, "
           f"{timing['machine']['torch_threads']} torch thread(s), load average "
           f"{load['before'][0]:.1f}), "
-          f"{c['accuracy_retained']:.4f} of the teacher's accuracy -> {out_dir}/report.html")
+          f"student {kept_phrase(s_acc, t_acc)} -> {out_dir}/report.html")
     return metrics | {"timing": timing}

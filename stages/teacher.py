@@ -16,6 +16,8 @@ from pathlib import Path
 
 from kd.config import Config
 from kd.errors import ConfigError
+from kd.evaluate.sanity import model_warnings, validation_chance
+from kd.prepared import load_meta
 from kd.runtime.distributed import SINGLE, Dist
 from kd.tracking import stage_run
 from kd.train.callbacks import progress
@@ -33,5 +35,10 @@ def run(cfg: Config, member: str, out_root: Path = Path("data/teachers"),
         raise ConfigError(f"teacher.members: no member named {member!r} (members: {known})")
     job = supervised_job(cfg, f"teacher@{member}", cfg.teacher.member(member), prepared, dist)
     with stage_run(cfg, job.stage, params=job.params, main=dist.is_main) as tracking:
-        return train_and_write(job, out_root / member,
-                               callbacks=progress(dist, job.stage, tracking), dist=dist)
+        metrics = train_and_write(job, out_root / member,
+                                  callbacks=progress(dist, job.stage, tracking), dist=dist)
+    if dist.is_main:  # the first stage that knows: say it now, not an hour later in the report
+        chance = validation_chance(prepared, load_meta(prepared)["n_classes"])
+        for w in model_warnings({member: metrics.get("val_accuracy")}, chance, "teacher member"):
+            print(f"warning: {w}")
+    return metrics

@@ -280,6 +280,13 @@ DATA = [
     ("label.unknown_in_test", "a test label the labeled split never has",
      ("test.parquet", "'animal'", "'fox'", "row 1"),
      lambda d, p: _cell(p["test"], 1, "animal", 1, lambda v: "fox")),
+    # the labeled file's labels are strings "0"/"1", the test file's the integers 0/1: they print
+    # alike, so the line says which types differ
+    ("label.type_mismatch", "a test label column of another type than the labeled one's",
+     ("test.parquet", "'animal'", "(int)", "str"),
+     lambda d, p: (_rewrite(p["lab"], 1, "animal", [str(i % 2) for i in range(30)]),
+                   _rewrite(p["test"], 1, "animal",
+                            [i % 2 for i in range(pq.read_table(p["test"]).num_rows)]))),
     ("label.one_class", "a single class", ("lab.parquet", "'animal'"),
      lambda d, p: _rewrite(p["lab"], 1, "animal", ["cat"] * 30)),
     ("split.empty_labeled", "an empty labeled file", ("lab.parquet",),

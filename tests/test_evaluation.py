@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,3 +122,62 @@ def test_markdown_headline_handles_an_undefined_gap():
     assert "35.0x fewer parameters" in md and "No gap-recovered figure" in md
     # speed is wall-clock: not in the cached report, which points to timing.json instead
     assert "latency ms" not in md and "rows/s" not in md and "timing.json" in md
+
+
+def _issue_ctx(gap_meaningful: bool = True) -> dict:
+    """The own-data run of the issue: ensemble 51.4%, student 60.8%, baseline 33.2% on test."""
+    ctx = _ctx()
+    m = ctx["metrics"]
+    m["teacher"] = {**m["teacher"], "accuracy": 0.514}
+    m["student"] = {**m["student"], "accuracy": 0.608}
+    m["baseline"] = {**m["baseline"], "accuracy": 0.332}
+    gap = (0.608 - 0.332) / (0.514 - 0.332)
+    m["compression"] |= {"accuracy_retained": 0.608 / 0.514, "accuracy_retained_ci": [1.05, 1.3],
+                         "gap_recovered": gap if gap_meaningful else None,
+                         "gap_recovered_ci": [1.2, 1.9] if gap_meaningful else None,
+                         "gap_meaningful": gap_meaningful}
+    return ctx
+
+
+def test_a_student_above_the_teacher_is_said_in_points_not_as_a_share_over_100_percent():
+    md = render_markdown(_issue_ctx())
+    assert "above the teacher" in md and "+9.40 points" in md
+    assert "118.29%" not in md and "151.65%" not in md and "keeps" not in md
+    # every percentage the headline prints is a share or an accuracy: none over 100%
+    assert all(float(p) <= 100 for p in re.findall(r"(\d+\.\d+)%", md))
+
+
+def test_a_gap_inside_the_noise_or_negative_gets_no_ratio():
+    md = render_markdown(_issue_ctx(gap_meaningful=False))
+    assert "No gap-recovered figure" in md and "not clear of the noise" in md
+    ctx = _issue_ctx(gap_meaningful=False)
+    ctx["metrics"]["baseline"]["accuracy"] = 0.6  # above the teacher
+    md = render_markdown(ctx)
+    assert "not above the baseline" in md and "undefined" in md
+    assert "Distillation recovered" not in md
+
+
+def test_a_share_below_100_percent_is_still_printed():
+    ctx = _ctx()
+    ctx["metrics"]["student"] = {**ctx["metrics"]["student"], "accuracy": 0.98}
+    ctx["metrics"]["baseline"] = {**ctx["metrics"]["baseline"], "accuracy": 0.95}
+    ctx["metrics"]["compression"] |= {"accuracy_retained": 0.98 / 0.99,
+                                      "gap_recovered": 0.75, "gap_meaningful": True}
+    md = render_markdown(ctx)
+    assert "keeps **98.99%**" in md and "recovered **75.00%**" in md
+
+
+def test_the_stages_warnings_lead_the_headline():
+    ctx = _issue_ctx() | {"warnings": ["baseline small is below chance on the validation rows"]}
+    md = render_markdown(ctx)
+    bullets = [line for line in md.splitlines() if line.startswith("- ")]
+    assert bullets[0] == "- **Warning:** baseline small is below chance on the validation rows"
+    assert "<strong>Warning:</strong> baseline small" in render_html(ctx, Path("/nonexistent"))
+
+
+def test_the_frontier_says_above_teacher_rather_than_a_share_over_100_percent():
+    from kd.report.render import kept
+
+    assert kept(0.608, 0.514) == "above teacher (+9.40 points)"
+    assert kept(0.5, 0.514) == f"{100 * 0.5 / 0.514:.2f}%"
+    assert kept(None, 0.514) == "-"

@@ -270,10 +270,12 @@ def test_report_and_kd_explain_draw_a_tree_student(tmp_path, kd):
             "<figure>")  # every figure, the trees' too, embedded in the HTML
         test, _ = read_split(root / "data/prepared", "test")
         row = int(test.row_id[3])
-        result = kd("explain", row, "--model", "data/student/s", "--out", "pics")
-        assert result.exit_code == 0, result.output
-        assert sorted(p.name for p in (root / "pics").iterdir()) == [f"path_{row}.png",
-                                                                    "tree.png"]
+        for kind in ("student", "baseline"):  # one after the other into one folder: both kept
+            result = kd("explain", row, "--model", f"data/{kind}/s", "--out", "pics")
+            assert result.exit_code == 0, result.output
+        assert sorted(p.name for p in (root / "pics").iterdir()) == [
+            f"baseline-s_path_{row}.png", "baseline-s_tree.png", f"student-s_path_{row}.png",
+            "student-s_tree.png"]
         assert_user_error(kd("explain", row, "--model", "data/teachers/a"), "'mlp'",
                           "data/teachers/a/model.json")
         assert_user_error(kd("explain", 100000, "--model", "data/student/s"), "row_id 100000",

@@ -87,10 +87,19 @@ def entropy(probs: np.ndarray) -> np.ndarray:
     return -(p * np.log(p)).sum(1)
 
 
+CALLS, WARMUP, BIG_CALLS = 300, 30, 10
+
+
+def speed_rounds(calls: int = CALLS, warmup: int = WARMUP, big_calls: int = BIG_CALLS) -> int:
+    """How many times `speeds` calls its `tick`: one per round (a progress bar's total)."""
+    return warmup + calls + 1 + big_calls
+
+
 @torch.no_grad()
 def speeds(models: dict[str, list[torch.nn.Module] | Callable[[np.ndarray], object]],
-           x: np.ndarray, *, calls: int = 300, warmup: int = 30, big_batch: int = 1024,
-           big_calls: int = 10) -> dict[str, dict]:
+           x: np.ndarray, *, calls: int = CALLS, warmup: int = WARMUP, big_batch: int = 1024,
+           big_calls: int = BIG_CALLS, tick: Callable[[], object] | None = None
+           ) -> dict[str, dict]:
     """Latency of one row through each entry of `models` (an ensemble runs all of its list; a
     student is a list of one) and throughput at a large batch, on torch's current threads.
     An entry may also be any callable on a float32 array (an ONNX Runtime session, run on as
@@ -98,7 +107,8 @@ def speeds(models: dict[str, list[torch.nn.Module] | Callable[[np.ndarray], obje
 
     The entries are measured side by side: every round times each of them once, in turn, so a
     burst of load from another process hits all of them alike instead of one entry's whole run
-    (a ratio of two figures taken minutes apart on a shared machine means little)."""
+    (a ratio of two figures taken minutes apart on a shared machine means little). `tick` is
+    called after every round (`speed_rounds()` of them): a progress bar's update."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     xt = torch.from_numpy(x)
     runs = {}  # name -> (run, one row, big batch): torch entries get tensors made once
@@ -115,19 +125,24 @@ def speeds(models: dict[str, list[torch.nn.Module] | Callable[[np.ndarray], obje
         run(batch)
         return time.perf_counter() - t0
 
+    tick = tick or (lambda: None)
     for _ in range(warmup):
         for run, one, _big in runs.values():
             forward(run, one)
+        tick()
     lat: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(calls):
         for name, (run, one, _big) in runs.items():
             lat[name].append(forward(run, one))
+        tick()
     for run, _one, big in runs.values():
         forward(run, big)
+    tick()
     busy = {name: 0.0 for name in models}
     for _ in range(big_calls):
         for name, (run, _one, big) in runs.items():
             busy[name] += forward(run, big)
+        tick()
     out = {}
     for name in models:
         lat_ms = np.array(lat[name]) * 1e3

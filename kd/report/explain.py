@@ -1,8 +1,8 @@
 """`kd explain ROW_ID --model DIR`: draw a trained soft decision tree and one test row's path
 through it.
 
-    kd explain 4321 --model data/student/tree    # variant tree: data/explain/{tree,path_4321}.png
-    kd explain 4321 --model data/baseline/tree   # its baseline, a soft_tree too
+    kd explain 4321 --model data/student/tree    # data/explain/student-tree_{tree,path_4321}.png
+    kd explain 4321 --model data/baseline/tree   # its baseline: data/explain/baseline-tree_*.png
 
 Reads a model directory (model.json + safetensors) and the prepared test split; the pictures
 are kd/report/tree.py's. The report stage calls `tree_pictures` for its own student.
@@ -56,5 +56,8 @@ def explain(row_id: int, model_dir: Path, prepared: Path, out_dir: Path) -> list
         raise ArtifactError(f"{model_dir / SPEC_FILE}: the model takes features of shape "
                             f"{tuple(spec['input_shape'])}, the test rows have "
                             f"{test.x.shape[1]} features")
+    # named after the model (<stage kind>-<variant or member>), so explaining the student and
+    # then its baseline into one folder keeps both
+    name = f"{model_dir.resolve().parent.name}-{model_dir.resolve().name}_"
     return tree_pictures(model, test.x[i], row_id, int(test.y[i]), spec["class_names"],
-                         out_dir)
+                         out_dir, name)

@@ -104,7 +104,13 @@ def _deployed(m: dict) -> list[str]:
     return [f"Deployed as int8 ONNX ({q['quantization']} quantization), the student is a file "
             f"of **{q['bytes'] / 1024:.1f} KiB**, **{d['size_ratio']:.1f}x smaller** than the "
             f"teacher's weights, at {_pct(q['accuracy'])} test accuracy "
-            f"({_pct(d['accuracy_retained'])} of the teacher's) under ONNX Runtime."]
+            f"({kept_phrase(q['accuracy'], m['teacher']['accuracy'])}) under ONNX Runtime."]
+
+
+def kept_phrase(student: float, teacher: float) -> str:
+    """"98.50% of the teacher's" or "above teacher (+1.20 points)"."""
+    k = kept(student, teacher)
+    return k if student > teacher else f"{k} of the teacher's"
 
 
 def _val_rows(m: dict) -> str:
@@ -126,37 +132,72 @@ def transfer_sentence(t: dict) -> str:
             f"unlabeled and {made}.")
 
 
+def kept(student: float | None, teacher: float | None) -> str:
+    """The student's accuracy as a share of the teacher's; above the teacher a share over 100%
+    would read as nonsense ("keeps 118%"), so it says so in points instead."""
+    if student is None or not teacher:
+        return "-"
+    if student > teacher:
+        return f"above teacher ({_points(student - teacher)} points)"
+    return _pct(student / teacher)
+
+
+def _kept_sentence(m: dict, c: dict) -> str:
+    s, t = m["student"]["accuracy"], m["teacher"]["accuracy"]
+    sizes = (f"with **{c['params_ratio']:.1f}x fewer parameters** and **{c['size_ratio']:.1f}x "
+             f"smaller weights**.")
+    if s > t:
+        return (f"The student is **above the teacher** on the test rows (**{_points(s - t)} "
+                f"points**: {_pct(s)} against {_pct(t)}) {sizes}")
+    retained = _pct(c["accuracy_retained"])
+    if c.get("accuracy_retained_ci"):
+        lo, hi = c["accuracy_retained_ci"]
+        retained += f" (95% interval {_pct(lo)} to {_pct(hi)})"
+    return (f"The student keeps **{retained}** of the teacher's test accuracy ({_pct(s)} against "
+            f"{_pct(t)}) {sizes}")
+
+
+def _gap_sentence(m: dict, c: dict, tb: dict | None, test_rows: int) -> str:
+    """What share of the teacher's lead over the baseline distillation recovered: a share only
+    when there is a lead clear of the noise and the student stays at or below the teacher."""
+    s, t, b = (m[k]["accuracy"] for k in ("student", "teacher", "baseline"))
+    base = f"the baseline (the same architecture on labels alone, {_pct(b)})"
+    if not (c.get("gap_meaningful", c["gap_recovered"] is not None)
+            and c["gap_recovered"] is not None):
+        lead = t - b if tb is None else tb["diff"]
+        if lead <= 0:
+            return (f"No gap-recovered figure: the teacher ({_pct(t)}) is not above the "
+                    f"baseline ({_pct(b)}, the same architecture on labels alone; "
+                    f"{_points(lead)} points), so a share of its lead is undefined.")
+        return ("No gap-recovered figure: the teacher's lead over the baseline "
+                f"({_points(lead)} points) is not clear of the noise of {test_rows:,} test rows "
+                "(its 95% interval includes 0), so a share of it would not be meaningful.")
+    if s > t:
+        return (f"Distillation closed the whole gap between {base} and the teacher and went "
+                f"past the teacher: student - baseline {_points(s - b)} points against teacher - "
+                f"baseline {_points(t - b)} (a share of the gap over 100% means nothing, so none "
+                "is given).")
+    gap = f"Distillation recovered **{_pct(c['gap_recovered'])}**"
+    if c.get("gap_recovered_ci"):
+        gap += f" (95% interval {_pct(c['gap_recovered_ci'][0])} to " \
+               f"{_pct(c['gap_recovered_ci'][1])})"
+    return gap + f" of the gap between {base} and the teacher."
+
+
 def tables(ctx: dict) -> tuple[list[str], list[tuple[str, list[str], list[list[str]]]]]:
     """Headline sentences and (title, header, rows) tables, shared by both renderings."""
     m, c = ctx["metrics"], ctx["metrics"]["compression"]
     n = len(ctx["members"])
     cmp = m.get("compare", {})
     sb, tb = cmp.get("student_vs_baseline"), cmp.get("teacher_vs_baseline")
-    retained = _pct(c["accuracy_retained"])
-    if c.get("accuracy_retained_ci"):
-        lo, hi = c["accuracy_retained_ci"]
-        retained += f" (95% interval {_pct(lo)} to {_pct(hi)})"
-    if c.get("gap_meaningful", c["gap_recovered"] is not None) and c["gap_recovered"] is not None:
-        gap = f"Distillation recovered **{_pct(c['gap_recovered'])}**"
-        if c.get("gap_recovered_ci"):
-            gap += f" (95% interval {_pct(c['gap_recovered_ci'][0])} to " \
-                   f"{_pct(c['gap_recovered_ci'][1])})"
-        gap += (f" of the gap between the baseline (the same architecture on labels alone, "
-                f"{_pct(m['baseline']['accuracy'])}) and the teacher.")
-    else:
-        gap = ("No gap-recovered figure: the teacher's lead over the baseline "
-               f"({_points(tb['diff']) if tb else 'n/a'} points) is not clear of the noise of "
-               f"{ctx['test_rows']:,} test rows (its 95% interval includes 0).")
+    gap = _gap_sentence(m, c, tb, ctx["test_rows"])
     vs = ""
     if sb:
         vs = (f"Student against baseline: **{_points(sb['diff'])} points**, 95% interval "
               f"{_interval(sb['ci_low'], sb['ci_high'])}, McNemar p "
               f"{'' if sb['p_value'] < 0.001 else '= '}{_p(sb['p_value'])}.")
     headline = [
-        f"The student keeps **{retained}** of the teacher's test accuracy "
-        f"({_pct(m['student']['accuracy'])} against {_pct(m['teacher']['accuracy'])}) with "
-        f"**{c['params_ratio']:.1f}x fewer parameters** and **{c['size_ratio']:.1f}x smaller "
-        f"weights**.",
+        _kept_sentence(m, c),
         *_deployed(m),
         gap, *([vs] if vs else []),
         "Test rows only report; anything chosen (settings, a variant) is chosen on the "
@@ -192,6 +233,9 @@ def tables(ctx: dict) -> tuple[list[str], list[tuple[str, list[str], list[list[s
         if var["controls"][1]:  # (header, rows): rows only where variants share a network
             variant_tables.append(("Controls: where the gain comes from (same network, "
                                    "another recipe; controls are never shipped)", *var["controls"]))
+    # what the stages warned about as they ran, above everything else: a headline read
+    # without them would mislead
+    headline[:0] = [f"**Warning:** {w}" for w in ctx.get("warnings", [])]
     names = ("teacher", "student", "baseline")
     per_class = [[cls] + [_pct(ctx["evals"][k]["per_class_accuracy"][i]) for k in names]
                  for i, cls in enumerate(ctx["class_names"])]

@@ -19,7 +19,7 @@ import numpy as np
 
 from kd.config import Config, StudentConfig
 from kd.evaluate import stats
-from kd.report.render import _interval, _pct
+from kd.report.render import _interval, _pct, kept
 
 
 def recipe(st: StudentConfig) -> str:
@@ -110,6 +110,12 @@ def controls_rows(cfg: Config, figures: dict[str, dict]) -> tuple[list[str], lis
     return CONTROLS_HEADER, rows
 
 
+def _retained(f: dict) -> str:
+    """The frontier's "retained" cell: a share of the teacher's accuracy, or the points above it."""
+    teacher = f["accuracy"] / f["retained"] if f["retained"] else None
+    return kept(f["accuracy"], teacher)
+
+
 FRONTIER_HEADER = ["variant", "recipe", "params", "fewer than ensemble", "val accuracy",
                    "test accuracy", "95% interval", "baseline test", "retained", "chosen"]
 
@@ -123,5 +129,5 @@ def frontier_rows(cfg: Config, figures: dict[str, dict], teacher_params: int,
         rows.append([v, recipe(cfg.student.variant(v)), f"{f['params']:,}",
                      f"{teacher_params / f['params']:.1f}x", _pct(f["val_accuracy"]),
                      _pct(f["accuracy"]), _ci(*f["accuracy_ci"]), _pct(f["baseline_accuracy"]),
-                     _pct(f["retained"]), "yes" if v == chosen else ""])
+                     _retained(f), "yes" if v == chosen else ""])
     return FRONTIER_HEADER, rows
