@@ -117,7 +117,8 @@ def quantize(fp32: str | os.PathLike, out: str | os.PathLike, kind: str,
             # kernels once ONNX Runtime has fused the QDQ pairs, in a smaller file
             quantize_static(fp32, raw, reader, quant_format=QuantFormat.QOperator,
                             op_types_to_quantize=STATIC_OPS, per_channel=per_channel,
-                            reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            reduce_range=True, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.MinMax)
         proto = onnx.load(str(raw))
     props = {p.key: p.value for p in source.metadata_props}
