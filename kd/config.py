@@ -437,6 +437,16 @@ class Config(Section):
         return ModelConfig(arch=st.arch, knobs=st.knobs, train=train)
 
     @model_validator(mode="after")
+    def _check_transfer(self) -> Config:
+        # MUNGE draws each attribute from a Gaussian around a neighbour's value: for token ids
+        # that is a real number, not an id, which the transformer's embedding lookup refuses
+        if self.transfer.method == "munge" and self.data.vocab_size is not None:
+            raise ConfigError("transfer.method: 'munge' draws real values, not token ids, and "
+                              f"data.vocab_size ({self.data.vocab_size}) says the features are "
+                              "ids; use transfer.method: none")
+        return self
+
+    @model_validator(mode="after")
     def _check_members(self) -> Config:
         # validate the shared defaults, then every member's merged settings, each with the key
         # path where the mistake was written

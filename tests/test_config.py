@@ -84,6 +84,19 @@ def test_architecture_and_knob_names_are_checked_up_front(params, expected):
     assert expected in str(e.value)
 
 
+def test_munge_over_token_ids_is_refused_when_params_load():
+    # MUNGE draws Gaussian values around each attribute: for integer token ids it would make
+    # non-ids that only the transformer's embedding lookup, at export, would refuse
+    token_ids = {"source": "parquet", "inputs": ".", "labeled": "l", "test": "t", "label": "y",
+                 "features": "f", "vocab_size": 50, "normalize": "none"}
+    parse_config({"data": token_ids})  # ids alone are fine, and so is MUNGE on features
+    parse_config({"transfer": {"method": "munge"}})
+    with pytest.raises(ConfigError) as e:
+        parse_config({"data": token_ids, "transfer": {"method": "munge"}})
+    msg = str(e.value)
+    assert msg.startswith("transfer.method: ") and "data.vocab_size" in msg and "\n" not in msg
+
+
 def test_baseline_settings_are_validated_when_params_load():
     # the student's warm-up is valid for its 50 epochs, not for the baseline's 10
     with pytest.raises(ConfigError, match="warmup_epochs: must be < epochs \\(10\\), got 40"):
