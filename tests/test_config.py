@@ -8,6 +8,7 @@ import pytest
 
 from kd.config import Config, load_config, parse_config
 from kd.errors import ConfigError
+from kd.model_checks import check_models
 from tests.conftest import ROOT, assert_user_error
 
 # The one-line message of every bad-params case is checked, through `kd`, against
@@ -79,8 +80,9 @@ def test_config_error_is_raised_not_exit():
     ({"teacher": {"defaults": {"knobs": {"channels": 0}}}}, "teacher.members."),
 ])
 def test_architecture_and_knob_names_are_checked_up_front(params, expected):
+    cfg = parse_config(params)  # the schema knows no model family ...
     with pytest.raises(ConfigError) as e:
-        parse_config(params)
+        check_models(cfg)  # ... the models do, and every `kd` command asks them first
     assert expected in str(e.value)
 
 
