@@ -236,40 +236,6 @@ def _create_experiment(client, name: str, artifact_location: str | None) -> str:
         return client.get_experiment_by_name(name).experiment_id
 
 
-def log_pyfunc_model(run: StageRun, model_dir: Path, input_example) -> None:
-    """Log a trained model directory as an MLflow pyfunc model named "student", with a
-    signature and an input example, from code (kd/pyfunc_model.py): nothing is pickled."""
-    if run.client is None:
-        return
-    import mlflow
-    import numpy as np
-    from mlflow.models import infer_signature
-
-    here = Path(__file__).resolve().parent
-    example = np.asarray(input_example, dtype=np.float32)
-    from kd.pyfunc_model import KDStudent
-
-    probe = KDStudent()
-    probe.load_context(type("Ctx", (), {"artifacts": {"model_dir": str(model_dir)}})())
-    signature = infer_signature(example, probe.predict(None, example))
-    previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
-    mlflow.set_tracking_uri(run.uri)  # the fluent API below logs to the stage's store
-    try:
-        with mlflow.start_run(run_id=run.run_id):
-            _log_model(mlflow, here, model_dir, signature, example)
-    finally:
-        mlflow.set_tracking_uri(previous)
-
-
-def _log_model(mlflow, here: Path, model_dir: Path, signature, example) -> None:
-    mlflow.pyfunc.log_model(
-        name="student", python_model=str(here / "pyfunc_model.py"),
-        artifacts={"model_dir": str(model_dir)}, code_paths=[str(here)],
-        signature=signature, input_example=example,
-        pip_requirements=["torch==2.13.0", "safetensors", "numpy", "mlflow"],
-    )
-
-
 def log_onnx_model(run: StageRun, path: Path, name: str, input_example) -> None:
     """Log an exported ONNX file with the `mlflow.onnx` flavor under `name`, with a tensor
     signature and an input example. `mlflow.pyfunc.load_model(uri).predict(x)` on a float32

@@ -16,10 +16,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from kd.config import Config
+from kd.pyfunc_model import log_pyfunc_model
 from kd.runtime.distributed import SINGLE, Dist
 from kd.targets.shards import check_members, read_manifest
 from kd.targets.shardset import verify
-from kd.tracking import log_pyfunc_model, stage_run
+from kd.tracking import stage_run
 from kd.train.callbacks import progress
 from kd.train.distill import distill_job
 from kd.train.runner import train_and_write
