@@ -63,7 +63,7 @@ def tracking_enabled(cfg: Config) -> bool:
     return cfg.tracking.enabled
 
 
-def _check_reachable(uri: str, timeout: float) -> None:
+def check_reachable(uri: str, timeout: float) -> None:
     """Fail in `timeout` seconds, not after the MLflow client's minutes of retries: one
     request of our own, with its own timeout, before the MLflow client makes any."""
     if not uri.startswith(("http://", "https://")):
@@ -190,7 +190,7 @@ def stage_run(
     # The logging calls below keep MLflow's own retries and timeouts (MLFLOW_HTTP_REQUEST_*,
     # 7 retries with backoff by default): one 503 after an hour of training must not fail
     # the stage.
-    _check_reachable(uri, cfg.tracking.timeout_s)
+    check_reachable(uri, cfg.tracking.timeout_s)
 
     from mlflow.tracking import MlflowClient
 
