@@ -32,9 +32,9 @@ def check_models(cfg: Config) -> None:
 
 
 def _check_arch(key: str, spec: ModelConfig) -> None:
-    """Architecture, knob names and knob values are checked now, by building the model on the
-    small input its class declares (`probe_shape`); whether it fits the data's feature shape is
-    checked against the prepared data (fit_to_data)."""
+    """Architecture, knob names and knob values, checked before any work by building the model
+    on the small input its class declares (`probe_shape`); whether it fits the data's feature
+    shape is checked against the prepared data (fit_to_data)."""
     try:
         check_arch(spec.arch, spec.knobs)
     except ConfigError as e:

@@ -126,7 +126,7 @@ def training_experiment(client, name: str, artifact_location: str | None,
     exp = client.get_experiment_by_name(name)
     if exp is None:
         return _create_experiment(client, name, artifact_location) if create else None
-    for key, value in EXPERIMENT_TAGS.items():  # an experiment made before these existed
+    for key, value in EXPERIMENT_TAGS.items():  # made in the UI or a script: tags missing
         if key not in exp.tags:
             client.set_experiment_tag(exp.experiment_id, key, value)
     return exp.experiment_id

@@ -229,7 +229,7 @@ def shadowing(folder: Path) -> list[str]:
 def test_no_script_folder_shadows_a_standard_library_module(tmp_path):
     for folder in ("benchmarks", "examples", "stages"):
         assert shadowing(ROOT / folder) == [], folder
-    (tmp_path / "queue.py").write_text("")  # what once broke every benchmark (torch imports queue)
+    (tmp_path / "queue.py").write_text("")  # torch imports queue: this would break every benchmark
     assert shadowing(tmp_path) == ["queue.py"]
 
 

@@ -45,7 +45,8 @@ def parse_config(raw: Any) -> Config:
     student = raw.get("student")
     if isinstance(student, dict) and (flat := sorted(set(student) & set(StudentConfig.model_fields)
                                                      - {"defaults", "variants"})):
-        # the section before student variants: say where the key moved, not "unknown key"
+        # one variant's keys straight under `student`, without `defaults` or `variants`: say
+        # where they belong, not "unknown key"
         raise ConfigError(f"student.{flat[0]}: the student section holds `defaults` and "
                           f"`variants` (README \"Student variants\"): move it to "
                           f"student.defaults.{flat[0]}")
