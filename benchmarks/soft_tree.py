@@ -13,7 +13,7 @@ small pipeline built in a temporary directory (prepare, three cnn2d teachers, ex
 second export with MUNGE synthetic rows, `transfer.method: munge`).
 
 Arms, each the tree as a student variant `tree` built exactly as `kd student` / `kd baseline`
-build it (kd.train.distill.distill_job, kd.train.supervised.supervised_job):
+build it (kd.train.student.distill_job, kd.train.supervised.supervised_job):
 - labels: cross-entropy on the labeled training rows (the `baseline@tree` stage's job);
 - distilled: Hinton's loss from the shards (labeled + unlabeled rows);
 - distilled_munge (digits): the same, from shards that also hold `--munge`x the labeled
@@ -55,8 +55,8 @@ from kd.config import deep_merge, parse_config  # noqa: E402
 from kd.evaluate.metrics import ensemble_probs  # noqa: E402
 from kd.models import count_params, load_model  # noqa: E402
 from kd.prepared import read_split, split_rows  # noqa: E402
-from kd.train.distill import distill_job  # noqa: E402
 from kd.train.loop import evaluate, fit  # noqa: E402
+from kd.train.student import distill_job  # noqa: E402
 from kd.train.supervised import supervised_job  # noqa: E402
 
 SELECT_SEEDS = 3  # grid points are compared on the mean validation accuracy of seeds 0..2
