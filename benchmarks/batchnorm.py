@@ -26,14 +26,14 @@ os.environ["KD_TRACKING"] = "0"
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from kd.config import _deep_merge, parse_config  # noqa: E402
+from kd.config import deep_merge, parse_config  # noqa: E402
 from stages import teacher  # noqa: E402
 
 
 def member_params(base: dict, seed: int, batchnorm: bool, epochs: int | None = None) -> dict:
     """`base` with one teacher member, `m`: the default member with `batchnorm` and `seed`
     (and `epochs`, when given)."""
-    p = _deep_merge(base, {"teacher": {"defaults": {"knobs": {"batchnorm": batchnorm}}}})
+    p = deep_merge(base, {"teacher": {"defaults": {"knobs": {"batchnorm": batchnorm}}}})
     train = {"seed": seed} if epochs is None else {"seed": seed, "epochs": epochs}
     p["teacher"]["members"] = {"m": {"train": train}}
     return p

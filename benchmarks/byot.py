@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from kd.config import _deep_merge, parse_config  # noqa: E402
+from kd.config import deep_merge, parse_config  # noqa: E402
 from kd.deploy.runtime import open_session  # noqa: E402
 from kd.evaluate.metrics import ensemble_probs, quality, softmax  # noqa: E402
 from kd.models import build_model  # noqa: E402
@@ -133,7 +133,7 @@ def digits_params(work: Path, variant: str | None = None, seed: int | None = Non
     params["tracking"] = {"enabled": False, "uri": f"sqlite:///{work / 'mlflow.db'}"}
     if seed is not None:
         variants = params["student"]["variants"]
-        variants[variant] = _deep_merge(variants[variant] or {}, {"train": {"seed": seed}})
+        variants[variant] = deep_merge(variants[variant] or {}, {"train": {"seed": seed}})
     return params
 
 

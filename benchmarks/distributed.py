@@ -36,7 +36,7 @@ import numpy as np
 import yaml
 from chosen import which_variant
 
-from kd.config import _deep_merge, parse_config
+from kd.config import deep_merge, parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
@@ -50,7 +50,7 @@ def stage_params(base: dict, variant: str, nproc: int, threads: int, quick: bool
                   "runtime": {"nproc": nproc, "threads": threads}}
     if quick:
         over["student"] = {"variants": {variant: {"train": {"epochs": 3}}}}
-    return _deep_merge(base, over)
+    return deep_merge(base, over)
 
 
 def run_stage(stage: list[str], workdir: Path, params: dict) -> float:

@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from kd.config import _deep_merge, parse_config  # noqa: E402
+from kd.config import deep_merge, parse_config  # noqa: E402
 from kd.evaluate.choose import ensemble_val_accuracy, pick  # noqa: E402
 from kd.evaluate.metrics import ensemble_probs  # noqa: E402
 from kd.models import count_params  # noqa: E402
@@ -69,8 +69,8 @@ def ensemble_figures(cfg, data: Path) -> dict:
 
 def seed_params(base: dict, names: list[str], seed: int) -> dict:
     """`base` with the variants `names` trained with `seed`, at one torch thread."""
-    return _deep_merge(base, {
-        "student": {"variants": {v: _deep_merge(base["student"]["variants"][v] or {},
+    return deep_merge(base, {
+        "student": {"variants": {v: deep_merge(base["student"]["variants"][v] or {},
                                                 {"train": {"seed": seed}})
                                  for v in names}},
         "runtime": {"threads": 1}})

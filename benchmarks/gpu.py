@@ -43,7 +43,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from chosen import which_variant  # noqa: E402
 
-from kd.config import _deep_merge, parse_config  # noqa: E402
+from kd.config import deep_merge, parse_config  # noqa: E402
 from kd.prepared import read_split  # noqa: E402
 from kd.runtime.distributed import session  # noqa: E402
 from kd.teachers.members import load_members, member_logits  # noqa: E402
@@ -84,8 +84,8 @@ def short_params(base: dict, variant: str, teacher_epochs: int, student_epochs: 
              "tracking": {"enabled": False}}
     if base.get("data", {}).get("source", "mnist1d") == "mnist1d":
         short["data"] = {"unlabeled_size": unlabeled}
-    params = _deep_merge(base, short)
-    params["teacher"]["members"] = {member: _deep_merge(
+    params = deep_merge(base, short)
+    params["teacher"]["members"] = {member: deep_merge(
         base["teacher"]["members"][member] or {}, {"train": {"epochs": teacher_epochs}})}
     return params
 
@@ -121,7 +121,7 @@ def main() -> None:
         prepare.run(cfg, work / "cpu" / "data" / "prepared", root=ROOT)
         shutil.copytree(work / "cpu" / "data" / "prepared", work / "gpu" / "data" / "prepared")
         for name, device in (("cpu", "cpu"), ("cuda", args.device)):
-            dev_params = _deep_merge(params, {"runtime": {"device": device}})
+            dev_params = deep_merge(params, {"runtime": {"device": device}})
             result[name] = arm(dev_params, work / ("cpu" if name == "cpu" else "gpu"), member,
                                variant)
         result["accuracy_gap"] = {s: round(result["cuda"][s]["test_accuracy"]
@@ -142,7 +142,7 @@ def main() -> None:
 
         if args.device == "cuda":  # one rank under torchrun with nccl
             (work / "gpu/params.yaml").write_text(yaml.safe_dump(
-                _deep_merge(params, {"runtime": {"backend": "nccl"}})))
+                deep_merge(params, {"runtime": {"backend": "nccl"}})))
             t0 = time.perf_counter()
             proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                                    "--nproc-per-node", "1", "-m", "kd.cli", "student",

@@ -63,7 +63,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from sklearn.neighbors import NearestNeighbors  # noqa: E402
 
-from kd.config import _deep_merge, parse_config  # noqa: E402
+from kd.config import deep_merge, parse_config  # noqa: E402
 from kd.prepared import read_split, split_rows  # noqa: E402
 from stages import export, prepare, student, teacher, transfer  # noqa: E402
 
@@ -91,7 +91,7 @@ def params(kind: str, data: dict, seed: int, args) -> dict:
                         "members": {f"m{i}": {"train": {"seed": 10 * seed + i}}
                                     for i in range(args.members)}},
             "export": export_,
-            "student": {"defaults": _deep_merge(st, {"train": {"seed": seed}}),
+            "student": {"defaults": deep_merge(st, {"train": {"seed": seed}}),
                         "variants": {VARIANT: {}}},
             "transfer": {"seed": seed}, "tracking": {"enabled": False},
             "runtime": {"threads": 1, "device": "cpu"}}
@@ -164,7 +164,7 @@ def student_arm(raw: dict, work: Path, name: str, prepared: Path, steps: int,
     arm = work / name
     tr = ({"method": "munge", "rows": munge[0], "p": munge[1], "s": munge[2]} if munge
           else {"method": "none", "rows": 1})
-    raw = _deep_merge(raw, {"transfer": tr})
+    raw = deep_merge(raw, {"transfer": tr})
     c = parse_config(raw)
     t0 = time.perf_counter()
     info = transfer.run(c, arm / "transfer", prepared)
@@ -174,7 +174,7 @@ def student_arm(raw: dict, work: Path, name: str, prepared: Path, steps: int,
     rows = split_rows(arm / "transfer", "synthetic") + split_rows(prepared, "unlabeled") + \
         split_rows(prepared, "labeled") - val_rows
     epochs = max(1, round(steps / max(1, -(-rows // c.student.variant(VARIANT).train.batch_size))))
-    c = parse_config(_deep_merge(raw, {"student": {"variants": {VARIANT: {
+    c = parse_config(deep_merge(raw, {"student": {"variants": {VARIANT: {
         "train": {"epochs": epochs}}}}}))
     m = student.run(c, VARIANT, arm / "student", arm / "shards", prepared)
     out = {"test_accuracy": m["test_accuracy"], "val_accuracy": m.get("val_accuracy"),

@@ -13,7 +13,7 @@ small pipeline built in a temporary directory (prepare, three cnn2d teachers, ex
 second export with MUNGE synthetic rows, `transfer.method: munge`).
 
 Arms, each the tree as a student variant `tree` built exactly as `kd student` / `kd baseline`
-build it (kd.train.distill.distill_job, kd.train.supervised.supervised_job):
+build it (kd.train.student.distill_job, kd.train.supervised.supervised_job):
 - labels: cross-entropy on the labeled training rows (the `baseline@tree` stage's job);
 - distilled: Hinton's loss from the shards (labeled + unlabeled rows);
 - distilled_munge (digits): the same, from shards that also hold `--munge`x the labeled
@@ -51,12 +51,12 @@ os.environ.setdefault("KD_TRACKING", "0")  # benchmarks never write MLflow runs
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from kd.config import _deep_merge, parse_config  # noqa: E402
+from kd.config import deep_merge, parse_config  # noqa: E402
 from kd.evaluate.metrics import ensemble_probs  # noqa: E402
 from kd.models import count_params, load_model  # noqa: E402
 from kd.prepared import read_split, split_rows  # noqa: E402
-from kd.train.distill import distill_job  # noqa: E402
 from kd.train.loop import evaluate, fit  # noqa: E402
+from kd.train.student import distill_job  # noqa: E402
 from kd.train.supervised import supervised_job  # noqa: E402
 
 SELECT_SEEDS = 3  # grid points are compared on the mean validation accuracy of seeds 0..2
@@ -112,7 +112,7 @@ def tree_config(base: dict, point: dict, epochs: int, seed: int):
                                                                                  "train")}
     tree = {"arch": "soft_tree", "knobs": knobs, "train": train,
             "temperature": point.get("temperature", 1.0)}
-    params = _deep_merge(base, {"baseline": {"augment": {"shift": point.get("shift", 0)},
+    params = deep_merge(base, {"baseline": {"augment": {"shift": point.get("shift", 0)},
                                              "epochs": epochs},
                                 "tracking": {"enabled": False}, "runtime": {"threads": 1}})
     params["student"] = {"defaults": shared, "variants": {"tree": tree}}  # replace whole
@@ -202,7 +202,7 @@ def bench(name: str, base: dict, data: Path, seeds: int, quick: bool, log) -> di
     train = {**cnn["train"], "epochs": 2 if quick else cnn["train"]["epochs"]}
     runs = []
     for s in range(seeds):
-        params = _deep_merge(base, {"student": {"variants": {"cnn": {}}},
+        params = deep_merge(base, {"student": {"variants": {"cnn": {}}},
                                     "tracking": {"enabled": False}, "runtime": {"threads": 1}})
         params["student"]["variants"] = {"cnn": {"train": {**train, "seed": s}}}
         runs.append(train_one(parse_config(params), "cnn", data, "soft_targets"))
@@ -232,7 +232,7 @@ def digits_pipeline(root: Path, quick: bool, munge: int) -> dict:
     """prepare, three cnn2d teachers, export; and a second shard set with MUNGE rows."""
     from stages import export, prepare, teacher, transfer
 
-    params = _deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), DIGITS)
+    params = deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), DIGITS)
     for section, key in (("teacher", "members"), ("teacher", "defaults"),
                          ("student", "defaults"), ("student", "variants")):
         params[section][key] = DIGITS[section][key]  # replace whole, not merge

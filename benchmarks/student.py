@@ -9,7 +9,7 @@ One student variant: `--variant`, else the one the pipeline chose (data/report/m
 says which and why.
 
 (a) Data path. `kd.train.loop.fit` with the variant's config, fed by the real
-    `kd.train.distill.shard_batches` over the soft-target shards (the variant's `rows`),
+    `kd.train.student.shard_batches` over the soft-target shards (the variant's `rows`),
     against the same loop fed by a factory that shuffles the same rows held in memory as
     tensors (features, labels, member logits (M, B, C)), same batch size, same model init, same
     loss, same epochs (2). Target: shard-fed samples/s >= 0.9 x in-memory samples/s.
@@ -61,8 +61,8 @@ from kd.targets.reader import ShardReader  # noqa: E402
 from kd.targets.shards import read_manifest  # noqa: E402
 from kd.targets.shardset import verify  # noqa: E402
 from kd.train.batches import Batch  # noqa: E402
-from kd.train.distill import ensemble_targets, shard_batches  # noqa: E402
 from kd.train.loop import fit, predict  # noqa: E402
+from kd.train.student import ensemble_targets, shard_batches  # noqa: E402
 from stages import export  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,7 +166,7 @@ def speed(st, shards: Path, teachers_dir: Path, epochs: int, rounds: int, online
     steps = -(-n // bs)
     teachers = [load_model(teachers_dir / m)[0] for m in reader.members]  # eval mode
 
-    def loss_fn(s_logits: torch.Tensor, b: Batch) -> torch.Tensor:  # as kd/train/distill.py's
+    def loss_fn(s_logits: torch.Tensor, b: Batch) -> torch.Tensor:  # as kd/train/student.py's
         t_probs, T = ensemble_targets(b.t_logits, st)  # (B, C); the variant's soft or hard targets
         return kd_loss(s_logits, t_probs, b.y, T, st.alpha)
 

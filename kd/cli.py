@@ -52,7 +52,10 @@ def with_config(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(params_path: Path, **kwargs):
         cfg = load_config(params_path)
+        from kd.model_checks import check_models
         from kd.runtime.distributed import set_threads
+
+        check_models(cfg)  # here, not in kd.config: a stage that builds no model needs no models
 
         set_threads(cfg.runtime)  # every command, also those without a training session
         return fn(cfg, **kwargs)
@@ -114,9 +117,10 @@ def cli() -> None:
               type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
 def prepare(cfg: Config, out: Path) -> None:
     """Build labeled/unlabeled/test Parquet splits and meta.json from `data.source`."""
+    from kd.model_checks import fit_to_data
     from stages import prepare as stage
 
-    stage.run(cfg, out)
+    stage.run(cfg, out, check=functools.partial(fit_to_data, cfg))
 
 
 @cli.command()
@@ -397,7 +401,8 @@ def shards_copy(source: str, destination: str) -> None:
 def check_params(cfg: Config, prepared: Path) -> None:
     """Validate the params file, print each teacher member's and student variant's resolved
     settings, and check every architecture against the prepared data's feature shape."""
-    from kd.checks import data_warnings, fit_to_data
+    from kd.config import data_warnings
+    from kd.model_checks import fit_to_data
     from kd.prepared import load_meta
 
     for name in cfg.teacher.members:

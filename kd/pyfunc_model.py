@@ -4,14 +4,22 @@
     probs = model.predict(x)          # x: (N, F) float32 flat rows, as stored -> (N, C)
 
 The weights travel as the run's `model_dir` artifact (model.safetensors + model.json) and are
-rebuilt by `kd.models.load_model`; the `kd` package is bundled with the model.
+rebuilt by `kd.models.load_model`; the `kd` package is bundled with the model. The student
+stage logs it with `log_pyfunc_model`, which lives here rather than in kd.tracking: every stage
+imports kd.tracking, and only the student needs the model families to log its model.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import mlflow
 import numpy as np
 from mlflow.pyfunc import PythonModel
+
+if TYPE_CHECKING:
+    from kd.tracking import StageRun
 
 
 class KDStudent(PythonModel):
@@ -32,4 +40,30 @@ class KDStudent(PythonModel):
             return torch.softmax(self.model(torch.from_numpy(x)), dim=1).numpy()  # (N, C)
 
 
-mlflow.models.set_model(KDStudent())
+def log_pyfunc_model(run: StageRun, model_dir: Path, input_example) -> None:
+    """Log a trained model directory as an MLflow pyfunc model named "student", with a
+    signature and an input example, from code (this file): nothing is pickled."""
+    if run.client is None:
+        return
+    from mlflow.models import infer_signature
+
+    kd_package = Path(__file__).resolve().parent  # bundled: load_context imports kd.models
+    example = np.asarray(input_example, dtype=np.float32)
+    probe = KDStudent()
+    probe.load_context(type("Ctx", (), {"artifacts": {"model_dir": str(model_dir)}})())
+    signature = infer_signature(example, probe.predict(None, example))
+    previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(run.uri)  # the fluent API below logs to the stage's store
+    try:
+        with mlflow.start_run(run_id=run.run_id):
+            mlflow.pyfunc.log_model(
+                name="student", python_model=str(Path(__file__).resolve()),  # run by MLflow on load
+                artifacts={"model_dir": str(model_dir)}, code_paths=[str(kd_package)],
+                signature=signature, input_example=example,
+                pip_requirements=["torch==2.13.0", "safetensors", "numpy", "mlflow"],
+            )
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+mlflow.models.set_model(KDStudent())  # what MLflow loads when it runs this file

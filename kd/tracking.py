@@ -63,7 +63,7 @@ def tracking_enabled(cfg: Config) -> bool:
     return cfg.tracking.enabled
 
 
-def _check_reachable(uri: str, timeout: float) -> None:
+def check_reachable(uri: str, timeout: float) -> None:
     """Fail in `timeout` seconds, not after the MLflow client's minutes of retries: one
     request of our own, with its own timeout, before the MLflow client makes any."""
     if not uri.startswith(("http://", "https://")):
@@ -126,7 +126,7 @@ def training_experiment(client, name: str, artifact_location: str | None,
     exp = client.get_experiment_by_name(name)
     if exp is None:
         return _create_experiment(client, name, artifact_location) if create else None
-    for key, value in EXPERIMENT_TAGS.items():  # an experiment made before these existed
+    for key, value in EXPERIMENT_TAGS.items():  # made in the UI or a script: tags missing
         if key not in exp.tags:
             client.set_experiment_tag(exp.experiment_id, key, value)
     return exp.experiment_id
@@ -190,7 +190,7 @@ def stage_run(
     # The logging calls below keep MLflow's own retries and timeouts (MLFLOW_HTTP_REQUEST_*,
     # 7 retries with backoff by default): one 503 after an hour of training must not fail
     # the stage.
-    _check_reachable(uri, cfg.tracking.timeout_s)
+    check_reachable(uri, cfg.tracking.timeout_s)
 
     from mlflow.tracking import MlflowClient
 
@@ -234,40 +234,6 @@ def _create_experiment(client, name: str, artifact_location: str | None) -> str:
                                         tags=EXPERIMENT_TAGS)
     except MlflowException:  # another process (a queued experiment) created it first
         return client.get_experiment_by_name(name).experiment_id
-
-
-def log_pyfunc_model(run: StageRun, model_dir: Path, input_example) -> None:
-    """Log a trained model directory as an MLflow pyfunc model named "student", with a
-    signature and an input example, from code (kd/pyfunc_model.py): nothing is pickled."""
-    if run.client is None:
-        return
-    import mlflow
-    import numpy as np
-    from mlflow.models import infer_signature
-
-    here = Path(__file__).resolve().parent
-    example = np.asarray(input_example, dtype=np.float32)
-    from kd.pyfunc_model import KDStudent
-
-    probe = KDStudent()
-    probe.load_context(type("Ctx", (), {"artifacts": {"model_dir": str(model_dir)}})())
-    signature = infer_signature(example, probe.predict(None, example))
-    previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
-    mlflow.set_tracking_uri(run.uri)  # the fluent API below logs to the stage's store
-    try:
-        with mlflow.start_run(run_id=run.run_id):
-            _log_model(mlflow, here, model_dir, signature, example)
-    finally:
-        mlflow.set_tracking_uri(previous)
-
-
-def _log_model(mlflow, here: Path, model_dir: Path, signature, example) -> None:
-    mlflow.pyfunc.log_model(
-        name="student", python_model=str(here / "pyfunc_model.py"),
-        artifacts={"model_dir": str(model_dir)}, code_paths=[str(here)],
-        signature=signature, input_example=example,
-        pip_requirements=["torch==2.13.0", "safetensors", "numpy", "mlflow"],
-    )
 
 
 def log_onnx_model(run: StageRun, path: Path, name: str, input_example) -> None:

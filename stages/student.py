@@ -5,7 +5,7 @@ soft-target shards.
     dvc exp run -S student.defaults.temperature=8     # every variant at T = 8
 
 Reads only `data/soft_targets/` (verified against its manifest first) and the prepared test
-split for evaluation; the training job is kd/train/distill.py. Writes `data/student/<variant>/`
+split for evaluation; the training job is kd/train/student.py. Writes `data/student/<variant>/`
 like a teacher member, and logs the student to MLflow as a pyfunc model
 (`mlflow.pyfunc.load_model` predicts with it; the weights still travel as safetensors), in a run
 tagged `kd.variant`.
@@ -16,13 +16,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from kd.config import Config
+from kd.pyfunc_model import log_pyfunc_model
 from kd.runtime.distributed import SINGLE, Dist
 from kd.targets.shards import check_members, read_manifest
 from kd.targets.shardset import verify
-from kd.tracking import log_pyfunc_model, stage_run
+from kd.tracking import stage_run
 from kd.train.callbacks import progress
-from kd.train.distill import distill_job
 from kd.train.runner import train_and_write
+from kd.train.student import distill_job
 
 
 def run(cfg: Config, variant: str, out_root: Path = Path("data/student"),

@@ -86,7 +86,7 @@ def project_params(overrides: dict) -> dict:
     controls the models). A flat `student` override is one student's settings: the repository's
     student defaults with it on top, as the single variant VARIANT; without a `student`
     override the pipeline also trains the default student as that one variant."""
-    from kd.config import _deep_merge
+    from kd.config import deep_merge
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     overrides = dict(overrides)
@@ -94,10 +94,10 @@ def project_params(overrides: dict) -> dict:
     if not {"defaults", "variants"} & set(student):
         student = one_variant(student)
     members = overrides.get("teacher", {}).get("members")
-    merged = _deep_merge(params, overrides)
+    merged = deep_merge(params, overrides)
     if members is not None:
         merged["teacher"]["members"] = members
-    defaults = _deep_merge(merged["student"]["defaults"], student.get("defaults", {}))
+    defaults = deep_merge(merged["student"]["defaults"], student.get("defaults", {}))
     if "knobs" in student.get("defaults", {}):  # another architecture's knobs: replace whole
         defaults["knobs"] = student["defaults"]["knobs"]
     merged["student"] = {"defaults": defaults,

@@ -1,8 +1,11 @@
 """The layout's rules (docs/architecture.md), held by the import graph (tests/imports.py) and
-dvc.yaml. Each rule is also run on a deliberately broken copy of the tree, so it can fail."""
+dvc.yaml. The layer table is read from docs/architecture.md itself, so the page and the test say
+the same thing. Each rule is also run on a deliberately broken copy of the tree, so it can fail."""
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 from pathlib import Path
 
@@ -24,20 +27,71 @@ MLFLOW_OK = ("kd.tracking", "kd.pyfunc_model", "kd.train.callbacks", "kd.cli", "
              "kd.teachers.mlflow_source")  # an MLflow member: resolve, download, pyfunc
 MODULES = {"import": "imports"}  # `kd import` (a keyword) runs stages/imports.py
 PURE = ("kd.models", "kd.targets", "kd.distill", "kd.transfer", "kd.deploy")  # no tracking
+DOC = "docs/architecture.md"
+# the stage-to-stage imports docs/architecture.md lists as exceptions
+STAGE_IMPORTS_OK = {("stages.imports", "stages.source")}
 
 
 def _under(module: str, prefixes: tuple[str, ...]) -> bool:
     return any(module == p or module.startswith(p + ".") for p in prefixes)
 
 
+def layer_table(root: Path = ROOT) -> dict[str, int]:
+    """{module prefix: layer} from the table of docs/architecture.md's dependency rule."""
+    text = (root / DOC).read_text()
+    section = text[text.index("## The dependency rule"):]
+    section = section[: section.index("\n## ", 1)]
+    table: dict[str, int] = {}
+    for row in re.finditer(r"^\| (\d+) \| (.+?) \| .*\|$", section, re.M):
+        for name in re.findall(r"`([\w.]+)`", row[2]):
+            assert name not in table, f"{DOC}: {name} is in two layers"
+            table[name] = int(row[1])
+    return table
+
+
+def _in_row(module: str, row: str) -> bool:
+    # the row `kd` is the package's own __init__ alone: every other module needs a row of its own
+    return module == row if row == "kd" else _under(module, (row,))
+
+
+def layer_of(module: str, table: dict[str, int]) -> int | None:
+    """The layer of the longest row name that `module` falls under, or None."""
+    row = max((p for p in table if _in_row(module, p)), key=len, default=None)
+    return None if row is None else table[row]
+
+
+def layer_violations(root: Path = ROOT) -> list[str]:
+    """Modules without a layer, rows without a module, and every import of a higher layer."""
+    table, modules = layer_table(root), all_modules(root)
+    out = [f"{DOC}: the layer row {row} matches no module" for row in table
+           if not any(_in_row(m, row) for m in modules)]
+    for m in modules:
+        mine = layer_of(m, table)
+        if mine is None:
+            out.append(f"{m} has no layer in {DOC}")
+            continue
+        up = sorted(f"{d} ({layer_of(d, table)})" for d in imports_of(m, root)
+                    if (layer_of(d, table) or 0) > mine)
+        if up:
+            out.append(f"{m} (layer {mine}) imports a higher layer: {', '.join(up)}")
+    return out
+
+
 def violations(root: Path = ROOT) -> list[str]:
     """Every broken rule, one line each."""
     imports_of.cache_clear()
-    out = []
+    out = layer_violations(root)
     if cycle := find_cycle(root):
         out.append("import cycle: " + " -> ".join(cycle))
+    for a, b in sorted(STAGE_IMPORTS_OK):
+        if b not in imports_of(a, root):
+            out.append(f"{a} no longer imports {b}: remove the exception here and in {DOC}")
     for m in all_modules(root):
         deps = imports_of(m, root)
+        if _under(m, ("stages",)) and (other := sorted(
+                d for d in deps if _under(d, ("stages",)) and d != "stages"
+                and (m, d) not in STAGE_IMPORTS_OK)):
+            out.append(f"{m} imports another stage: {other}")
         if _under(m, ("kd.runtime",)) and (bad := [d for d in deps if _under(d, ("kd.train",))]):
             out.append(f"{m} (runtime) imports training: {sorted(bad)}")
         if _under(m, PURE):
@@ -84,10 +138,12 @@ def test_every_stage_depends_on_exactly_the_code_it_runs():
 
 @pytest.fixture
 def tree(tmp_path):
-    """A copy of kd/, stages/ and dvc.yaml to break."""
+    """A copy of kd/, stages/, dvc.yaml and docs/architecture.md to break."""
     for name in ("kd", "stages"):
         shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    for name in ("dvc.yaml", DOC):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, tmp_path / name)
     yield tmp_path
     imports_of.cache_clear()
 
@@ -104,11 +160,45 @@ def _append(path: Path, text: str) -> None:
     ("kd/train/loop.py", "import mlflow", "touches MLflow"),
     ("kd/datasets.py", "from stages import prepare", "imports the stages"),
     ("kd/io/faults.py", "def f():\n    from kd.train.loop import fit", "import cycle"),
+    # the layer table: config knows no model family, tracking no model, a model no loss
+    ("kd/config/params.py", "def f():\n    from kd.models import check_arch",
+     "kd.config.params (layer 2) imports a higher layer: kd.models (3)"),
+    ("kd/tracking.py", "from kd.pyfunc_model import log_pyfunc_model",
+     "kd.tracking (layer 5) imports a higher layer: kd.pyfunc_model (6)"),
+    ("kd/models/io.py", "from kd.distill.losses import kd_loss", "imports a higher layer"),
+    ("kd/evaluate/metrics.py", "from kd.train.loop import fit", "imports a higher layer"),
+    ("stages/teacher.py", "from stages import student", "stages.teacher imports another stage"),
 ])
 def test_a_broken_rule_is_caught(tree, file, line, expected):
     _append(tree / file, line)
     found = violations(tree)
     assert any(expected in v for v in found), found
+
+
+def test_the_layer_table_is_the_documented_one():
+    table = layer_table()
+    assert table["kd.errors"] < table["kd.io"] < table["kd.config"] < table["kd.models"] \
+        < table["kd.tracking"] < table["kd.train"] < table["stages"] < table["kd.cli"]
+    assert layer_of("kd.evaluate.stats", table) == table["kd.evaluate"]
+
+
+def test_a_module_without_a_layer_or_a_row_without_a_module_is_caught(tree):
+    doc = tree / DOC
+    text = doc.read_text()
+    doc.write_text(text.replace(", `kd.serve` |", " |", 1))
+    assert "kd.serve has no layer in docs/architecture.md" in violations(tree)
+    doc.write_text(text.replace("| `kd.cli` |", "| `kd.cli`, `kd.gone` |", 1))
+    assert f"{DOC}: the layer row kd.gone matches no module" in violations(tree)
+    (tree / "kd/newpackage").mkdir()
+    (tree / "kd/newpackage/__init__.py").write_text("")
+    assert "kd.newpackage has no layer in docs/architecture.md" in violations(tree)
+
+
+def test_a_stage_import_exception_that_is_no_longer_used_is_caught(tree):
+    path = tree / "stages/imports.py"
+    path.write_text(re.sub(r"^from stages[^\n]*\n", "", path.read_text(), flags=re.M))
+    found = violations(tree)
+    assert any("stages.imports no longer imports stages.source" in v for v in found), found
 
 
 def test_a_missing_or_stale_code_dep_is_caught(tree):
@@ -139,5 +229,45 @@ def shadowing(folder: Path) -> list[str]:
 def test_no_script_folder_shadows_a_standard_library_module(tmp_path):
     for folder in ("benchmarks", "examples", "stages"):
         assert shadowing(ROOT / folder) == [], folder
-    (tmp_path / "queue.py").write_text("")  # what once broke every benchmark (torch imports queue)
+    (tmp_path / "queue.py").write_text("")  # torch imports queue: this would break every benchmark
     assert shadowing(tmp_path) == ["queue.py"]
+
+
+def _stage_module(stage) -> str:
+    command = stage.cmd.split()[1]  # `kd <stage> ...`
+    return f"stages.{MODULES.get(command, command)}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("touched", ["kd/models/soft_tree.py", "kd/transfer/munge.py"])
+def test_editing_a_file_changes_only_the_stages_that_import_it(tmp_path, touched):
+    """Real DVC: every stage committed as up to date (placeholder outputs, nothing trained),
+    then one line added to `touched`; `dvc status` must name exactly the stages whose import
+    closure holds that file. A model family no default stage uses still changes the stages
+    that build models, and never prepare or transfer."""
+    from dvc.repo import Repo
+
+    from tests.conftest import make_repo, run_cmd
+
+    repo = make_repo(tmp_path / "repo", {})
+    with Repo(str(repo)) as r:
+        stages = list(r.index.stages)
+        for out in (o for s in stages for o in s.outs):
+            path = Path(out.fs_path)
+            if path.suffix:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text("{}")
+            else:  # a directory output
+                path.mkdir(parents=True, exist_ok=True)
+                (path / "placeholder").write_text("x")
+        expected = {s.name for s in stages
+                    if touched in closure_files(_stage_module(s))}
+    (repo / "data/prepared/test.parquet").write_text("x")  # a dep inside an output directory
+    run_cmd(["dvc", "commit", "--force", "--quiet"], repo)
+    assert json.loads(run_cmd(["dvc", "status", "--json"], repo).stdout) == {}
+    with (repo / touched).open("a") as f:
+        f.write("\n# an edit\n")
+    changed = set(json.loads(run_cmd(["dvc", "status", "--json"], repo).stdout))
+    assert changed == expected
+    assert expected and not {"prepare", "transfer"} & expected if "models" in touched \
+        else expected == {"transfer"}

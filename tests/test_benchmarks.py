@@ -274,7 +274,7 @@ def test_scripts_read_what_exists_and_call_what_they_import_as_it_is(name):
     ("from stages import student\nstudent.run(cfg)", "missing a required argument: 'variant'"),
     ("from stages import baseline as b\nb.run(cfg, 'v', x=1)", "unexpected keyword argument 'x'"),
     ("from stages import export\nexport.member_logits(m, x, s)", "stages.export.member_logits does not exist"),
-    ("from kd.train.distill import distill_job\ndistill_job(cfg, shards, prepared)", "missing a required argument: 'prepared'"),
+    ("from kd.train.student import distill_job\ndistill_job(cfg, shards, prepared)", "missing a required argument: 'prepared'"),
     ("from kd.config import baseline_train", "imports kd.config.baseline_train, which does not exist"),
 ])
 def test_a_stale_read_or_call_is_caught(source, expected):
@@ -286,7 +286,7 @@ def test_resolving_reads_pass():
     assert problems("cfg.student.variant('v').train\ncfg0.teacher.members\nc.model_copy()\n"
                     "from stages import student\nstudent.run(cfg, 'v', shards=s)\n"
                     "from stages.export import run as export\nexport(cfg, dist=d)\n"
-                    "from kd.train.distill import distill_job\ndistill_job(cfg, v, s, p)") == []
+                    "from kd.train.student import distill_job\ndistill_job(cfg, v, s, p)") == []
 
 
 def test_a_script_measures_the_named_the_chosen_or_the_first_variant(tmp_path):

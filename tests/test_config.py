@@ -8,6 +8,7 @@ import pytest
 
 from kd.config import Config, load_config, parse_config
 from kd.errors import ConfigError
+from kd.model_checks import check_models
 from tests.conftest import ROOT, assert_user_error
 
 # The one-line message of every bad-params case is checked, through `kd`, against
@@ -79,9 +80,23 @@ def test_config_error_is_raised_not_exit():
     ({"teacher": {"defaults": {"knobs": {"channels": 0}}}}, "teacher.members."),
 ])
 def test_architecture_and_knob_names_are_checked_up_front(params, expected):
+    cfg = parse_config(params)  # the schema knows no model family ...
     with pytest.raises(ConfigError) as e:
-        parse_config(params)
+        check_models(cfg)  # ... the models do, and every `kd` command asks them first
     assert expected in str(e.value)
+
+
+def test_munge_over_token_ids_is_refused_when_params_load():
+    # MUNGE draws Gaussian values around each attribute: for integer token ids it would make
+    # non-ids that only the transformer's embedding lookup, at export, would refuse
+    token_ids = {"source": "parquet", "inputs": ".", "labeled": "l", "test": "t", "label": "y",
+                 "features": "f", "vocab_size": 50, "normalize": "none"}
+    parse_config({"data": token_ids})  # ids alone are fine, and so is MUNGE on features
+    parse_config({"transfer": {"method": "munge"}})
+    with pytest.raises(ConfigError) as e:
+        parse_config({"data": token_ids, "transfer": {"method": "munge"}})
+    msg = str(e.value)
+    assert msg.startswith("transfer.method: ") and "data.vocab_size" in msg and "\n" not in msg
 
 
 def test_baseline_settings_are_validated_when_params_load():

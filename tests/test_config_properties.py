@@ -2,7 +2,7 @@
 
     pytest tests/test_config_properties.py
 
-Valid params are drawn field by field from `kd/config.py`'s types and bounds (plus the few
+Valid params are drawn field by field from `kd/config/`'s types and bounds (plus the few
 cross-field rules its validators state), written as YAML, loaded, and must come back equal and
 survive a dump/load round trip. Then one random mutation (a wrong type, a value past a bound,
 an unknown key, a required key deleted) must always give a `ConfigError` whose one-line message
@@ -41,8 +41,8 @@ SETTINGS = settings(max_examples=60, deadline=None,
                                            HealthCheck.too_slow])
 PARQUET_ONLY = {"labeled", "unlabeled", "test", "features", "label", "id", "shape", "classes",
                 "vocab_size"}
-# keys valid only together with transformer members or students (kd/config.py's
-# _check_transformer): left at their defaults in valid params, still mutated below
+# keys valid only together with transformer members or students (kd/config/params.py and
+# kd/model_checks.py check them): left at their defaults in valid params, still mutated below
 TRANSFORMER_ONLY = {"hidden", "init", "beta", "hidden_from"}
 
 
@@ -165,6 +165,8 @@ def valid_params(draw) -> dict:
     student.update(draw(section(StudentConfig, skip={"arch", "knobs", "train",
                                                       *TRANSFORMER_ONLY})))
     fix_warmup(student.get("train", {}))
+    if student.get("targets", "soft") != "soft" or student.get("rows", "all") != "all":
+        student.pop("control", None)  # such a recipe is a control: `control: false` is refused
     p["student"] = {"defaults": student, "variants": {"v": {}}}
     baseline = draw(section(BaselineConfig))
     warmup = student.get("train", {}).get("warmup_epochs", 0)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import kd.train.distill as distill
+import kd.train.student as distill
 from kd.config import parse_config
 from stages import student
 from tests.conftest import VARIANT, build_pipeline, cwd, one_variant

@@ -245,7 +245,7 @@ def job_fingerprints(d: Path, dist=None) -> dict[str, str]:
     """The checkpoint keys of baseline@s (the teachers' job) and student@s, as the stages
     build them in `d`."""
     from kd.runtime.distributed import SINGLE
-    from kd.train.distill import distill_job
+    from kd.train.student import distill_job
     from kd.train.supervised import supervised_job
 
     cfg, prepared = parse_config(PARAMS), Path("data/prepared")

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from kd.config import TrainConfig, parse_config
 from kd.distill.losses import cosine_loss
 from kd.errors import ArtifactError, ConfigError, DataError
+from kd.model_checks import check_models
 from kd.models import build_model, count_params, load_model, save_model
 from kd.models.transformer import init_from, init_problem
 from kd.targets.reader import ShardReader
@@ -157,6 +158,7 @@ def _params(**student):
 def test_config_checks_init_and_beta():
     cfg = parse_config({**_params(init={"from": "t", "layers": [0, 3]}, beta=1.0),
                         "export": {"hidden": ["t"]}})
+    check_models(cfg)
     st = cfg.student.variant(VARIANT)
     assert st.init.from_ == "t" and st.init.layers == [0, 3]
     plain = parse_config({}).student.variant("main")
@@ -172,7 +174,7 @@ def test_config_checks_init_and_beta():
                                  "features": "f"}}, "vocab=0 must equal data.vocab_size"),
     ]:
         with pytest.raises(ConfigError) as exc:
-            parse_config(params)
+            check_models(parse_config(params))
         assert fragment in str(exc.value) and "\n" not in str(exc.value)
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-import kd.train.distill as distill
+import kd.train.student as distill
 from kd.config import parse_config
 from kd.evaluate.choose import choose_variant, ensemble_val_accuracy, pick
 from kd.targets.reader import ShardReader

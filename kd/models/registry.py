@@ -183,5 +183,5 @@ def check_arch(arch: str, knobs: dict[str, Any] | None) -> None:
     input (whether it fits the data's feature shape is the stage's check)."""
     resolve_knobs(arch, knobs)
     probe = getattr(_arch_class(arch), "probe_shape", None)
-    if probe is not None:  # else it is built on the data's shape (kd.checks.fit_to_data)
+    if probe is not None:  # else it is built on the data's shape (kd.model_checks.fit_to_data)
         build_model(arch, probe, 2, knobs)

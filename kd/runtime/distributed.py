@@ -1,6 +1,6 @@
 """torch.distributed for the training and export stages: PyTorch's own runtime, no launcher of ours.
 
-    runtime: {nproc: 2}                                  # params.yaml: `dvc repro` as before
+    runtime: {nproc: 2}                              # params.yaml: `kd` starts torchrun itself
     torchrun --nproc-per-node 2 -m kd.cli student    # or start torchrun yourself
     torchrun --nnodes 2 --node-rank 0 --rdzv-endpoint host0:29400 --nproc-per-node 8 \
         -m kd.cli export                             # ... and --node-rank 1 on the other node

@@ -120,7 +120,8 @@ def member_outputs(models: dict[str, torch.nn.Module], x: np.ndarray, shape: tup
 def hidden_widths(models: dict[str, torch.nn.Module], hidden: list[str]) -> dict[str, int]:
     """member -> width of its pooled hidden vector, for the shard schema."""
     for name in hidden:
-        if not hasattr(models[name], "forward_with_hidden"):  # a member saved before a change
+        # params.yaml names a transformer, but the member on disk was trained as another arch
+        if not hasattr(models[name], "forward_with_hidden"):
             raise ArtifactError(f"data/teachers/{name}/model.json: member {name!r} has no pooled "
                                 "hidden vector (export.hidden); rerun `kd teacher`")
     return {name: int(models[name].width) for name in hidden}

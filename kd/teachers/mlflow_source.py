@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from kd.errors import ArtifactError
-from kd.tracking import TrackingError, _check_reachable
+from kd.tracking import TrackingError, check_reachable
 
 _MODELS = re.compile(r"models:/(?P<name>[^/@]+)(?:/(?P<version>[^/]+)|@(?P<alias>[^/]+))$")
 _RUNS = re.compile(r"runs:/(?P<run>[0-9a-f]+)/(?P<path>.+)$")
@@ -30,7 +30,7 @@ _RUNS = re.compile(r"runs:/(?P<run>[0-9a-f]+)/(?P<path>.+)$")
 def _reachable(source: str, uri: str, timeout: float) -> None:
     """A server that is down: one line now, not after the client's minutes of retries."""
     try:
-        _check_reachable(uri, timeout)
+        check_reachable(uri, timeout)
     except TrackingError as e:  # its advice (tracking off) does not bring a registry back
         what = str(e).split("; set")[0].replace("MLflow tracking server", "the MLflow registry")
         raise ArtifactError(f"{source}: {what}; `dvc pull` brings a teammate's import "
