@@ -374,6 +374,18 @@ def test_a_baseline_trains_the_spec_its_file_holds(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
 
 
+def test_kd_baseline_without_its_spec_file_is_one_line(tmp_path, kd, monkeypatch):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_params(student=STUDENT)))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KD_TRACKING", "0")
+    assert_user_error(kd("baseline", VARIANT), f"data/baseline_specs/{VARIANT}.json",
+                      "kd baseline-specs")
+    assert kd("baseline-specs").exit_code == 0
+    assert json.loads((tmp_path / f"data/baseline_specs/{VARIANT}.json").read_text()) \
+        == parse_config(with_params(student=STUDENT)).baseline_spec(VARIANT).model_dump(
+            mode="json")
+
+
 @pytest.mark.slow
 def test_kd_student_prints_no_mlflow_warning(pipe, tmp_path):
     """Logging the pyfunc model used to print MLflow's "Add type hints to the `predict`
