@@ -47,7 +47,7 @@ from kd.evaluate.metrics import ensemble_probs, quality, softmax  # noqa: E402
 from kd.models import build_model  # noqa: E402
 from kd.prepared import load_meta, read_split  # noqa: E402
 from kd.teachers.members import load_members  # noqa: E402
-from stages import baseline, export, imports, prepare, source, student, teacher  # noqa: E402
+from stages import baseline, baseline_specs, export, imports, prepare, source, student, teacher  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples/byot_digits.yaml"
@@ -158,6 +158,7 @@ def digits(work: Path, seeds: list[int], variant: str | None) -> dict:
     for seed in seeds:
         c = parse_config(digits_params(work, variant, seed))
         s = student.run(c, variant)
+        baseline_specs.run(c)
         b = baseline.run(c, variant)
         runs.append({"seed": seed, "student": {k: s[k] for k in ("val_accuracy",
                                                                   "test_accuracy")},

@@ -207,6 +207,28 @@ def baseline(cfg: Config, variant: str, dist) -> None:
 
 @cli.command()
 @with_config
+@click.argument("folder", type=click.Choice(["teachers", "student", "baseline"]))
+def index(cfg: Config, folder: str) -> None:
+    """Write data/index/FOLDER.json: the sha256 of each file of every member or variant that
+    params.yaml names in data/FOLDER/ (what export, the students, deploy and the report depend
+    on, instead of the folder and whatever else lies there)."""
+    from stages import index as stage
+
+    stage.run(cfg, folder)
+
+
+@cli.command("baseline-specs")
+@with_config
+def baseline_specs(cfg: Config) -> None:
+    """Write every variant's baseline spec (arch, knobs, train, the baseline section) to
+    data/baseline_specs/VARIANT.json, the file `kd baseline VARIANT` trains."""
+    from stages import baseline_specs as stage
+
+    stage.run(cfg)
+
+
+@cli.command()
+@with_config
 def report(cfg: Config) -> None:
     """Evaluate teacher, members, student and baseline; write data/report/."""
     from stages import report as stage

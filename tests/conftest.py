@@ -141,7 +141,7 @@ def build_pipeline(root: Path, params: dict, stages: tuple[str, ...] = ("prepare
     """Run pipeline stages in-process, in order, in `root` (which gets the params.yaml). A flat
     `student` section is the single variant VARIANT (one_variant)."""
     from kd.config import parse_config
-    from stages import baseline, deploy, export, prepare, student, teacher, transfer
+    from stages import baseline, baseline_specs, deploy, export, prepare, student, teacher, transfer
 
     root.mkdir(parents=True, exist_ok=True)
     if "student" in params and not {"defaults", "variants"} & set(params["student"]):
@@ -153,7 +153,8 @@ def build_pipeline(root: Path, params: dict, stages: tuple[str, ...] = ("prepare
              "teacher": lambda: [teacher.run(cfg, m) for m in cfg.teacher.members],
              "export": lambda: export.run(cfg),
              "student": lambda: [student.run(cfg, v) for v in cfg.student.variants],
-             "baseline": lambda: [baseline.run(cfg, v) for v in cfg.student.variants],
+             "baseline": lambda: [baseline_specs.run(cfg), *(baseline.run(cfg, v)
+                                                             for v in cfg.student.variants)],
              "deploy": lambda: deploy.run(cfg)}
     with cwd(root), pytest.MonkeyPatch.context() as mp:
         mp.setenv("KD_TRACKING", "0")

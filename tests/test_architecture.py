@@ -25,7 +25,8 @@ from tests.imports import (
 # the CLI (its `kd ui` opens the store) and the MLflow member kind (kd/teachers/mlflow_source.py)
 MLFLOW_OK = ("kd.tracking", "kd.pyfunc_model", "kd.train.callbacks", "kd.cli", "stages",
              "kd.teachers.mlflow_source")  # an MLflow member: resolve, download, pyfunc
-MODULES = {"import": "imports"}  # `kd import` (a keyword) runs stages/imports.py
+# `kd import` (a keyword) runs stages/imports.py; a command of two words, the module with "_"
+MODULES = {"import": "imports", "baseline-specs": "baseline_specs"}
 PURE = ("kd.models", "kd.targets", "kd.distill", "kd.transfer", "kd.deploy")  # no tracking
 DOC = "docs/architecture.md"
 # the stage-to-stage imports docs/architecture.md lists as exceptions

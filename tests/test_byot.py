@@ -234,7 +234,7 @@ def test_the_report_scores_every_member_alike(world, tmp_path):
     where a model has no parameter count (scikit-learn)."""
     import shutil
 
-    from stages import baseline, deploy, report, student
+    from stages import baseline, baseline_specs, deploy, report, student
 
     root = tmp_path / "w"
     shutil.copytree(world["root"], root, ignore=shutil.ignore_patterns("mlflow.db", "mlruns"))
@@ -245,6 +245,7 @@ def test_the_report_scores_every_member_alike(world, tmp_path):
     cfg = parse_config(params)
     with cwd(root):
         student.run(cfg, VARIANT)
+        baseline_specs.run(cfg)
         baseline.run(cfg, VARIANT)
         deploy.run(cfg)
         metrics = report.run(cfg)

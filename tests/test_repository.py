@@ -69,3 +69,36 @@ def test_a_missing_or_stale_gitignore_is_caught(tmp_path):
     assert "data/student/stale/.gitignore: no output needs it" in problems
     assert any(p.startswith("data/baseline/small/.gitignore: lists") for p in problems)
     assert len(problems) == 3, problems
+
+
+def stale_lock_stages(root: Path) -> list[str]:
+    """Stages dvc.lock records that dvc.yaml (foreach stages expanded with params.yaml) no longer
+    has: their outputs are files no stage writes, and `dvc status` never looks at them."""
+    import yaml
+    from dvc.repo import Repo
+
+    locked = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    with Repo(str(root)) as repo:
+        declared = {stage.name for stage in repo.index.stages}
+    return sorted(set(locked) - declared)
+
+
+def test_every_stage_in_dvc_lock_is_in_dvc_yaml():
+    assert stale_lock_stages(ROOT) == []
+
+
+def test_a_stage_left_in_dvc_lock_is_caught(tmp_path):
+    import subprocess
+
+    import yaml
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("dvc.yaml", "params.yaml", "dvc.lock"):
+        shutil.copy(ROOT / name, repo / name)
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    lock["stages"]["student"] = lock["stages"]["student@small"]  # the flat layout's name
+    (repo / "dvc.lock").write_text(yaml.safe_dump(lock))
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run(["dvc", "init", "-q"], cwd=repo, check=True)
+    assert stale_lock_stages(repo) == ["student"]

@@ -331,32 +331,114 @@ def test_dvc_reruns_only_the_variants_whose_params_changed(dvc_repo):
                      "baseline": {"augment": {"shift": 0}, "epochs": 2}})
     stages = ["student@a", "student@b", "baseline@a", "baseline@b"]
     first = run_cmd(["dvc", "repro", *stages], repo, env=env)
-    assert ran(first) == {"prepare", "transfer", "teacher@a", "teacher@b", "export", *stages}
-    later = {"deploy", "report"}  # they read every variant: not run yet
+    assert ran(first) == {"prepare", "transfer", "teacher@a", "teacher@b", "index@teachers",
+                          "export", "baseline_specs", *stages}
+    # they read every variant: not run yet
+    later = {"index@student", "index@baseline", "deploy", "report"}
     assert changed(repo) == later
 
-    # editing one variant reruns that variant's stages (its baseline declares the variant's
-    # whole entry: DVC cannot declare a key a variant may leave out), not the other variant
+    # editing one variant's distillation settings reruns that variant's student, and the cheap
+    # stage that rewrites the baseline specs (the same bytes: no baseline reruns)
     edit_params(repo, lambda p: p["student"]["variants"]["a"].update(temperature=8.0))
-    assert changed(repo) == {"student@a", "baseline@a"} | later
+    assert changed(repo) == {"student@a", "baseline_specs"} | later
     again = run_cmd(["dvc", "repro", "student@a", "baseline@a"], repo, env=env)
-    assert ran(again) == {"student@a", "baseline@a"}
+    assert ran(again) == {"student@a", "baseline_specs"}
     assert json.loads((repo / "data/student/a/metrics.json").read_text())["temperature"] == 8.0
     assert changed(repo) == later
 
     # a variant's network: its student and its baseline; the other variant is untouched
     edit_params(repo, lambda p: p["student"]["variants"]["b"].update(knobs={"width": 4}))
+    assert changed(repo) == {"student@b", "baseline_specs"} | later
+    run_cmd(["dvc", "repro", "baseline_specs"], repo, env=env)
     assert changed(repo) == {"student@b", "baseline@b"} | later
     edit_params(repo, lambda p: p["student"]["variants"]["b"].pop("knobs"))
+    run_cmd(["dvc", "repro", "baseline_specs"], repo, env=env)
     assert changed(repo) == later
 
     # adding a variant: its own two stages (and what reads every variant), nothing else
     edit_params(repo, lambda p: p["student"]["variants"].update(c={"targets": "hard"}))
+    run_cmd(["dvc", "repro", "baseline_specs"], repo, env=env)
     assert changed(repo) == {"student@c", "baseline@c"} | later
 
-    # the shared defaults reach every variant
+    # the shared defaults reach every variant: every student, and every baseline where they
+    # reach what it trains (not train.epochs: `baseline.epochs` replaces it here)
     edit_params(repo, lambda p: p["student"]["defaults"]["train"].update(epochs=3))
+    run_cmd(["dvc", "repro", "baseline_specs"], repo, env=env)
+    assert {"student@a", "student@b"} <= changed(repo)
+    assert not {"baseline@a", "baseline@b"} & changed(repo)
+    edit_params(repo, lambda p: p["student"]["defaults"]["train"].update(lr=0.02))
+    run_cmd(["dvc", "repro", "baseline_specs"], repo, env=env)
     assert {"student@a", "student@b", "baseline@a", "baseline@b"} <= changed(repo)
+
+
+@pytest.mark.slow
+def test_a_baseline_reruns_for_what_it_trains_and_nothing_else(dvc_repo):
+    """`dvc exp run -S student.defaults.temperature=8` retrained every baseline: each declared
+    the whole student params. T, alpha, combine, targets and rows never enter a baseline."""
+    env = {"KD_TRACKING": "0"}
+    repo = dvc_repo({**{k: v for k, v in PARAMS.items() if k != "student"},
+                     "student": {"defaults": STUDENT, "variants": {"a": {}, "b": {}}},
+                     "baseline": {"augment": {"shift": 0}, "epochs": 2}})
+    baselines = {"baseline@a", "baseline@b"}
+    run_cmd(["dvc", "repro", *baselines], repo, env=env)  # prepare and the baselines, no teacher
+
+    def rerun(edit) -> set[str]:
+        """The baselines `dvc repro` reruns after `edit`, checked to be up to date after."""
+        edit_params(repo, edit)
+        result = run_cmd(["dvc", "repro", *baselines], repo, env=env)
+        assert not changed(repo) & baselines
+        return ran(result) & baselines
+
+    def distillation_only(p: dict) -> None:
+        p["student"]["defaults"].update(temperature=8.0, alpha=0.3, combine="mean_logits")
+        p["student"]["variants"]["a"] = {"targets": "hard", "temperature": 2.0}
+        p["student"]["variants"]["b"] = {"rows": "labeled", "alpha": 0.5}
+
+    assert rerun(distillation_only) == set()
+    assert rerun(lambda p: p["student"]["variants"]["b"].update(knobs={"width": 4})) \
+        == {"baseline@b"}
+    assert rerun(lambda p: p["student"]["defaults"]["train"].update(lr=0.02)) == baselines
+    assert rerun(lambda p: p["baseline"].update(epochs=1)) == baselines
+
+
+def test_a_baseline_trains_the_spec_its_file_holds(tmp_path):
+    """The baseline reads its spec from data/baseline_specs/<variant>.json, DVC's record of
+    what it trains, and refuses one that params.yaml no longer gives (an edit since)."""
+    from kd.errors import ArtifactError
+    from kd.specs import read_baseline_spec, write_baseline_specs
+
+    def config(defaults: dict, variants: dict):
+        return parse_config({**PARAMS, "student": {"defaults": defaults, "variants": variants}})
+
+    cfg = config(STUDENT, {"a": {}, "b": {}})
+    write_baseline_specs(cfg, tmp_path)
+    assert read_baseline_spec(cfg, "a", tmp_path) == cfg.baseline_spec("a")
+    # the same bytes for the same spec: what keeps the baselines' DVC status unchanged
+    before = (tmp_path / "a.json").read_bytes()
+    write_baseline_specs(config({**STUDENT, "temperature": 9.0}, {"a": {}, "b": {}}), tmp_path)
+    assert (tmp_path / "a.json").read_bytes() == before
+
+    wider = config(STUDENT, {"a": {"knobs": {"width": 4}}})
+    with pytest.raises(ArtifactError, match=r"a\.json: not the spec params.yaml gives "):
+        read_baseline_spec(wider, "a", tmp_path)
+    (tmp_path / "b.json").unlink()
+    with pytest.raises(ArtifactError, match=r"b\.json: file not found: run `kd baseline-specs`"):
+        read_baseline_spec(cfg, "b", tmp_path)
+    # a removed variant's file goes with the folder
+    write_baseline_specs(wider, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
+
+
+def test_kd_baseline_without_its_spec_file_is_one_line(tmp_path, kd, monkeypatch):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_params(student=STUDENT)))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KD_TRACKING", "0")
+    assert_user_error(kd("baseline", VARIANT), f"data/baseline_specs/{VARIANT}.json",
+                      "kd baseline-specs")
+    assert kd("baseline-specs").exit_code == 0
+    assert json.loads((tmp_path / f"data/baseline_specs/{VARIANT}.json").read_text()) \
+        == parse_config(with_params(student=STUDENT)).baseline_spec(VARIANT).model_dump(
+            mode="json")
 
 
 @pytest.mark.slow
