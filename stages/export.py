@@ -7,7 +7,7 @@ Streams the prepared labeled and unlabeled splits, then the synthetic rows of th
 stage (`data/transfer/synthetic.parquet`, split `synthetic`; none when `transfer.method: none`
 or when that directory is absent), in batches of `export.batch_size`, runs each
 member forward (kd/teachers/), and writes `data/soft_targets/part-*.parquet` + `manifest.json`
-(kd/targets/shards.py holds the schema). Logits, not probabilities: the student applies its own
+(kd/targets/manifest.py holds the schema). Logits, not probabilities: the student applies its own
 temperature, so a new `T` never needs a new export. Memory stays flat in the number of rows.
 The directory appears whole when complete (the manifest last inside it), so a killed export
 leaves nothing a student could mistake for a finished one; a rerun gives byte-identical shards.
@@ -25,37 +25,15 @@ import time
 from pathlib import Path
 
 from kd.config import Config
-from kd.errors import ArtifactError
-from kd.io.atomic import read_json
 from kd.io.faults import failpoint
-from kd.prepared import interleave, load_meta, split_rows
+from kd.prepared import SYNTHETIC, interleave, load_meta, transfer_set
 from kd.runtime.distributed import SINGLE, Dist, shared_atomic_dir
-from kd.targets.shards import MANIFEST, ShardWriter, prepared_digests, write_manifest
+from kd.targets.manifest import MANIFEST, write_manifest
+from kd.targets.provenance import prepared_digests
+from kd.targets.shards import ShardWriter
 from kd.targets.shardset import summary
 from kd.teachers.members import hidden_widths, load_members, member_fingerprint, member_outputs
 from kd.tracking import stage_run, tag_output
-
-SYNTHETIC = "synthetic"  # the transfer stage's file and the shards' split name
-
-
-def transfer_set(transfer: Path, prepared: Path, meta: dict) -> dict | None:
-    """The transfer stage's meta.json when it holds rows made from this prepared data, None
-    when there is no transfer set (no directory, or `method: none`)."""
-    path = transfer / "meta.json"
-    if not path.is_file():
-        return None
-    info = read_json(path, ArtifactError)
-    if not isinstance(info, dict) or not isinstance(info.get("rows"), int):
-        raise ArtifactError(f"{path}: not a transfer set's meta.json (no row count)")
-    if info["rows"] == 0:
-        return None
-    if info.get("prepared_fingerprint") != meta["fingerprint"]:
-        raise ArtifactError(f"{path}: made from other prepared data than {prepared} holds "
-                            "(fingerprints differ); rerun `kd transfer`")
-    if split_rows(transfer, SYNTHETIC) != info["rows"]:
-        raise ArtifactError(f"{transfer / (SYNTHETIC + '.parquet')}: row count differs from "
-                            f"{path} ({info['rows']}); rerun `kd transfer`")
-    return info
 
 
 def run(cfg: Config, out_dir: Path = Path("data/soft_targets"),
