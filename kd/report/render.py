@@ -39,16 +39,17 @@ def _figure_list(ctx: dict) -> list[tuple[str, str]]:
     return FIGURES + (ctx["tree"]["figures"] if ctx.get("tree") else [])
 
 
-def _pct(v: float | None) -> str:
+def pct(v: float | None) -> str:
+    """A fraction as a percentage, two decimals; "-" when there is none."""
     return "-" if v is None else f"{100 * v:.2f}%"
 
 
 def _row(name: str, m: dict) -> list[str]:
-    return [name, _pct(m.get("val_accuracy")), _pct(m["accuracy"]), str(m["errors"]),
+    return [name, pct(m.get("val_accuracy")), pct(m["accuracy"]), str(m["errors"]),
             f"{m['nll']:.4f}", f"{m['ece']:.4f}",
             f"{m['params']:,}" if m["params"] is not None else "n/a",  # unknown: an import
             f"{m['bytes'] / 1024:.1f}",
-            _pct(m["agreement"]) if "agreement" in m else "-"]
+            pct(m["agreement"]) if "agreement" in m else "-"]
 
 
 HEADER = ["model", "val accuracy", "test accuracy", "test errors", "NLL", "ECE", "params",
@@ -63,7 +64,8 @@ def _p(v: float) -> str:
     return f"{v:.3f}" if v >= 0.001 else "< 0.001"
 
 
-def _interval(lo: float, hi: float, scale: float = 100, fmt: str = "{:+.2f}") -> str:
+def interval(lo: float, hi: float, scale: float = 100, fmt: str = "{:+.2f}") -> str:
+    """An interval's ends, in points by default: "[-0.40, +1.20]"."""
     return f"[{fmt.format(scale * lo)}, {fmt.format(scale * hi)}]"
 
 
@@ -74,7 +76,7 @@ def compare_rows(compare: dict) -> list[list[str]]:
         a, b = key.split("_vs_")
         verdict = "inside the noise" if c["ci_low"] <= 0 <= c["ci_high"] else \
             (f"{a} better" if c["diff"] > 0 else f"{b} better")
-        rows.append([f"{a} - {b}", _points(c["diff"]), _interval(c["ci_low"], c["ci_high"]),
+        rows.append([f"{a} - {b}", _points(c["diff"]), interval(c["ci_low"], c["ci_high"]),
                      _p(c["p_value"]), f"{c['a_only']} / {c['b_only']}", verdict])
     return rows
 
@@ -103,8 +105,8 @@ def _deployed(m: dict) -> list[str]:
     q, d = m["student_int8"], m["compression"]["deployed"]
     return [f"Deployed as int8 ONNX ({q['quantization']} quantization), the student is a file "
             f"of **{q['bytes'] / 1024:.1f} KiB**, **{d['size_ratio']:.1f}x smaller** than the "
-            f"teacher's weights, at {_pct(q['accuracy'])} test accuracy "
-            f"({_pct(d['accuracy_retained'])} of the teacher's) under ONNX Runtime."]
+            f"teacher's weights, at {pct(q['accuracy'])} test accuracy "
+            f"({pct(d['accuracy_retained'])} of the teacher's) under ONNX Runtime."]
 
 
 def _val_rows(m: dict) -> str:
@@ -132,17 +134,17 @@ def tables(ctx: dict) -> tuple[list[str], list[tuple[str, list[str], list[list[s
     n = len(ctx["members"])
     cmp = m.get("compare", {})
     sb, tb = cmp.get("student_vs_baseline"), cmp.get("teacher_vs_baseline")
-    retained = _pct(c["accuracy_retained"])
+    retained = pct(c["accuracy_retained"])
     if c.get("accuracy_retained_ci"):
         lo, hi = c["accuracy_retained_ci"]
-        retained += f" (95% interval {_pct(lo)} to {_pct(hi)})"
+        retained += f" (95% interval {pct(lo)} to {pct(hi)})"
     if c.get("gap_meaningful", c["gap_recovered"] is not None) and c["gap_recovered"] is not None:
-        gap = f"Distillation recovered **{_pct(c['gap_recovered'])}**"
+        gap = f"Distillation recovered **{pct(c['gap_recovered'])}**"
         if c.get("gap_recovered_ci"):
-            gap += f" (95% interval {_pct(c['gap_recovered_ci'][0])} to " \
-                   f"{_pct(c['gap_recovered_ci'][1])})"
+            gap += f" (95% interval {pct(c['gap_recovered_ci'][0])} to " \
+                   f"{pct(c['gap_recovered_ci'][1])})"
         gap += (f" of the gap between the baseline (the same architecture on labels alone, "
-                f"{_pct(m['baseline']['accuracy'])}) and the teacher.")
+                f"{pct(m['baseline']['accuracy'])}) and the teacher.")
     else:
         gap = ("No gap-recovered figure: the teacher's lead over the baseline "
                f"({_points(tb['diff']) if tb else 'n/a'} points) is not clear of the noise of "
@@ -150,11 +152,11 @@ def tables(ctx: dict) -> tuple[list[str], list[tuple[str, list[str], list[list[s
     vs = ""
     if sb:
         vs = (f"Student against baseline: **{_points(sb['diff'])} points**, 95% interval "
-              f"{_interval(sb['ci_low'], sb['ci_high'])}, McNemar p "
+              f"{interval(sb['ci_low'], sb['ci_high'])}, McNemar p "
               f"{'' if sb['p_value'] < 0.001 else '= '}{_p(sb['p_value'])}.")
     headline = [
         f"The student keeps **{retained}** of the teacher's test accuracy "
-        f"({_pct(m['student']['accuracy'])} against {_pct(m['teacher']['accuracy'])}) with "
+        f"({pct(m['student']['accuracy'])} against {pct(m['teacher']['accuracy'])}) with "
         f"**{c['params_ratio']:.1f}x fewer parameters** and **{c['size_ratio']:.1f}x smaller "
         f"weights**.",
         *_deployed(m),
@@ -193,7 +195,7 @@ def tables(ctx: dict) -> tuple[list[str], list[tuple[str, list[str], list[list[s
             variant_tables.append(("Controls: where the gain comes from (same network, "
                                    "another recipe)", *var["controls"]))
     names = ("teacher", "student", "baseline")
-    per_class = [[cls] + [_pct(ctx["evals"][k]["per_class_accuracy"][i]) for k in names]
+    per_class = [[cls] + [pct(ctx["evals"][k]["per_class_accuracy"][i]) for k in names]
                  for i, cls in enumerate(ctx["class_names"])]
     comparisons = [("Comparisons on the test split (paired: the same rows)", COMPARE_HEADER,
                     compare_rows(cmp))] if cmp else []
