@@ -19,8 +19,8 @@ from kd.config import parse_config
 from kd.datasets import Split
 from kd.io.atomic import write_json
 from kd.prepared import read_split, to_table
+from kd.targets.manifest import read_manifest
 from kd.targets.reader import ShardReader
-from kd.targets.shards import read_manifest
 from kd.targets.shardset import read_table
 from kd.transfer.munge import munge, nearest_neighbours
 from stages import report

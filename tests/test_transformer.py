@@ -22,8 +22,9 @@ from kd.distill.losses import cosine_loss
 from kd.errors import ArtifactError, ConfigError, DataError
 from kd.models import build_model, load_model, save_model
 from kd.models.transformer import init_from, init_problem
+from kd.targets.manifest import write_manifest
 from kd.targets.reader import ShardReader
-from kd.targets.shards import ShardWriter, write_manifest
+from kd.targets.shards import ShardWriter
 from kd.targets.shardset import verify
 from kd.train.batches import in_memory_batches
 from kd.train.loop import evaluate, fit
