@@ -70,7 +70,7 @@ def write_splits(src: Source, cfg: DataConfig, out: str | Path,
     out = Path(out)
     labeled = src.splits["labeled"]
     is_val = val_mask(len(labeled.row_id), cfg.val_fraction, cfg.split_seed)  # (N,)
-    mean, std = normalisation(labeled.x, cfg.normalize)
+    mean, std = normalisation(labeled.x[~is_val], cfg.normalize)  # training rows only
     rows = {}
     for name in SPLITS:
         split = src.splits[name]
