@@ -24,9 +24,6 @@ import pyarrow.parquet as pq
 
 from kd.datasets import SPLITS, Split, as_split
 from kd.errors import ArtifactError
-from kd.io.atomic import read_json
-
-SYNTHETIC = "synthetic"  # the transfer stage's rows: data/transfer/synthetic.parquet
 
 
 def prepared_schema(n_features: int) -> pa.Schema:
@@ -153,27 +150,6 @@ def _checked(path: Path, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.Recor
 def split_rows(prepared: str | Path, split: str) -> int:
     """Rows in a prepared split, from the Parquet footer (no data read)."""
     return _open(prepared, split)[1].metadata.num_rows
-
-
-def transfer_set(transfer: str | Path, prepared: str | Path, meta: dict) -> dict | None:
-    """The transfer stage's meta.json when it holds rows made from this prepared data, None
-    when there is no transfer set (no directory, or `method: none`)."""
-    transfer = Path(transfer)
-    path = transfer / "meta.json"
-    if not path.is_file():
-        return None
-    info = read_json(path, ArtifactError)
-    if not isinstance(info, dict) or not isinstance(info.get("rows"), int):
-        raise ArtifactError(f"{path}: not a transfer set's meta.json (no row count)")
-    if info["rows"] == 0:
-        return None
-    if info.get("prepared_fingerprint") != meta["fingerprint"]:
-        raise ArtifactError(f"{path}: made from other prepared data than {prepared} holds "
-                            "(fingerprints differ); rerun `kd transfer`")
-    if split_rows(transfer, SYNTHETIC) != info["rows"]:
-        raise ArtifactError(f"{transfer / (SYNTHETIC + '.parquet')}: row count differs from "
-                            f"{path} ({info['rows']}); rerun `kd transfer`")
-    return info
 
 
 def max_row_id(prepared: str | Path) -> int:

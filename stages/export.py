@@ -26,7 +26,7 @@ from pathlib import Path
 
 from kd.config import Config
 from kd.io.faults import failpoint
-from kd.prepared import SYNTHETIC, interleave, load_meta, transfer_set
+from kd.prepared import interleave, load_meta
 from kd.runtime.distributed import SINGLE, Dist, shared_atomic_dir
 from kd.targets.manifest import MANIFEST, write_manifest
 from kd.targets.provenance import prepared_digests
@@ -34,6 +34,7 @@ from kd.targets.shards import ShardWriter
 from kd.targets.shardset import summary
 from kd.teachers.members import hidden_widths, load_members, member_fingerprint, member_outputs
 from kd.tracking import stage_run, tag_output
+from kd.transfer.stored import SYNTHETIC, transfer_set
 
 
 def run(cfg: Config, out_dir: Path = Path("data/soft_targets"),
