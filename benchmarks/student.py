@@ -57,8 +57,8 @@ from kd.distill.losses import kd_loss, soft_targets  # noqa: E402
 from kd.errors import ArtifactError  # noqa: E402
 from kd.models import build_model, count_params, load_model  # noqa: E402
 from kd.prepared import load_meta, read_split  # noqa: E402
+from kd.targets.manifest import read_manifest  # noqa: E402
 from kd.targets.reader import ShardReader  # noqa: E402
-from kd.targets.shards import read_manifest  # noqa: E402
 from kd.targets.shardset import verify  # noqa: E402
 from kd.train.batches import Batch  # noqa: E402
 from kd.train.loop import fit, predict  # noqa: E402

@@ -35,9 +35,9 @@ from kd.distill.losses import cosine_loss, kd_loss, soft_targets
 from kd.evaluate.stats import compare, ratio_intervals
 from kd.models import build_model, count_params
 from kd.models.transformer import init_from
+from kd.preprocess import normalisation, val_mask
 from kd.train.batches import Batch, epoch_seed, in_memory_batches
 from kd.train.loop import evaluate, fit, predict, seed_everything
-from stages.prepare import normalisation, val_mask
 
 OUT = Path(__file__).parent / "results"
 TEACHER = {"layers": 4, "width": 64, "heads": 4, "mlp_ratio": 2, "patch": 4, "pool": "cls"}

@@ -373,7 +373,7 @@ def shards_show(directory: str, as_json: bool) -> None:
     """Summarise DIRECTORY: rows per split, classes, members, size on disk."""
     import json
 
-    from kd.targets.shards import SPLITS
+    from kd.targets.manifest import SPLITS
     from kd.targets.shardset import summary
 
     info = summary(directory)

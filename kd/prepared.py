@@ -156,7 +156,7 @@ def prepared_sha256(prepared: str | Path, names: tuple[str, ...] = PREPARED_FILE
     what a checkpoint or a derived set is keyed on. Unlike meta.json's source fingerprint it
     sees the split (`is_val`, and which rows are test rows), so a change of data.split_seed
     changes it. Over all files it is the shards' `prepared_sha256`
-    (kd.targets.shards.prepared_digests)."""
+    (kd.targets.provenance.prepared_digests)."""
     whole = hashlib.sha256()
     for name in names:
         h = hashlib.sha256()

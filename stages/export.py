@@ -7,7 +7,7 @@ Streams the prepared labeled and unlabeled splits, then the synthetic rows of th
 stage (`data/transfer/synthetic.parquet`, split `synthetic`; none when `transfer.method: none`
 or when that directory is absent), in batches of `export.batch_size`, runs each
 member forward (kd/teachers/), and writes `data/soft_targets/part-*.parquet` + `manifest.json`
-(kd/targets/shards.py holds the schema). Logits, not probabilities: the student applies its own
+(kd/targets/manifest.py holds the schema). Logits, not probabilities: the student applies its own
 temperature, so a new `T` never needs a new export. Memory stays flat in the number of rows.
 The directory appears whole when complete (the manifest last inside it), so a killed export
 leaves nothing a student could mistake for a finished one; a rerun gives byte-identical shards.
@@ -24,45 +24,19 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-
 from kd.config import Config
-from kd.errors import ArtifactError
-from kd.evaluate.metrics import ensemble_probs
-from kd.evaluate.sanity import chance_level, ensemble_warnings, model_warnings
-from kd.io.atomic import read_json
+from kd.evaluate.shard_checks import shard_warnings
 from kd.io.faults import failpoint
 from kd.prepared import interleave, load_meta, split_rows
 from kd.progress import Progress, plural
 from kd.runtime.distributed import SINGLE, Dist, shared_atomic_dir
-from kd.targets.reader import ShardReader
-from kd.targets.shards import MANIFEST, ShardWriter, prepared_digests, write_manifest
+from kd.targets.manifest import MANIFEST, write_manifest
+from kd.targets.provenance import prepared_digests
+from kd.targets.shards import ShardWriter
 from kd.targets.shardset import summary
 from kd.teachers.members import hidden_widths, load_members, member_fingerprint, member_outputs
 from kd.tracking import stage_run, tag_output
-
-SYNTHETIC = "synthetic"  # the transfer stage's file and the shards' split name
-
-
-def transfer_set(transfer: Path, prepared: Path, digest: str) -> dict | None:
-    """The transfer stage's meta.json when it holds rows made from this prepared data (`digest`:
-    its prepared_sha256, which sees the split), None when there is no transfer set (no
-    directory, or `method: none`)."""
-    path = transfer / "meta.json"
-    if not path.is_file():
-        return None
-    info = read_json(path, ArtifactError)
-    if not isinstance(info, dict) or not isinstance(info.get("rows"), int):
-        raise ArtifactError(f"{path}: not a transfer set's meta.json (no row count)")
-    if info["rows"] == 0:
-        return None
-    if info.get("prepared_sha256") != digest:
-        raise ArtifactError(f"{path}: made from other prepared data than {prepared} holds "
-                            "(fingerprints differ); rerun `kd transfer`")
-    if split_rows(transfer, SYNTHETIC) != info["rows"]:
-        raise ArtifactError(f"{transfer / (SYNTHETIC + '.parquet')}: row count differs from "
-                            f"{path} ({info['rows']}); rerun `kd transfer`")
-    return info
+from kd.transfer.stored import SYNTHETIC, transfer_set
 
 
 def run(cfg: Config, out_dir: Path = Path("data/soft_targets"),
@@ -137,24 +111,8 @@ def run(cfg: Config, out_dir: Path = Path("data/soft_targets"),
     print(f"export: {rows} rows ({info['splits']}) from {plural(len(models), 'member')} -> "
           f"{info['shards']} shards, {info['bytes'] / 1e6:.1f} MB in {out_dir} "
           f"({metrics['rows_per_s']:.0f} rows/s{ranks})")
-    for w in validation_warnings(cfg, out_dir, meta["n_classes"]):
+    for w in shard_warnings(out_dir, cfg.student.shared().combine, list(cfg.teacher.imports),
+                            meta["n_classes"]):
         print(f"warning: {w}")
     return metrics
 
-
-def validation_warnings(cfg: Config, shards: Path, n_classes: int) -> list[str]:
-    """The ensemble judged on the shards' validation rows (export is the first stage that has
-    every member's logits side by side): near chance, or no better than its best member; and
-    the imported members near chance (the teacher stage judged the others)."""
-    reader = ShardReader(shards)
-    v, members = reader.validation_rows(), reader.members  # logits in the manifest's order
-    if v is None:
-        return []
-    y, logits = v["label"], torch.from_numpy(v["logits"])  # (N,), (M, N, C)
-    acc = {m: float((logits[i].argmax(1).numpy() == y).mean()) for i, m in enumerate(members)}
-    ensemble = float((ensemble_probs(list(logits), cfg.student.shared().combine).argmax(1)
-                      == y).mean())
-    chance = chance_level(y, n_classes)
-    imported = {m: a for m, a in acc.items() if m in cfg.teacher.imports}
-    return (model_warnings(imported, chance, "imported teacher member")
-            + ensemble_warnings(ensemble, acc, chance))

@@ -23,9 +23,8 @@ from kd.evaluate.metrics import quality, softmax
 from kd.io.atomic import atomic_dir, write_json
 from kd.prepared import load_meta, read_split
 from kd.teachers.imported import load_imported
-from kd.teachers.sources import fetch_and_check, resolve
+from kd.teachers.sources import earlier_answer, fetch_and_check, import_spec, resolve
 from kd.tracking import stage_run, tag_output, tracking_uri
-from stages.source import earlier, imported
 
 
 def score(model: torch.nn.Module, x, y, shape: tuple, n_classes: int) -> dict:
@@ -37,10 +36,10 @@ def score(model: torch.nn.Module, x, y, shape: tuple, n_classes: int) -> dict:
 
 def run(cfg: Config, name: str, out_root: Path = Path("data/teachers"),
         prepared: Path = Path("data/prepared"), sources: Path = Path("data/sources")) -> dict:
-    spec = imported(cfg, name)
+    spec = import_spec(cfg, name)
     meta = load_meta(prepared)
     uri, timeout = tracking_uri(cfg), cfg.tracking.timeout_s
-    resolved = earlier(sources / f"{name}.json", spec) or resolve(spec, uri, timeout)
+    resolved = earlier_answer(sources / f"{name}.json", spec) or resolve(spec, uri, timeout)
     labeled, is_val = read_split(prepared, "labeled")
     test, _ = read_split(prepared, "test")
     shape, n = tuple(meta["feature_shape"]), meta["n_classes"]

@@ -19,37 +19,20 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from kd.config import Config, ImportedMember
-from kd.errors import ArtifactError, ConfigError, KDError
-from kd.io.atomic import read_json, write_json
-from kd.teachers.sources import resolve
+from kd.config import Config
+from kd.errors import KDError
+from kd.io.atomic import write_json
+from kd.teachers.sources import earlier_answer, import_spec, resolve
 from kd.tracking import tracking_uri
 
 
-def imported(cfg: Config, name: str) -> ImportedMember:
-    if name not in cfg.teacher.imports:
-        known = ", ".join(cfg.teacher.imports) or "none"
-        raise ConfigError(f"teacher.imports: no import named {name!r} (imports: {known})")
-    return cfg.teacher.imports[name]
-
-
-def earlier(path: Path, spec: ImportedMember) -> dict | None:
-    """The answer written before for this very source, if any."""
-    if not path.is_file():
-        return None
-    old = read_json(path, ArtifactError)
-    same = isinstance(old, dict) and (old.get("kind"), old.get("source")) == (spec.kind,
-                                                                               spec.source)
-    return old if same else None
-
-
 def run(cfg: Config, name: str, out_dir: Path = Path("data/sources")) -> dict:
-    spec = imported(cfg, name)
+    spec = import_spec(cfg, name)
     path = out_dir / f"{name}.json"
     try:
         resolved = resolve(spec, tracking_uri(cfg), cfg.tracking.timeout_s)
     except KDError as e:
-        old = earlier(path, spec)
+        old = earlier_answer(path, spec)
         if old is None:
             raise
         print(f"warning: {e}; keeping the version resolved before ({old['version']})",

@@ -18,7 +18,7 @@ from pathlib import Path
 from kd.config import Config
 from kd.pyfunc_model import log_pyfunc_model
 from kd.runtime.distributed import SINGLE, Dist
-from kd.targets.shards import check_members, read_manifest
+from kd.targets.manifest import check_members, read_manifest
 from kd.targets.shardset import verify
 from kd.tracking import stage_run
 from kd.train.callbacks import progress

@@ -26,9 +26,9 @@ from kd.io.atomic import atomic_dir, write_json
 from kd.prepared import load_meta, max_row_id, prepared_sha256, read_split, to_table
 from kd.tracking import stage_run, tracking_uri
 from kd.transfer.munge import munge
+from kd.transfer.stored import SYNTHETIC
 
 SCHEMA_VERSION = 1
-SPLIT = "synthetic"  # the file is <split>.parquet, read like a prepared split
 INT64_MAX = 2**63 - 1
 
 
@@ -75,7 +75,7 @@ def run(cfg: Config, out_dir: Path = Path("data/transfer"),
                  # the bytes it was made from, the split included (export checks it)
                  "prepared_sha256": prepared_sha256(prepared)}
         with atomic_dir(out_dir) as tmp:
-            pq.write_table(to_table(rows, np.zeros(len(x), bool)), tmp / f"{SPLIT}.parquet",
+            pq.write_table(to_table(rows, np.zeros(len(x), bool)), tmp / f"{SYNTHETIC}.parquet",
                            compression="zstd", row_group_size=8192, write_page_checksum=True)
             write_json(tmp / "meta.json", info)
         elapsed = time.perf_counter() - t0

@@ -33,7 +33,7 @@ TINY = {
 # wall-clock figures: the one kind of output allowed to differ between identical runs
 TIMING = "timing.json"
 # every file the report derives from wall-clock figures: timing.json and the frontier against
-# latency drawn from it (stages/report.py FRONTIER_LATENCY)
+# latency drawn from it (kd/report/build.py FRONTIER_LATENCY)
 WALL_CLOCK = (TIMING, "frontier_latency.png")
 
 

@@ -29,8 +29,6 @@ MLFLOW_OK = ("kd.tracking", "kd.pyfunc_model", "kd.train.callbacks", "kd.cli", "
 MODULES = {"import": "imports", "baseline-specs": "baseline_specs"}
 PURE = ("kd.models", "kd.targets", "kd.distill", "kd.transfer", "kd.deploy")  # no tracking
 DOC = "docs/architecture.md"
-# the stage-to-stage imports docs/architecture.md lists as exceptions
-STAGE_IMPORTS_OK = {("stages.imports", "stages.source")}
 
 
 def _under(module: str, prefixes: tuple[str, ...]) -> bool:
@@ -84,15 +82,8 @@ def violations(root: Path = ROOT) -> list[str]:
     out = layer_violations(root)
     if cycle := find_cycle(root):
         out.append("import cycle: " + " -> ".join(cycle))
-    for a, b in sorted(STAGE_IMPORTS_OK):
-        if b not in imports_of(a, root):
-            out.append(f"{a} no longer imports {b}: remove the exception here and in {DOC}")
     for m in all_modules(root):
         deps = imports_of(m, root)
-        if _under(m, ("stages",)) and (other := sorted(
-                d for d in deps if _under(d, ("stages",)) and d != "stages"
-                and (m, d) not in STAGE_IMPORTS_OK)):
-            out.append(f"{m} imports another stage: {other}")
         if _under(m, ("kd.runtime",)) and (bad := [d for d in deps if _under(d, ("kd.train",))]):
             out.append(f"{m} (runtime) imports training: {sorted(bad)}")
         if _under(m, PURE):
@@ -168,7 +159,6 @@ def _append(path: Path, text: str) -> None:
      "kd.tracking (layer 5) imports a higher layer: kd.pyfunc_model (6)"),
     ("kd/models/io.py", "from kd.distill.losses import kd_loss", "imports a higher layer"),
     ("kd/evaluate/metrics.py", "from kd.train.loop import fit", "imports a higher layer"),
-    ("stages/teacher.py", "from stages import student", "stages.teacher imports another stage"),
 ])
 def test_a_broken_rule_is_caught(tree, file, line, expected):
     _append(tree / file, line)
@@ -193,13 +183,6 @@ def test_a_module_without_a_layer_or_a_row_without_a_module_is_caught(tree):
     (tree / "kd/newpackage").mkdir()
     (tree / "kd/newpackage/__init__.py").write_text("")
     assert "kd.newpackage has no layer in docs/architecture.md" in violations(tree)
-
-
-def test_a_stage_import_exception_that_is_no_longer_used_is_caught(tree):
-    path = tree / "stages/imports.py"
-    path.write_text(re.sub(r"^from stages[^\n]*\n", "", path.read_text(), flags=re.M))
-    found = violations(tree)
-    assert any("stages.imports no longer imports stages.source" in v for v in found), found
 
 
 def test_a_missing_or_stale_code_dep_is_caught(tree):

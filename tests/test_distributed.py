@@ -21,8 +21,9 @@ from kd.config import AugmentConfig, parse_config
 from kd.datasets import Split
 from kd.prepared import iter_split, to_table
 from kd.runtime.distributed import SINGLE, Dist
+from kd.targets.manifest import write_manifest
 from kd.targets.reader import ShardReader
-from kd.targets.shards import ShardWriter, write_manifest
+from kd.targets.shards import ShardWriter
 from kd.targets.shardset import read_table, verify
 from kd.train.batches import in_memory_batches
 from kd.train.loop import lr_at

@@ -26,7 +26,7 @@ from kd.config import parse_config
 from kd.errors import ArtifactError
 from kd.models import build_model, load_model, model_fingerprint, save_model
 from kd.prepared import load_meta, read_split
-from kd.targets.shards import MANIFEST, read_manifest, read_shard_metadata
+from kd.targets.manifest import MANIFEST, read_manifest, read_shard_metadata
 from kd.targets.shardset import read_table, verify
 from stages import export
 from tests.conftest import assert_user_error, build_pipeline, one_variant, run_to_failpoint

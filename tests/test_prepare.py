@@ -32,8 +32,9 @@ def test_mnist1d_standard_split_and_transfer_set(tmp_path):
     ids = np.concatenate([s.row_id for s, _ in splits.values()])
     assert len(np.unique(ids)) == len(ids) == 5095
     assert (splits["unlabeled"][0].y == -1).all() and (lab.y >= 0).all()
-    # normalised with the labeled split's statistics
-    assert abs(lab.x.mean()) < 1e-4 and abs(lab.x.std() - 1) < 1e-3
+    # normalised with the statistics of the labeled training rows (validation rows held out)
+    train = lab.x[~lab_val]
+    assert abs(train.mean()) < 1e-4 and abs(train.std() - 1) < 1e-3
     # the transfer set comes from another seed: none of its rows repeats a labeled row
     seen = {row.tobytes() for row in lab.x}  # the transfer set is no copy of labeled rows
     assert not any(row.tobytes() in seen for row in splits["unlabeled"][0].x)
@@ -214,6 +215,32 @@ def test_test_rows_in_the_transfer_set_are_refused_unless_allowed(tmp_path):
     meta = prepare(parquet_params(tmp_path, allow_test_overlap=True), tmp_path / "p",
                    root=tmp_path)
     assert meta["test_overlap"] == {"unlabeled": 10}
+
+
+@pytest.mark.parametrize("method", ["global", "per_feature"])
+def test_normalisation_statistics_come_from_the_training_rows_alone(tmp_path, method):
+    """Validation rows inform nothing but choices: the training rows come out centred and
+    scaled, and making the validation rows of the source extreme moves no statistic."""
+    paths = user_files(tmp_path)  # 30 labeled rows, 6 of them held out for validation
+    params = parquet_params(tmp_path, normalize=method)
+    meta = prepare(params, tmp_path / "a", root=tmp_path)
+    lab, is_val = read_split(tmp_path / "a", "labeled")
+    assert 0 < is_val.sum() < len(is_val)
+    train = lab.x[~is_val].astype(np.float64)
+    axis = None if method == "global" else 0
+    np.testing.assert_allclose(train.mean(axis), 0, atol=1e-5)
+    np.testing.assert_allclose(train.std(axis), 1, atol=1e-5)
+
+    table = pq.read_table(paths["lab"])
+    x = np.array(table.column("pixels").to_pylist(), np.float32)  # (30, 6)
+    x[lab.row_id[is_val]] = x[lab.row_id[is_val]] * 1000 + 50  # row id = row of the file
+    pq.write_table(table.set_column(0, "pixels", pa.array(x.tolist(), pa.list_(pa.float32()))),
+                   paths["lab"])
+    again = prepare(params, tmp_path / "b", root=tmp_path)
+    lab_b, is_val_b = read_split(tmp_path / "b", "labeled")
+    assert (is_val_b == is_val).all()
+    assert again["normalization"] == meta["normalization"]
+    np.testing.assert_array_equal(lab_b.x[~is_val], lab.x[~is_val])
 
 
 @pytest.mark.slow

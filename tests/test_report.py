@@ -215,7 +215,7 @@ def test_the_readme_exp_show_recipe_fits_120_columns(pipeline):
 def test_variant_runs_are_named_and_lead_with_the_compared_metrics(pipeline):
     from mlflow.tracking import MlflowClient
 
-    from stages.report import HEADLINE
+    from kd.report.build import HEADLINE
 
     _, uri, _ = pipeline
     client = MlflowClient(uri)

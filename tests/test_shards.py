@@ -18,8 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kd.errors import ArtifactError
+from kd.targets.manifest import read_manifest, read_shard_metadata, write_manifest
 from kd.targets.reader import ShardReader
-from kd.targets.shards import ShardWriter, read_manifest, read_shard_metadata, write_manifest
+from kd.targets.shards import ShardWriter
 from kd.targets.shardset import read_table, summary, verify
 
 MEMBERS = ["mlp_a", "cnn-b"]

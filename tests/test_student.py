@@ -26,7 +26,7 @@ from kd.config import parse_config
 from kd.errors import ConfigError
 from kd.models import count_params, load_model
 from kd.prepared import read_split, to_table
-from kd.targets.shards import read_manifest
+from kd.targets.manifest import read_manifest
 from kd.tracking import run_name
 from kd.train.loop import predict
 from stages import student

@@ -19,8 +19,8 @@ from kd.config import parse_config
 from kd.datasets import Split
 from kd.io.atomic import write_json
 from kd.prepared import read_split, to_table
+from kd.targets.manifest import read_manifest
 from kd.targets.reader import ShardReader
-from kd.targets.shards import read_manifest
 from kd.targets.shardset import read_table
 from kd.transfer.munge import munge, nearest_neighbours
 from stages import report
@@ -141,8 +141,8 @@ def test_export_refuses_a_transfer_set_made_before_a_split_change(tmp_path):
     validation rows, so export must not label them."""
     from kd.errors import ArtifactError
     from kd.prepared import prepared_sha256
-    from kd.targets.shards import prepared_digests
-    from stages.export import transfer_set
+    from kd.targets.provenance import prepared_digests
+    from kd.transfer.stored import transfer_set
 
     prepared, transfer = tmp_path / "prepared", tmp_path / "transfer"
     marked_prepared(prepared)

@@ -23,8 +23,9 @@ from kd.errors import ArtifactError, ConfigError, DataError
 from kd.model_checks import check_models
 from kd.models import build_model, count_params, load_model, save_model
 from kd.models.transformer import init_from, init_problem
+from kd.targets.manifest import write_manifest
 from kd.targets.reader import ShardReader
-from kd.targets.shards import ShardWriter, write_manifest
+from kd.targets.shards import ShardWriter
 from kd.targets.shardset import verify
 from kd.train.batches import in_memory_batches
 from kd.train.loop import evaluate, fit

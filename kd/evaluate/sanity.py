@@ -111,3 +111,4 @@ def pipeline_warnings(val: dict[str, float | None], members: list[str], variants
             + ensemble_warnings(val.get("teacher"), acc, chance)
             + model_warnings({v: val.get(f"baseline@{v}") for v in variants}, chance,
                              "baseline"))
+

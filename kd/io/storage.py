@@ -12,6 +12,7 @@ local test server) is named by `endpoint_override` in the URI or by `AWS_ENDPOIN
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +127,14 @@ def copy_files(src: Location, dst: Location, files: list[str]) -> None:
                             destination_filesystem=dst.fs)
         except (OSError, pa.ArrowException) as e:
             raise ArtifactError(f"{dst.show(f)}: copy failed ({_first_line(e)})") from None
+
+
+def file_sha256(path: Path | Location, file: str | None = None) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") if file is None else path.open(file) as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _first_line(e: BaseException) -> str:

@@ -18,7 +18,8 @@ import numpy as np  # noqa: E402
 COLORS = {"teacher": "#1f77b4", "student": "#d62728", "baseline": "#7f7f7f"}
 
 
-def _save(fig, path: Path) -> None:
+def save(fig, path: Path) -> None:
+    """Write `fig` as a PNG (the same bytes for the same figure) and close it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     # no Software tag: the same figure gives the same PNG bytes whatever matplotlib wrote it
@@ -40,7 +41,7 @@ def training_curves(histories: dict[str, list[dict]], path: Path) -> None:
     ax_acc.set(xlabel="epoch", ylabel="validation accuracy", title="Validation accuracy")
     ax_loss.set(xlabel="epoch", ylabel="train loss", yscale="log", title="Training loss")
     ax_acc.legend(fontsize=7)
-    _save(fig, path)
+    save(fig, path)
 
 
 def accuracy_vs_params(points: dict[str, tuple[int, float]], path: Path) -> None:
@@ -55,7 +56,7 @@ def accuracy_vs_params(points: dict[str, tuple[int, float]], path: Path) -> None
     ax.set(xscale="log", xlabel="parameters (log scale)", ylabel="test accuracy",
            title="Accuracy against size")
     ax.grid(True, which="both", alpha=0.3)
-    _save(fig, path)
+    save(fig, path)
 
 
 def frontier(points: dict[str, dict[str, dict]], ensemble: float, x_key: str, x_label: str,
@@ -91,7 +92,7 @@ def frontier(points: dict[str, dict[str, dict]], ensemble: float, x_key: str, x_
            title="Compression frontier (95% intervals)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    _save(fig, path)
+    save(fig, path)
 
 
 def reliability_diagram(curves: dict[str, list[dict]], path: Path) -> None:
@@ -104,7 +105,7 @@ def reliability_diagram(curves: dict[str, list[dict]], path: Path) -> None:
     ax.set(xlabel="confidence", ylabel="accuracy", title="Reliability (test split)",
            xlim=(0, 1), ylim=(0, 1))
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save(fig, path)
 
 
 def entropy_histogram(entropies: dict[str, np.ndarray], max_entropy: float, path: Path) -> None:
@@ -116,7 +117,7 @@ def entropy_histogram(entropies: dict[str, np.ndarray], max_entropy: float, path
     ax.set(xlabel="entropy of the soft targets (nats)", ylabel="rows", yscale="log",
            title="Soft-target entropy")
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save(fig, path)
 
 
 def confusion_matrix(cm: np.ndarray, class_names: list[str], title: str, path: Path) -> None:
@@ -130,4 +131,4 @@ def confusion_matrix(cm: np.ndarray, class_names: list[str], title: str, path: P
     ax.set(xticks=range(len(class_names)), yticks=range(len(class_names)),
            xticklabels=class_names, yticklabels=class_names, xlabel="predicted",
            ylabel="actual", title=title)
-    _save(fig, path)
+    save(fig, path)

@@ -39,16 +39,17 @@ def _figure_list(ctx: dict) -> list[tuple[str, str]]:
     return FIGURES + (ctx["tree"]["figures"] if ctx.get("tree") else [])
 
 
-def _pct(v: float | None) -> str:
+def pct(v: float | None) -> str:
+    """A fraction as a percentage, two decimals; "-" when there is none."""
     return "-" if v is None else f"{100 * v:.2f}%"
 
 
 def _row(name: str, m: dict) -> list[str]:
-    return [name, _pct(m.get("val_accuracy")), _pct(m["accuracy"]), str(m["errors"]),
+    return [name, pct(m.get("val_accuracy")), pct(m["accuracy"]), str(m["errors"]),
             f"{m['nll']:.4f}", f"{m['ece']:.4f}",
             f"{m['params']:,}" if m["params"] is not None else "n/a",  # unknown: an import
             f"{m['bytes'] / 1024:.1f}",
-            _pct(m["agreement"]) if "agreement" in m else "-"]
+            pct(m["agreement"]) if "agreement" in m else "-"]
 
 
 HEADER = ["model", "val accuracy", "test accuracy", "test errors", "NLL", "ECE", "params",
@@ -63,7 +64,8 @@ def _p(v: float) -> str:
     return f"{v:.3f}" if v >= 0.001 else "< 0.001"
 
 
-def _interval(lo: float, hi: float, scale: float = 100, fmt: str = "{:+.2f}") -> str:
+def interval(lo: float, hi: float, scale: float = 100, fmt: str = "{:+.2f}") -> str:
+    """An interval's ends, in points by default: "[-0.40, +1.20]"."""
     return f"[{fmt.format(scale * lo)}, {fmt.format(scale * hi)}]"
 
 
@@ -74,7 +76,7 @@ def compare_rows(compare: dict) -> list[list[str]]:
         a, b = key.split("_vs_")
         verdict = "inside the noise" if c["ci_low"] <= 0 <= c["ci_high"] else \
             (f"{a} better" if c["diff"] > 0 else f"{b} better")
-        rows.append([f"{a} - {b}", _points(c["diff"]), _interval(c["ci_low"], c["ci_high"]),
+        rows.append([f"{a} - {b}", _points(c["diff"]), interval(c["ci_low"], c["ci_high"]),
                      _p(c["p_value"]), f"{c['a_only']} / {c['b_only']}", verdict])
     return rows
 
@@ -96,15 +98,24 @@ def _onnx_rows(m: dict) -> list[tuple[str, str]]:
     return [(k, label) for k, label in rows if k in m]
 
 
-def _deployed(m: dict) -> list[str]:
-    """The headline's deployable figures: the int8 ONNX file a user ships."""
+def _deployed(m: dict, gate: dict | None = None) -> list[str]:
+    """The headline's deployable figures: the int8 ONNX file a user ships, and what the
+    deploy stage's int8 gate judged (kd/deploy/checks.py)."""
     if "student_int8" not in m:
         return []
     q, d = m["student_int8"], m["compression"]["deployed"]
-    return [f"Deployed as int8 ONNX ({q['quantization']} quantization), the student is a file "
-            f"of **{q['bytes'] / 1024:.1f} KiB**, **{d['size_ratio']:.1f}x smaller** than the "
-            f"teacher's weights, at {_pct(q['accuracy'])} test accuracy "
-            f"({kept_phrase(q['accuracy'], m['teacher']['accuracy'])}) under ONNX Runtime."]
+    out = [f"Deployed as int8 ONNX ({q['quantization']} quantization), the student is a file "
+           f"of **{q['bytes'] / 1024:.1f} KiB**, **{d['size_ratio']:.1f}x smaller** than the "
+           f"teacher's weights, at {pct(q['accuracy'])} test accuracy "
+           f"({kept_phrase(q['accuracy'], m['teacher']['accuracy'])}) under ONNX Runtime."]
+    if gate:
+        out.append(f"The int8 gate ({gate['verdict']}): on {gate['rows']} validation rows the "
+                   f"int8 file got {gate['lost']} wrong that fp32 got right and {gate['gained']} "
+                   f"right that fp32 got wrong, a drop of {_points(gate['drop'])} points whose "
+                   f"one-sided {gate['confidence']:.0%} lower bound, "
+                   f"{_points(gate['drop_lower_bound'])}, is within "
+                   f"`deploy.max_accuracy_drop` = {gate['max_drop']:g}.")
+    return out
 
 
 def kept_phrase(student: float, teacher: float) -> str:
@@ -139,7 +150,7 @@ def kept(student: float | None, teacher: float | None) -> str:
         return "-"
     if student > teacher:
         return f"above teacher ({_points(student - teacher)} points)"
-    return _pct(student / teacher)
+    return pct(student / teacher)
 
 
 def _kept_sentence(m: dict, c: dict) -> str:
@@ -148,26 +159,26 @@ def _kept_sentence(m: dict, c: dict) -> str:
              f"smaller weights**.")
     if s > t:
         return (f"The student is **above the teacher** on the test rows (**{_points(s - t)} "
-                f"points**: {_pct(s)} against {_pct(t)}) {sizes}")
-    retained = _pct(c["accuracy_retained"])
+                f"points**: {pct(s)} against {pct(t)}) {sizes}")
+    retained = pct(c["accuracy_retained"])
     if c.get("accuracy_retained_ci"):
         lo, hi = c["accuracy_retained_ci"]
-        retained += f" (95% interval {_pct(lo)} to {_pct(hi)})"
-    return (f"The student keeps **{retained}** of the teacher's test accuracy ({_pct(s)} against "
-            f"{_pct(t)}) {sizes}")
+        retained += f" (95% interval {pct(lo)} to {pct(hi)})"
+    return (f"The student keeps **{retained}** of the teacher's test accuracy ({pct(s)} against "
+            f"{pct(t)}) {sizes}")
 
 
 def _gap_sentence(m: dict, c: dict, tb: dict | None, test_rows: int) -> str:
     """What share of the teacher's lead over the baseline distillation recovered: a share only
     when there is a lead clear of the noise and the student stays at or below the teacher."""
     s, t, b = (m[k]["accuracy"] for k in ("student", "teacher", "baseline"))
-    base = f"the baseline (the same architecture on labels alone, {_pct(b)})"
+    base = f"the baseline (the same architecture on labels alone, {pct(b)})"
     if not (c.get("gap_meaningful", c["gap_recovered"] is not None)
             and c["gap_recovered"] is not None):
         lead = t - b if tb is None else tb["diff"]
         if lead <= 0:
-            return (f"No gap-recovered figure: the teacher ({_pct(t)}) is not above the "
-                    f"baseline ({_pct(b)}, the same architecture on labels alone; "
+            return (f"No gap-recovered figure: the teacher ({pct(t)}) is not above the "
+                    f"baseline ({pct(b)}, the same architecture on labels alone; "
                     f"{_points(lead)} points), so a share of its lead is undefined.")
         return ("No gap-recovered figure: the teacher's lead over the baseline "
                 f"({_points(lead)} points) is not clear of the noise of {test_rows:,} test rows "
@@ -177,10 +188,10 @@ def _gap_sentence(m: dict, c: dict, tb: dict | None, test_rows: int) -> str:
                 f"past the teacher: student - baseline {_points(s - b)} points against teacher - "
                 f"baseline {_points(t - b)} (a share of the gap over 100% means nothing, so none "
                 "is given).")
-    gap = f"Distillation recovered **{_pct(c['gap_recovered'])}**"
+    gap = f"Distillation recovered **{pct(c['gap_recovered'])}**"
     if c.get("gap_recovered_ci"):
-        gap += f" (95% interval {_pct(c['gap_recovered_ci'][0])} to " \
-               f"{_pct(c['gap_recovered_ci'][1])})"
+        gap += f" (95% interval {pct(c['gap_recovered_ci'][0])} to " \
+               f"{pct(c['gap_recovered_ci'][1])})"
     return gap + f" of the gap between {base} and the teacher."
 
 
@@ -194,11 +205,11 @@ def tables(ctx: dict) -> tuple[list[str], list[tuple[str, list[str], list[list[s
     vs = ""
     if sb:
         vs = (f"Student against baseline: **{_points(sb['diff'])} points**, 95% interval "
-              f"{_interval(sb['ci_low'], sb['ci_high'])}, McNemar p "
+              f"{interval(sb['ci_low'], sb['ci_high'])}, McNemar p "
               f"{'' if sb['p_value'] < 0.001 else '= '}{_p(sb['p_value'])}.")
     headline = [
         _kept_sentence(m, c),
-        *_deployed(m),
+        *_deployed(m, ctx.get("deploy_gate")),
         gap, *([vs] if vs else []),
         "Test rows only report; anything chosen (settings, a variant) is chosen on the "
         f"validation rows{_val_rows(m)}, whose accuracy the tables show beside the test's.",
@@ -237,7 +248,7 @@ def tables(ctx: dict) -> tuple[list[str], list[tuple[str, list[str], list[list[s
     # without them would mislead
     headline[:0] = [f"**Warning:** {w}" for w in ctx.get("warnings", [])]
     names = ("teacher", "student", "baseline")
-    per_class = [[cls] + [_pct(ctx["evals"][k]["per_class_accuracy"][i]) for k in names]
+    per_class = [[cls] + [pct(ctx["evals"][k]["per_class_accuracy"][i]) for k in names]
                  for i, cls in enumerate(ctx["class_names"])]
     comparisons = [("Comparisons on the test split (paired: the same rows)", COMPARE_HEADER,
                     compare_rows(cmp))] if cmp else []

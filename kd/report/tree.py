@@ -25,7 +25,7 @@ matplotlib.use("Agg")  # no display: render to files only
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from kd.report.plots import _save  # noqa: E402
+from kd.report.plots import save  # noqa: E402
 
 PATH_COLOR, EDGE_COLOR = "#d62728", "#bbbbbb"
 MAX_LEVELS = 5  # levels of inner nodes drawn in the whole-tree picture (32 leaves' width)
@@ -165,4 +165,4 @@ def draw_path(parts: dict, row: np.ndarray, route: dict, class_names: list[str],
     _draw_leaf(axes[-1], np.asarray(route["leaf_probs"]), class_names, highlight=True,
                title=f"leaf {route['leaf']}: {class_names[int(np.argmax(route['leaf_probs']))]}")
     fig.suptitle(title, fontsize=9)
-    _save(fig, path)
+    save(fig, path)

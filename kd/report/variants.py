@@ -19,7 +19,7 @@ import numpy as np
 
 from kd.config import Config, StudentConfig
 from kd.evaluate import stats
-from kd.report.render import _interval, _pct, kept
+from kd.report.render import interval, kept, pct
 
 
 def recipe(st: StudentConfig) -> str:
@@ -81,7 +81,7 @@ CONTROLS_HEADER = ["network", "what the student learned from", "val accuracy", "
 
 
 def _ci(lo: float, hi: float) -> str:
-    return _interval(lo, hi, fmt="{:.2f}")
+    return interval(lo, hi, fmt="{:.2f}")
 
 
 def controls_rows(cfg: Config, figures: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
@@ -99,13 +99,13 @@ def controls_rows(cfg: Config, figures: dict[str, dict]) -> tuple[list[str], lis
             continue
         first = figures[names[0]]
         lo, hi = first["baseline_accuracy_ci"]
-        rows.append([net, "labels alone (baseline)", _pct(first["baseline_val_accuracy"]),
-                     _pct(first["baseline_accuracy"]), _ci(lo, hi), "-", "-"])
+        rows.append([net, "labels alone (baseline)", pct(first["baseline_val_accuracy"]),
+                     pct(first["baseline_accuracy"]), _ci(lo, hi), "-", "-"])
         for v in sorted(names, key=lambda n: (order[(figures[n]["targets"],
                                                       figures[n]["rows"])], n)):
             f, c = figures[v], figures[v]["vs_baseline"]
             rows.append([f"{net} ({v})", recipe(cfg.student.variant(v)),
-                         _pct(f["val_accuracy"]), _pct(f["accuracy"]), _ci(*f["accuracy_ci"]),
+                         pct(f["val_accuracy"]), pct(f["accuracy"]), _ci(*f["accuracy_ci"]),
                          f"{100 * c['diff']:+.2f}", _ci(c["ci_low"], c["ci_high"])])
     return CONTROLS_HEADER, rows
 
@@ -127,7 +127,7 @@ def frontier_rows(cfg: Config, figures: dict[str, dict], teacher_params: int,
     for v in sorted(figures, key=lambda n: (figures[n]["params"], n)):
         f = figures[v]
         rows.append([v, recipe(cfg.student.variant(v)), f"{f['params']:,}",
-                     f"{teacher_params / f['params']:.1f}x", _pct(f["val_accuracy"]),
-                     _pct(f["accuracy"]), _ci(*f["accuracy_ci"]), _pct(f["baseline_accuracy"]),
+                     f"{teacher_params / f['params']:.1f}x", pct(f["val_accuracy"]),
+                     pct(f["accuracy"]), _ci(*f["accuracy_ci"]), pct(f["baseline_accuracy"]),
                      _retained(f), "yes" if v == chosen else ""])
     return FRONTIER_HEADER, rows

@@ -6,7 +6,7 @@
 
 A row's features and logits come from the same Parquet row, so no shuffle can mis-pair them.
 At most about `buffer_rows` rows plus one row group are in memory, never a whole set; the
-schema, writer and manifest live in kd/targets/shards.py.
+schema and manifest live in kd/targets/manifest.py, the writer in kd/targets/shards.py.
 """
 
 from __future__ import annotations
@@ -24,17 +24,14 @@ import pyarrow.parquet as pq
 
 from kd.errors import ArtifactError
 from kd.io.storage import is_uri, locate
-from kd.targets.shards import (
-    COLUMNS,
+from kd.targets.batch import COLUMNS, Batch, concat_rows, take_rows
+from kd.targets.manifest import (
     MANIFEST,
-    Batch,
     check_shard_metadata,
-    concat_rows,
     hidden_column,
     logits_column,
     read_manifest,
     read_shard_metadata,
-    take_rows,
 )
 from kd.targets.shardset import verify
 

@@ -16,11 +16,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kd.errors import ArtifactError
-from kd.io.storage import copy_files, locate
-from kd.targets.shards import (
+from kd.io.storage import copy_files, file_sha256, locate
+from kd.targets.manifest import (
     MANIFEST,
     check_shard_metadata,
-    file_sha256,
     read_manifest,
     read_shard_metadata,
 )

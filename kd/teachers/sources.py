@@ -18,11 +18,31 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kd.config import ImportedMember
-from kd.errors import ArtifactError
+from kd.config import Config, ImportedMember
+from kd.errors import ArtifactError, ConfigError
+from kd.io.atomic import read_json
 from kd.teachers.imported import FILE_NAMES, FILES, files_digest, open_model
 
 PROBE_ROWS = 8  # prepared rows the member runs on at import: width, classes, outputs
+
+
+def import_spec(cfg: Config, name: str) -> ImportedMember:
+    """`teacher.imports.<name>`, or ConfigError naming the imports there are."""
+    if name not in cfg.teacher.imports:
+        known = ", ".join(cfg.teacher.imports) or "none"
+        raise ConfigError(f"teacher.imports: no import named {name!r} (imports: {known})")
+    return cfg.teacher.imports[name]
+
+
+def earlier_answer(path: Path, spec: ImportedMember) -> dict | None:
+    """What `resolve` answered before for this very source (`data/sources/<name>.json`), if
+    anything."""
+    if not path.is_file():
+        return None
+    old = read_json(path, ArtifactError)
+    same = isinstance(old, dict) and (old.get("kind"), old.get("source")) == (spec.kind,
+                                                                               spec.source)
+    return old if same else None
 
 
 def resolve(spec: ImportedMember, tracking_uri: str, timeout: float = 10.0) -> dict:

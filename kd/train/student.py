@@ -37,8 +37,9 @@ from kd.models import (
 from kd.models.transformer import init_from, init_problem
 from kd.prepared import read_split
 from kd.runtime.distributed import SINGLE, Dist, global_batch, ranks
+from kd.targets.manifest import MANIFEST, read_manifest
+from kd.targets.provenance import check_same_test_split, check_test_split
 from kd.targets.reader import ShardReader
-from kd.targets.shards import MANIFEST, check_same_test_split, check_test_split, read_manifest
 from kd.train.batches import Batch, prefetch
 from kd.train.checkpoints import fingerprint
 from kd.train.loop import evaluate, predict, seed_everything
