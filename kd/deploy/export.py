@@ -11,11 +11,11 @@ store them (the same input as the MLflow pyfunc student), and gives `logits` (B,
 `probabilities` (B, C). The normalisation stays out of the graph so that the ONNX model's
 outputs can be compared with the PyTorch student's on the very same input tensors.
 
-Exporter: torch's TorchScript-based exporter (`dynamo=False`). torch 2.13 still ships it; it
-needs no package beyond `onnx`, exports this project's small models in well under a second,
+Exporter: torch's TorchScript-based exporter (`dynamo=False`), pinned with torch in
+requirements.lock. It needs no package beyond `onnx`, exports this project's small models in well under a second,
 and folds eval-mode BatchNorm into the convolutions. The torch.export-based exporter
 (`dynamo=True`) gives the same operators here but needs `onnxscript` and `onnx-ir` and takes
-~8 s per export on 2 cores; switch when the legacy one leaves torch (one flag below).
+~8 s per export on 2 cores; the choice is one flag below.
 """
 
 from __future__ import annotations
