@@ -146,7 +146,21 @@ def _soft_tree(m, tmp: Path) -> list[Config]:  # the digits pipeline's module-le
     return [parse_config(m.DIGITS)]
 
 
-BUILDERS = {"byot": _byot, "distributed": _distributed, "frontier": _frontier, "gpu": _gpu,
+def _hinton(m, tmp: Path) -> list[Config]:  # the paper's experiments as variants
+    out = []
+    for quick in (True, False):
+        p = m.params(quick)
+        p["student"]["variants"] = m.experiments([3, 8], 0.03, 40, 20.0)
+        cfg = parse_config(p)
+        assert cfg.student.variant("omit_3").omit == [3]
+        assert cfg.student.variant("omit_8").temperature == 20.0
+        assert cfg.student.variant("fraction_hard").is_control
+        assert not cfg.student.variant("combine_random_member").is_control
+        out.append(cfg)
+    return out
+
+
+BUILDERS = {"byot": _byot, "hinton": _hinton, "distributed": _distributed, "frontier": _frontier, "gpu": _gpu,
             "batchnorm": _batchnorm, "munge": _munge, "soft_tree": _soft_tree}
 # scripts that build no params of their own: why
 AS_IS = {"chosen": "a helper: which variant a script measures",

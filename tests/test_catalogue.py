@@ -69,6 +69,18 @@ PARAMS_CASES = [
     P("student.control.contradiction", "`control: false` on a variant whose recipe makes it a "
       "control", {"student": {"variants": {"v": {"targets": "hard", "control": False}}}},
       ("student.variants.v.control", "targets 'hard'")),
+    P("student.control.omit", "`control: false` on a variant that omits classes",
+      {"student": {"variants": {"v": {"omit": [3], "control": False}}}},
+      ("student.variants.v.control", "omit [3]")),
+    P("student.omit.twice", "a class omitted twice", {"student": {"variants": {"v": {
+        "omit": [3, 3]}}}}, ("student.variants.v.omit", "[3, 3]")),
+    P("student.omit.negative", "a negative class index to omit", {"student": {"variants": {
+        "v": {"omit": [-1]}}}}, ("student.variants.v.omit", "-1")),
+    P("student.fraction.zero", "a fraction of the labeled rows that keeps none",
+      {"student": {"variants": {"v": {"fraction": 0.0}}}}, ("student.variants.v.fraction",)),
+    P("student.combine.typo", "a combine rule that does not exist",
+      {"student": {"variants": {"v": {"combine": "kl_members"}}}},
+      ("student.variants.v.combine", "'kl_members'")),
     P("student.variants.none", "no student variant at all", {"student": {"variants": {}}},
       ("student.variants", "at least one")),
     P("student.variants.name", "a variant name DVC cannot use in a stage name",
@@ -402,6 +414,17 @@ def _tree_student(d: Path) -> None:
                                           "class_names": meta["class_names"]})
 
 
+def _edit_variant(extra: dict) -> Callable[[Path], None]:
+    """The small pipeline's params with variant `s` given `extra` keys."""
+
+    def setup(d: Path) -> None:
+        p = yaml.safe_load((d / "params.yaml").read_text())
+        p["student"]["variants"]["s"] = {**(p["student"]["variants"]["s"] or {}), **extra}
+        (d / "params.yaml").write_text(yaml.safe_dump(p))
+
+    return setup
+
+
 BUSY_PORT = 47613  # fixed, so the documented line is too; taken here if nothing else has it
 _HELD: list[socket.socket] = []
 
@@ -436,6 +459,12 @@ CLI_CASES = [
          ("data/soft_targets", "no such directory", "dvc repro export")),
     Case("cli.student.unknown_variant", "cli", "training a student variant params.yaml does not "
          "list", ("student", "nosuch"), _params, ("student.variants", "'nosuch'")),
+    Case("cli.student.omit_unknown_class", "cli", "omitting a class the shards do not have",
+         ("student", "s"), _edit_variant({"omit": ["seven"]}),
+         ("student.variants.s.omit", "'seven'"), base="pipeline"),
+    Case("cli.student.omit_every_class", "cli", "omitting every class",
+         ("student", "s"), _edit_variant({"omit": list(range(10))}),
+         ("student.variants.s.omit", "every class"), base="pipeline"),
     Case("cli.baseline.unknown_variant", "cli", "training the baseline of a variant params.yaml "
          "does not list", ("baseline", "nosuch"), _params, ("student.variants", "'nosuch'")),
     Case("cli.shards.no_manifest", "cli", "`kd shards verify` on a directory without shards",

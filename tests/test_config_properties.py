@@ -84,6 +84,8 @@ def value_strategy(ann: Any, bounds: list) -> st.SearchStrategy:
                          exclude_max=hi is None and hi_x is not None)
     if ann is str:
         return st.text("abcdefghij-_", min_size=1, max_size=8)
+    if typing.get_origin(ann) is list and typing.get_args(ann) == (int | str,):  # classes
+        return st.lists(st.integers(0, 9), unique=True, max_size=3)
     raise TypeError(f"no strategy for {ann}")
 
 
@@ -165,7 +167,8 @@ def valid_params(draw) -> dict:
     student.update(draw(section(StudentConfig, skip={"arch", "knobs", "train",
                                                       *TRANSFORMER_ONLY})))
     fix_warmup(student.get("train", {}))
-    if student.get("targets", "soft") != "soft" or student.get("rows", "all") != "all":
+    if student.get("targets", "soft") != "soft" or student.get("rows", "all") != "all" or \
+            student.get("omit") or student.get("fraction", 1.0) < 1:
         student.pop("control", None)  # such a recipe is a control: `control: false` is refused
     p["student"] = {"defaults": student, "variants": {"v": {}}}
     baseline = draw(section(BaselineConfig))

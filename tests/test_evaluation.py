@@ -181,3 +181,28 @@ def test_the_frontier_says_above_teacher_rather_than_a_share_over_100_percent():
     assert kept(0.608, 0.514) == "above teacher (+9.40 points)"
     assert kept(0.5, 0.514) == f"{100 * 0.5 / 0.514:.2f}%"
     assert kept(None, 0.514) == "-"
+
+
+def test_kl_from_the_ensemble_is_zero_for_the_ensemble_and_matches_a_hand_sum():
+    from kd.evaluate.metrics import kl_from
+
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(4), size=50)
+    q = rng.dirichlet(np.ones(4), size=50)
+    assert kl_from(p, p) == pytest.approx(0.0, abs=1e-12)
+    hand = np.mean([sum(a * np.log(a / b) for a, b in zip(pr, qr, strict=True))
+                    for pr, qr in zip(p, q, strict=True)])
+    assert kl_from(p, q) == pytest.approx(hand, rel=1e-9) and kl_from(p, q) > 0
+    assert kl_from(p, q) != pytest.approx(kl_from(q, p))  # KL(ensemble || model), not reverse
+    one_hot = np.eye(4)[rng.integers(0, 4, 50)]  # zeros in p: 0 log 0 = 0, not NaN
+    assert np.isfinite(kl_from(one_hot, q))
+
+
+def test_the_omitted_classes_table_lists_only_omitting_variants():
+    from kd.report.variants import omit_rows
+
+    fig = {"classes": [3], "bias": 4.5, "test_rows": 100, "test_accuracy_omitted": 0.1,
+           "test_accuracy_omitted_corrected": 0.95, "test_accuracy_corrected": 0.97}
+    header, rows = omit_rows({"main": {"test_accuracy": 0.9}, "no3": {"omit": fig}})
+    assert len(rows) == 1 and rows[0][:3] == ["no3", "3", "+4.50"]
+    assert rows[0][4:] == ["10.00%", "95.00%", "97.00%"] and len(header) == len(rows[0])

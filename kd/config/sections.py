@@ -192,16 +192,29 @@ class StudentConfig(ModelConfig):
 
     temperature: Annotated[float, Field(gt=0, le=100)] = 4.0
     alpha: Annotated[float, Field(ge=0, le=1)] = 0.9
-    combine: Literal["mean_probs", "mean_logits"] = "mean_probs"
+    # how the members' logits become the targets (kd/distill/losses.py): mean_probs (the
+    # paper's), mean_logits, kl_per_member (the mean of per-member soft losses), random_member
+    # (one member's targets per row per epoch, drawn by (train.seed, epoch, row id))
+    combine: Literal["mean_probs", "mean_logits", "kl_per_member", "random_member"] = \
+        "mean_probs"
     # soft: the ensemble's distribution at T (Hinton); hard: its argmax as the label of every
     # row, at T = 1 (the pseudo-label control: what is left of KD without the dark knowledge)
     targets: Literal["soft", "hard"] = "soft"
     # all: every exported training row; labeled: the labeled training rows only (the control
     # without a transfer set: what is left of KD without the extra inputs)
     rows: Literal["all", "labeled"] = "all"
+    # classes (names, or indices into the shards' class names) whose transfer rows the student
+    # never trains on: by label where known, by the ensemble's argmax otherwise (Hinton et al.'s
+    # omitted 3); the report scores it with and without a bias for them chosen on validation rows
+    omit: list[int | str] = []
+    # a seeded share of the labeled training rows (each kept by its id and train.seed);
+    # unlabeled and synthetic rows are kept: `rows: labeled` with it is the paper's
+    # soft-targets-as-regulariser experiment on a few labels
+    fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
     # true: the variant exists to explain (an ablation, omitted classes, ...) and is never
     # shipped (kd/evaluate/choose.py skips it). A variant whose targets or rows differ from
-    # soft/all is a control whatever this says; `false` beside them is refused
+    # soft/all, that omits classes or trains on a fraction is a control whatever this says;
+    # `false` beside them is refused
     control: bool = False
     shuffle_buffer: PositiveInt = 50_000
     init: InitConfig | None = None  # None: random initialisation from train.seed
@@ -213,16 +226,30 @@ class StudentConfig(ModelConfig):
     @property
     def is_control(self) -> bool:
         """A control explains and is never shipped: `control: true`, or another recipe than
-        the full one (soft targets on all rows)."""
-        return self.control or self.targets != "soft" or self.rows != "all"
+        the full one (soft targets on all rows, every class, every labeled row)."""
+        return self.control or self.recipe_change() is not None
+
+    def recipe_change(self) -> str | None:
+        """What makes the recipe other than the full one, in words; None when it is the full."""
+        if self.targets != "soft":
+            return f"targets '{self.targets}'"
+        if self.rows != "all":
+            return f"rows '{self.rows}'"
+        if self.omit:
+            return f"omit {list(self.omit)}"
+        if self.fraction < 1:
+            return f"fraction {self.fraction}"
+        return None
 
     @model_validator(mode="after")
     def _control_is_consistent(self) -> StudentConfig:
         if "control" in self.model_fields_set and not self.control and self.is_control:
-            recipe = f"targets '{self.targets}'" if self.targets != "soft" else \
-                f"rows '{self.rows}'"
-            raise ValueError(f"control: false, but {recipe} makes the variant a control "
-                             "(it explains KD, it is never shipped); remove `control`")
+            raise ValueError(f"control: false, but {self.recipe_change()} makes the variant a "
+                             "control (it explains KD, it is never shipped); remove `control`")
+        if bad := [c for c in self.omit if c == "" or (isinstance(c, int) and c < 0)]:
+            raise ValueError(f"omit: a class is a name or an index >= 0, got {bad[0]!r}")
+        if len(set(map(str, self.omit))) < len(self.omit):
+            raise ValueError(f"omit: each class once, got {list(self.omit)}")
         return self
 
     @model_validator(mode="after")

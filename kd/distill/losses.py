@@ -5,6 +5,8 @@
     total, soft, hard = kd_loss_parts(s_logits, t_probs, labels, T=4.0, alpha=0.9)
     loss = loss + beta * cosine_loss(s_hidden, t_hidden)    # DistilBERT's hidden-state term
     loss = kd_loss(s_logits, t_probs, labels, T=4.0, alpha=0.9, components=(log_w, c_logits))
+    p_m = member_targets(t_logits, T=4.0)                    # (M, B, C): combine kl_per_member
+    loss = kd_loss(s_logits, p_m, labels, T=4.0, alpha=0.9)  # soft = mean_m T^2 KL(p_m || q)
 
     total = alpha * soft + (1 - alpha) * hard
     soft  = T^2 * KL(t_probs || softmax(s_logits / T))   mean over ALL B rows ("batchmean")
@@ -27,6 +29,17 @@ cross-entropy). At T = 1, by Jensen's inequality, it is never below the loss of 
 sum_l w_l softmax(c_l); with one component
 of weight 1 per row it is exactly the plain loss of that component.
 
+Combine rules (`student.combine`) say how the M members' logits become the student's targets:
+mean_probs averages the members' softened distributions (the paper's ensemble), mean_logits
+softens the mean logits, kl_per_member averages the per-member soft losses (t_probs is then the
+(M, B, C) `member_targets`), and random_member trains each row on one member's targets, drawn
+per (seed, epoch, row id) by kd/distill/rows.py before the batch reaches the loss. Note that
+kl_per_member has exactly mean_probs's gradient w.r.t. the student: mean_m KL(p_m || q) =
+KL(mean_m p_m || q) + (a term free of q: the members' Jensen-Shannon spread), so it differs
+only in the loss's value. As a prediction (the ensemble scored by the report, the choice, the
+argmax of hard targets) kl_per_member and random_member are the mean of the members'
+probabilities: they change how a student learns, not what the ensemble says.
+
 The cosine term (Sanh et al. 2019, DistilBERT) aligns the student's pooled hidden vector with a
 teacher member's: mean over all rows of 1 - cos(h_s, h_t), labeled or not, like the soft term.
 """
@@ -39,7 +52,7 @@ from torch import Tensor
 
 from kd.models.registry import component_nll
 
-COMBINES = ("mean_probs", "mean_logits")
+COMBINES = ("mean_probs", "mean_logits", "kl_per_member", "random_member")
 Components = tuple[Tensor, Tensor]  # (B, L) log weights, (L, C) or (B, L, C) component logits
 
 
@@ -52,17 +65,27 @@ def soft_targets(t_logits: Tensor, T: float, combine: str = "mean_probs") -> Ten
     """Ensemble teacher probabilities at temperature T: (M, B, C) member logits -> (B, C).
 
     "mean_probs" averages the members' softened distributions (the usual ensemble);
-    "mean_logits" softens the members' mean logits (a geometric-mean-like ensemble, sharper).
+    "mean_logits" softens the members' mean logits (a geometric-mean-like ensemble, sharper);
+    "kl_per_member" and "random_member" predict as mean_probs (see the module doc).
     """
     _check_T(T)
     if t_logits.dim() != 3:
         raise ValueError(f"t_logits must be (M, B, C), got shape {tuple(t_logits.shape)}")
     t = t_logits.float()  # (M, B, C)
-    if combine == "mean_probs":
+    if combine in ("mean_probs", "kl_per_member", "random_member"):
         return F.softmax(t / T, dim=-1).mean(dim=0)  # (B, C)
     if combine == "mean_logits":
         return F.softmax(t.mean(dim=0) / T, dim=-1)  # (B, C)
     raise ValueError(f"combine={combine!r} must be one of {COMBINES}")
+
+
+def member_targets(t_logits: Tensor, T: float) -> Tensor:
+    """Every member's own distribution at temperature T: (M, B, C) logits -> (M, B, C), the
+    targets of combine kl_per_member (kd_loss averages the members' soft losses over M)."""
+    _check_T(T)
+    if t_logits.dim() != 3:
+        raise ValueError(f"t_logits must be (M, B, C), got shape {tuple(t_logits.shape)}")
+    return F.softmax(t_logits.float() / T, dim=-1)  # (M, B, C)
 
 
 def hard_loss(s_logits: Tensor, labels: Tensor, labeled: Tensor | None = None,
@@ -106,8 +129,12 @@ def _components(components: Components, s_logits: Tensor, T: float) -> tuple[Ten
 def soft_loss(s_logits: Tensor, t_probs: Tensor, T: float,
               components: Components | None = None) -> Tensor:
     """T^2 * KL(t_probs || softmax(s_logits / T)), summed over classes, mean over all rows;
-    with `components`, each row's KL is its expectation over the components softened at T."""
+    with `components`, each row's KL is its expectation over the components softened at T.
+    t_probs (M, B, C), one distribution per member: the mean over members of their soft losses
+    (combine kl_per_member)."""
     _check_T(T)
+    if t_probs.dim() == 3:
+        return torch.stack([soft_loss(s_logits, p_m, T, components) for p_m in t_probs]).mean()
     p = t_probs.float()  # (B, C)
     if components is None:
         log_q = F.log_softmax(s_logits.float() / T, dim=-1)  # (B, C)
@@ -127,16 +154,18 @@ def kd_loss_parts(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(total, soft, hard) with total = alpha * soft + (1 - alpha) * hard; see module doc.
 
-    s_logits (B, C) student logits; t_probs (B, C) teacher probabilities at T (soft_targets);
+    s_logits (B, C) student logits; t_probs (B, C) teacher probabilities at T (soft_targets),
+    or (M, B, C) one per member (member_targets: the soft term is the mean of the members');
     labels (B,) int64 with -1 for unlabeled rows. `soft` already includes the T^2 factor.
     `labeled`: the divisor of the hard term (see hard_loss), for distributed training.
     `components`: score the expectation over a mixture's components (module doc).
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha={alpha!r} must be in [0, 1]")
-    if s_logits.dim() != 2 or s_logits.shape != t_probs.shape:
+    if s_logits.dim() != 2 or t_probs.dim() not in (2, 3) or \
+            s_logits.shape != t_probs.shape[-2:]:
         raise ValueError(f"s_logits {tuple(s_logits.shape)} and t_probs {tuple(t_probs.shape)} "
-                         "must both be (B, C)")
+                         "must be (B, C) and (B, C) or (M, B, C)")
     if labels.shape != s_logits.shape[:1]:
         raise ValueError(f"labels {tuple(labels.shape)} must be (B,) = ({s_logits.shape[0]},)")
     soft = soft_loss(s_logits, t_probs, T, components)

@@ -81,6 +81,14 @@ def agreement(probs_a: np.ndarray, probs_b: np.ndarray) -> float:
     return float((probs_a.argmax(1) == probs_b.argmax(1)).mean())
 
 
+def kl_from(p: np.ndarray, q: np.ndarray) -> float:
+    """Mean over rows of KL(p || q) in nats: how far model q's distribution is from p's (the
+    ensemble's), the fidelity Stanton et al. (2021) measure beside top-1 agreement."""
+    p64, q64 = p.astype(np.float64), np.clip(q.astype(np.float64), 1e-12, 1.0)
+    plogp = np.where(p64 > 0, p64 * np.log(np.clip(p64, 1e-300, 1.0)), 0.0)
+    return float((plogp - p64 * np.log(q64)).sum(1).mean())
+
+
 def entropy(probs: np.ndarray) -> np.ndarray:
     """Per-row entropy in nats."""
     p = np.clip(probs, 1e-12, 1.0)

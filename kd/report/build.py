@@ -33,6 +33,7 @@ from kd.evaluate.metrics import (
     agreement,
     compression,
     ensemble_probs,
+    kl_from,
     machine,
     quality,
     softmax,
@@ -49,7 +50,13 @@ from kd.progress import Progress
 from kd.report import plots
 from kd.report.figures import tree_figures, write_figures
 from kd.report.render import render_html, render_markdown
-from kd.report.variants import controls_rows, frontier_points, frontier_rows, variant_figures
+from kd.report.variants import (
+    controls_rows,
+    frontier_points,
+    frontier_rows,
+    omit_rows,
+    variant_figures,
+)
 from kd.targets.manifest import MANIFEST, check_members, read_manifest
 from kd.targets.provenance import check_same_test_split
 from kd.targets.shardset import verify
@@ -251,7 +258,9 @@ def build(cfg: Config, at: Inputs = Inputs()) -> Report:
                                         ArtifactError)["int8"].get("gate"),
                "variants": {"chosen": chosen, "choice": choice_info,
                             "frontier": frontier_rows(cfg, figures, params["teacher"], chosen),
-                            "controls": controls_rows(cfg, figures)},
+                            "controls": controls_rows(cfg, figures),
+                            "omit": omit_rows({v: read_json(at.student_root / v / "metrics.json",
+                                                            ArtifactError) for v in variants})},
                "class_names": meta["class_names"], "test_rows": len(test.y),
                "transfer": transfer, "test_overlap": meta.get("test_overlap")}
     inputs = (dict(member_output(dirs[m]) for m in members)
@@ -271,22 +280,23 @@ def assemble(cfg: Config, chosen: str, members: list[str], figures: dict, evals:
     deployed files, paired comparisons and every variant in a few keys."""
     def summary(name: str) -> dict:
         e = evals[name]
-        return {"accuracy": e["accuracy"], "nll": e["nll"], "ece": e["ece"],
-                "errors": e["errors"], "params": params[name], "bytes": size[name],
-                "val_accuracy": val.get(name)}
+        out = {"accuracy": e["accuracy"], "nll": e["nll"], "ece": e["ece"],
+               "errors": e["errors"], "params": params[name], "bytes": size[name],
+               "val_accuracy": val.get(name)}
+        if name != "teacher":  # fidelity to the ensemble, on the test rows: every model
+            out |= {"agreement": agreement(probs[name], probs["teacher"]),
+                    "kl_from_teacher": kl_from(probs["teacher"], probs[name])}
+        return out
 
     st = cfg.student.variant(chosen)
     metrics = {
         "teacher": summary("teacher"),
-        "student": {**summary("student"), "agreement": agreement(probs["student"],
-                                                                 probs["teacher"])},
-        "baseline": {**summary("baseline"), "agreement": agreement(probs["baseline"],
-                                                                   probs["teacher"])},
+        "student": summary("student"),
+        "baseline": summary("baseline"),
         "members": {m: summary(m) for m in members},
     }
     for name, kind in quantization.items():
-        metrics[name] = {**summary(name), "agreement": agreement(probs[name], probs["teacher"]),
-                         "quantization": kind}
+        metrics[name] = {**summary(name), "quantization": kind}
     metrics["validation_rows"] = val.get("rows", 0)
     # every comparison the report states, with a paired 95% interval and McNemar's p
     metrics["compare"] = {f"{a}_vs_{b}": stats.compare(right[a], right[b])

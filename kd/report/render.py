@@ -49,11 +49,12 @@ def _row(name: str, m: dict) -> list[str]:
             f"{m['nll']:.4f}", f"{m['ece']:.4f}",
             f"{m['params']:,}" if m["params"] is not None else "n/a",  # unknown: an import
             f"{m['bytes'] / 1024:.1f}",
-            pct(m["agreement"]) if "agreement" in m else "-"]
+            pct(m["agreement"]) if "agreement" in m else "-",
+            f"{m['kl_from_teacher']:.4f}" if "kl_from_teacher" in m else "-"]
 
 
 HEADER = ["model", "val accuracy", "test accuracy", "test errors", "NLL", "ECE", "params",
-          "weights KiB", "agrees with teacher"]
+          "weights KiB", "agrees with teacher", "KL(teacher ‖ model)"]
 
 
 def _points(v: float) -> str:
@@ -244,6 +245,9 @@ def tables(ctx: dict) -> tuple[list[str], list[tuple[str, list[str], list[list[s
         if var["controls"][1]:  # (header, rows): rows only where variants share a network
             variant_tables.append(("Controls: where the gain comes from (same network, "
                                    "another recipe; controls are never shipped)", *var["controls"]))
+        if var.get("omit", (None, []))[1]:
+            variant_tables.append(("Omitted classes: the student never saw them; a bias for "
+                                   "them chosen on validation rows", *var["omit"]))
     # what the stages warned about as they ran, above everything else: a headline read
     # without them would mislead
     headline[:0] = [f"**Warning:** {w}" for w in ctx.get("warnings", [])]

@@ -2,6 +2,7 @@
 
     figures = variant_figures(cfg, right, params, val, teacher_acc)   # metrics.json "variants"
     rows = controls_rows(cfg, figures)                                # the controls table
+    rows = omit_rows({v: json.loads(...metrics.json) ...})           # the omitted classes
 
 A variant is one row of the frontier: its distilled student and its baseline (the same network
 on labels alone) on the test rows, each with a 95% interval, the student's lead over its own
@@ -27,8 +28,29 @@ def recipe(st: StudentConfig) -> str:
     what = "soft targets" if st.targets == "soft" else "hard pseudo-labels"
     rows = "labeled rows only" if st.rows == "labeled" else "all rows"
     extra = ([f"layer-skip init from {st.init.from_}"] if st.init else []) + \
-        ([f"cosine term beta={st.beta:g}"] if st.beta else [])
+        ([f"cosine term beta={st.beta:g}"] if st.beta else []) + \
+        ([f"combine {st.combine}"] if st.combine != "mean_probs" else []) + \
+        ([f"classes {', '.join(map(str, st.omit))} omitted"] if st.omit else []) + \
+        ([f"{100 * st.fraction:g}% of the labeled rows"] if st.fraction < 1 else [])
     return ", ".join([what, rows, *extra])
+
+
+OMIT_HEADER = ["variant", "omitted", "bias (validation)", "test rows", "accuracy on them",
+               "after the bias", "all test rows after the bias"]
+
+
+def omit_rows(variant_metrics: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
+    """The omitted-classes table (header, rows) from each omitting variant's metrics.json
+    "omit" figures: its test accuracy on the omitted classes' rows without and with the bias
+    chosen on validation rows (Hinton et al. 2015, section 3)."""
+    rows = []
+    for v, m in variant_metrics.items():
+        if o := m.get("omit"):
+            rows.append([v, ", ".join(map(str, o["classes"])), f"{o['bias']:+.2f}",
+                         str(o["test_rows"]), pct(o["test_accuracy_omitted"]),
+                         pct(o["test_accuracy_omitted_corrected"]),
+                         pct(o["test_accuracy_corrected"])])
+    return OMIT_HEADER, rows
 
 
 def network(st: StudentConfig) -> str:

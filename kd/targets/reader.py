@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -49,12 +49,16 @@ class ShardReader:
 
     The training rows (`drop_val`, the ranks' runs) are every row but the validation rows, or,
     with `rows="labeled"`, the labeled training rows only: the unlabeled and synthetic rows are
-    dropped as each row group is decoded, before any batch is formed.
+    dropped as each row group is decoded, before any batch is formed. `keep`, a function of a
+    decoded row group (row_id, label, is_labeled, logits) to a (B,) bool mask, drops more
+    training rows the same way (a student's omitted classes, its fraction of labeled rows).
     """
 
     def __init__(self, dir: str | os.PathLike, *, columns: list[str] | None = None,
                  verify_checksums: bool = False, hidden: str | None = None,
-                 rows: Literal["all", "labeled"] = "all"):
+                 rows: Literal["all", "labeled"] = "all",
+                 keep: Callable[[Batch], np.ndarray] | None = None):
+        self.keep = keep
         if rows not in ("all", "labeled"):
             raise ValueError(f"rows must be 'all' or 'labeled', got {rows!r}")
         self.rows = rows
@@ -84,6 +88,8 @@ class ShardReader:
         info = {s["file"]: s for s in self.manifest["shards"]}
         picked = [info[f] for f in self._select(shards)]
         rows, val = (sum(s[k] for s in picked) for k in ("rows", "val"))
+        if drop_val and self.keep is not None:  # counted by reading, once
+            return sum(n for f, _, n in self.training_rows() if f in set(self._select(shards)))
         if drop_val and self.rows == "labeled":  # validation rows are labeled rows
             return sum(s["splits"].get("labeled", 0) for s in picked) - val
         return val if only_val else rows - val if drop_val else rows
@@ -94,6 +100,8 @@ class ShardReader:
         if self._train_groups is None:
             groups = []
             cols = ["split", "is_val"] if self.rows == "labeled" else ["is_val"]
+            if self.keep is not None:
+                cols = self._cols({"row_id", "label", "is_labeled", "logits", "is_val"})
             for f in self.files:
                 with self.loc.open(f) as source, self._open(f, source) as pf:
                     for g in range(pf.num_row_groups):
@@ -237,9 +245,9 @@ class ShardReader:
         want = set(self.columns) | ({"is_val"} if drop_val or only_val else set())
         if drop_val and self.rows == "labeled":
             want.add("is_labeled")
-        source = {"is_labeled": ["split"], "logits": [logits_column(m) for m in self.members]}
-        cols = [c for k in COLUMNS if k in want for c in source.get(k, [k])]
-        cols += [hidden_column(self.hidden)] if self.hidden is not None else []
+        if drop_val and self.keep is not None:
+            want |= {"label", "is_labeled", "logits"}
+        cols = self._cols(want)
         with self.loc.open(file) as stream, self._open(file, stream) as pf:
             for g in groups:
                 out = self._decode(self._read_group(pf, file, g, cols))
@@ -249,10 +257,17 @@ class ShardReader:
                     out = take_rows(out, self._training_mask(out))
                 yield {k: v for k, v in out.items() if k in self.columns}
 
+    def _cols(self, want: set[str]) -> list[str]:
+        """The Parquet columns that hold the batch keys `want` (and the hidden one, if read)."""
+        source = {"is_labeled": ["split"], "logits": [logits_column(m) for m in self.members]}
+        cols = [c for k in COLUMNS if k in want for c in source.get(k, [k])]
+        return cols + ([hidden_column(self.hidden)] if self.hidden is not None else [])
+
     def _training_mask(self, part: Batch) -> np.ndarray:
         """(B,) bool: the rows a student trains on (decoded is_val, and is_labeled if needed)."""
         keep = ~part["is_val"]
-        return keep & part["is_labeled"] if self.rows == "labeled" else keep
+        keep = keep & part["is_labeled"] if self.rows == "labeled" else keep
+        return keep & self.keep(part) if self.keep is not None else keep
 
     def _read_group(self, pf: pq.ParquetFile, file: str, g: int, cols: list[str]) -> pa.Table:
         try:  # without verify(), a damaged page surfaces only here
@@ -279,7 +294,7 @@ class ShardReader:
             out["is_val"] = _np(t["is_val"])
         if "features" in names:
             out["features"] = _np(t["features"]).reshape(-1, self.width)  # (B, F)
-        if "logits" in self.columns and logits_column(self.members[0]) in names:
+        if logits_column(self.members[0]) in names:
             z = np.empty((len(self.members), t.num_rows, self.num_classes), np.float32)  # (M, B, C)
             for i, m in enumerate(self.members):
                 z[i] = _np(t[logits_column(m)]).reshape(-1, self.num_classes)

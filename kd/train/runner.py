@@ -49,6 +49,9 @@ class TrainJob:
     metrics: dict = field(default_factory=dict)
     params: dict = field(default_factory=dict)  # what the stage's MLflow run records
     intro: str = ""  # the line printed before training
+    # the trained model -> more final metrics (e.g. an omitted-class bias chosen on validation
+    # rows and its test figures); None: none
+    after: Callable[[torch.nn.Module], dict] | None = None
 
 
 def write_outputs(out_dir: Path, model: torch.nn.Module, spec: dict, history: list[dict],
@@ -80,6 +83,8 @@ def train_and_write(job: TrainJob, out_dir: Path, *, callbacks: Sequence = (),
                "params": job.spec["params"], "epochs": job.train.epochs, **job.metrics,
                "train_loss": history[-1]["train_loss"]}
     metrics.update({k: v for k, v in history[-1].items() if k.startswith("val_")})
+    if job.after is not None:
+        metrics.update(job.after(job.model))
     if not dist.is_main:
         return metrics
     write_outputs(out_dir, job.model, job.spec, history, metrics, train_time)

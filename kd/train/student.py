@@ -23,7 +23,15 @@ import numpy as np
 import torch
 
 from kd.config import Config, StudentConfig
-from kd.distill.losses import cosine_loss, kd_loss, soft_targets
+from kd.distill.losses import cosine_loss, kd_loss, member_targets, soft_targets
+from kd.distill.rows import (
+    choose_bias,
+    fraction_mask,
+    omit_mask,
+    pick_members,
+    random_members,
+    with_bias,
+)
 from kd.errors import ArtifactError, ConfigError
 from kd.io.storage import locate
 from kd.models import (
@@ -47,9 +55,11 @@ from kd.train.runner import TrainJob
 
 
 def shard_batches(reader: ShardReader, batch_size: int, seed: int, buffer_rows: int,
-                  dist: Dist = SINGLE) -> Callable[[int], Iterable[Batch]]:
+                  dist: Dist = SINGLE, combine: str = "mean_probs"
+                  ) -> Callable[[int], Iterable[Batch]]:
     """epoch -> shuffled training batches streamed from the shards (validation rows held out);
-    distributed, from this rank's run of rows of the epoch only."""
+    distributed, from this rank's run of rows of the epoch only. combine random_member: each
+    row carries the logits of the one member drawn for it by (seed, epoch, row id), (1, B, C)."""
 
     def batches(epoch: int) -> Iterable[Batch]:
         if dist.active:
@@ -60,8 +70,11 @@ def shard_batches(reader: ShardReader, batch_size: int, seed: int, buffer_rows: 
                                          buffer_rows=buffer_rows, drop_val=True)
         for b in prefetch(stream):  # decode the next batch while this one trains
             h = torch.from_numpy(b["hidden"]) if "hidden" in b else None  # (B, D)
+            z = b["logits"]  # (M, B, C)
+            if combine == "random_member":
+                z = pick_members(z, random_members(seed, epoch, b["row_id"], len(z)))
             yield Batch(torch.from_numpy(b["features"]), torch.from_numpy(b["label"]),
-                        torch.from_numpy(b["logits"]), t_hidden=h)  # (B, F), (B,), (M, B, C)
+                        torch.from_numpy(z), t_hidden=h)  # (B, F), (B,), (M, B, C)
 
     return batches
 
@@ -77,11 +90,65 @@ def held_out(reader: ShardReader) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def ensemble_targets(t_logits: torch.Tensor, st: StudentConfig) -> tuple[torch.Tensor, float]:
     """(B, C) targets of a batch's (M, B, C) member logits, and the temperature they are at.
     soft: the ensemble's distribution at T; hard: its argmax as a one-hot label at T = 1
-    (the pseudo-label control), so the same Hinton loss is plain cross-entropy on it."""
+    (the pseudo-label control), so the same Hinton loss is plain cross-entropy on it.
+    combine kl_per_member with soft targets: (M, B, C), every member's own distribution at T
+    (the loss averages their soft terms)."""
     if st.targets == "hard":
         top = soft_targets(t_logits, 1.0, st.combine).argmax(1)  # (B,)
         return torch.nn.functional.one_hot(top, t_logits.shape[-1]).to(t_logits.dtype), 1.0
+    if st.combine == "kl_per_member":
+        return member_targets(t_logits, st.temperature), st.temperature
     return soft_targets(t_logits, st.temperature, st.combine), st.temperature
+
+
+def omitted_classes(st: StudentConfig, class_names: list[str], variant: str) -> list[int]:
+    """student.omit as class indices: a name of the shards' classes, or an index into them."""
+    out = []
+    for c in st.omit:
+        i = class_names.index(c) if isinstance(c, str) and c in class_names else c
+        if not isinstance(i, int) or not 0 <= i < len(class_names):
+            raise ConfigError(f"student.variants.{variant}.omit: {c!r} is not a class of the "
+                              f"shards (names {class_names}, or indices 0-"
+                              f"{len(class_names) - 1})")
+        out.append(i)
+    if len(set(out)) == len(class_names):
+        raise ConfigError(f"student.variants.{variant}.omit: every class omitted, nothing left "
+                          "to train on")
+    return sorted(set(out))
+
+
+def row_filter(st: StudentConfig, omitted: list[int]) -> Callable[[dict], np.ndarray] | None:
+    """The reader's `keep` for the variant's omitted classes and fraction; None: every row."""
+    if not omitted and st.fraction >= 1:
+        return None
+
+    def keep(part: dict) -> np.ndarray:
+        mask = fraction_mask(st.train.seed, part["row_id"], part["is_labeled"], st.fraction)
+        return mask & omit_mask(part["label"], part["logits"], omitted, st.combine)
+
+    return keep
+
+
+def bias_correction(omitted: list[int], val: tuple[np.ndarray, np.ndarray],
+                    test: tuple[np.ndarray, np.ndarray]) -> Callable[[torch.nn.Module], dict]:
+    """After training: the bias for the omitted classes chosen on the validation rows alone,
+    and the test accuracy on the omitted classes' rows (and on all) without and with it."""
+
+    def after(model: torch.nn.Module) -> dict:
+        b = choose_bias(predict(model, val[0]).numpy(), val[1], omitted)
+        z, y = predict(model, test[0]).numpy(), test[1]
+        fixed = with_bias(z, omitted, b)
+        rows = np.isin(y, omitted)
+        return {"omit": {
+            "classes": omitted, "bias": b, "validation_rows": len(val[1]),
+            "test_rows": int(rows.sum()),
+            "test_accuracy_omitted": float((z.argmax(1) == y)[rows].mean()) if rows.any()
+            else None,
+            "test_accuracy_omitted_corrected": float((fixed.argmax(1) == y)[rows].mean())
+            if rows.any() else None,
+            "test_accuracy_corrected": float((fixed.argmax(1) == y).mean())}}
+
+    return after
 
 
 def hidden_member(st: StudentConfig, exported: list[str]) -> str | None:
@@ -112,7 +179,8 @@ def distill_job(cfg: Config, variant: str, shards: Path | str, prepared: Path,
     stage = f"student@{variant}"
     manifest = read_manifest(shards)
     h_member = hidden_member(st, cfg.export.hidden)
-    reader = ShardReader(shards, hidden=h_member, rows=st.rows)
+    omitted = omitted_classes(st, manifest["class_names"], variant)
+    reader = ShardReader(shards, hidden=h_member, rows=st.rows, keep=row_filter(st, omitted))
     shape = tuple(manifest["feature_shape"])
     n_classes = len(manifest["class_names"])
     test, _ = read_split(prepared, "test")
@@ -138,8 +206,10 @@ def distill_job(cfg: Config, variant: str, shards: Path | str, prepared: Path,
     val_x, val_y, val_t = held_out(reader)
     alpha, beta = st.alpha, st.beta
     if n_train == 0:
-        raise ConfigError(f"student.variants.{variant}.rows: the shards hold no "
-                          f"{'labeled ' if st.rows == 'labeled' else ''}training rows")
+        key = "rows" if reader.keep is None else "omit" if st.fraction >= 1 else "fraction"
+        raise ConfigError(f"student.variants.{variant}.{key}: the shards hold no "
+                          f"{'labeled ' if st.rows == 'labeled' else ''}training rows"
+                          f"{'' if reader.keep is None else ' that the variant keeps'}")
     s_hidden: list[torch.Tensor] = []  # the last forward's pooled hidden vector, (B, D_s)
 
     def keep_hidden(_module, _inputs, out: torch.Tensor) -> None:
@@ -171,7 +241,7 @@ def distill_job(cfg: Config, variant: str, shards: Path | str, prepared: Path,
     return TrainJob(
         stage=stage, model=model, train=st.train,
         batches=shard_batches(reader, batch // dist.world, st.train.seed, st.shuffle_buffer,
-                              dist),
+                              dist, st.combine),
         steps=steps, loss_fn=loss_fn, evaluate_fn=evaluate_fn,
         # the manifest holds every shard's sha256 (rows, splits, is_val) and the prepared test
         # split's; an init copies a member's weights, which may have been retrained since
@@ -179,6 +249,7 @@ def distill_job(cfg: Config, variant: str, shards: Path | str, prepared: Path,
                                 model_fingerprint(teachers / st.init.from_) if st.init else None,
                                 device=dist.device),
         test=(test.x, test.y),
+        after=bias_correction(omitted, (val_x, val_y), (test.x, test.y)) if omitted else None,
         spec={"arch": st.arch, "knobs": knobs, "input_shape": list(shape),
               "n_classes": n_classes, "class_names": manifest["class_names"],
               "params": n_params, "stage": stage, "variant": variant},
@@ -190,6 +261,9 @@ def distill_job(cfg: Config, variant: str, shards: Path | str, prepared: Path,
               f"{f' T={st.temperature:g}' if st.targets == 'soft' else ''}, alpha={alpha}, "
               + (f"beta={beta} (hidden.{h_member}), " if h_member else "")
               + (f"init from {st.init.from_} layers {st.init.layers}, " if st.init else "")
+              + (f"combine {st.combine}, " if st.combine != "mean_probs" else "")
+              + (f"omitting classes {omitted}, " if omitted else "")
+              + (f"fraction {st.fraction:g} of the labeled rows, " if st.fraction < 1 else "")
               + f"{n_train} {'labeled ' if st.rows == 'labeled' else ''}training rows from "
               f"{len(reader.files)} shards, "
               f"{st.train.epochs} epochs{ranks(dist, batch)}")
