@@ -41,6 +41,7 @@ class Source:
     # the column names when the features are separate scalar columns (tabular data, no order)
     feature_columns: list[str] | None = None
     files: dict[str, str] | None = None  # split -> the user's file it came from
+    info: dict | None = None  # what meta.json records about the source (chars: its corpus)
 
     def where(self, split: str) -> str:
         return (self.files or {}).get(split) or f"the {split} split"
@@ -142,6 +143,19 @@ def load_digits(cfg: DataConfig) -> Source:
     }
     fp = _digest(x, y, extra=f"digits:{cfg.test_fraction}:{cfg.unlabeled_fraction}")
     return Source(splits, [str(c) for c in d.target_names], (8, 8), fp)
+
+
+def load_chars(cfg: DataConfig) -> Source:
+    """Next-character windows over the Python standard library's source (kd/chars.py)."""
+    from kd import chars
+
+    w = chars.load(cfg.vocab_size, cfg.context, cfg.labeled_rows, cfg.unlabeled_rows,
+                   cfg.test_rows, cfg.test_fraction, cfg.split_seed)
+    splits = {s: as_split(w.row_ids[s], w.ids[s], w.labels[s]) for s in SPLITS}
+    fp = hashlib.sha256(f"chars:{w.info['corpus_sha256']}:{cfg.vocab_size}:{cfg.context}:"
+                        f"{cfg.labeled_rows}:{cfg.unlabeled_rows}:{cfg.test_rows}:"
+                        f"{cfg.test_fraction}:{cfg.split_seed}".encode()).hexdigest()
+    return Source(splits, w.class_names, (cfg.context,), fp, info=w.info)
 
 
 # --------------------------------------------------------------------------- user Parquet
@@ -376,4 +390,6 @@ def load_source(cfg: DataConfig, root: Path = Path(".")) -> Source:
         return load_mnist1d(cfg)
     if cfg.source == "digits":
         return load_digits(cfg)
+    if cfg.source == "chars":
+        return load_chars(cfg)
     return load_parquet(cfg, root)

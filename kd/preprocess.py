@@ -96,6 +96,8 @@ def write_splits(src: Source, cfg: DataConfig, out: str | Path,
     }
     if src.feature_columns:
         meta["feature_columns"] = src.feature_columns
+    if src.info:  # what the source says about itself (chars: the corpus and its digest)
+        meta["source_info"] = src.info
     if cfg.vocab_size is not None:  # the features are token ids (kd/datasets.py)
         meta["vocab_size"] = cfg.vocab_size
     if overlap:  # allowed by the user: the report says so

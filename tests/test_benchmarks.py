@@ -167,7 +167,8 @@ AS_IS = {"chosen": "a helper: which variant a script measures",
          "deploy": "params.yaml as it is", "export": "params.yaml as it is",
          "student": "params.yaml as it is", "teacher": "params.yaml (or --params) as it is",
          "exp_queue": "dvc exp run -S on the repository's params.yaml",
-         "threads": "TrainConfig only, no params", "transformer": "TrainConfig only, no params"}
+         "threads": "TrainConfig only, no params", "transformer": "TrainConfig only, no params",
+         "topk": "DataConfig only, no params"}
 
 
 def test_every_script_is_covered():

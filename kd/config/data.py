@@ -16,11 +16,18 @@ from kd.config.sections import Fraction, PositiveInt, Section
 MNIST1D_SEED = 42  # the seed of MNIST-1D's standard 4,000/1,000 split
 
 class DataConfig(Section):
-    source: Literal["mnist1d", "digits", "parquet"] = "mnist1d"
+    source: Literal["mnist1d", "digits", "chars", "parquet"] = "mnist1d"
     # mnist1d: the standard 4,000/1,000 split (seed 42) plus a transfer set from another seed
     unlabeled_size: Annotated[int, Field(ge=0)] = 40_000
     unlabeled_seed: Annotated[int, Field(ge=0)] = 1
-    # digits: fractions of the 1,797 images; the labeled split is what is left
+    # chars: next character after `context` characters of the Python standard library's source
+    # (kd/chars.py); rows drawn from the training files, test rows from held-out files
+    context: Annotated[int, Field(ge=1, le=4096)] = 32
+    labeled_rows: Annotated[int, Field(ge=1)] = 20_000
+    unlabeled_rows: Annotated[int, Field(ge=0)] = 100_000
+    test_rows: Annotated[int, Field(ge=1)] = 10_000
+    # digits: fractions of the 1,797 images; the labeled split is what is left (chars: the
+    # share of files held out as the test split)
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
     unlabeled_fraction: Fraction = 0.4
     # all sources: the validation rows are drawn from the labeled split with this seed
@@ -44,7 +51,8 @@ class DataConfig(Section):
     shape: list[PositiveInt] | None = None
     classes: Annotated[list[str], Field(min_length=2)] | None = None  # class order; default sorted
     # token ids: every feature is an integer id in [0, vocab_size), checked at prepare; a
-    # transformer reads them through its embedding table (knob vocab, which must equal this)
+    # transformer reads them through its embedding table (knob vocab, which must equal this);
+    # chars: also the number of classes (the vocab_size - 1 most frequent characters + other)
     vocab_size: Annotated[int, Field(ge=2, le=2**24)] | None = None  # float32 holds ids exactly
 
     @model_validator(mode="after")
@@ -60,14 +68,18 @@ class DataConfig(Section):
                 f"rows (< 0.95), got {self.test_fraction} + {self.unlabeled_fraction}"
             )
         parquet_keys = ("labeled", "unlabeled", "test", "features", "label", "id", "shape",
-                        "classes", "vocab_size")
+                        "classes") + (() if self.source == "chars" else ("vocab_size",))
+        if self.source in ("parquet", "chars") and self.vocab_size is not None \
+                and self.normalize != "none":
+            raise ValueError(f"normalize: must be 'none' with data.vocab_size (token ids "
+                             f"are not scaled), got '{self.normalize}'")
+        if self.source == "chars" and self.vocab_size is None:
+            raise ValueError("vocab_size: required when data.source is 'chars' (the classes: "
+                             "the vocab_size - 1 most frequent characters plus 'other')")
         if self.source == "parquet":
             for key in ("labeled", "test", "features", "label"):
                 if getattr(self, key) in (None, "", []):
                     raise ValueError(f"{key}: required when data.source is 'parquet'")
-            if self.vocab_size is not None and self.normalize != "none":
-                raise ValueError(f"normalize: must be 'none' with data.vocab_size (token ids "
-                                 f"are not scaled), got '{self.normalize}'")
             if self.classes and len(set(self.classes)) < len(self.classes):
                 twice = next(c for c in self.classes if self.classes.count(c) > 1)
                 raise ValueError(f"classes: {twice!r} is listed twice")

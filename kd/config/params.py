@@ -35,7 +35,9 @@ from kd.errors import ConfigError
 # the keys each source reads; a key set in params.yaml that the source does not read is
 # probably a leftover from another source
 _SOURCE_KEYS = {"mnist1d": ("unlabeled_size", "unlabeled_seed"),
-                "digits": ("test_fraction", "unlabeled_fraction")}
+                "digits": ("test_fraction", "unlabeled_fraction"),
+                "chars": ("context", "labeled_rows", "unlabeled_rows", "test_rows",
+                          "test_fraction")}
 
 
 class Config(Section):
@@ -147,10 +149,13 @@ def data_warnings(cfg: Config, meta: dict | None = None) -> list[str]:
     shift augmentation over tabular columns, which have no order to shift along."""
     out = []
     d = cfg.data
+    readers: dict[str, list[str]] = {}  # a key set but not read -> the sources that read it
     for source, keys in _SOURCE_KEYS.items():
-        if d.source != source:
-            out += [f"warning: data.{k} is set but only read when data.source is '{source}' "
-                    f"(source is '{d.source}'): remove it" for k in keys if k in d.model_fields_set]
+        for k in keys:
+            if k in d.model_fields_set and k not in _SOURCE_KEYS.get(d.source, ()):
+                readers.setdefault(k, []).append(f"'{source}'")
+    out += [f"warning: data.{k} is set but only read when data.source is {' or '.join(s)} "
+            f"(source is '{d.source}'): remove it" for k, s in readers.items()]
     columns = (meta or {}).get("feature_columns")
     if columns:
         shown = ", ".join(columns[:3]) + (", ..." if len(columns) > 3 else "")

@@ -12,8 +12,8 @@ store them (the same input as the MLflow pyfunc student), and gives `logits` (B,
 outputs can be compared with the PyTorch student's on the very same input tensors.
 
 Exporter: torch's TorchScript-based exporter (`dynamo=False`), pinned with torch in
-requirements.lock. It needs no package beyond `onnx`, exports this project's small models in well under a second,
-and folds eval-mode BatchNorm into the convolutions. The torch.export-based exporter
+requirements.lock. It needs no package beyond `onnx`, exports this project's small models in
+well under a second, and folds eval-mode BatchNorm into the convolutions. The torch.export-based exporter
 (`dynamo=True`) gives the same operators here but needs `onnxscript` and `onnx-ir` and takes
 ~8 s per export on 2 cores; the choice is one flag below.
 """

@@ -1,0 +1,154 @@
+"""Top-k soft targets: per row, the k largest logits, their class ids and the log-sum-exp of the
+other C - k logits (the tail), so that probabilities at T = 1 stay exact and the tail is one
+bucket. Pure functions; measured by benchmarks/topk.py, not yet written by export.
+
+    st = encode(logits, k=8)                     # (N, C) -> TopK: (N, 8) logits, ids, (N,) tail
+    kept, tail = log_probs(st)                   # exact log p(T=1) of the kept classes, the tail
+    z = spread_logits(st.logits, st.ids, st.tail_lse, C)   # (N, C): tail spread uniformly
+    g = ghost_logits(st.logits, st.tail_lse)               # (N, k + 1): the tail as a ghost class
+    loss = soft_loss(s_logits, st.logits, st.ids, st.tail_lse, T=4.0, tail="ghost")
+
+What stays exact: the kept logits themselves (stored bytes, in the storage dtype), and at T = 1
+the kept classes' probabilities and the tail's total mass (the logsumexp of all C logits is
+the logsumexp of the kept ones and the tail's). What is approximate: anything at T != 1 that
+depends on how the tail's mass splits among its classes (sum_j exp(z_j / T) over the tail is
+not a function of their logsumexp), the `mean_logits` combine of members (the tail classes'
+logits are not stored), and per-class tail probabilities. "uniform" gives each missing class
+logit tail_lse - log(C - k) (exact tail mass at T = 1, never above the smallest kept logit:
+a log-mean-exp is at most the max); "ghost" keeps one extra class with logit tail_lse, and the
+student's mass over the classes that row did not keep is matched against it.
+
+k must lie in [1, C - 1] and C must be at least 3: with k >= C (or 2 classes) dense logits are
+both exact and smaller, so it is refused (one line naming the key); k = C - 1 is lossless (the
+tail is the one missing class).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from kd.errors import ConfigError
+
+TAILS = ("ghost", "uniform")
+
+
+def id_dtype(n_classes: int) -> np.dtype:
+    """The smallest unsigned integer dtype that holds every class id in [0, n_classes)."""
+    for dt in (np.uint8, np.uint16, np.uint32):
+        if n_classes - 1 <= np.iinfo(dt).max:
+            return np.dtype(dt)
+    raise ConfigError(f"{n_classes} classes: more than a uint32 class id holds")
+
+
+def check_k(k: object, n_classes: int, key: str = "export.top_k") -> int:
+    """k as an int, or ConfigError (one line naming `key`) when top-k cannot pay off."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(f"{key}: must be an integer >= 1, got {k!r}")
+    if n_classes < 3:
+        raise ConfigError(f"{key}: the data has {n_classes} classes; top-k needs at least 3 "
+                          f"(dense logits are exact and smaller): remove {key}")
+    if k >= n_classes:
+        raise ConfigError(f"{key}: k={k} must be below the number of classes ({n_classes}): "
+                          f"dense logits are exact and smaller; remove {key}")
+    return k
+
+
+@dataclass(frozen=True)
+class TopK:
+    logits: np.ndarray  # (N, k) the k largest logits per row, largest first (storage dtype)
+    ids: np.ndarray  # (N, k) their class ids (id_dtype(n_classes))
+    tail_lse: np.ndarray  # (N,) log-sum-exp of the other C - k logits (storage dtype)
+    n_classes: int
+
+    @property
+    def k(self) -> int:
+        return self.logits.shape[1]
+
+    def bytes_per_row(self) -> int:
+        return int(self.logits.dtype.itemsize * self.k + self.ids.dtype.itemsize * self.k
+                   + self.tail_lse.dtype.itemsize)
+
+
+def encode(logits: np.ndarray, k: int, dtype: np.dtype | type = np.float32) -> TopK:
+    """(N, C) logits -> TopK. Among equal logits the smaller class id is kept and listed
+    first, so the bytes depend on the values alone. The tail's logsumexp is taken in float64
+    from the float32 logits, then stored in `dtype`."""
+    z = np.asarray(logits, dtype=np.float32)  # (N, C)
+    if z.ndim != 2:
+        raise ValueError(f"logits must be (N, C), got shape {z.shape}")
+    n, c = z.shape
+    k = check_k(k, c)
+    if not np.isfinite(z).all():
+        row = int(np.argmax(~np.isfinite(z).all(axis=1)))
+        raise ValueError(f"logits: NaN or infinite value at row {row}")
+    kth = np.partition(z, c - k, axis=1)[:, c - k]  # (N,) the k-th largest value
+    greater = z > kth[:, None]  # (N, C)
+    equal = z == kth[:, None]
+    need = k - greater.sum(axis=1)  # (N,) how many tied values make up k
+    keep = greater | (equal & (np.cumsum(equal, axis=1) <= need[:, None]))  # lowest ids first
+    ids = np.nonzero(keep)[1].reshape(n, k)  # (N, k) in id order
+    vals = np.take_along_axis(z, ids, axis=1)
+    order = np.argsort(-vals, axis=1, kind="stable")  # largest first, ties by id
+    ids, vals = np.take_along_axis(ids, order, 1), np.take_along_axis(vals, order, 1)
+    rest = np.where(keep, -np.inf, z.astype(np.float64))  # (N, C)
+    m = rest.max(axis=1, keepdims=True)
+    tail = (m[:, 0] + np.log(np.exp(rest - m).sum(axis=1)))
+    return TopK(vals.astype(dtype), ids.astype(id_dtype(c)), tail.astype(dtype), c)
+
+
+def log_probs(st: TopK) -> tuple[np.ndarray, np.ndarray]:
+    """Exact T = 1 log-probabilities of the kept classes (N, k) and of the tail bucket (N,),
+    in float64 from the stored values."""
+    top, tail = st.logits.astype(np.float64), st.tail_lse.astype(np.float64)
+    both = np.concatenate([top, tail[:, None]], axis=1)  # (N, k + 1)
+    m = both.max(axis=1, keepdims=True)
+    lse = m + np.log(np.exp(both - m).sum(axis=1, keepdims=True))  # (N, 1) = logsumexp(all C)
+    return top - lse, tail - lse[:, 0]
+
+
+def spread_logits(top: Tensor, ids: Tensor, tail_lse: Tensor, n_classes: int) -> Tensor:
+    """(N, C) float32 logits: the kept ones in place, every missing class at
+    tail_lse - log(C - k), so the tail's mass at T = 1 is exact and spread uniformly."""
+    n, k = top.shape
+    fill = (tail_lse.float() - float(np.log(n_classes - k)))[:, None]  # (N, 1)
+    out = fill.expand(n, n_classes).clone()
+    return out.scatter_(1, ids.long(), top.float())
+
+
+def ghost_logits(top: Tensor, tail_lse: Tensor) -> Tensor:
+    """(N, k + 1) float32 logits: the kept classes, then the tail as one ghost class."""
+    return torch.cat([top.float(), tail_lse.float()[:, None]], dim=1)
+
+
+def student_buckets(s_logits: Tensor, ids: Tensor, T: float) -> Tensor:
+    """The student's log-probabilities at T over the row's buckets (N, k + 1): each kept class,
+    then its mass over every class the row did not keep."""
+    logq = F.log_softmax(s_logits.float() / T, dim=-1)  # (N, C)
+    kept = logq.gather(1, ids.long())  # (N, k)
+    rest = logq.scatter(1, ids.long(), float("-inf")).logsumexp(dim=1, keepdim=True)  # (N, 1)
+    return torch.cat([kept, rest], dim=1)
+
+
+def soft_loss(s_logits: Tensor, top: Tensor, ids: Tensor, tail_lse: Tensor, T: float,
+              tail: str = "ghost") -> Tensor:
+    """Hinton's soft term against top-k targets: T^2 * KL(p_teacher(T) || p_student(T)), mean
+    over all rows. "ghost": over the k + 1 buckets (kept classes and the tail), teacher
+    softmax(ghost_logits / T); "uniform": over all C classes, teacher softmax(spread_logits / T).
+    """
+    if not T > 0:
+        raise ValueError(f"temperature T={T!r} must be > 0")
+    if tail == "ghost":
+        logp = F.log_softmax(ghost_logits(top, tail_lse) / T, dim=-1)  # (N, k + 1)
+        logq = student_buckets(s_logits, ids, T)
+    elif tail == "uniform":
+        logp = F.log_softmax(spread_logits(top, ids, tail_lse, s_logits.shape[1]) / T, dim=-1)
+        logq = F.log_softmax(s_logits.float() / T, dim=-1)  # (N, C)
+    else:
+        raise ValueError(f"tail={tail!r} must be one of {TAILS}")
+    kl = (logp.exp() * (logp - logq)).sum(dim=1)  # (N,)
+    return T * T * kl.mean()
