@@ -13,9 +13,9 @@ outputs can be compared with the PyTorch student's on the very same input tensor
 
 Exporter: torch's TorchScript-based exporter (`dynamo=False`), pinned with torch in
 requirements.lock. It needs no package beyond `onnx`, exports this project's small models in
-well under a second, and folds eval-mode BatchNorm into the convolutions. The torch.export-based exporter
-(`dynamo=True`) gives the same operators here but needs `onnxscript` and `onnx-ir` and takes
-~8 s per export on 2 cores; the choice is one flag below.
+well under a second, and folds eval-mode BatchNorm into the convolutions. The
+torch.export-based exporter (`dynamo=True`) gives the same operators here but needs
+`onnxscript` and `onnx-ir` and takes ~8 s per export on 2 cores; the choice is one flag below.
 """
 
 from __future__ import annotations
