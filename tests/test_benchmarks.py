@@ -168,7 +168,8 @@ AS_IS = {"chosen": "a helper: which variant a script measures",
          "student": "params.yaml as it is", "teacher": "params.yaml (or --params) as it is",
          "exp_queue": "dvc exp run -S on the repository's params.yaml",
          "threads": "TrainConfig only, no params", "transformer": "TrainConfig only, no params",
-         "topk": "DataConfig only, no params"}
+         "topk": "DataConfig only, no params",
+         "int8_bits": "the deployed fp32 file and the prepared data as they are"}
 
 
 def test_every_script_is_covered():

@@ -99,7 +99,7 @@ def quantize(fp32: str | os.PathLike, out: str | os.PathLike, kind: str,
     assert kind in KINDS, kind
     fp32, out = Path(fp32), Path(out)
     source = load(fp32)
-    with tempfile.TemporaryDirectory(prefix="kd-quantize-") as tmp, _quiet():
+    with tempfile.TemporaryDirectory(prefix="kd-quantize-") as tmp, quiet():
         raw = Path(tmp) / "int8.onnx"
         # reduce_range: 7-bit weights. A uint8 activation times an int8 weight runs on AVX2
         # CPUs without VNNI as VPMADDUBSW, whose int16 sum of two products saturates with
@@ -129,7 +129,7 @@ def quantize(fp32: str | os.PathLike, out: str | os.PathLike, kind: str,
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet():
     """ONNX Runtime's quantizer advises shape-inference pre-processing through the root logger
     on every call; the exported graphs already carry their shapes."""
     root = logging.getLogger()
