@@ -45,7 +45,7 @@ from kd.evaluate.metrics import ensemble_probs  # noqa: E402
 from kd.models import count_params  # noqa: E402
 from kd.prepared import load_meta, read_split  # noqa: E402
 from kd.teachers.members import load_members, member_logits  # noqa: E402
-from stages import baseline, student  # noqa: E402
+from stages import baseline, baseline_specs, student  # noqa: E402
 
 
 def summary(values: list[float]) -> dict:
@@ -108,11 +108,13 @@ def main() -> None:
     try:
         for seed in args.seeds:
             cfg = parse_config(seed_params(base, names, seed))
+            specs = work / "baseline_specs" / str(seed)  # what each baseline trains, this seed
+            baseline_specs.run(cfg, specs)
             for v in names:
                 t0 = time.perf_counter()
                 for kind in kinds:
                     stage, kwargs = ((student, {"shards": shards}) if kind == "student"
-                                     else (baseline, {}))
+                                     else (baseline, {"specs": specs}))
                     m = stage.run(cfg, v, out_root=work / kind / str(seed), prepared=prepared,
                                   **kwargs)
                     runs[v][kind]["test_accuracy"].append(m["test_accuracy"])
