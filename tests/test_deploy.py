@@ -299,8 +299,8 @@ def test_deploy_reruns_only_when_the_student_or_its_params_change(tmp_path):
     # its own params: deploy alone
     assert edit(lambda p: p["deploy"].update(quantize="static")) == ["deploy"]
     # another student: the student, then deploy
-    assert edit(lambda p: p["student"]["defaults"]["train"].update(seed=1)) == ["student@s",
-                                                                                 "deploy"]
+    assert edit(lambda p: p["student"]["defaults"]["train"].update(seed=1)) == [
+        "student@s", "index@student", "deploy"]  # index@student: the digest deploy reads
 
 
 def test_the_recorded_int8_drop_is_the_files_own_on_validation_rows():

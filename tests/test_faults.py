@@ -277,6 +277,8 @@ def test_a_split_change_between_a_kill_and_the_rerun_starts_over(stage, split_pi
     d = tmp_path / "p"
     shutil.copytree(split_pipe, d, symlinks=True)
     cmd = ["kd", *stage.split("@")]
+    if stage.startswith("baseline"):  # what the baseline trains: its resolved spec file
+        run_cmd(["kd", "baseline-specs"], d, env=ENV)
     killed = run_to_failpoint(cmd, d, "train.epoch@1", env=ENV)  # epoch 1 checkpointed
     assert killed.returncode == -9, killed.stderr
     # the control: with the same split the checkpoint is resumed (killed before any batch)

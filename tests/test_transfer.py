@@ -264,7 +264,8 @@ def test_new_transfer_rows_rerun_transfer_export_student_and_report(dvc_repo):
     assert changed(repo) == set()
     edit_params(repo, lambda p: p["transfer"].update(rows=700))
     again = run_cmd(["dvc", "repro"], repo, env=env)
-    assert ran(again) == {"transfer", "export", f"student@{VARIANT}", "deploy", "report"}
+    assert ran(again) == {"transfer", "export", f"student@{VARIANT}", "index@student", "deploy",
+                          "report"}
     m = json.loads((repo / "data/soft_targets/manifest.json").read_text())
     assert m["totals"]["splits"]["synthetic"] == 700
     assert yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["transfer"]["params"][
