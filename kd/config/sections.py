@@ -158,6 +158,9 @@ class TeacherConfig(Section):
 # ------------------------------------------------------------------ export, student, tracking
 
 
+VIEW_KEYS = ("views", "augment", "mixup", "partners", "seed")  # export's stored-view keys
+
+
 class ExportConfig(Section):
     rows_per_shard: PositiveInt = 20_000
     row_group_size: PositiveInt = 4_096
@@ -167,6 +170,29 @@ class ExportConfig(Section):
     # members whose pooled hidden vector is stored too (`hidden.<member>` columns), for a
     # student's cosine term (student.beta); each must be a model with forward_features
     hidden: list[str] = []
+    # stored views (kd/augment.py): K augmented views of every training row besides the row
+    # itself, each with the ensemble's logits on exactly that input, kept as parameters
+    views: Annotated[int, Field(ge=0, le=64)] = 0
+    augment: AugmentConfig = AugmentConfig()  # the views' shift and noise (as train.augment)
+    mixup: Annotated[float, Field(ge=0, le=100)] = 0.0  # lam ~ Beta(a, a); 0: no mixup
+    partners: Literal["all", "labeled"] = "all"  # mixup partners: training rows of which splits
+    seed: Annotated[int, Field(ge=0)] = 0  # keys every view's draw, with its row id and view
+
+    def recorded(self) -> dict:
+        """The settings a manifest records: without the view keys when there are no views, so
+        a set without views is byte for byte what it was before views existed."""
+        return self.model_dump(exclude=None if self.views else set(VIEW_KEYS))
+
+    @model_validator(mode="after")
+    def _check_views(self) -> ExportConfig:
+        augments = bool(self.augment.shift or self.augment.noise or self.mixup)
+        if self.views and not augments:
+            raise ValueError(f"views: {self.views} views need export.augment (shift, noise) or "
+                             "export.mixup; without them every view is the row itself")
+        if not self.views and (given := [k for k in VIEW_KEYS[1:] if k in self.model_fields_set]):
+            raise ValueError(f"{given[0]}: configures stored views, but views is 0; set "
+                             "export.views to the number of views per row")
+        return self
 
     @model_validator(mode="after")
     def _check_groups(self) -> ExportConfig:
@@ -203,6 +229,10 @@ class StudentConfig(ModelConfig):
     # shipped (kd/evaluate/choose.py skips it). A variant whose targets or rows differ from
     # soft/all is a control whatever this says; `false` beside them is refused
     control: bool = False
+    # the shards' stored views (export.views): sample: one view in 0..K per row per epoch,
+    # seeded by train.seed; all: every view every epoch; none: the rows as stored alone (the
+    # control: what the views bought). A set without views trains on its rows whatever this says
+    views: Literal["sample", "all", "none"] = "sample"
     shuffle_buffer: PositiveInt = 50_000
     init: InitConfig | None = None  # None: random initialisation from train.seed
     # + beta * (1 - cos(h_student, h_teacher)) on the pooled hidden vectors (export.hidden);
@@ -214,13 +244,14 @@ class StudentConfig(ModelConfig):
     def is_control(self) -> bool:
         """A control explains and is never shipped: `control: true`, or another recipe than
         the full one (soft targets on all rows)."""
-        return self.control or self.targets != "soft" or self.rows != "all"
+        return (self.control or self.targets != "soft" or self.rows != "all"
+                or self.views == "none")
 
     @model_validator(mode="after")
     def _control_is_consistent(self) -> StudentConfig:
         if "control" in self.model_fields_set and not self.control and self.is_control:
-            recipe = f"targets '{self.targets}'" if self.targets != "soft" else \
-                f"rows '{self.rows}'"
+            recipe = (f"targets '{self.targets}'" if self.targets != "soft" else
+                      f"rows '{self.rows}'" if self.rows != "all" else "views 'none'")
             raise ValueError(f"control: false, but {recipe} makes the variant a control "
                              "(it explains KD, it is never shipped); remove `control`")
         return self
@@ -233,7 +264,8 @@ class StudentConfig(ModelConfig):
         if a.shift or a.noise:
             raise ValueError(
                 "train: augment must stay off for the student: the exported soft targets belong "
-                f"to the unaugmented rows, got shift={a.shift}, noise={a.noise}"
+                f"to the unaugmented rows (export.views stores augmented views with their own "
+                f"targets), got shift={a.shift}, noise={a.noise}"
             )
         return self
 

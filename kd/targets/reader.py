@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from kd.augment import VIEW_KEYS, FeatureTable, pick_views
 from kd.errors import ArtifactError
 from kd.io.storage import is_uri, locate
 from kd.targets.batch import COLUMNS, Batch, concat_rows, take_rows
@@ -50,11 +51,18 @@ class ShardReader:
     The training rows (`drop_val`, the ranks' runs) are every row but the validation rows, or,
     with `rows="labeled"`, the labeled training rows only: the unlabeled and synthetic rows are
     dropped as each row group is decoded, before any batch is formed.
+
+    A set with stored views (export.views, kd/augment.py) holds K view rows per training row.
+    `views="base"` reads the rows as stored alone; "all" every view too; "sample" one view in
+    0..K per row and epoch, picked by (view_seed, epoch, row id). A view's features (zeros
+    in the shard) are replayed from its row's and partner's stored features (held in memory, rows x features),
+    and batches carry `view` (B,) int16, 0 for the rows themselves.
     """
 
     def __init__(self, dir: str | os.PathLike, *, columns: list[str] | None = None,
                  verify_checksums: bool = False, hidden: str | None = None,
-                 rows: Literal["all", "labeled"] = "all"):
+                 rows: Literal["all", "labeled"] = "all",
+                 views: Literal["base", "sample", "all"] = "base", view_seed: int = 0):
         if rows not in ("all", "labeled"):
             raise ValueError(f"rows must be 'all' or 'labeled', got {rows!r}")
         self.rows = rows
@@ -71,6 +79,12 @@ class ShardReader:
         self._train_groups: list[tuple[str, int, int]] | None = None
         if unknown := set(self.columns) - set(COLUMNS):
             raise ValueError(f"unknown columns {sorted(unknown)}; choose from {COLUMNS}")
+        self.view_settings = m.get("views")  # None: a set without stored views
+        self.views = views if self.view_settings else "base"
+        self.view_seed, self._table = view_seed, None
+        self._groups_epoch: int | None = None
+        if self.views != "base":
+            self.columns.append("view")
         self.hidden, self.hidden_width = hidden, (m.get("hidden") or {}).get(hidden, 0)
         if hidden is not None:
             if not self.hidden_width:
@@ -85,21 +99,28 @@ class ShardReader:
         picked = [info[f] for f in self._select(shards)]
         rows, val = (sum(s[k] for s in picked) for k in ("rows", "val"))
         if drop_val and self.rows == "labeled":  # validation rows are labeled rows
-            return sum(s["splits"].get("labeled", 0) for s in picked) - val
+            rows = sum(s["splits"].get("labeled", 0) for s in picked)
+        if self.view_settings and self.views != "all":  # one row of each training row's K + 1
+            views = [s.get("views", {}) for s in picked]
+            rows -= sum(n for v in views for k, n in v.items()
+                        if not drop_val or self.rows == "all" or k == "labeled")
         return val if only_val else rows - val if drop_val else rows
 
-    def training_rows(self) -> list[tuple[str, int, int]]:
+    def training_rows(self, epoch: int = 0) -> list[tuple[str, int, int]]:
         """(file, row group, training rows) of every row group, in manifest order: the units the
-        ranks' row ranges are cut from. Reads the small `is_val` (and `split`) columns once."""
-        if self._train_groups is None:
+        ranks' row ranges are cut from. Reads the small `is_val` (and `split`, `row_id`, `view`)
+        columns once (once an epoch when a view is sampled per row and epoch)."""
+        sampled = self.views == "sample"
+        if self._train_groups is None or (sampled and self._groups_epoch != epoch):
             groups = []
             cols = ["split", "is_val"] if self.rows == "labeled" else ["is_val"]
+            cols += ["row_id", "view"] if self.view_settings else []
             for f in self.files:
                 with self.loc.open(f) as source, self._open(f, source) as pf:
                     for g in range(pf.num_row_groups):
-                        keep = self._training_mask(self._decode(self._read_group(pf, f, g, cols)))
-                        groups.append((f, g, int(keep.sum())))
-            self._train_groups = groups
+                        part = self._decode(self._read_group(pf, f, g, cols))
+                        groups.append((f, g, int(self._training_mask(part, epoch).sum())))
+            self._train_groups, self._groups_epoch = groups, epoch
         return self._train_groups
 
     def rank_ranges(self, world: int, seed: int, epoch: int) -> list[list[Piece]]:
@@ -110,7 +131,7 @@ class ShardReader:
         every epoch deals other rows to each rank."""
         rng = np.random.default_rng([seed, epoch])
         groups: dict[str, list[tuple[int, int]]] = {}
-        for f, g, n in self.training_rows():
+        for f, g, n in self.training_rows(epoch):
             groups.setdefault(f, []).append((g, n))
         files = [self.files[j] for j in rng.permutation(len(self.files))]
         order = [(f, *groups[f][i]) for f in files for i in rng.permutation(len(groups[f]))]
@@ -159,7 +180,8 @@ class ShardReader:
             for f, run in itertools.groupby(mine, key=lambda p: p[0]):  # one open per file
                 run = list(run)
                 for part, (_, _, start, stop) in zip(
-                        self._read(f, [g for _, g, _, _ in run], drop_val=True), run, strict=True):
+                        self._read(f, [g for _, g, _, _ in run], drop_val=True, epoch=epoch),
+                        run, strict=True):
                     buf.append(take_rows(part, start, stop))
                     n += stop - start
                     if n >= buffer_rows:
@@ -198,7 +220,7 @@ class ShardReader:
             files = [files[i] for i in rng.permutation(len(files))]
         buf: list[Batch] = []
         n = 0
-        for part in self._row_groups(files, rng, drop_val, only_val):
+        for part in self._row_groups(files, rng, drop_val, only_val, epoch):
             buf.append(part)
             n += len(part["row_id"])
             if n >= max(buffer_rows, batch_size):
@@ -224,35 +246,76 @@ class ShardReader:
         return [f for f in self.files if f in set(shards)]  # manifest order, however given
 
     def _row_groups(self, files: list[str], rng: np.random.Generator | None, drop_val: bool,
-                    only_val: bool) -> Iterator[Batch]:
+                    only_val: bool, epoch: int) -> Iterator[Batch]:
         for f in files:
             with self.loc.open(f) as source, self._open(f, source) as pf:
                 n = pf.num_row_groups
             order = range(n) if rng is None else [int(g) for g in rng.permutation(n)]
-            yield from self._read(f, order, drop_val=drop_val, only_val=only_val)
+            yield from self._read(f, order, drop_val=drop_val, only_val=only_val, epoch=epoch)
 
     def _read(self, file: str, groups: list[int], *, drop_val: bool = False,
-              only_val: bool = False) -> Iterator[Batch]:
-        """Row groups `groups` of `file`, decoded, in that order."""
+              only_val: bool = False, epoch: int = 0) -> Iterator[Batch]:
+        """Row groups `groups` of `file`, decoded, in that order (views replayed)."""
         want = set(self.columns) | ({"is_val"} if drop_val or only_val else set())
         if drop_val and self.rows == "labeled":
             want.add("is_labeled")
         source = {"is_labeled": ["split"], "logits": [logits_column(m) for m in self.members]}
         cols = [c for k in COLUMNS if k in want for c in source.get(k, [k])]
         cols += [hidden_column(self.hidden)] if self.hidden is not None else []
+        if self.view_settings:  # the view picks rows; a replay needs the rest
+            cols += ["view"] if self.views == "base" else list(VIEW_KEYS)
+            cols += [] if "row_id" in cols else ["row_id"]
         with self.loc.open(file) as stream, self._open(file, stream) as pf:
             for g in groups:
                 out = self._decode(self._read_group(pf, file, g, cols))
                 if only_val:
                     out = take_rows(out, out["is_val"])
                 elif drop_val:
-                    out = take_rows(out, self._training_mask(out))
+                    out = take_rows(out, self._training_mask(out, epoch))
+                elif self.view_settings:
+                    out = take_rows(out, self._view_mask(out, epoch))
+                if "features" in out and self.views != "base" and (out["view"] > 0).any():
+                    out["features"] = self._replay(out)
                 yield {k: v for k, v in out.items() if k in self.columns}
 
-    def _training_mask(self, part: Batch) -> np.ndarray:
-        """(B,) bool: the rows a student trains on (decoded is_val, and is_labeled if needed)."""
+    def _training_mask(self, part: Batch, epoch: int = 0) -> np.ndarray:
+        """(B,) bool: the rows a student trains on (decoded is_val, and is_labeled if needed,
+        and the views `views` picks for `epoch`)."""
         keep = ~part["is_val"]
-        return keep & part["is_labeled"] if self.rows == "labeled" else keep
+        keep = keep & part["is_labeled"] if self.rows == "labeled" else keep
+        return keep & self._view_mask(part, epoch) if self.view_settings else keep
+
+    def _view_mask(self, part: Batch, epoch: int) -> np.ndarray:
+        if self.views == "all":
+            return np.ones(len(part["view"]), bool)
+        if self.views == "base":
+            return part["view"] == 0
+        pick = pick_views(part["row_id"], self.view_settings["count"], self.view_seed, epoch)
+        return part["view"] == pick
+
+    def _replay(self, part: Batch) -> np.ndarray:
+        """(B, F) the features of a decoded part, its views' replayed from their rows'."""
+        if self._table is None:  # every stored training row's features, by id
+            ids, xs = [np.zeros(0, np.int64)], [np.zeros((0, self.width), np.float32)]
+            for f in self.files:
+                with self.loc.open(f) as stream, self._open(f, stream) as pf:
+                    for g in range(pf.num_row_groups):
+                        p = self._decode(self._read_group(
+                            pf, f, g, ["row_id", "is_val", "features", "view"]))
+                        keep = (p["view"] == 0) & ~p["is_val"]
+                        ids.append(p["row_id"][keep])
+                        xs.append(p["features"][keep])
+            self._table = FeatureTable(np.concatenate(ids), np.concatenate(xs))
+        x, is_view = part["features"].copy(), part["view"] > 0
+        v = take_rows({k: part[k] for k in ("row_id", *VIEW_KEYS)}, is_view)
+        try:
+            x[is_view] = self._table.inputs(v, self.feature_shape, self.view_settings)
+        except KeyError as e:
+            raise ArtifactError(f"{self.loc.show()}: a view of row_id {v['row_id'][0]} needs "
+                                f"row {e.args[0]}, which is not a training row of the set "
+                                "(`kd shards verify` names the shard)") from None
+        return x
+
 
     def _read_group(self, pf: pq.ParquetFile, file: str, g: int, cols: list[str]) -> pa.Table:
         try:  # without verify(), a damaged page surfaces only here
@@ -286,6 +349,12 @@ class ShardReader:
             out["logits"] = z
         if self.hidden is not None:
             out["hidden"] = _np(t[hidden_column(self.hidden)]).reshape(-1, self.hidden_width)
+        for k in VIEW_KEYS if "view" in names else ():
+            if k in names:
+                out[k] = _np(t[k]) if k != "partner" else _np(
+                    pc.fill_null(t[k], -1)).astype(np.int64)
+        if "shift" in out:
+            out["shift"] = out["shift"].reshape(t.num_rows, -1)
         return out
 
 

@@ -23,6 +23,7 @@ from kd.targets.manifest import (
     read_manifest,
     read_shard_metadata,
 )
+from kd.targets.views import check_views
 
 
 def verify(dir: str | os.PathLike, *, checksums: bool = True,
@@ -57,6 +58,7 @@ def verify(dir: str | os.PathLike, *, checksums: bool = True,
         raise ArtifactError(f"{loc.show(unlisted[0])}: shard not listed in {MANIFEST}")
     if sum(s["rows"] for s in m["shards"]) != m["totals"]["rows"]:
         raise ArtifactError(f"{loc.show(MANIFEST)}: totals.rows disagrees with its shards")
+    check_views(dir)  # stored views: each drawn again from its key
     return summary(dir)
 
 

@@ -60,7 +60,9 @@ def shard_batches(reader: ShardReader, batch_size: int, seed: int, buffer_rows: 
                                          buffer_rows=buffer_rows, drop_val=True)
         for b in prefetch(stream):  # decode the next batch while this one trains
             h = torch.from_numpy(b["hidden"]) if "hidden" in b else None  # (B, D)
-            yield Batch(torch.from_numpy(b["features"]), torch.from_numpy(b["label"]),
+            # a stored view keeps the soft term; the label term stays on the row itself
+            y = np.where(b["view"] > 0, -1, b["label"]) if "view" in b else b["label"]
+            yield Batch(torch.from_numpy(b["features"]), torch.from_numpy(y),
                         torch.from_numpy(b["logits"]), t_hidden=h)  # (B, F), (B,), (M, B, C)
 
     return batches
@@ -112,7 +114,8 @@ def distill_job(cfg: Config, variant: str, shards: Path | str, prepared: Path,
     stage = f"student@{variant}"
     manifest = read_manifest(shards)
     h_member = hidden_member(st, cfg.export.hidden)
-    reader = ShardReader(shards, hidden=h_member, rows=st.rows)
+    reader = ShardReader(shards, hidden=h_member, rows=st.rows, view_seed=st.train.seed,
+                         views="base" if st.views == "none" else st.views)
     shape = tuple(manifest["feature_shape"])
     n_classes = len(manifest["class_names"])
     test, _ = read_split(prepared, "test")
@@ -190,7 +193,9 @@ def distill_job(cfg: Config, variant: str, shards: Path | str, prepared: Path,
               f"{f' T={st.temperature:g}' if st.targets == 'soft' else ''}, alpha={alpha}, "
               + (f"beta={beta} (hidden.{h_member}), " if h_member else "")
               + (f"init from {st.init.from_} layers {st.init.layers}, " if st.init else "")
-              + f"{n_train} {'labeled ' if st.rows == 'labeled' else ''}training rows from "
+              + f"{n_train} {'labeled ' if st.rows == 'labeled' else ''}training rows "
+              + (f"({st.views} of {reader.view_settings['count']} views a row) "
+                 if reader.view_settings else "") + "from "
               f"{len(reader.files)} shards, "
               f"{st.train.epochs} epochs{ranks(dist, batch)}")
 
