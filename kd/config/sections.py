@@ -189,9 +189,8 @@ class ExportConfig(Section):
         if self.views and not augments:
             raise ValueError(f"views: {self.views} views need export.augment (shift, noise) or "
                              "export.mixup; without them every view is the row itself")
-        if not self.views and (given := [k for k in VIEW_KEYS[1:] if k in self.model_fields_set]):
-            raise ValueError(f"{given[0]}: configures stored views, but views is 0; set "
-                             "export.views to the number of views per row")
+        # views 0 with view settings is allowed: `-S export.views=0` turns views off (the
+        # settings are then neither used nor recorded)
         return self
 
     @model_validator(mode="after")

@@ -55,8 +55,8 @@ class ShardReader:
     A set with stored views (export.views, kd/augment.py) holds K view rows per training row.
     `views="base"` reads the rows as stored alone; "all" every view too; "sample" one view in
     0..K per row and epoch, picked by (view_seed, epoch, row id). A view's features (zeros
-    in the shard) are replayed from its row's and partner's stored features (held in memory, rows x features),
-    and batches carry `view` (B,) int16, 0 for the rows themselves.
+    in the shard) are replayed from its row's and partner's stored features (held in memory:
+    rows x features), and batches carry `view` (B,) int16, 0 for the rows themselves.
     """
 
     def __init__(self, dir: str | os.PathLike, *, columns: list[str] | None = None,
