@@ -12,7 +12,9 @@ per-seed differences are paired.
   epochs and unlabeled rows than params.yaml (what this machine affords; the flags say how
   many); the student is `small`'s network (cnn1d, 8 channels: 1,874 parameters). Arms:
   `no_views` (student.views: none, the control), `views` (one of K + 1 views a row each epoch:
-  as many steps as no_views) and `views_all` (every view each epoch: K + 1 times the steps).
+  as many steps as no_views; the label term on the stored row alone), `views_unmixed_labels`
+  (the same, with the label term on every view without a mixup partner too) and, with `--all`,
+  `views_all` (every view each epoch: K + 1 times the steps).
 - digits: the setting of benchmarks/munge.py: digits with no real unlabeled rows (the
   labeled training rows alone), the cnn2d recipe of examples/digits.yaml. Arms: labeled rows
   alone, views with mixup partners from the labeled rows (export.partners: labeled), MUNGE at
@@ -149,6 +151,8 @@ def one_seed(args, seed: int, work: Path) -> dict:
     out["export_s"], out["shards"] = time.perf_counter() - t0, shard_bytes(shards)
     arms["no_views"] = train_student(raw, work, "s-none", shards, prepared, views="none")
     arms["views"] = train_student(raw, work, "s-sample", shards, prepared, views="sample")
+    arms["views_unmixed_labels"] = train_student(raw, work, "s-unmixed", shards, prepared,
+                                                 views="sample", view_labels="unmixed")
     if args.all:
         arms["views_all"] = train_student(raw, work, "s-all", shards, prepared, views="all")
     if args.target == "digits":  # MUNGE at the same teacher forward passes as the views

@@ -270,6 +270,25 @@ def test_the_student_samples_one_view_a_row_each_epoch_with_labels_on_the_row_it
         assert b.t_logits.shape[1] == len(b.y)
 
 
+def test_unmixed_view_labels_keep_the_label_on_shifted_views_only(pipe, tmp_path):
+    root, _ = pipe
+    export_to(root, tmp_path / "shifted", mixup=0.0)  # views without partners
+    for d, mixed in ((root / SHARDS, True), (tmp_path / "shifted", False)):
+        reader = ShardReader(d, views="sample", view_seed=1)
+        raw = reader.iter_batches(64, shuffle=True, seed=1, epoch=0, buffer_rows=1000,
+                                  drop_val=True)
+        batches = shard_batches(reader, 64, 1, 1000, view_labels="unmixed")(0)
+        labeled_views = kept = 0
+        for r, b in zip(raw, batches, strict=True):
+            want = np.where(r["partner"] >= 0, -1, r["label"])
+            np.testing.assert_array_equal(b.y.numpy(), want)
+            is_view = (r["view"] > 0) & (r["label"] >= 0)
+            labeled_views += int(is_view.sum())
+            kept += int((b.y.numpy()[is_view] >= 0).sum())
+        assert labeled_views > 0
+        assert kept == (0 if mixed else labeled_views)
+
+
 def test_student_views_none_is_a_control_and_views_need_an_augmentation():
     v = parse_config({**PARAMS, "student": {"defaults": PARAMS["student"]["defaults"],
                                             "variants": {"s": {}, "plain": {"views": "none"}}}})

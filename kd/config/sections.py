@@ -232,6 +232,10 @@ class StudentConfig(ModelConfig):
     # seeded by train.seed; all: every view every epoch; none: the rows as stored alone (the
     # control: what the views bought). A set without views trains on its rows whatever this says
     views: Literal["sample", "all", "none"] = "sample"
+    # the label term of a labeled row's views: row: on the stored row (view 0) alone; unmixed:
+    # also on its views without a mixup partner (a shifted row keeps its class, as the
+    # teachers' augmentation assumes); a mixed view never has one label
+    view_labels: Literal["row", "unmixed"] = "row"
     shuffle_buffer: PositiveInt = 50_000
     init: InitConfig | None = None  # None: random initialisation from train.seed
     # + beta * (1 - cos(h_student, h_teacher)) on the pooled hidden vectors (export.hidden);

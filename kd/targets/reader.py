@@ -56,7 +56,8 @@ class ShardReader:
     `views="base"` reads the rows as stored alone; "all" every view too; "sample" one view in
     0..K per row and epoch, picked by (view_seed, epoch, row id). A view's features (zeros
     in the shard) are replayed from its row's and partner's stored features (held in memory:
-    rows x features), and batches carry `view` (B,) int16, 0 for the rows themselves.
+    rows x features), and batches carry `view` (B,) int16, 0 for the rows themselves, and
+    `partner` (B,) int64, -1 where the row is not mixed.
     """
 
     def __init__(self, dir: str | os.PathLike, *, columns: list[str] | None = None,
@@ -84,7 +85,7 @@ class ShardReader:
         self.view_seed, self._table = view_seed, None
         self._groups_epoch: int | None = None
         if self.views != "base":
-            self.columns.append("view")
+            self.columns += ["view", "partner"]
         self.hidden, self.hidden_width = hidden, (m.get("hidden") or {}).get(hidden, 0)
         if hidden is not None:
             if not self.hidden_width:

@@ -47,9 +47,11 @@ from kd.train.runner import TrainJob
 
 
 def shard_batches(reader: ShardReader, batch_size: int, seed: int, buffer_rows: int,
-                  dist: Dist = SINGLE) -> Callable[[int], Iterable[Batch]]:
+                  dist: Dist = SINGLE, view_labels: str = "row"
+                  ) -> Callable[[int], Iterable[Batch]]:
     """epoch -> shuffled training batches streamed from the shards (validation rows held out);
-    distributed, from this rank's run of rows of the epoch only."""
+    distributed, from this rank's run of rows of the epoch only. A stored view keeps its
+    row's label only where `view_labels` (student.view_labels) says."""
 
     def batches(epoch: int) -> Iterable[Batch]:
         if dist.active:
@@ -60,8 +62,10 @@ def shard_batches(reader: ShardReader, batch_size: int, seed: int, buffer_rows: 
                                          buffer_rows=buffer_rows, drop_val=True)
         for b in prefetch(stream):  # decode the next batch while this one trains
             h = torch.from_numpy(b["hidden"]) if "hidden" in b else None  # (B, D)
-            # a stored view keeps the soft term; the label term stays on the row itself
-            y = np.where(b["view"] > 0, -1, b["label"]) if "view" in b else b["label"]
+            y = b["label"]
+            if "view" in b:  # a stored view keeps the soft term; the label term as asked
+                y = np.where(b["view"] > 0 if view_labels == "row" else b["partner"] >= 0,
+                             -1, y)
             yield Batch(torch.from_numpy(b["features"]), torch.from_numpy(y),
                         torch.from_numpy(b["logits"]), t_hidden=h)  # (B, F), (B,), (M, B, C)
 
@@ -174,7 +178,7 @@ def distill_job(cfg: Config, variant: str, shards: Path | str, prepared: Path,
     return TrainJob(
         stage=stage, model=model, train=st.train,
         batches=shard_batches(reader, batch // dist.world, st.train.seed, st.shuffle_buffer,
-                              dist),
+                              dist, st.view_labels),
         steps=steps, loss_fn=loss_fn, evaluate_fn=evaluate_fn,
         # the manifest holds every shard's sha256 (rows, splits, is_val) and the prepared test
         # split's; an init copies a member's weights, which may have been retrained since
