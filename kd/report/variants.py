@@ -27,7 +27,8 @@ def recipe(st: StudentConfig) -> str:
     what = "soft targets" if st.targets == "soft" else "hard pseudo-labels"
     rows = "labeled rows only" if st.rows == "labeled" else "all rows"
     extra = ([f"layer-skip init from {st.init.from_}"] if st.init else []) + \
-        ([f"cosine term beta={st.beta:g}"] if st.beta else [])
+        ([f"cosine term beta={st.beta:g}"] if st.beta else []) + \
+        (["stored rows only (no views)"] if st.views == "none" else [])
     return ", ".join([what, rows, *extra])
 
 
@@ -59,7 +60,7 @@ def variant_figures(cfg: Config, right: dict[str, np.ndarray], params: dict[str,
             "gap_recovered": ratios["gap_recovered"],
             "vs_baseline": {k: cmp[k] for k in ("diff", "ci_low", "ci_high", "p_value")},
             "arch": st.arch, "targets": st.targets, "rows": st.rows,
-            "control": st.targets != "soft" or st.rows != "all",
+            "control": st.targets != "soft" or st.rows != "all" or st.views == "none",
         }
     return out
 
