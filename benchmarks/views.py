@@ -51,6 +51,7 @@ import yaml  # noqa: E402
 
 from kd.config import deep_merge, parse_config  # noqa: E402
 from kd.targets.manifest import read_manifest  # noqa: E402
+from kd.targets.reader import ShardReader  # noqa: E402
 from stages import export, prepare, student, teacher, transfer  # noqa: E402
 
 VARIANT = "student"
@@ -84,7 +85,8 @@ def raw_params(args, seed: int) -> dict:
     else:
         member = deep_merge(DIGITS["teacher"]["defaults"], epochs)
         st = DIGITS["student"]["defaults"]
-        data = {**DIGITS["data"], "split_seed": seed}
+        data = {**DIGITS["data"], "split_seed": seed, "unlabeled_fraction": 0.6,
+                "val_fraction": 0.5}  # benchmarks/munge.py's split: ~179 labeled training rows
         export_ = {**DIGITS["export"], "augment": {"shift": args.shift, "noise": args.noise},
                    "partners": "labeled"}
     export_ |= {"rows_per_shard": 200_000, "row_group_size": 4096, "views": args.views,
@@ -97,12 +99,21 @@ def raw_params(args, seed: int) -> dict:
 
 
 def train_student(raw: dict, work: Path, name: str, shards: Path, prepared: Path,
-                  **variant) -> dict:
+                  steps: int = 0, **variant) -> dict:
+    """One student arm; with `steps`, as many epochs as make about that many optimizer steps
+    over the rows this arm reads an epoch (arms with more rows get no more training)."""
     c = parse_config(deep_merge(raw, {"student": {"variants": {VARIANT: variant}}}))
+    if steps:
+        views = {"none": "base"}.get(variant.get("views", "sample"), variant.get("views", "sample"))
+        rows = ShardReader(shards, views=views).num_rows(drop_val=True)
+        per_epoch = -(-rows // c.student.variant(VARIANT).train.batch_size)
+        variant = deep_merge(variant, {"train": {"epochs": max(1, round(steps / per_epoch))}})
+        c = parse_config(deep_merge(raw, {"student": {"variants": {VARIANT: variant}}}))
     t0 = time.perf_counter()
     m = student.run(c, VARIANT, work / name, shards, prepared)
     return {"test_accuracy": m["test_accuracy"], "val_accuracy": m.get("val_accuracy"),
-            "val_agreement": m.get("val_agreement"), "train_s": time.perf_counter() - t0}
+            "val_agreement": m.get("val_agreement"), "train_s": time.perf_counter() - t0,
+            "epochs": c.student.variant(VARIANT).train.epochs}
 
 
 def shard_bytes(shards: Path) -> dict:
@@ -143,18 +154,22 @@ def one_seed(args, seed: int, work: Path) -> dict:
         real = work / "real"
         export.run(parse_config({**raw, "export": {**raw["export"], "views": 0}}), real,
                    prepared, work / "teachers")
-        arms["real_unlabeled"] = train_student(raw, work, "s-real", real, prepared)
+        arms["real_unlabeled"] = train_student(raw, work, "s-real", real, prepared, args.steps)
         prepared = labeled_only
     t0 = time.perf_counter()
     shards = work / "shards"
     export.run(cfg, shards, prepared, work / "teachers")
     out["export_s"], out["shards"] = time.perf_counter() - t0, shard_bytes(shards)
-    arms["no_views"] = train_student(raw, work, "s-none", shards, prepared, views="none")
-    arms["views"] = train_student(raw, work, "s-sample", shards, prepared, views="sample")
+    arms["no_views"] = train_student(raw, work, "s-none", shards, prepared, args.steps,
+                                     views="none")
+    arms["views"] = train_student(raw, work, "s-sample", shards, prepared, args.steps,
+                                  views="sample")
     arms["views_unmixed_labels"] = train_student(raw, work, "s-unmixed", shards, prepared,
-                                                 views="sample", view_labels="unmixed")
+                                                 args.steps, views="sample",
+                                                 view_labels="unmixed")
     if args.all:
-        arms["views_all"] = train_student(raw, work, "s-all", shards, prepared, views="all")
+        arms["views_all"] = train_student(raw, work, "s-all", shards, prepared, args.steps,
+                                          views="all")
     if args.target == "digits":  # MUNGE at the same teacher forward passes as the views
         n_train = out["shards"]["rows"] - read_manifest(shards)["totals"]["val"]
         mr = deep_merge(raw, {"export": {"views": 0}, "transfer": {
@@ -162,7 +177,7 @@ def one_seed(args, seed: int, work: Path) -> dict:
         transfer.run(parse_config(mr), work / "transfer", prepared)
         munge = work / "munge"
         export.run(parse_config(mr), munge, prepared, work / "teachers", transfer=work / "transfer")
-        arms["munge"] = train_student(mr, work, "s-munge", munge, prepared)
+        arms["munge"] = train_student(mr, work, "s-munge", munge, prepared, args.steps)
     for name, a in arms.items():
         print(f"[{args.target} seed {seed}] {name}: val {a['val_accuracy']:.4f} test "
               f"{a['test_accuracy']:.4f} ({a['train_s']:.0f} s)", flush=True)
@@ -177,6 +192,8 @@ def main() -> None:
     ap.add_argument("--teacher-epochs", type=int, default=30)
     ap.add_argument("--student-epochs", type=int, default=20)
     ap.add_argument("--unlabeled", type=int, default=4000, help="mnist1d unlabeled rows")
+    ap.add_argument("--steps", type=int, default=0,
+                    help="student optimizer steps per arm (0: --student-epochs for every arm)")
     ap.add_argument("--views", type=int, default=4)
     ap.add_argument("--shift", type=int, default=6)
     ap.add_argument("--noise", type=float, default=0.0)

@@ -153,11 +153,11 @@ class ViewSource:
                  shape: Sequence[int]):
         from kd.prepared import read_split
 
-        ids, xs, labeled = [], [], []
+        ids, xs, labeled, width = [], [], [], int(np.prod(shape))
         for where, split in sources:
             part, is_val = read_split(where, split)
             ids.append(part.row_id[~is_val])
-            xs.append(part.x[~is_val].reshape(int((~is_val).sum()), -1))
+            xs.append(part.x[~is_val].reshape(-1, width))  # an empty split reads as (0, 0)
             labeled.append(np.full(len(ids[-1]), split == "labeled"))
         row_ids, is_labeled = np.concatenate(ids), np.concatenate(labeled)
         self.settings, self.shape = settings, tuple(shape)

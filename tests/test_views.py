@@ -209,6 +209,20 @@ def test_views_zero_is_the_set_without_views(pipe, tmp_path):
         for s in ("labeled", "unlabeled")}
 
 
+def test_views_of_a_set_without_unlabeled_rows_are_of_the_labeled_rows(pipe, tmp_path):
+    """No real unlabeled rows (the data-scarce case mixup views are for): an empty split."""
+    root, _ = pipe
+    prepared = tmp_path / "prepared"
+    shutil.copytree(root / "data/prepared", prepared)
+    t = pq.read_table(prepared / "unlabeled.parquet")
+    pq.write_table(t.slice(0, 0), prepared / "unlabeled.parquet")
+    params = {**PARAMS, "export": {**PARAMS["export"], "partners": "labeled"}}
+    export.run(parse_config(params), tmp_path / "shards", prepared, root / "data/teachers")
+    m = verify(tmp_path / "shards")
+    lab, is_val = read_split(prepared, "labeled")
+    assert m["splits"] == {"labeled": len(lab.row_id) + 2 * int((~is_val).sum()), "unlabeled": 0}
+
+
 def edited(root: Path, dst: Path, column: str) -> Path:
     """A copy of the set with one view's `column` changed in a shard, and the manifest's
     checksum and size rewritten to match: only the views' own check can find it."""
