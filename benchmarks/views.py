@@ -164,9 +164,10 @@ def one_seed(args, seed: int, work: Path) -> dict:
                                      views="none")
     arms["views"] = train_student(raw, work, "s-sample", shards, prepared, args.steps,
                                   views="sample")
-    arms["views_unmixed_labels"] = train_student(raw, work, "s-unmixed", shards, prepared,
-                                                 args.steps, views="sample",
-                                                 view_labels="unmixed")
+    if not args.mixup:  # with mixup every view is mixed: the same arm as `views`
+        arms["views_unmixed_labels"] = train_student(raw, work, "s-unmixed", shards, prepared,
+                                                     args.steps, views="sample",
+                                                     view_labels="unmixed")
     if args.all:
         arms["views_all"] = train_student(raw, work, "s-all", shards, prepared, args.steps,
                                           views="all")
