@@ -284,6 +284,23 @@ def test_the_student_samples_one_view_a_row_each_epoch_with_labels_on_the_row_it
         assert b.t_logits.shape[1] == len(b.y)
 
 
+def test_two_ranks_train_on_the_views_one_process_picks(pipe):
+    """Distributed students deal the epoch's picked views to the ranks: together the rows and
+    views one process reads, each to one rank (a rank pads its last batch with its own)."""
+    root, _ = pipe
+    reader = ShardReader(root / SHARDS, views="sample", view_seed=5)
+    for epoch in (0, 1):
+        one = {(int(r), int(v)) for b in reader.iter_batches(
+            64, shuffle=True, seed=5, epoch=epoch, drop_val=True)
+            for r, v in zip(b["row_id"], b["view"], strict=True)}
+        ranks = [{(int(r), int(v)) for b in reader.iter_rank_batches(
+            32, world=2, rank=k, seed=5, epoch=epoch) for r, v in zip(b["row_id"], b["view"],
+                                                                      strict=True)}
+            for k in (0, 1)]
+        assert ranks[0] | ranks[1] == one and not ranks[0] & ranks[1]
+        assert len(one) == reader.num_rows(drop_val=True)
+
+
 def test_unmixed_view_labels_keep_the_label_on_shifted_views_only(pipe, tmp_path):
     root, _ = pipe
     export_to(root, tmp_path / "shifted", mixup=0.0)  # views without partners
