@@ -378,3 +378,11 @@ def test_export_of_views_on_two_ranks_has_the_single_process_views(pipe, tmp_pat
     a, b = rows_by_key(root / SHARDS), rows_by_key(run / SHARDS)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_shards_show_says_how_many_views_a_row(pipe, kd):
+    root, _ = pipe
+    result = kd("shards", "show", str(root / SHARDS))
+    assert result.exit_code == 0, result.output
+    views = read_manifest(root / SHARDS)["totals"]["views"]
+    assert f"views      2 a training row, {sum(views.values()):,} rows" in result.output

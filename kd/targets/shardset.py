@@ -71,10 +71,13 @@ def summary(dir: str | os.PathLike) -> dict[str, Any]:
             raise ArtifactError(f"{loc.show(s['file'])}: shard listed in {MANIFEST} is missing")
         size += n
     t = m["totals"]
-    return dict(dir=str(dir), shards=len(m["shards"]), rows=t["rows"], splits=t["splits"],
-                val=t["val"], class_names=m["class_names"], num_classes=len(m["class_names"]),
-                members=m["members"], feature_shape=m["feature_shape"],
-                logits_dtype=m["logits_dtype"], bytes=size)
+    out = dict(dir=str(dir), shards=len(m["shards"]), rows=t["rows"], splits=t["splits"],
+               val=t["val"], class_names=m["class_names"], num_classes=len(m["class_names"]),
+               members=m["members"], feature_shape=m["feature_shape"],
+               logits_dtype=m["logits_dtype"], bytes=size)
+    if m.get("views"):  # stored views: their settings and view rows per split (among splits)
+        out["views"] = {**m["views"], "rows": t.get("views", {})}
+    return out
 
 
 def read_table(dir: str | os.PathLike) -> pa.Table:
