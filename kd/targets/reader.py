@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from kd.augment import VIEW_KEYS, FeatureTable, pick_views
+from kd.augment import VIEW_KEYS, FeatureTable
 from kd.errors import ArtifactError
 from kd.io.storage import is_uri, locate
 from kd.targets.batch import COLUMNS, Batch, concat_rows, take_rows
@@ -35,6 +35,7 @@ from kd.targets.manifest import (
     read_shard_metadata,
 )
 from kd.targets.shardset import verify
+from kd.targets.views import replayed, view_mask
 
 Piece = tuple[str, int, int, int]  # (file, row group, start, stop) among its training rows
 
@@ -287,12 +288,7 @@ class ShardReader:
         return keep & self._view_mask(part, epoch) if self.view_settings else keep
 
     def _view_mask(self, part: Batch, epoch: int) -> np.ndarray:
-        if self.views == "all":
-            return np.ones(len(part["view"]), bool)
-        if self.views == "base":
-            return part["view"] == 0
-        pick = pick_views(part["row_id"], self.view_settings["count"], self.view_seed, epoch)
-        return part["view"] == pick
+        return view_mask(part, self.views, self.view_settings["count"], self.view_seed, epoch)
 
     def _replay(self, part: Batch) -> np.ndarray:
         """(B, F) the features of a decoded part, its views' replayed from their rows'."""
@@ -307,16 +303,8 @@ class ShardReader:
                         ids.append(p["row_id"][keep])
                         xs.append(p["features"][keep])
             self._table = FeatureTable(np.concatenate(ids), np.concatenate(xs))
-        x, is_view = part["features"].copy(), part["view"] > 0
-        v = take_rows({k: part[k] for k in ("row_id", *VIEW_KEYS)}, is_view)
-        try:
-            x[is_view] = self._table.inputs(v, self.feature_shape, self.view_settings)
-        except KeyError as e:
-            raise ArtifactError(f"{self.loc.show()}: a view of row_id {v['row_id'][0]} needs "
-                                f"row {e.args[0]}, which is not a training row of the set "
-                                "(`kd shards verify` names the shard)") from None
-        return x
-
+        return replayed(part, self._table, self.feature_shape, self.view_settings,
+                        self.loc.show())
 
     def _read_group(self, pf: pq.ParquetFile, file: str, g: int, cols: list[str]) -> pa.Table:
         try:  # without verify(), a damaged page surfaces only here

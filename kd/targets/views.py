@@ -2,6 +2,7 @@
 
     check_views("data/soft_targets")   # ArtifactError naming the first shard and row that fails
 
+Also what a reader does with views: which rows an epoch keeps, and their replayed features.
 A view's parameters are a function of (export seed, row id, view) and the partner pool
 (kd/augment.py), so verify draws every view again and compares: an edited shift, noise seed,
 partner or weight is one line naming the shard and the row, even when whoever edited it also
@@ -17,12 +18,38 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from kd.augment import VIEW_KEYS, draw_views, expand, partner_pool
+from kd.augment import VIEW_KEYS, FeatureTable, draw_views, expand, partner_pool, pick_views
 from kd.errors import ArtifactError
 from kd.io.storage import locate
 from kd.targets.manifest import read_manifest
 
 _COLUMNS = ["row_id", "split", "is_val", *VIEW_KEYS]
+
+
+def view_mask(part: dict[str, np.ndarray], mode: str, count: int, seed: int,
+              epoch: int) -> np.ndarray:
+    """(B,) the rows of a decoded part a reader keeps: base: the stored rows (view 0); all:
+    every view; sample: the one view of each row that (seed, epoch, row id) picks."""
+    if mode == "all":
+        return np.ones(len(part["view"]), bool)
+    if mode == "base":
+        return part["view"] == 0
+    return part["view"] == pick_views(part["row_id"], count, seed, epoch)
+
+
+def replayed(part: dict[str, np.ndarray], table: FeatureTable, shape: tuple[int, ...],
+             settings: dict, where: str) -> np.ndarray:
+    """(B, F) a decoded part's features, its views' (stored as zeros) replayed from their
+    rows' and partners' features in `table`."""
+    x, is_view = part["features"].copy(), part["view"] > 0
+    v = {k: part[k][is_view] for k in ("row_id", *VIEW_KEYS)}
+    try:
+        x[is_view] = table.inputs(v, shape, settings)
+    except KeyError as e:
+        raise ArtifactError(f"{where}: a view of row_id {v['row_id'][0]} needs row "
+                            f"{e.args[0]}, which is not a training row of the set "
+                            "(`kd shards verify` names the shard)") from None
+    return x
 
 
 def _read(loc, file: str) -> dict[str, np.ndarray]:
