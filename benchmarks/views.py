@@ -158,8 +158,10 @@ def one_seed(args, seed: int, work: Path) -> dict:
         prepared = labeled_only
     t0 = time.perf_counter()
     shards = work / "shards"
-    export.run(cfg, shards, prepared, work / "teachers")
+    em = export.run(cfg, shards, prepared, work / "teachers")
     out["export_s"], out["shards"] = time.perf_counter() - t0, shard_bytes(shards)
+    # target 4: the export's rows/s over its members' forward rows/s (1: all forward)
+    out["export_vs_forward"] = em["rows_per_s"] / em["forward_rows_per_s"]
     arms["no_views"] = train_student(raw, work, "s-none", shards, prepared, args.steps,
                                      views="none")
     arms["views"] = train_student(raw, work, "s-sample", shards, prepared, args.steps,
