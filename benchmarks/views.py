@@ -14,7 +14,8 @@ per-seed differences are paired.
   `no_views` (student.views: none, the control), `views` (one of K + 1 views a row each epoch:
   as many steps as no_views; the label term on the stored row alone), `views_unmixed_labels`
   (the same, with the label term on every view without a mixup partner too) and, with `--all`,
-  `views_all` (every view each epoch: K + 1 times the steps).
+  `views_all` (every view each epoch: K + 1 times the steps) beside `no_views_as_many_steps`
+  (the control with as many steps).
 - digits: the setting of benchmarks/munge.py: digits with no real unlabeled rows (the
   labeled training rows alone), the cnn2d recipe of examples/digits.yaml. Arms: labeled rows
   alone, views with mixup partners from the labeled rows (export.partners: labeled), MUNGE at
@@ -170,9 +171,13 @@ def one_seed(args, seed: int, work: Path) -> dict:
         arms["views_unmixed_labels"] = train_student(raw, work, "s-unmixed", shards, prepared,
                                                      args.steps, views="sample",
                                                      view_labels="unmixed")
-    if args.all:
+    if args.all:  # every view each epoch: K + 1 times the steps; the control gets as many
         arms["views_all"] = train_student(raw, work, "s-all", shards, prepared, args.steps,
                                           views="all")
+        long = {"train": {"epochs": (args.views + 1) * args.student_epochs}}
+        arms["no_views_as_many_steps"] = train_student(
+            raw, work, "s-none-long", shards, prepared, (args.views + 1) * args.steps,
+            views="none", **({} if args.steps else long))
     if args.target == "digits":  # MUNGE at the same teacher forward passes as the views
         n_train = out["shards"]["rows"] - read_manifest(shards)["totals"]["val"]
         mr = deep_merge(raw, {"export": {"views": 0}, "transfer": {
