@@ -70,7 +70,8 @@ def draw_views(settings: dict[str, Any], row_ids: np.ndarray, views: np.ndarray,
     for i in range(n):  # one generator a view: its draw depends on nothing but its key
         rng = np.random.default_rng([settings["seed"], int(row_ids[i]), int(views[i])])
         out["shift"][i] = rng.integers(-s, s + 1, axes) if s else 0
-        out["noise_seed"][i] = rng.integers(0, 2**63 - 1)
+        noise_seed = rng.integers(0, 2**63 - 1)  # drawn always: the later draws stay put
+        out["noise_seed"][i] = noise_seed if settings["noise"] else 0  # 0: 8 bytes a view saved
         if mix:
             out["partner"][i] = pool[rng.integers(len(pool))]
             out["lam"][i] = np.float32(rng.beta(a, a))
