@@ -198,7 +198,7 @@ def distill_job(cfg: Config, variant: str, shards: Path | str, prepared: Path,
               + (f"beta={beta} (hidden.{h_member}), " if h_member else "")
               + (f"init from {st.init.from_} layers {st.init.layers}, " if st.init else "")
               + f"{n_train} {'labeled ' if st.rows == 'labeled' else ''}training rows "
-              + (f"({st.views} of {reader.view_settings['count']} views a row) "
+              + (f"(views: {st.views}, {reader.view_settings['count']} stored a row) "
                  if reader.view_settings else "") + "from "
               f"{len(reader.files)} shards, "
               f"{st.train.epochs} epochs{ranks(dist, batch)}")
