@@ -388,6 +388,10 @@ def shards_show(directory: str, as_json: bool) -> None:
     click.echo(f"  classes    {info['num_classes']}: {', '.join(info['class_names'])}")
     click.echo(f"  members    {len(info['members'])}: {', '.join(info['members'])}")
     click.echo(f"  features   {tuple(info['feature_shape'])}, logits {info['logits_dtype']}")
+    if views := info.get("views"):  # export.views: K views a training row, among the rows
+        click.echo(f"  views      {views['count']} a training row, {sum(views['rows'].values()):,}"
+                   f" rows (shift {views['shift']}, noise {views['noise']:g}, mixup "
+                   f"{views['mixup']:g})")
 
 
 @shards.command("verify")

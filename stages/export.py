@@ -1,22 +1,20 @@
-"""Stage `export`: every teacher member's logits on every labeled, unlabeled and synthetic row
--> shards.
+"""Stage `export`: every member's logits on every labeled, unlabeled and synthetic row -> shards.
 
     kd export                         # or: dvc repro export
 
 Streams the prepared labeled and unlabeled splits, then the synthetic rows of the transfer
-stage (`data/transfer/synthetic.parquet`, split `synthetic`; none when `transfer.method: none`
-or when that directory is absent), in batches of `export.batch_size`, runs each
-member forward (kd/teachers/), and writes `data/soft_targets/part-*.parquet` + `manifest.json`
-(kd/targets/manifest.py holds the schema). Logits, not probabilities: the student applies its own
-temperature, so a new `T` never needs a new export. Memory stays flat in the number of rows.
+stage (`data/transfer/synthetic.parquet`, split `synthetic`; none when `transfer.method: none`),
+in batches of `export.batch_size`, runs each member forward (kd/teachers/), and writes
+`data/soft_targets/part-*.parquet` + `manifest.json` (kd/targets/manifest.py holds the schema).
+Logits, not probabilities: a new `T` never needs a new export. Memory is flat in the rows but
+with `export.views` (kd/augment.py: K views follow each training row; features held to replay).
 The directory appears whole when complete (the manifest last inside it), so a killed export
 leaves nothing a student could mistake for a finished one; a rerun gives byte-identical shards.
 
 Under torch.distributed (`runtime.nproc > 1`, or torchrun) each rank takes a contiguous range of
-whole batches of each split, reads only those rows and writes its own shards
-(`part-r<rank>-NNNNN.parquet`) into the one temporary directory; rank 0 writes the manifest once
-every rank has finished, then publishes the directory. The rows, ids and logits are exactly a
-single process's (the same batches go through the same members); only shard boundaries differ.
+whole batches of each split and writes its own shards (`part-r<rank>-NNNNN.parquet`) into the
+one temporary directory; rank 0 writes the manifest once every rank has finished. Rows, ids,
+views and logits are exactly a single process's; only shard boundaries differ.
 """
 
 from __future__ import annotations
@@ -24,6 +22,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from kd.augment import ViewSource, settings_of
 from kd.config import Config
 from kd.evaluate.shard_checks import shard_warnings
 from kd.io.faults import failpoint
@@ -36,27 +35,22 @@ from kd.targets.shards import ShardWriter
 from kd.targets.shardset import summary
 from kd.teachers.members import hidden_widths, load_members, member_fingerprint, member_outputs
 from kd.tracking import stage_run, tag_output
-from kd.transfer.stored import SYNTHETIC, transfer_set
+from kd.transfer.stored import SYNTHETIC, transfer_about, transfer_set
 
 
 def run(cfg: Config, out_dir: Path = Path("data/soft_targets"),
         prepared: Path = Path("data/prepared"), teachers: Path = Path("data/teachers"),
         dist: Dist = SINGLE, transfer: Path = Path("data/transfer")) -> dict:
-    meta = load_meta(prepared)
-    digests = prepared_digests(prepared)
+    meta, digests = load_meta(prepared), prepared_digests(prepared)
     synthetic = transfer_set(transfer, prepared, digests["prepared_sha256"])
     sources = [(prepared, "labeled"), (prepared, "unlabeled")]
     sources += [(transfer, SYNTHETIC)] if synthetic else []
-    about = {}
-    if synthetic:  # what the report says the student learned from
-        about = {"transfer": {k: synthetic[k] for k in ("method", "rows", "source_rows",
-                                                         "params", "changed_fraction")
-                              if k in synthetic}}
+    about = transfer_about(synthetic)  # what the report says the student learned from
     models = {name: m.to(dist.device) for name, m in load_members(cfg, meta, teachers).items()}
-    shape = tuple(meta["feature_shape"])
-    ex = cfg.export
+    shape, ex = tuple(meta["feature_shape"]), cfg.export
     hidden = hidden_widths(models, ex.hidden)  # member -> D of its `hidden.<member>` column
-    params = {"export": ex.model_dump(), "members": list(models), "world_size": dist.world}
+    params = {"export": ex.recorded(), "members": list(models), "world_size": dist.world}
+    views = ViewSource(settings_of(ex), sources, shape) if ex.views else None
     with stage_run(cfg, "export", params=params, main=dist.is_main) as tracking:
         t0, rows, forward_s = time.perf_counter(), 0, 0.0
         with shared_atomic_dir(out_dir, dist) as tmp:
@@ -66,10 +60,10 @@ def run(cfg: Config, out_dir: Path = Path("data/soft_targets"),
                 row_group_size=ex.row_group_size, compression=ex.compression,
                 logits_dtype=ex.logits_dtype,
                 extra_metadata={"prepared_fingerprint": meta["fingerprint"]},
-                prefix=f"part-r{dist.rank:03d}" if dist.active else "part", hidden=hidden)
+                prefix=f"part-r{dist.rank:03d}" if dist.active else "part", hidden=hidden,
+                views=views and views.settings)
             with writer:
-                # labeled, unlabeled (and synthetic) rows mixed in proportion in every batch;
-                # rank 0 shows its share (the ranks take equal shares)
+                # the splits mixed in proportion in every batch; rank 0 shows its share
                 total = -(-sum(split_rows(d, s) for d, s in sources) // dist.world)
                 bar = Progress(total if dist.is_main else 0, "export", unit="rows")
                 for split, part, is_val in interleave(sources, ex.batch_size, dist.rank,
@@ -79,6 +73,13 @@ def run(cfg: Config, out_dir: Path = Path("data/soft_targets"),
                                                      ex.hidden)
                     forward_s += time.perf_counter() - f0
                     writer.write(part.row_id, split, part.y, is_val, part.x, logits, vectors)
+                    if views:  # the rows' views, each with the members' logits on its input
+                        v, y, x = views.views_of(part.row_id[~is_val], part.y[~is_val])
+                        f0 = time.perf_counter()
+                        logits, vectors = member_outputs(models, x, shape, dist.device, ex.hidden)
+                        forward_s += time.perf_counter() - f0
+                        writer.write(v["row_id"], split, y, None, None, logits, vectors, views=v)
+                        rows += len(y)  # the bar counts the rows; `rows` every row written
                     rows += len(part.row_id)
                     bar.update(len(part.row_id))
                 shards = writer.close()
@@ -92,9 +93,9 @@ def run(cfg: Config, out_dir: Path = Path("data/soft_targets"),
                     class_names=meta["class_names"], feature_shape=shape,
                     logits_dtype=ex.logits_dtype,
                     member_fingerprints={m: member_fingerprint(teachers / m) for m in models},
-                    params={"export": ex.model_dump(), "teacher": cfg.teacher.model_dump()},
+                    params={"export": ex.recorded(), "teacher": cfg.teacher.model_dump()},
                     extra={"prepared_fingerprint": meta["fingerprint"], "ranks": dist.world,
-                           **digests, **about}, hidden=hidden)
+                           **digests, **about}, hidden=hidden, views=views and views.settings)
         if not dist.is_main:
             return {}
         elapsed = time.perf_counter() - t0

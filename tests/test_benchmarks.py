@@ -160,8 +160,23 @@ def _hinton(m, tmp: Path) -> list[Config]:  # the paper's experiments as variant
     return out
 
 
-BUILDERS = {"byot": _byot, "hinton": _hinton, "distributed": _distributed, "frontier": _frontier, "gpu": _gpu,
-            "batchnorm": _batchnorm, "munge": _munge, "soft_tree": _soft_tree}
+def _views(m, tmp: Path) -> list[Config]:  # benchmarks/views.py's own builder, both targets
+    from types import SimpleNamespace
+
+    out = []
+    for target in ("mnist1d", "digits"):
+        args = SimpleNamespace(target=target, members=2, teacher_epochs=3, student_epochs=4,
+                               unlabeled=500, views=3, shift=2, noise=0.0, mixup=0.4)
+        cfg = parse_config(m.raw_params(args, 1))
+        assert (cfg.export.views, cfg.export.mixup, cfg.export.seed) == (3, 0.4, 1)
+        assert cfg.student.variant(m.VARIANT).train.epochs == 4
+        out.append(cfg)
+    return out
+
+
+BUILDERS = {"byot": _byot, "hinton": _hinton, "distributed": _distributed, "frontier": _frontier,
+            "gpu": _gpu, "batchnorm": _batchnorm, "munge": _munge, "soft_tree": _soft_tree,
+            "views": _views}
 # scripts that build no params of their own: why
 AS_IS = {"chosen": "a helper: which variant a script measures",
          "deploy": "params.yaml as it is", "export": "params.yaml as it is",

@@ -76,7 +76,8 @@ def value_strategy(ann: Any, bounds: list) -> st.SearchStrategy:
     hi_x = next((b.lt for b in bounds if isinstance(b, Lt)), None)
     if ann is int:
         low = lo if lo is not None else (lo_x + 1 if lo_x is not None else -1000)
-        return st.integers(low, low + 500)  # small: epochs and rows are read, not used
+        top = hi if hi is not None else (hi_x - 1 if hi_x is not None else low + 500)
+        return st.integers(low, min(top, low + 500))  # small: epochs and rows are read, not used
     if ann is float:
         low = lo if lo is not None else lo_x if lo_x is not None else -1e3
         high = hi if hi is not None else hi_x if hi_x is not None else low + 1e3
@@ -162,6 +163,9 @@ def valid_params(draw) -> dict:
     export = draw(section(ExportConfig, skip=TRANSFORMER_ONLY))
     if export.get("row_group_size", 4096) > export.get("rows_per_shard", 20_000):
         export["row_group_size"] = export.get("rows_per_shard", 20_000)
+    a = export.get("augment", {})
+    if export.get("views") and not (a.get("shift") or a.get("noise") or export.get("mixup")):
+        export["mixup"] = 0.4  # views need an augmentation, or every view is the row itself
     p["export"] = export
     student = draw(model_spec(student=True))
     student.update(draw(section(StudentConfig, skip={"arch", "knobs", "train",

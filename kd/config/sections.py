@@ -158,6 +158,9 @@ class TeacherConfig(Section):
 # ------------------------------------------------------------------ export, student, tracking
 
 
+VIEW_KEYS = ("views", "augment", "mixup", "partners", "seed")  # export's stored-view keys
+
+
 class ExportConfig(Section):
     rows_per_shard: PositiveInt = 20_000
     row_group_size: PositiveInt = 4_096
@@ -167,6 +170,28 @@ class ExportConfig(Section):
     # members whose pooled hidden vector is stored too (`hidden.<member>` columns), for a
     # student's cosine term (student.beta); each must be a model with forward_features
     hidden: list[str] = []
+    # stored views (kd/augment.py): K augmented views of every training row besides the row
+    # itself, each with the ensemble's logits on exactly that input, kept as parameters
+    views: Annotated[int, Field(ge=0, le=64)] = 0
+    augment: AugmentConfig = AugmentConfig()  # the views' shift and noise (as train.augment)
+    mixup: Annotated[float, Field(ge=0, le=100)] = 0.0  # lam ~ Beta(a, a); 0: no mixup
+    partners: Literal["all", "labeled"] = "all"  # mixup partners: training rows of which splits
+    seed: Annotated[int, Field(ge=0)] = 0  # keys every view's draw, with its row id and view
+
+    def recorded(self) -> dict:
+        """The settings a manifest records: without the view keys when there are no views, so
+        a set without views is byte for byte what it was before views existed."""
+        return self.model_dump(exclude=None if self.views else set(VIEW_KEYS))
+
+    @model_validator(mode="after")
+    def _check_views(self) -> ExportConfig:
+        augments = bool(self.augment.shift or self.augment.noise or self.mixup)
+        if self.views and not augments:
+            raise ValueError(f"views: {self.views} views need export.augment (shift, noise) or "
+                             "export.mixup; without them every view is the row itself")
+        # views 0 with view settings is allowed: `-S export.views=0` turns views off (the
+        # settings are then neither used nor recorded)
+        return self
 
     @model_validator(mode="after")
     def _check_groups(self) -> ExportConfig:
@@ -216,6 +241,14 @@ class StudentConfig(ModelConfig):
     # soft/all, that omits classes or trains on a fraction is a control whatever this says;
     # `false` beside them is refused
     control: bool = False
+    # the shards' stored views (export.views): sample: one view in 0..K per row per epoch,
+    # seeded by train.seed; all: every view every epoch; none: the rows as stored alone (the
+    # control: what the views bought). A set without views trains on its rows whatever this says
+    views: Literal["sample", "all", "none"] = "sample"
+    # the label term of a labeled row's views: row: on the stored row (view 0) alone; unmixed:
+    # also on its views without a mixup partner (a shifted row keeps its class, as the
+    # teachers' augmentation assumes); a mixed view never has one label
+    view_labels: Literal["row", "unmixed"] = "row"
     shuffle_buffer: PositiveInt = 50_000
     init: InitConfig | None = None  # None: random initialisation from train.seed
     # + beta * (1 - cos(h_student, h_teacher)) on the pooled hidden vectors (export.hidden);
@@ -226,7 +259,8 @@ class StudentConfig(ModelConfig):
     @property
     def is_control(self) -> bool:
         """A control explains and is never shipped: `control: true`, or another recipe than
-        the full one (soft targets on all rows, every class, every labeled row)."""
+        the full one (soft targets on all rows, every class, every labeled row, the stored
+        views where there are any)."""
         return self.control or self.recipe_change() is not None
 
     def recipe_change(self) -> str | None:
@@ -239,6 +273,8 @@ class StudentConfig(ModelConfig):
             return f"omit {list(self.omit)}"
         if self.fraction < 1:
             return f"fraction {self.fraction}"
+        if self.views == "none":
+            return "views 'none'"
         return None
 
     @model_validator(mode="after")
@@ -260,7 +296,8 @@ class StudentConfig(ModelConfig):
         if a.shift or a.noise:
             raise ValueError(
                 "train: augment must stay off for the student: the exported soft targets belong "
-                f"to the unaugmented rows, got shift={a.shift}, noise={a.noise}"
+                f"to the unaugmented rows (export.views stores augmented views with their own "
+                f"targets), got shift={a.shift}, noise={a.noise}"
             )
         return self
 

@@ -31,7 +31,8 @@ def recipe(st: StudentConfig) -> str:
         ([f"cosine term beta={st.beta:g}"] if st.beta else []) + \
         ([f"combine {st.combine}"] if st.combine != "mean_probs" else []) + \
         ([f"classes {', '.join(map(str, st.omit))} omitted"] if st.omit else []) + \
-        ([f"{100 * st.fraction:g}% of the labeled rows"] if st.fraction < 1 else [])
+        ([f"{100 * st.fraction:g}% of the labeled rows"] if st.fraction < 1 else []) + \
+        (["stored rows only (no views)"] if st.views == "none" else [])
     return ", ".join([what, rows, *extra])
 
 
@@ -81,7 +82,7 @@ def variant_figures(cfg: Config, right: dict[str, np.ndarray], params: dict[str,
             "gap_recovered": ratios["gap_recovered"],
             "vs_baseline": {k: cmp[k] for k in ("diff", "ci_low", "ci_high", "p_value")},
             "arch": st.arch, "targets": st.targets, "rows": st.rows,
-            "control": st.targets != "soft" or st.rows != "all",
+            "control": st.targets != "soft" or st.rows != "all" or st.views == "none",
         }
     return out
 

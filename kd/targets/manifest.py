@@ -54,7 +54,7 @@ def check_shard_metadata(path: str | os.PathLike, meta: dict[str, Any],
                          manifest: dict[str, Any]) -> None:
     """ArtifactError unless a shard's own metadata agrees with the manifest listing it: a shard
     from another export (other members, classes, shapes) must not be read as part of this one."""
-    for key in ("members", "class_names", "feature_shape", "logits_dtype", "hidden"):
+    for key in ("members", "class_names", "feature_shape", "logits_dtype", "hidden", "views"):
         if meta.get(key) != manifest.get(key):  # a set without hidden columns names none
             raise ArtifactError(f"{path}: {key} {meta.get(key)!r} disagrees with {MANIFEST} "
                                 f"({manifest.get(key)!r})")
@@ -78,8 +78,8 @@ def split_counts(counts: dict[str, int]) -> dict[str, int]:
 def write_manifest(out_dir: str | os.PathLike, shards: list[dict], *, members: list[str],
                    class_names: list[str], feature_shape: tuple[int, ...], logits_dtype: str,
                    member_fingerprints: dict[str, str], params: dict,
-                   extra: dict | None = None, hidden: dict[str, int] | None = None
-                   ) -> dict[str, Any]:
+                   extra: dict | None = None, hidden: dict[str, int] | None = None,
+                   views: dict | None = None) -> dict[str, Any]:
     """Write manifest.json atomically; call it LAST, its presence means the set is complete.
     `shards`: the info dicts from every writer's close() (all ranks, any order)."""
     out_dir, shards = Path(out_dir), sorted(shards, key=lambda s: s["file"])
@@ -101,6 +101,10 @@ def write_manifest(out_dir: str | os.PathLike, shards: list[dict], *, members: l
                     extra=extra or {})
     if hidden:  # member -> width of its `hidden.<member>` column; absent when there are none
         manifest["hidden"] = dict(hidden)
+    if views:  # the stored views' settings (kd/augment.py) and view rows per split
+        manifest["views"] = dict(views)
+        totals["views"] = {k: n for k in SPLITS
+                           if (n := sum(s.get("views", {}).get(k, 0) for s in shards))}
     write_json(out_dir / MANIFEST, manifest)
     return manifest
 
@@ -126,6 +130,15 @@ class _Totals(_Entry):
     splits: dict[Literal["labeled", "unlabeled", "synthetic"], Count]
 
 
+class _Views(_Entry):
+    count: Annotated[int, Field(gt=0)]
+    shift: Count
+    noise: Annotated[float, Field(ge=0)]
+    mixup: Annotated[float, Field(ge=0)]
+    partners: Literal["all", "labeled"]
+    seed: Count
+
+
 class _Manifest(_Entry):
     shards: list[_Shard]
     totals: _Totals
@@ -134,6 +147,7 @@ class _Manifest(_Entry):
     feature_shape: Annotated[list[Annotated[int, Field(gt=0)]], Field(min_length=1)]
     logits_dtype: Literal["float32", "float16"]
     hidden: dict[Annotated[str, Field(pattern=r"^[\w-]+$")], Annotated[int, Field(gt=0)]] = {}
+    views: _Views | None = None
 
 
 DEFAULT_DIR = "data/soft_targets"  # where `kd export` writes (dvc.yaml)

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from kd.augment import VIEW_KEYS, FeatureTable
 from kd.errors import ArtifactError
 from kd.io.storage import is_uri, locate
 from kd.targets.batch import COLUMNS, Batch, concat_rows, take_rows
@@ -34,6 +35,7 @@ from kd.targets.manifest import (
     read_shard_metadata,
 )
 from kd.targets.shardset import verify
+from kd.targets.views import replayed, view_mask
 
 Piece = tuple[str, int, int, int]  # (file, row group, start, stop) among its training rows
 
@@ -52,12 +54,20 @@ class ShardReader:
     dropped as each row group is decoded, before any batch is formed. `keep`, a function of a
     decoded row group (row_id, label, is_labeled, logits) to a (B,) bool mask, drops more
     training rows the same way (a student's omitted classes, its fraction of labeled rows).
+
+    A set with stored views (export.views, kd/augment.py) holds K view rows per training row.
+    `views="base"` reads the rows as stored alone; "all" every view too; "sample" one view in
+    0..K per row and epoch, picked by (view_seed, epoch, row id). A view's features (zeros
+    in the shard) are replayed from its row's and partner's stored features (held in memory:
+    rows x features), and batches carry `view` (B,) int16, 0 for the rows themselves, and
+    `partner` (B,) int64, -1 where the row is not mixed.
     """
 
     def __init__(self, dir: str | os.PathLike, *, columns: list[str] | None = None,
                  verify_checksums: bool = False, hidden: str | None = None,
                  rows: Literal["all", "labeled"] = "all",
-                 keep: Callable[[Batch], np.ndarray] | None = None):
+                 keep: Callable[[Batch], np.ndarray] | None = None,
+                 views: Literal["base", "sample", "all"] = "base", view_seed: int = 0):
         self.keep = keep
         if rows not in ("all", "labeled"):
             raise ValueError(f"rows must be 'all' or 'labeled', got {rows!r}")
@@ -75,6 +85,12 @@ class ShardReader:
         self._train_groups: list[tuple[str, int, int]] | None = None
         if unknown := set(self.columns) - set(COLUMNS):
             raise ValueError(f"unknown columns {sorted(unknown)}; choose from {COLUMNS}")
+        self.view_settings = m.get("views")  # None: a set without stored views
+        self.views = views if self.view_settings else "base"
+        self.view_seed, self._table = view_seed, None
+        self._groups_epoch: int | None = None
+        if self.views != "base":
+            self.columns += ["view", "partner"]
         self.hidden, self.hidden_width = hidden, (m.get("hidden") or {}).get(hidden, 0)
         if hidden is not None:
             if not self.hidden_width:
@@ -91,23 +107,31 @@ class ShardReader:
         if drop_val and self.keep is not None:  # counted by reading, once
             return sum(n for f, _, n in self.training_rows() if f in set(self._select(shards)))
         if drop_val and self.rows == "labeled":  # validation rows are labeled rows
-            return sum(s["splits"].get("labeled", 0) for s in picked) - val
+            rows = sum(s["splits"].get("labeled", 0) for s in picked)
+        if self.view_settings and self.views != "all":  # one row of each training row's K + 1
+            views = [s.get("views", {}) for s in picked]
+            rows -= sum(n for v in views for k, n in v.items()
+                        if not drop_val or self.rows == "all" or k == "labeled")
         return val if only_val else rows - val if drop_val else rows
 
-    def training_rows(self) -> list[tuple[str, int, int]]:
+    def training_rows(self, epoch: int = 0) -> list[tuple[str, int, int]]:
         """(file, row group, training rows) of every row group, in manifest order: the units the
-        ranks' row ranges are cut from. Reads the small `is_val` (and `split`) columns once."""
-        if self._train_groups is None:
+        ranks' row ranges are cut from. Reads the small `is_val` (and `split`, `row_id`, `view`)
+        columns once (once an epoch when a view is sampled per row and epoch)."""
+        sampled = self.views == "sample"
+        if self._train_groups is None or (sampled and self._groups_epoch != epoch):
             groups = []
             cols = ["split", "is_val"] if self.rows == "labeled" else ["is_val"]
             if self.keep is not None:
                 cols = self._cols({"row_id", "label", "is_labeled", "logits", "is_val"})
+            cols += [c for c in ("row_id", "view") if c not in cols] if self.view_settings \
+                else []
             for f in self.files:
                 with self.loc.open(f) as source, self._open(f, source) as pf:
                     for g in range(pf.num_row_groups):
-                        keep = self._training_mask(self._decode(self._read_group(pf, f, g, cols)))
-                        groups.append((f, g, int(keep.sum())))
-            self._train_groups = groups
+                        part = self._decode(self._read_group(pf, f, g, cols))
+                        groups.append((f, g, int(self._training_mask(part, epoch).sum())))
+            self._train_groups, self._groups_epoch = groups, epoch
         return self._train_groups
 
     def rank_ranges(self, world: int, seed: int, epoch: int) -> list[list[Piece]]:
@@ -118,7 +142,7 @@ class ShardReader:
         every epoch deals other rows to each rank."""
         rng = np.random.default_rng([seed, epoch])
         groups: dict[str, list[tuple[int, int]]] = {}
-        for f, g, n in self.training_rows():
+        for f, g, n in self.training_rows(epoch):
             groups.setdefault(f, []).append((g, n))
         files = [self.files[j] for j in rng.permutation(len(self.files))]
         order = [(f, *groups[f][i]) for f in files for i in rng.permutation(len(groups[f]))]
@@ -167,7 +191,8 @@ class ShardReader:
             for f, run in itertools.groupby(mine, key=lambda p: p[0]):  # one open per file
                 run = list(run)
                 for part, (_, _, start, stop) in zip(
-                        self._read(f, [g for _, g, _, _ in run], drop_val=True), run, strict=True):
+                        self._read(f, [g for _, g, _, _ in run], drop_val=True, epoch=epoch),
+                        run, strict=True):
                     buf.append(take_rows(part, start, stop))
                     n += stop - start
                     if n >= buffer_rows:
@@ -206,7 +231,7 @@ class ShardReader:
             files = [files[i] for i in rng.permutation(len(files))]
         buf: list[Batch] = []
         n = 0
-        for part in self._row_groups(files, rng, drop_val, only_val):
+        for part in self._row_groups(files, rng, drop_val, only_val, epoch):
             buf.append(part)
             n += len(part["row_id"])
             if n >= max(buffer_rows, batch_size):
@@ -232,29 +257,36 @@ class ShardReader:
         return [f for f in self.files if f in set(shards)]  # manifest order, however given
 
     def _row_groups(self, files: list[str], rng: np.random.Generator | None, drop_val: bool,
-                    only_val: bool) -> Iterator[Batch]:
+                    only_val: bool, epoch: int) -> Iterator[Batch]:
         for f in files:
             with self.loc.open(f) as source, self._open(f, source) as pf:
                 n = pf.num_row_groups
             order = range(n) if rng is None else [int(g) for g in rng.permutation(n)]
-            yield from self._read(f, order, drop_val=drop_val, only_val=only_val)
+            yield from self._read(f, order, drop_val=drop_val, only_val=only_val, epoch=epoch)
 
     def _read(self, file: str, groups: list[int], *, drop_val: bool = False,
-              only_val: bool = False) -> Iterator[Batch]:
-        """Row groups `groups` of `file`, decoded, in that order."""
+              only_val: bool = False, epoch: int = 0) -> Iterator[Batch]:
+        """Row groups `groups` of `file`, decoded, in that order (views replayed)."""
         want = set(self.columns) | ({"is_val"} if drop_val or only_val else set())
         if drop_val and self.rows == "labeled":
             want.add("is_labeled")
         if drop_val and self.keep is not None:
             want |= {"label", "is_labeled", "logits"}
         cols = self._cols(want)
+        if self.view_settings:  # the view picks rows; a replay needs the rest
+            cols += ["view"] if self.views == "base" else list(VIEW_KEYS)
+            cols += [] if "row_id" in cols else ["row_id"]
         with self.loc.open(file) as stream, self._open(file, stream) as pf:
             for g in groups:
                 out = self._decode(self._read_group(pf, file, g, cols))
                 if only_val:
                     out = take_rows(out, out["is_val"])
                 elif drop_val:
-                    out = take_rows(out, self._training_mask(out))
+                    out = take_rows(out, self._training_mask(out, epoch))
+                elif self.view_settings:
+                    out = take_rows(out, self._view_mask(out, epoch))
+                if "features" in out and self.views != "base" and (out["view"] > 0).any():
+                    out["features"] = self._replay(out)
                 yield {k: v for k, v in out.items() if k in self.columns}
 
     def _cols(self, want: set[str]) -> list[str]:
@@ -263,11 +295,32 @@ class ShardReader:
         cols = [c for k in COLUMNS if k in want for c in source.get(k, [k])]
         return cols + ([hidden_column(self.hidden)] if self.hidden is not None else [])
 
-    def _training_mask(self, part: Batch) -> np.ndarray:
-        """(B,) bool: the rows a student trains on (decoded is_val, and is_labeled if needed)."""
+    def _training_mask(self, part: Batch, epoch: int = 0) -> np.ndarray:
+        """(B,) bool: the rows a student trains on (decoded is_val, and is_labeled if needed,
+        `keep`'s rows, and the views `views` picks for `epoch`)."""
         keep = ~part["is_val"]
         keep = keep & part["is_labeled"] if self.rows == "labeled" else keep
-        return keep & self.keep(part) if self.keep is not None else keep
+        keep = keep & self.keep(part) if self.keep is not None else keep
+        return keep & self._view_mask(part, epoch) if self.view_settings else keep
+
+    def _view_mask(self, part: Batch, epoch: int) -> np.ndarray:
+        return view_mask(part, self.views, self.view_settings["count"], self.view_seed, epoch)
+
+    def _replay(self, part: Batch) -> np.ndarray:
+        """(B, F) the features of a decoded part, its views' replayed from their rows'."""
+        if self._table is None:  # every stored training row's features, by id
+            ids, xs = [np.zeros(0, np.int64)], [np.zeros((0, self.width), np.float32)]
+            for f in self.files:
+                with self.loc.open(f) as stream, self._open(f, stream) as pf:
+                    for g in range(pf.num_row_groups):
+                        p = self._decode(self._read_group(
+                            pf, f, g, ["row_id", "is_val", "features", "view"]))
+                        keep = (p["view"] == 0) & ~p["is_val"]
+                        ids.append(p["row_id"][keep])
+                        xs.append(p["features"][keep])
+            self._table = FeatureTable(np.concatenate(ids), np.concatenate(xs))
+        return replayed(part, self._table, self.feature_shape, self.view_settings,
+                        self.loc.show())
 
     def _read_group(self, pf: pq.ParquetFile, file: str, g: int, cols: list[str]) -> pa.Table:
         try:  # without verify(), a damaged page surfaces only here
@@ -301,6 +354,12 @@ class ShardReader:
             out["logits"] = z
         if self.hidden is not None:
             out["hidden"] = _np(t[hidden_column(self.hidden)]).reshape(-1, self.hidden_width)
+        for k in VIEW_KEYS if "view" in names else ():
+            if k in names:
+                out[k] = _np(t[k]) if k != "partner" else _np(
+                    pc.fill_null(t[k], -1)).astype(np.int64)
+        if "shift" in out:
+            out["shift"] = out["shift"].reshape(t.num_rows, -1)
         return out
 
 

@@ -52,7 +52,7 @@ class ShardWriter:
                  row_group_size: int = 10_000, compression: str = "zstd",
                  logits_dtype: str = "float32", extra_metadata: dict | None = None,
                  prefix: str = "part",
-                 hidden: dict[str, int] | None = None):
+                 hidden: dict[str, int] | None = None, views: dict | None = None):
         if not members or len(set(members)) < len(members) or not all(
                 re.fullmatch(r"[\w-]+", m) for m in members):
             raise ValueError(f"members must be unique names of [A-Za-z0-9_-]: {members!r}")
@@ -72,6 +72,10 @@ class ShardWriter:
                     logits_dtype=logits_dtype, extra=extra_metadata or {})
         if self.hidden:  # only then: a set without hidden vectors keeps its old bytes
             meta["hidden"] = self.hidden
+        # stored views (kd/augment.py): a view row holds its parameters, and zeros as features
+        self.views, self.axes = views, len(feature_shape)
+        if views:
+            meta["views"] = dict(views)
         lt = LOGITS_DTYPES[logits_dtype][1]
         self.schema = pa.schema([
             pa.field("row_id", pa.int64(), nullable=False),
@@ -83,6 +87,7 @@ class ShardWriter:
               for m in self.members],
             *[pa.field(hidden_column(m), pa.list_(pa.float32(), d), nullable=False)
               for m, d in self.hidden.items()],
+            *(_view_fields(self.axes) if views else []),
         ], metadata={META_KEY: json.dumps(meta, sort_keys=True)})
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / MANIFEST).unlink(missing_ok=True)  # the set changes: no longer complete
@@ -102,25 +107,34 @@ class ShardWriter:
 
     def write(self, row_ids: np.ndarray, split: str, labels: np.ndarray | None,
               is_val: np.ndarray | None, features: np.ndarray,
-              logits: dict[str, np.ndarray], hidden: dict[str, np.ndarray] | None = None) -> None:
+              logits: dict[str, np.ndarray], hidden: dict[str, np.ndarray] | None = None,
+              views: dict[str, np.ndarray] | None = None) -> None:
         """Append B rows of one split. labels (B,) with -1 = null (None: all null), is_val (B,)
         (None: all False), features (B, F) or (B, *feature_shape), logits member -> (B, C),
-        hidden member -> (B, D) for the writer's hidden members. Everything is copied, so
-        callers may reuse their buffers."""
+        hidden member -> (B, D) for the writer's hidden members. With stored views, `views`
+        (kd.augment.draw_views) makes the rows views (features None: they are replayed);
+        without it they are the rows themselves (view 0). Everything is copied, so callers
+        may reuse their buffers."""
         rid, C = np.asarray(row_ids), self.num_classes
         if rid.ndim != 1 or rid.dtype.kind not in "iu":
             raise ArtifactError(f"row_ids: expected 1-d integers, got {rid.dtype}{rid.shape}")
         B = len(rid)
         lab = np.full(B, -1, np.int32) if labels is None else np.asarray(labels).astype(np.int32)
         val = np.zeros(B, bool) if is_val is None else np.asarray(is_val).astype(bool)
-        x = np.asarray(features)
+        if views is not None and not self.views:
+            raise ArtifactError("views: this writer stores no views (export.views is 0)")
+        x = np.zeros((B, self.width), np.float32) if views is not None else np.asarray(features)
         if split not in SPLITS:
             raise ArtifactError(f"split must be one of {SPLITS}, got {split!r}")
         if lab.shape != (B,) or val.shape != (B,):
             raise ArtifactError(f"labels, is_val: expected ({B},), got {lab.shape}, {val.shape}")
-        ids, counts = np.unique(rid, return_counts=True)
+        key = rid if views is None else np.stack([rid, views["view"]], 1)  # (row id, view)
+        ids, counts = np.unique(key, return_counts=True, axis=0)
         if (counts > 1).any():  # uniqueness across calls is the caller's contract
             raise ArtifactError(f"row_id: duplicate id {ids[counts > 1][0]} in one batch")
+        if views is not None and val.any():
+            raise ArtifactError(f"view: row_id {rid[val][0]} is a validation row; validation "
+                                "rows have no views")
         bad = (lab < 0) | (lab >= C) if split == "labeled" else (lab != -1) | val
         if bad.any():
             raise ArtifactError(f"label: row_id {rid[bad][0]} is {split} with label "
@@ -143,6 +157,8 @@ class ShardWriter:
                                     f"(as {np.dtype(self.np_dtype).name})")
             chunk[logits_column(m)] = z
         chunk.update(self._hidden_chunk(rid, hidden or {}))
+        if self.views:
+            chunk.update(_view_chunk(B, self.axes, views))
         self._chunks.append(chunk)
         self._pending += B
         if self._pending >= self._group_size():
@@ -214,6 +230,10 @@ class ShardWriter:
                   pa.array(g["is_val"]), fixed("features"),
                   *[fixed(logits_column(m)) for m in self.members],
                   *[fixed(hidden_column(m)) for m in self.hidden]]
+        if self.views:  # a view's features are zeros (a few bytes compressed): it is replayed
+            arrays += [pa.array(g["view"]), fixed("shift"), pa.array(g["noise_seed"]),
+                       pa.array(g["partner"], pa.int64(), mask=g["partner"] < 0),
+                       pa.array(g["lam"])]
         if self._pw is None:  # dictionary-encode only split; statistics only on small columns
             self._pw = pq.ParquetWriter(self._tmp_path(), self.schema, compression=self.compression,
                                         use_dictionary=["split"],
@@ -224,6 +244,9 @@ class ShardWriter:
         for code, name in enumerate(SPLITS):
             self._counts[name] += int((g["split"] == code).sum())
         self._counts["val"] += int(g["is_val"].sum())
+        if self.views:
+            for code, name in enumerate(SPLITS):
+                self._counts[f"views.{name}"] += int(((g["split"] == code) & (g["view"] > 0)).sum())
 
     def _finish_shard(self) -> None:
         if self._pw is None:
@@ -233,9 +256,11 @@ class ShardWriter:
         tmp, final, c = self._tmp_path(), self.out_dir / self._name(), self._counts
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())  # bytes on disk before the rename makes the shard visible
-        self.shards.append(dict(
-            file=final.name, rows=c["rows"], val=c["val"], sha256=file_sha256(tmp),
-            splits=split_counts(c), bytes=tmp.stat().st_size))
+        info = dict(file=final.name, rows=c["rows"], val=c["val"], sha256=file_sha256(tmp),
+                    splits=split_counts(c), bytes=tmp.stat().st_size)
+        if self.views:  # view rows per split, among `splits` (which counts every row)
+            info["views"] = {k: c[f"views.{k}"] for k in SPLITS if c[f"views.{k}"]}
+        self.shards.append(info)
         os.replace(tmp, final)
         failpoint("shard.done", final.name)
         self._index += 1
@@ -243,4 +268,26 @@ class ShardWriter:
 
 
 def _zero_counts() -> dict[str, int]:
-    return dict(rows=0, val=0, **dict.fromkeys(SPLITS, 0))
+    return dict(rows=0, val=0, **dict.fromkeys(SPLITS, 0),
+                **dict.fromkeys((f"views.{k}" for k in SPLITS), 0))
+
+
+def _view_fields(axes: int) -> list[pa.Field]:
+    """The columns of a set with stored views (kd/augment.py): view 0 is the row itself."""
+    return [pa.field("view", pa.int16(), nullable=False),
+            pa.field("shift", pa.list_(pa.int16(), axes), nullable=False),
+            pa.field("noise_seed", pa.int64(), nullable=False),
+            pa.field("partner", pa.int64()),  # null: no mixup
+            pa.field("lam", pa.float32(), nullable=False)]
+
+
+def _view_chunk(n: int, axes: int, views: dict[str, np.ndarray] | None) -> Batch:
+    if views is None:  # the rows themselves: view 0, no shift, no partner
+        return dict(view=np.zeros(n, np.int16), shift=np.zeros((n, axes), np.int16),
+                    noise_seed=np.zeros(n, np.int64), partner=np.full(n, -1, np.int64),
+                    lam=np.ones(n, np.float32))
+    if not (views["view"] > 0).all() or views["shift"].shape != (n, axes):
+        raise ArtifactError(f"view: views must be numbered from 1 with ({n}, {axes}) shifts")
+    return {k: np.asarray(views[k]).astype(t) for k, t in
+            (("view", np.int16), ("shift", np.int16), ("noise_seed", np.int64),
+             ("partner", np.int64), ("lam", np.float32))}

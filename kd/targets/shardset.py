@@ -23,6 +23,7 @@ from kd.targets.manifest import (
     read_manifest,
     read_shard_metadata,
 )
+from kd.targets.views import check_views
 
 
 def verify(dir: str | os.PathLike, *, checksums: bool = True,
@@ -57,6 +58,7 @@ def verify(dir: str | os.PathLike, *, checksums: bool = True,
         raise ArtifactError(f"{loc.show(unlisted[0])}: shard not listed in {MANIFEST}")
     if sum(s["rows"] for s in m["shards"]) != m["totals"]["rows"]:
         raise ArtifactError(f"{loc.show(MANIFEST)}: totals.rows disagrees with its shards")
+    check_views(dir)  # stored views: each drawn again from its key
     return summary(dir)
 
 
@@ -69,10 +71,13 @@ def summary(dir: str | os.PathLike) -> dict[str, Any]:
             raise ArtifactError(f"{loc.show(s['file'])}: shard listed in {MANIFEST} is missing")
         size += n
     t = m["totals"]
-    return dict(dir=str(dir), shards=len(m["shards"]), rows=t["rows"], splits=t["splits"],
-                val=t["val"], class_names=m["class_names"], num_classes=len(m["class_names"]),
-                members=m["members"], feature_shape=m["feature_shape"],
-                logits_dtype=m["logits_dtype"], bytes=size)
+    out = dict(dir=str(dir), shards=len(m["shards"]), rows=t["rows"], splits=t["splits"],
+               val=t["val"], class_names=m["class_names"], num_classes=len(m["class_names"]),
+               members=m["members"], feature_shape=m["feature_shape"],
+               logits_dtype=m["logits_dtype"], bytes=size)
+    if m.get("views"):  # stored views: their settings and view rows per split (among splits)
+        out["views"] = {**m["views"], "rows": t.get("views", {})}
+    return out
 
 
 def read_table(dir: str | os.PathLike) -> pa.Table:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from kd.augment import shift_rows
 from kd.config import AugmentConfig
 from kd.runtime.distributed import SINGLE, Dist
 
@@ -56,15 +57,10 @@ def augment(x: torch.Tensor, shape: Sequence[int], cfg: AugmentConfig,
         return x
     b = x.shape[0]
     out = x.view(b, *shape)  # (B, *shape)
-    if cfg.shift:
-        for axis in range(1, out.dim()):
-            n = out.shape[axis]
-            shifts = torch.randint(-cfg.shift, cfg.shift + 1, (b,), generator=gen)  # (B,)
-            idx = (torch.arange(n).unsqueeze(0) - shifts.unsqueeze(1)) % n  # (B, n)
-            view = [b] + [1] * (out.dim() - 1)
-            view[axis] = n
-            idx = idx.view(view).expand_as(out)
-            out = torch.gather(out, axis, idx)
+    if cfg.shift:  # one draw per axis, in axis order: the stream a resumed run replays
+        shifts = torch.stack([torch.randint(-cfg.shift, cfg.shift + 1, (b,), generator=gen)
+                              for _ in range(1, out.dim())], 1)  # (B, axes)
+        out = shift_rows(out, shifts)
     out = out.reshape(b, -1)
     if cfg.noise:
         out = out + cfg.noise * torch.randn(out.shape, generator=gen)

@@ -55,11 +55,12 @@ from kd.train.runner import TrainJob
 
 
 def shard_batches(reader: ShardReader, batch_size: int, seed: int, buffer_rows: int,
-                  dist: Dist = SINGLE, combine: str = "mean_probs"
+                  dist: Dist = SINGLE, combine: str = "mean_probs", view_labels: str = "row"
                   ) -> Callable[[int], Iterable[Batch]]:
     """epoch -> shuffled training batches streamed from the shards (validation rows held out);
     distributed, from this rank's run of rows of the epoch only. combine random_member: each
-    row carries the logits of the one member drawn for it by (seed, epoch, row id), (1, B, C)."""
+    row carries the logits of the one member drawn for it by (seed, epoch, row id), (1, B, C).
+    A stored view keeps its row's label only where `view_labels` (student.view_labels) says."""
 
     def batches(epoch: int) -> Iterable[Batch]:
         if dist.active:
@@ -70,10 +71,13 @@ def shard_batches(reader: ShardReader, batch_size: int, seed: int, buffer_rows: 
                                          buffer_rows=buffer_rows, drop_val=True)
         for b in prefetch(stream):  # decode the next batch while this one trains
             h = torch.from_numpy(b["hidden"]) if "hidden" in b else None  # (B, D)
-            z = b["logits"]  # (M, B, C)
+            y, z = b["label"], b["logits"]  # (B,), (M, B, C)
+            if "view" in b:  # a stored view keeps the soft term; the label term as asked
+                y = np.where(b["view"] > 0 if view_labels == "row" else b["partner"] >= 0,
+                             -1, y)
             if combine == "random_member":
                 z = pick_members(z, random_members(seed, epoch, b["row_id"], len(z)))
-            yield Batch(torch.from_numpy(b["features"]), torch.from_numpy(b["label"]),
+            yield Batch(torch.from_numpy(b["features"]), torch.from_numpy(y),
                         torch.from_numpy(z), t_hidden=h)  # (B, F), (B,), (M, B, C)
 
     return batches
@@ -180,7 +184,9 @@ def distill_job(cfg: Config, variant: str, shards: Path | str, prepared: Path,
     manifest = read_manifest(shards)
     h_member = hidden_member(st, cfg.export.hidden)
     omitted = omitted_classes(st, manifest["class_names"], variant)
-    reader = ShardReader(shards, hidden=h_member, rows=st.rows, keep=row_filter(st, omitted))
+    reader = ShardReader(shards, hidden=h_member, rows=st.rows, keep=row_filter(st, omitted),
+                         view_seed=st.train.seed,
+                         views="base" if st.views == "none" else st.views)
     shape = tuple(manifest["feature_shape"])
     n_classes = len(manifest["class_names"])
     test, _ = read_split(prepared, "test")
@@ -241,7 +247,7 @@ def distill_job(cfg: Config, variant: str, shards: Path | str, prepared: Path,
     return TrainJob(
         stage=stage, model=model, train=st.train,
         batches=shard_batches(reader, batch // dist.world, st.train.seed, st.shuffle_buffer,
-                              dist, st.combine),
+                              dist, st.combine, st.view_labels),
         steps=steps, loss_fn=loss_fn, evaluate_fn=evaluate_fn,
         # the manifest holds every shard's sha256 (rows, splits, is_val) and the prepared test
         # split's; an init copies a member's weights, which may have been retrained since
@@ -264,7 +270,9 @@ def distill_job(cfg: Config, variant: str, shards: Path | str, prepared: Path,
               + (f"combine {st.combine}, " if st.combine != "mean_probs" else "")
               + (f"omitting classes {omitted}, " if omitted else "")
               + (f"fraction {st.fraction:g} of the labeled rows, " if st.fraction < 1 else "")
-              + f"{n_train} {'labeled ' if st.rows == 'labeled' else ''}training rows from "
+              + f"{n_train} {'labeled ' if st.rows == 'labeled' else ''}training rows "
+              + (f"(views: {st.views}, {reader.view_settings['count']} stored a row) "
+                 if reader.view_settings else "") + "from "
               f"{len(reader.files)} shards, "
               f"{st.train.epochs} epochs{ranks(dist, batch)}")
 

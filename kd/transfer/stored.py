@@ -36,3 +36,11 @@ def transfer_set(transfer: str | Path, prepared: str | Path, digest: str) -> dic
         raise ArtifactError(f"{transfer / (SYNTHETIC + '.parquet')}: row count differs from "
                             f"{path} ({info['rows']}); rerun `kd transfer`")
     return info
+
+
+def transfer_about(info: dict | None) -> dict:
+    """What a shard manifest records of the transfer set its synthetic rows came from."""
+    if not info:
+        return {}
+    keys = ("method", "rows", "source_rows", "params", "changed_fraction")
+    return {"transfer": {k: info[k] for k in keys if k in info}}

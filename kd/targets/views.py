@@ -1,0 +1,110 @@
+"""The stored views of a shard set checked against their keys (`kd shards verify`).
+
+    check_views("data/soft_targets")   # ArtifactError naming the first shard and row that fails
+
+Also what a reader does with views: which rows an epoch keeps, and their replayed features.
+A view's parameters are a function of (export seed, row id, view) and the partner pool
+(kd/augment.py), so verify draws every view again and compares: an edited shift, noise seed,
+partner or weight is one line naming the shard and the row, even when whoever edited it also
+rewrote the manifest's checksums. It also checks that validation rows have no views and are
+nobody's partner, and that every training row has exactly its K views.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from kd.augment import VIEW_KEYS, FeatureTable, draw_views, expand, partner_pool, pick_views
+from kd.errors import ArtifactError
+from kd.io.storage import locate
+from kd.targets.manifest import read_manifest
+
+_COLUMNS = ["row_id", "split", "is_val", *VIEW_KEYS]
+
+
+def view_mask(part: dict[str, np.ndarray], mode: str, count: int, seed: int,
+              epoch: int) -> np.ndarray:
+    """(B,) the rows of a decoded part a reader keeps: base: the stored rows (view 0); all:
+    every view; sample: the one view of each row that (seed, epoch, row id) picks."""
+    if mode == "all":
+        return np.ones(len(part["view"]), bool)
+    if mode == "base":
+        return part["view"] == 0
+    return part["view"] == pick_views(part["row_id"], count, seed, epoch)
+
+
+def replayed(part: dict[str, np.ndarray], table: FeatureTable, shape: tuple[int, ...],
+             settings: dict, where: str) -> np.ndarray:
+    """(B, F) a decoded part's features, its views' (stored as zeros) replayed from their
+    rows' and partners' features in `table`."""
+    x, is_view = part["features"].copy(), part["view"] > 0
+    v = {k: part[k][is_view] for k in ("row_id", *VIEW_KEYS)}
+    try:
+        x[is_view] = table.inputs(v, shape, settings)
+    except KeyError as e:
+        raise ArtifactError(f"{where}: a view of row_id {v['row_id'][0]} needs row "
+                            f"{e.args[0]}, which is not a training row of the set "
+                            "(`kd shards verify` names the shard)") from None
+    return x
+
+
+def _read(loc, file: str) -> dict[str, np.ndarray]:
+    with loc.open(file) as f:
+        t = pq.read_table(f, columns=_COLUMNS)
+    n = t.num_rows
+    return dict(
+        row_id=t["row_id"].to_numpy(), is_val=t["is_val"].to_numpy(),
+        is_labeled=np.asarray(t["split"].to_pylist(), object) == "labeled",
+        view=t["view"].to_numpy().astype(np.int64),
+        shift=np.concatenate([c.values.to_numpy() for c in t["shift"].chunks] or
+                             [np.zeros(0, np.int16)]).reshape(n, -1),
+        noise_seed=t["noise_seed"].to_numpy(),
+        partner=pc.fill_null(t["partner"], -1).to_numpy(), lam=t["lam"].to_numpy(),
+        file=np.full(n, file, object))
+
+
+def check_views(dir: str | os.PathLike) -> None:
+    """ArtifactError unless every view row of a set with stored views holds the parameters
+    its key draws; nothing to check in a set without views."""
+    loc, m = locate(dir), read_manifest(dir)
+    settings = m.get("views")
+    if not settings:
+        return
+    parts = [_read(loc, s["file"]) for s in m["shards"]]
+    if not parts:
+        return
+    d = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    base, views = d["view"] == 0, d["view"] > 0
+
+    def fail(i: int, what: str) -> ArtifactError:
+        return ArtifactError(f"{loc.show(d['file'][i])}: row_id {d['row_id'][i]} view "
+                             f"{d['view'][i]}: {what}")
+
+    if (bad := views & d["is_val"]).any():
+        raise fail(int(np.flatnonzero(bad)[0]), "a validation row has no views")
+    train = base & ~d["is_val"]
+    pool = partner_pool(d["row_id"][train], d["is_labeled"][train], settings["partners"])
+    want_ids, want_views = expand(np.sort(d["row_id"][train]), settings["count"])
+    order = np.lexsort((d["view"][views], d["row_id"][views]))
+    at = np.flatnonzero(views)[order]  # the view rows, sorted by (row id, view)
+    got = np.stack([d["row_id"][at], d["view"][at]], 1)
+    want = np.stack([want_ids, want_views], 1)
+    if got.shape != want.shape or (got != want).any():
+        raise ArtifactError(f"{loc.show()}: the view rows are not views 1..{settings['count']} "
+                            f"of every training row ({len(at)} view rows, {len(want)} "
+                            "expected); rows were edited or dropped: rerun `kd export`")
+    drawn = draw_views(settings, d["row_id"][at], d["view"][at], pool, d["shift"].shape[1])
+    for k in ("shift", "noise_seed", "partner", "lam"):
+        stored = d[k][at].reshape(len(at), -1)
+        if (bad := (stored != drawn[k].reshape(len(at), -1)).any(1)).any():
+            raise fail(int(at[np.flatnonzero(bad)[0]]), f"stored {k} is not the one "
+                       f"(export seed, row id, view) draws; the view parameters were edited, "
+                       "or come from another export: rerun `kd export`")
+    neutral = (d["shift"][base] != 0).any(1) | (d["partner"][base] != -1) | (d["lam"][base] != 1)
+    if neutral.any():
+        raise fail(int(np.flatnonzero(base)[np.flatnonzero(neutral)[0]]),
+                   "a stored row (view 0) carries view parameters; the shard was edited")
