@@ -142,7 +142,8 @@ def main() -> None:
             row["student_minus_baseline"] = {**summary([float(d) for d in diff]),
                                              "wins": int(sum(d > 0 for d in diff))}
         out_variants[v] = row
-    choice = pick({v: out_variants[v]["student"]["val_accuracy"]["mean"] for v in names},
+    shippable = [v for v in names if not cfg0.student.variant(v).is_control]  # as choose does
+    choice = pick({v: out_variants[v]["student"]["val_accuracy"]["mean"] for v in shippable},
                   params, ensemble["val_accuracy"], cfg0.report.retain_target)
     out = {"seeds": args.seeds, "ensemble": ensemble, "variants": out_variants,
            "chosen": choice,
