@@ -186,7 +186,14 @@ def test_the_choice_reads_validation_figures_and_never_test_ones(tmp_path, shard
 
 # ------------------------------------------------------------------ controls are never shipped
 
-FRONTIER = json.loads((Path(__file__).parents[1] / "benchmarks/results/frontier.json").read_text())
+# the review's case: benchmarks/results/frontier.json as measured at 624ba29 (means over seeds
+# 0-2), kept here so that a rerun of the benchmark does not move what these tests are about
+FRONTIER = {"ensemble": {"val_accuracy": 0.9925}, "variants": {
+    v: {"params": n, "student": {"val_accuracy": {"mean": acc}}} for v, (n, acc) in {
+        "large": (11362, 0.9916666746139526), "medium": (5658, 0.9850000143051147),
+        "small": (1874, 0.9850000143051147), "tiny": (1228, 0.9733333587646484),
+        "medium_hard": (5658, 0.987500011920929),
+        "medium_labeled": (5658, 0.9783333539962769)}.items()}}
 
 
 def frontier_choice(tmp_path: Path, monkeypatch, target: float, **extra: dict) -> dict:
