@@ -16,44 +16,73 @@ from kd.config.sections import Fraction, PositiveInt, Section
 MNIST1D_SEED = 42  # the seed of MNIST-1D's standard 4,000/1,000 split
 
 class DataConfig(Section):
-    source: Literal["mnist1d", "digits", "chars", "parquet"] = "mnist1d"
-    # mnist1d: the standard 4,000/1,000 split (seed 42) plus a transfer set from another seed
-    unlabeled_size: Annotated[int, Field(ge=0)] = 40_000
-    unlabeled_seed: Annotated[int, Field(ge=0)] = 1
-    # chars: next character after `context` characters of the Python standard library's source
-    # (kd/chars.py); rows drawn from the training files, test rows from held-out files
-    context: Annotated[int, Field(ge=1, le=4096)] = 32
-    labeled_rows: Annotated[int, Field(ge=1)] = 20_000
-    unlabeled_rows: Annotated[int, Field(ge=0)] = 100_000
-    test_rows: Annotated[int, Field(ge=1)] = 10_000
-    # digits: fractions of the 1,797 images; the labeled split is what is left (chars: the
-    # share of files held out as the test split)
-    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
-    unlabeled_fraction: Fraction = 0.4
-    # all sources: the validation rows are drawn from the labeled split with this seed
-    split_seed: Annotated[int, Field(ge=0)] = 0
-    val_fraction: Annotated[float, Field(ge=0, le=0.5)] = 0.1
-    normalize: Literal["global", "per_feature", "none"] = "global"
-    # a test row whose features also occur among the labeled or unlabeled rows stops prepare,
-    # unless the user says they know (the report then says so)
-    allow_test_overlap: bool = False
-    # the folder (or file) holding the user's own data files: `prepare` depends on it in
-    # dvc.yaml (`${data.inputs}`), so editing any file in it reruns prepare and what follows;
-    # every parquet path must lie inside it
-    inputs: str = "data/inputs"
-    # parquet: the user's own files
-    labeled: str | None = None
-    unlabeled: str | None = None
-    test: str | None = None
-    features: str | list[str] | None = None
-    label: str | None = None
-    id: str | None = None
-    shape: list[PositiveInt] | None = None
-    classes: Annotated[list[str], Field(min_length=2)] | None = None  # class order; default sorted
-    # token ids: every feature is an integer id in [0, vocab_size), checked at prepare; a
-    # transformer reads them through its embedding table (knob vocab, which must equal this);
-    # chars: also the number of classes (the vocab_size - 1 most frequent characters + other)
-    vocab_size: Annotated[int, Field(ge=2, le=2**24)] | None = None  # float32 holds ids exactly
+    source: Literal["mnist1d", "digits", "chars", "parquet"] = Field(
+        "mnist1d",
+        description="where the rows come from: mnist1d, digits, chars (the standard library's "
+                    "source) or parquet (your own files)")
+    unlabeled_size: Annotated[int, Field(ge=0)] = Field(
+        40_000, description="mnist1d: rows in the unlabeled transfer set")
+    unlabeled_seed: Annotated[int, Field(ge=0)] = Field(
+        1,
+        description="mnist1d: generator seed of the transfer set (must differ from 42, the labeled"
+                    " split's)")
+    context: Annotated[int, Field(ge=1, le=4096)] = Field(
+        32, description="chars: characters before the one to predict (the features)")
+    labeled_rows: Annotated[int, Field(ge=1)] = Field(
+        20_000, description="chars: labeled windows drawn from the training files")
+    unlabeled_rows: Annotated[int, Field(ge=0)] = Field(
+        100_000, description="chars: unlabeled windows drawn from the training files")
+    test_rows: Annotated[int, Field(ge=1)] = Field(
+        10_000, description="chars: test windows drawn from the held-out files")
+    test_fraction: Annotated[float, Field(gt=0, lt=1)] = Field(
+        0.2,
+        description="digits: share of the 1,797 images in the test split; chars: share of the "
+                    "files held out as the test split")
+    unlabeled_fraction: Fraction = Field(
+        0.4,
+        description="digits: share used as unlabeled transfer data (labels dropped); the labeled "
+                    "split is what is left")
+    split_seed: Annotated[int, Field(ge=0)] = Field(
+        0,
+        description="seed of the validation split (and of the digits splits, and of the chars row "
+                    "sampling)")
+    val_fraction: Annotated[float, Field(ge=0, le=0.5)] = Field(
+        0.1, description="share of the labeled rows held out for validation (`is_val`)")
+    normalize: Literal["global", "per_feature", "none"] = Field(
+        "global",
+        description="global (one mean/std), per_feature or none; statistics of the labeled "
+                    "training rows (validation rows excluded)")
+    allow_test_overlap: bool = Field(
+        False,
+        description="true: a test row whose features also occur among the labeled or unlabeled "
+                    "rows does not stop prepare (the report then says so)")
+    inputs: str = Field(
+        "data/inputs",
+        description="the folder (or file) holding your own data files: prepare depends on it, and "
+                    "every parquet path must lie inside it")
+    labeled: str | None = Field(None, description="parquet: the labeled rows' file (required)")
+    unlabeled: str | None = Field(
+        None, description="parquet: the unlabeled rows' file (optional; labels in it are ignored)")
+    test: str | None = Field(None, description="parquet: the test rows' file (required)")
+    features: str | list[str] | None = Field(
+        None,
+        description="parquet (required): one list column, a list of scalar columns, patterns "
+                    "(px_*), or '*' (every column but the label and the id)")
+    label: str | None = Field(
+        None, description="parquet (required): the label column (integer or string labels)")
+    id: str | None = Field(
+        None,
+        description="parquet: an integer id column, unique across the three files; null: rows "
+                    "numbered labeled, test, then unlabeled")
+    shape: list[PositiveInt] | None = Field(
+        None, description="parquet: reshape the flat features (e.g. [8, 8]); null: flat")
+    classes: Annotated[list[str], Field(min_length=2)] | None = Field(
+        None, description="parquet: the class order; null: sorted (numbers by value)")
+    vocab_size: Annotated[int, Field(ge=2, le=2**24)] | None = Field(
+        None,
+        description="token ids: every feature is an integer id in [0, vocab_size) (with normalize:"
+                    " none); a transformer's knob vocab must equal it; chars (required): also the "
+                    "number of classes, the vocab_size - 1 most frequent characters plus other")
 
     @model_validator(mode="after")
     def _check_source(self) -> DataConfig:

@@ -11,7 +11,7 @@ Whether an architecture exists, takes its knobs or fits the data is the models' 
 
 from __future__ import annotations
 
-from pydantic import ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from kd.config.data import DataConfig
 from kd.config.messages import one_line
@@ -41,16 +41,25 @@ _SOURCE_KEYS = {"mnist1d": ("unlabeled_size", "unlabeled_seed"),
 
 
 class Config(Section):
-    data: DataConfig = DataConfig()
-    teacher: TeacherConfig = TeacherConfig()
-    transfer: TransferConfig = TransferConfig()
-    export: ExportConfig = ExportConfig()
-    student: StudentsConfig = StudentsConfig()
-    baseline: BaselineConfig = BaselineConfig()
-    report: ReportConfig = ReportConfig()
-    tracking: TrackingConfig = TrackingConfig()
-    runtime: RuntimeConfig = RuntimeConfig()
-    deploy: DeployConfig = DeployConfig()
+    data: DataConfig = Field(
+        DataConfig(), description="where the rows come from and how they are split and scaled")
+    teacher: TeacherConfig = Field(
+        TeacherConfig(), description="the ensemble: members trained here and imported ones")
+    transfer: TransferConfig = Field(
+        TransferConfig(), description="synthetic transfer rows (MUNGE)")
+    export: ExportConfig = Field(
+        ExportConfig(), description="the soft-target shards: every member's logits on every row")
+    student: StudentsConfig = Field(StudentsConfig(), description="the student variants")
+    baseline: BaselineConfig = Field(
+        BaselineConfig(), description="each variant's network on labels alone")
+    report: ReportConfig = Field(
+        ReportConfig(), description="the report and the choice of the shipped variant")
+    tracking: TrackingConfig = Field(TrackingConfig(), description="MLflow tracking")
+    runtime: RuntimeConfig = Field(
+        RuntimeConfig(),
+        description="how the training and export stages run (processes, threads, device)")
+    deploy: DeployConfig = Field(
+        DeployConfig(), description="the shipped student as ONNX fp32 and int8")
 
     def baseline_spec(self, variant: str) -> ModelConfig:
         """The variant's architecture and training settings with the baseline's own

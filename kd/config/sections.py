@@ -32,21 +32,33 @@ class Section(BaseModel):
 
 
 class AugmentConfig(Section):
-    shift: Annotated[int, Field(ge=0)] = 0  # random circular shift of up to +-shift positions
-    noise: Annotated[float, Field(ge=0)] = 0.0  # std of Gaussian noise added to the features
+    shift: Annotated[int, Field(ge=0)] = Field(
+        0, description="random circular shift of up to +-shift positions per spatial axis")
+    noise: Annotated[float, Field(ge=0)] = Field(
+        0.0, description="std of Gaussian noise added to the features")
 
 
 class TrainConfig(Section):
-    epochs: PositiveInt = 20
-    batch_size: PositiveInt = 128
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: Annotated[float, Field(gt=0, le=10)] = 3e-3
-    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
-    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
-    schedule: Literal["cosine", "constant", "onecycle"] = "cosine"
-    warmup_epochs: Annotated[int, Field(ge=0)] = 0
-    augment: AugmentConfig = AugmentConfig()
-    seed: Annotated[int, Field(ge=0)] = 0
+    epochs: PositiveInt = Field(20, description="passes over the training rows")
+    batch_size: PositiveInt = Field(128, description="rows per optimizer step")
+    optimizer: Literal["adamw", "sgd"] = Field(
+        "adamw", description="adamw, or sgd (Nesterov, with `momentum`)")
+    lr: Annotated[float, Field(gt=0, le=10)] = Field(
+        3e-3, description="learning rate (peak, after warm-up)")
+    momentum: Annotated[float, Field(ge=0, lt=1)] = Field(0.9, description="sgd's momentum")
+    weight_decay: Annotated[float, Field(ge=0)] = Field(1e-4, description="decoupled weight decay")
+    schedule: Literal["cosine", "constant", "onecycle"] = Field(
+        "cosine",
+        description="learning-rate schedule after `warmup_epochs`: cosine, constant, or onecycle "
+                    "(linear decay)")
+    warmup_epochs: Annotated[int, Field(ge=0)] = Field(
+        0, description="epochs of linear warm-up; must be < epochs")
+    augment: AugmentConfig = Field(
+        AugmentConfig(),
+        description="live augmentation of the training rows (teachers and baselines; students must"
+                    " keep it off)")
+    seed: Annotated[int, Field(ge=0)] = Field(
+        0, description="every random choice of an epoch derives from (seed, epoch)")
 
     @model_validator(mode="after")
     def _check_warmup(self) -> TrainConfig:
@@ -58,9 +70,15 @@ class TrainConfig(Section):
 
 
 class ModelConfig(Section):
-    arch: str = "cnn1d"
-    knobs: dict[str, Knob] = {}
-    train: TrainConfig = TrainConfig()
+    arch: str = Field(
+        "cnn1d",
+        description="a registered architecture (cnn1d, cnn2d, mlp, soft_tree, transformer) or your"
+                    " own `package.module:ClassName`")
+    knobs: dict[str, Knob] = Field(
+        {},
+        description="the architecture's constructor keywords (table of knobs below); an own `arch`"
+                    " drops the shared knobs")
+    train: TrainConfig = Field(TrainConfig(), description="training settings")
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -90,19 +108,24 @@ class ImportedMember(Section):
     torch.export file. Loading an MLflow scikit-learn model or a .pt2 file unpickles it: trusted
     sources only; ONNX is the safe format."""
 
-    kind: Literal["mlflow", "onnx", "torch_export"]
-    # mlflow: models:/<name>/<version>, models:/<name>@<alias> or runs:/<run>/<path>;
-    # onnx, torch_export: a local .onnx / .pt2 file
-    source: Annotated[str, Field(min_length=1)]
-    # what the model returns: class probabilities (their log is taken as logits) or logits;
-    # None: probs for mlflow (a classifier logged with pyfunc_predict_fn="predict_proba"),
-    # logits for onnx and torch_export
-    outputs: Literal["probs", "logits"] | None = None
-    # raw: the features as the user's files hold them (the prepared normalisation is undone);
-    # prepared: the normalised features the native members see
-    inputs: Literal["raw", "prepared"] = "raw"
-    # the classes of the model's outputs, in its order, when the model carries no names
-    classes: Annotated[list[str], Field(min_length=2)] | None = None
+    kind: Literal["mlflow", "onnx", "torch_export"] = Field(
+        description="how the model is stored and run")
+    source: Annotated[str, Field(min_length=1)] = Field(
+        description="mlflow: models:/<name>/<version>, models:/<name>@<alias> or "
+                    "runs:/<run>/<path>; onnx, torch_export: a local .onnx / .pt2 file")
+    outputs: Literal["probs", "logits"] | None = Field(
+        None,
+        description="what the model returns: class probabilities (their log is taken as logits) "
+                    "or logits; null: probs for mlflow (a classifier logged with "
+                    "pyfunc_predict_fn='predict_proba'), logits for onnx and torch_export")
+    inputs: Literal["raw", "prepared"] = Field(
+        "raw",
+        description="raw: the features as your files hold them (the prepared normalisation is "
+                    "undone); prepared: the normalised features the native members see")
+    classes: Annotated[list[str], Field(min_length=2)] | None = Field(
+        None,
+        description="the classes of the model's outputs, in its order, when the model carries no "
+                    "names")
 
     @model_validator(mode="after")
     def _check_source(self) -> ImportedMember:
@@ -127,9 +150,17 @@ class TeacherConfig(Section):
     `members` are trained here (`teacher@<name>`), `imports` come from elsewhere
     (`import@<name>`); the ensemble is both, members first."""
 
-    defaults: dict[str, Any] = {}
-    members: dict[str, dict[str, Any]] = {"cnn_0": {}}
-    imports: dict[str, ImportedMember] = {}
+    defaults: dict[str, Any] = Field(
+        {},
+        description="what the members share (arch, knobs, train); each member overrides any part")
+    members: dict[str, dict[str, Any]] = Field(
+        {"cnn_0": {}},
+        description="the members trained here, one `teacher@<member>` stage each: name -> own "
+                    "settings on top of the defaults")
+    imports: dict[str, ImportedMember] = Field(
+        {},
+        description="members trained elsewhere, one `import@<name>` stage each (MLflow model, ONNX"
+                    " or torch.export file)")
 
     @field_validator("members", "imports")
     @classmethod
@@ -162,21 +193,31 @@ VIEW_KEYS = ("views", "augment", "mixup", "partners", "seed")  # export's stored
 
 
 class ExportConfig(Section):
-    rows_per_shard: PositiveInt = 20_000
-    row_group_size: PositiveInt = 4_096
-    batch_size: PositiveInt = 1_024
-    compression: Literal["zstd", "snappy", "gzip", "lz4", "none"] = "zstd"
-    logits_dtype: Literal["float32", "float16"] = "float32"
-    # members whose pooled hidden vector is stored too (`hidden.<member>` columns), for a
-    # student's cosine term (student.beta); each must be a model with forward_features
-    hidden: list[str] = []
-    # stored views (kd/augment.py): K augmented views of every training row besides the row
-    # itself, each with the ensemble's logits on exactly that input, kept as parameters
-    views: Annotated[int, Field(ge=0, le=64)] = 0
-    augment: AugmentConfig = AugmentConfig()  # the views' shift and noise (as train.augment)
-    mixup: Annotated[float, Field(ge=0, le=100)] = 0.0  # lam ~ Beta(a, a); 0: no mixup
-    partners: Literal["all", "labeled"] = "all"  # mixup partners: training rows of which splits
-    seed: Annotated[int, Field(ge=0)] = 0  # keys every view's draw, with its row id and view
+    rows_per_shard: PositiveInt = Field(20_000, description="rows per Parquet shard")
+    row_group_size: PositiveInt = Field(
+        4_096, description="rows per Parquet row group; must be <= rows_per_shard")
+    batch_size: PositiveInt = Field(1_024, description="rows per forward pass of the ensemble")
+    compression: Literal["zstd", "snappy", "gzip", "lz4", "none"] = Field(
+        "zstd", description="Parquet compression of the shards")
+    logits_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="how the logits are stored (float16 halves them)")
+    hidden: list[str] = Field(
+        [],
+        description="members whose pooled hidden vector is stored too (`hidden.<member>` columns),"
+                    " for a student's cosine term (student beta); each must be a model with "
+                    "forward_features")
+    views: Annotated[int, Field(ge=0, le=64)] = Field(
+        0,
+        description="stored views: K augmented views of every training row besides the row itself,"
+                    " each with the ensemble's logits on exactly that input (0: none)")
+    augment: AugmentConfig = Field(
+        AugmentConfig(), description="the views' shift and noise (as train.augment)")
+    mixup: Annotated[float, Field(ge=0, le=100)] = Field(
+        0.0, description="a of the views' mixup weight lam ~ Beta(a, a); 0: no mixup")
+    partners: Literal["all", "labeled"] = Field(
+        "all", description="mixup partners: every training row, or the labeled ones alone")
+    seed: Annotated[int, Field(ge=0)] = Field(
+        0, description="keys every view's draw, with its row id and view")
 
     def recorded(self) -> dict:
         """The settings a manifest records: without the view keys when there are no views, so
@@ -208,53 +249,70 @@ class InitConfig(Section):
     member's embeddings, its encoder layers `layers` (in order) and its head."""
 
     model_config = ConfigDict(populate_by_name=True)
-    from_: str = Field(alias="from")  # a teacher member of the student's family and width
-    layers: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+    from_: str = Field(
+        alias="from", description="a teacher member of the student's family and width to copy")
+    layers: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] = Field(
+        description="the member's encoder layers the student's blocks start as, in order")
 
 
 class StudentConfig(ModelConfig):
     """One student variant, resolved: `student.defaults` with the variant's overrides on top."""
 
-    temperature: Annotated[float, Field(gt=0, le=100)] = 4.0
-    alpha: Annotated[float, Field(ge=0, le=1)] = 0.9
-    # how the members' logits become the targets (kd/distill/losses.py): mean_probs (the
-    # paper's), mean_logits, kl_per_member (the mean of per-member soft losses), random_member
-    # (one member's targets per row per epoch, drawn by (train.seed, epoch, row id))
-    combine: Literal["mean_probs", "mean_logits", "kl_per_member", "random_member"] = \
-        "mean_probs"
-    # soft: the ensemble's distribution at T (Hinton); hard: its argmax as the label of every
-    # row, at T = 1 (the pseudo-label control: what is left of KD without the dark knowledge)
-    targets: Literal["soft", "hard"] = "soft"
-    # all: every exported training row; labeled: the labeled training rows only (the control
-    # without a transfer set: what is left of KD without the extra inputs)
-    rows: Literal["all", "labeled"] = "all"
-    # classes (names, or indices into the shards' class names) whose transfer rows the student
-    # never trains on: by label where known, by the ensemble's argmax otherwise (Hinton et al.'s
-    # omitted 3); the report scores it with and without a bias for them chosen on validation rows
-    omit: list[int | str] = []
-    # a seeded share of the labeled training rows (each kept by its id and train.seed);
-    # unlabeled and synthetic rows are kept: `rows: labeled` with it is the paper's
-    # soft-targets-as-regulariser experiment on a few labels
-    fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
-    # true: the variant exists to explain (an ablation, omitted classes, ...) and is never
-    # shipped (kd/evaluate/choose.py skips it). A variant whose targets or rows differ from
-    # soft/all, that omits classes or trains on a fraction is a control whatever this says;
-    # `false` beside them is refused
-    control: bool = False
-    # the shards' stored views (export.views): sample: one view in 0..K per row per epoch,
-    # seeded by train.seed; all: every view every epoch; none: the rows as stored alone (the
-    # control: what the views bought). A set without views trains on its rows whatever this says
-    views: Literal["sample", "all", "none"] = "sample"
-    # the label term of a labeled row's views: row: on the stored row (view 0) alone; unmixed:
-    # also on its views without a mixup partner (a shifted row keeps its class, as the
-    # teachers' augmentation assumes); a mixed view never has one label
-    view_labels: Literal["row", "unmixed"] = "row"
-    shuffle_buffer: PositiveInt = 50_000
-    init: InitConfig | None = None  # None: random initialisation from train.seed
-    # + beta * (1 - cos(h_student, h_teacher)) on the pooled hidden vectors (export.hidden);
-    # 0 reads no hidden columns
-    beta: Annotated[float, Field(ge=0, le=100)] = 0.0
-    hidden_from: str | None = None  # the member to align with; None: export.hidden's only one
+    temperature: Annotated[float, Field(gt=0, le=100)] = Field(
+        4.0,
+        description="T: the softmax temperature of the soft targets and the student's soft term")
+    alpha: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.9,
+        description="weight of the soft term; 1 - alpha weighs the labeled rows' cross-entropy")
+    combine: Literal["mean_probs", "mean_logits", "kl_per_member", "random_member"] = Field(
+        "mean_probs",
+        description="how the members' logits become the targets (kd/distill/losses.py): "
+                    "mean_probs (the paper's), mean_logits, kl_per_member (the mean of per-member "
+                    "soft losses), random_member (one member's targets per row per epoch, drawn "
+                    "by (train.seed, epoch, row id))")
+    targets: Literal["soft", "hard"] = Field(
+        "soft",
+        description="soft: the ensemble's distribution at T (Hinton); hard: its argmax as the "
+                    "label of every row, at T = 1 (the pseudo-label control)")
+    rows: Literal["all", "labeled"] = Field(
+        "all",
+        description="all: every exported training row; labeled: the labeled training rows only "
+                    "(the control without a transfer set)")
+    omit: list[int | str] = Field(
+        [],
+        description="classes (names, or indices into the class names) whose transfer rows the "
+                    "student never trains on (Hinton et al.'s omitted 3); the report scores them "
+                    "with and without a bias chosen on validation rows. A control")
+    fraction: Annotated[float, Field(gt=0, le=1)] = Field(
+        1.0,
+        description="a seeded share of the labeled training rows (kept by row id and train.seed); "
+                    "unlabeled and synthetic rows are kept. A control below 1")
+    control: bool = Field(
+        False,
+        description="true: the variant exists to explain (an ablation) and is never shipped; other"
+                    " targets/rows, omit or fraction make it a control whatever this says, and "
+                    "`false` beside them is refused")
+    views: Literal["sample", "all", "none"] = Field(
+        "sample",
+        description="the shards' stored views: sample (one view in 0..K per row per epoch, seeded "
+                    "by train.seed), all (every view every epoch), none (the rows as stored alone:"
+                    " a control)")
+    view_labels: Literal["row", "unmixed"] = Field(
+        "row",
+        description="the label term of a labeled row's views: row (on the stored row alone) or "
+                    "unmixed (also on its views without a mixup partner)")
+    shuffle_buffer: PositiveInt = Field(
+        50_000, description="rows mixed in memory while streaming the shards")
+    init: InitConfig | None = Field(
+        None,
+        description="layer-skip initialisation from a transformer member (DistilBERT); null: "
+                    "random initialisation from train.seed")
+    beta: Annotated[float, Field(ge=0, le=100)] = Field(
+        0.0,
+        description="weight of the cosine term beta * (1 - cos(h_student, h_teacher)) on the "
+                    "pooled hidden vectors (export.hidden); 0 reads no hidden columns")
+    hidden_from: str | None = Field(
+        None, description="the member to align with; null: export.hidden's only member")
 
     @property
     def is_control(self) -> bool:
@@ -319,8 +377,14 @@ class StudentsConfig(Section):
     (a variant with its own `arch` keeps the shared settings but not the shared knobs), like
     `teacher.members`. Each variant is a `student@<variant>` and a `baseline@<variant>` stage."""
 
-    defaults: dict[str, Any] = {}
-    variants: dict[str, dict[str, Any] | None] = {"main": {}}
+    defaults: dict[str, Any] = Field(
+        {},
+        description="what the variants share (any student setting); each variant overrides any "
+                    "part")
+    variants: dict[str, dict[str, Any] | None] = Field(
+        {"main": {}},
+        description="the student variants, one `student@<variant>` and one `baseline@<variant>` "
+                    "stage each: name -> own settings on top of the defaults")
 
     @field_validator("variants")
     @classmethod
@@ -341,9 +405,10 @@ class StudentsConfig(Section):
 
 
 class ReportConfig(Section):
-    # the chosen variant: the one with the fewest parameters whose validation accuracy keeps
-    # this fraction of the ensemble's (validation rows only; test rows only report)
-    retain_target: Annotated[float, Field(gt=0, le=1)] = 0.99
+    retain_target: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.99,
+        description="the chosen variant: the one with the fewest parameters whose validation "
+                    "accuracy keeps this fraction of the ensemble's (validation rows only)")
 
 
 class TransferConfig(Section):
@@ -351,55 +416,91 @@ class TransferConfig(Section):
     Caruana & Niculescu-Mizil 2006): each training row and its nearest neighbour trade
     attribute values, with probability `p` each, drawn from N(other's value, |a - b| / s)."""
 
-    method: Literal["none", "munge"] = "none"
-    # synthetic rows to generate. Not `size`: DVC's run cache leaves any key named `size` (or
-    # `nfiles`) out of a stage's hash, so a new `size` would restore the old rows from cache
-    rows: PositiveInt = 100_000
-    p: Annotated[float, Field(ge=0, le=1)] = 0.5  # per-attribute swap probability
-    s: Annotated[float, Field(gt=0, le=1e6)] = 10.0  # local spread: sd = |a - b| / s
-    seed: Annotated[int, Field(ge=0)] = 0
+    method: Literal["none", "munge"] = Field(
+        "none", description="none, or munge: synthetic transfer rows for the ensemble to label")
+    rows: PositiveInt = Field(
+        100_000,
+        description="synthetic rows to generate (passes over the labeled training rows, the last "
+                    "cut short). Not `size`: DVC's run cache leaves keys named size or nfiles out "
+                    "of a stage's hash")
+    p: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.5, description="probability that a row and its nearest neighbour trade an attribute")
+    s: Annotated[float, Field(gt=0, le=1e6)] = Field(
+        10.0,
+        description="local spread: a traded value is drawn from N(the other's value, |a - b| / s)")
+    seed: Annotated[int, Field(ge=0)] = Field(
+        0, description="the draws (same params and prepared data: the same bytes)")
 
 
 class BaselineConfig(Section):
     """The baseline is the student's architecture and training settings on labels alone; only
     its augmentation is its own, so it gets every advantage labels alone can give."""
 
-    augment: AugmentConfig = AugmentConfig()
-    # labels alone see ~12x fewer rows per epoch than the student: let them train to convergence
-    epochs: PositiveInt | None = None  # None: the student's
+    augment: AugmentConfig = Field(
+        AugmentConfig(), description="the baseline's own live augmentation")
+    epochs: PositiveInt | None = Field(
+        None,
+        description="the baseline's epochs (labels alone see far fewer rows an epoch than the "
+                    "student); null: the student's")
 
 
 class TrackingConfig(Section):
-    enabled: bool = True
-    experiment: str = "kd-pipeline"
-    uri: str | None = None  # None: sqlite mlflow.db at the repository root (absolute URI)
-    # the up-front reachability check's; logging keeps MLflow's own retries and timeouts
-    timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+    enabled: bool = Field(
+        True, description="log every stage to MLflow (KD_TRACKING=0 turns it off for one command)")
+    experiment: str = Field("kd-pipeline", description="the MLflow experiment name")
+    uri: str | None = Field(
+        None,
+        description="tracking URI; null: MLFLOW_TRACKING_URI, else sqlite mlflow.db at the "
+                    "repository root")
+    timeout_s: Annotated[float, Field(gt=0, le=600)] = Field(
+        10.0,
+        description="seconds the up-front reachability check waits; logging keeps MLflow's own "
+                    "retries and timeouts")
 
 
 class RuntimeConfig(Section):
     """How the training and export stages run: one process, or `nproc` under torchrun."""
 
-    nproc: PositiveInt = 1  # processes per stage on this machine (torchrun --nproc-per-node)
-    backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl with CUDA GPUs, else gloo
-    # torch threads per process (every kd command); 0: the cores / nproc. 1 by default: on a
-    # machine shared with any other busy process, one OpenMP thread per core waits on
-    # descheduled peers (benchmarks/threads.py measured 2 threads at 0.16-0.2x of 1)
-    threads: Annotated[int, Field(ge=0)] = 1
-    # where one process trains and exports: auto takes a CUDA GPU when one is visible
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    # global: train.batch_size is the effective batch, split over the ranks (the same
-    # optimisation as one process); per_rank: every rank takes train.batch_size rows a step
-    batch: Literal["global", "per_rank"] = "global"
+    nproc: PositiveInt = Field(
+        1,
+        description="processes per training/export stage on this machine (torchrun --nproc-per-"
+                    "node); above 1 the stage starts torchrun itself")
+    backend: Literal["auto", "gloo", "nccl"] = Field(
+        "auto", description="torch.distributed backend; auto: nccl with CUDA GPUs, else gloo")
+    threads: Annotated[int, Field(ge=0)] = Field(
+        1,
+        description="torch threads per process (every kd command); 0: the cores / nproc. 1 by "
+                    "default: on a shared machine more threads wait on descheduled peers")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description="where one process trains and exports; auto takes a CUDA GPU when one is "
+                    "visible")
+    batch: Literal["global", "per_rank"] = Field(
+        "global",
+        description="global: train.batch_size is the effective batch, split over the ranks; "
+                    "per_rank: every rank takes train.batch_size rows a step")
 
 
 class DeployConfig(Section):
     """The deploy stage: the student as ONNX fp32 and int8 (kd/deploy/)."""
 
-    # auto: the kind measured best for the student's family (kd/deploy/quantize.py)
-    quantize: Literal["auto", "dynamic", "static"] = "auto"
-    max_accuracy_drop: Annotated[float, Field(ge=0, le=1)] = 0.01  # int8 vs fp32, validation
-    atol: Annotated[float, Field(gt=0)] = 1e-4  # max |logit difference|, fp32 ONNX vs PyTorch
-    per_channel: bool = False  # int8 scales per output channel (measured: no gain here)
-    calibration_rows: PositiveInt = 1000  # labeled training rows (never validation or test)
-    calibration_seed: Annotated[int, Field(ge=0)] = 0
+    quantize: Literal["auto", "dynamic", "static"] = Field(
+        "auto",
+        description="int8 kind: auto (the kind measured best for the student's family), dynamic or"
+                    " static")
+    max_accuracy_drop: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.01,
+        description="largest int8 accuracy loss against fp32 on validation rows, judged by its 95%"
+                    " lower bound")
+    atol: Annotated[float, Field(gt=0)] = Field(
+        1e-4,
+        description="largest |logit difference| between the fp32 ONNX file and PyTorch on test "
+                    "rows")
+    per_channel: bool = Field(
+        False, description="int8 scales per output channel (measured: no gain here, a larger file)")
+    calibration_rows: PositiveInt = Field(
+        1000,
+        description="labeled training rows that calibrate static int8 (never validation or test "
+                    "rows)")
+    calibration_seed: Annotated[int, Field(ge=0)] = Field(
+        0, description="which calibration rows are drawn")
