@@ -182,7 +182,7 @@ def export(cfg: Config, dist) -> None:
 @distributed
 @click.option("--shards", "shards", default="data/soft_targets", show_default=True,
               help="The soft-target shard set: a directory, or a URI such as "
-                   "s3://bucket/prefix that every node can read (README: More than one machine).")
+                   "s3://bucket/prefix that every node can read (docs/distributed.md).")
 @click.argument("variant")
 def student(cfg: Config, variant: str, shards: str, dist) -> None:
     """Distil the ensemble into student VARIANT (a key of `student.variants`), streaming the

@@ -19,7 +19,7 @@ TINY = {
               "train": {"epochs": 3, "seed": 1}},
     }},
     "export": {"rows_per_shard": 500, "row_group_size": 250},
-    # two sizes and the two controls on the larger one (README "Student variants")
+    # two sizes and the two controls on the larger one (docs/students.md)
     "student": {"defaults": {"arch": "mlp", "knobs": {"depth": 1, "width": 8},
                              "train": {"epochs": 2, "batch_size": 64}},
                 "variants": {"w8": {}, "w4": {"knobs": {"width": 4}},
@@ -178,20 +178,23 @@ def test_report_run_links_to_the_runs_that_made_its_inputs(pipeline):
 
 
 def readme_command(prefix: str) -> list[str]:
-    """The README's command line that starts with `prefix`, split as a shell would."""
+    """The documented command line (README.md or docs/*.md) that starts with `prefix`, split as
+    a shell would."""
     import shlex
 
     from tests.conftest import ROOT
 
-    lines = [ln.strip() for ln in (ROOT / "README.md").read_text().splitlines()
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    lines = [ln.strip() for page in pages for ln in page.read_text().splitlines()
              if ln.strip().startswith(prefix)]
-    assert len(lines) == 1, f"README.md: {len(lines)} lines start with {prefix!r}"
+    assert len(lines) == 1, f"README.md, docs/: {len(lines)} lines start with {prefix!r}"
     return shlex.split(lines[0].split("  #")[0])
 
 
 def test_the_readme_exp_show_recipe_fits_120_columns(pipeline):
-    """Plain `dvc exp show` is 160+ columns, every cell an ellipsis; the README's recipe shows
-    each variant's name, the param it varies and the four compared figures in 120."""
+    """Plain `dvc exp show` is 160+ columns, every cell an ellipsis; the documented recipe
+    (docs/tracking.md) shows each variant's name, the param it varies and the four compared
+    figures in 120."""
     repo, _, _ = pipeline
     cmd = readme_command("dvc exp show --hide-workspace")
     shown = run_cmd([*cmd, "--no-pager"], repo, env={"COLUMNS": "120"}).stdout

@@ -48,7 +48,7 @@ def parse_config(raw: Any) -> Config:
         # one variant's keys straight under `student`, without `defaults` or `variants`: say
         # where they belong, not "unknown key"
         raise ConfigError(f"student.{flat[0]}: the student section holds `defaults` and "
-                          f"`variants` (README \"Student variants\"): move it to "
+                          f"`variants` (docs/students.md): move it to "
                           f"student.defaults.{flat[0]}")
     try:
         return Config.model_validate(raw)

@@ -12,7 +12,7 @@ Two kinds (ONNX Runtime's "quantize_dynamic" / "quantize_static"):
   convolutions become QLinearConv. ONNX Runtime's own guidance for CNNs.
 
 `auto` (the default) takes the kind measured best for the student's family (DEFAULT_KIND,
-figures in benchmarks/results/deploy.json and README "Deploying the student").
+figures in benchmarks/results/deploy.json and docs/deploying.md).
 
 Calibration reads labeled *training* rows only: the labeled split without its validation rows
 (`is_val`), never the test split. Validation rows then judge the int8 model's accuracy drop

@@ -7,7 +7,7 @@ load it with `mlflow.pyfunc`.
 
 The one module of kd/teachers that talks to MLflow (docs/architecture.md). The registry is the
 tracking store's (`tracking.uri`, or MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI). Loading a
-scikit-learn model unpickles the user's own artifact: trusted sources only (README).
+scikit-learn model unpickles the user's own artifact: trusted sources only (docs/own-teacher.md).
 """
 
 from __future__ import annotations
