@@ -101,7 +101,7 @@ def _range(metadata: list, tp: Any) -> str:
             if v is not None:
                 parts.append(f"{sym} {v:g}" if isinstance(v, float) else f"{sym} {v}")
         if getattr(m, "min_length", None) is not None:
-            parts.append(f"at least {m.min_length} items")
+            parts.append(f"at least {m.min_length} item" + ("s" if m.min_length > 1 else ""))
     return ", ".join(parts)
 
 
