@@ -79,11 +79,15 @@ def params(quick: bool) -> dict:
 VARIED = {"arch": "mlp", "knobs": {"depth": 2, "width": 128}, "count": 10}  # the paper: 10
 
 
-def member_params(quick: bool) -> dict:
-    """The member-sized experiment's pipeline: VARIED's members, the student their size."""
+def member_params(quick: bool, width: int | None = None, shift: int | None = None) -> dict:
+    """The member-sized experiment's pipeline: VARIED's members (or of another MLP width, or
+    trained with another shift augmentation), the student their size."""
     p = params(quick)
-    arch = {"arch": VARIED["arch"], "knobs": VARIED["knobs"]}
-    p["teacher"] = {"defaults": {**arch, "train": p["teacher"]["defaults"]["train"]},
+    arch = {"arch": VARIED["arch"], "knobs": {**VARIED["knobs"],
+                                              **({"width": width} if width else {})}}
+    train = deep_merge(p["teacher"]["defaults"]["train"],
+                       {} if shift is None else {"augment": {"shift": shift}})
+    p["teacher"] = {"defaults": {**arch, "train": train},
                     "members": {f"m{i}": {"train": {"seed": i}} for i in range(VARIED["count"])}}
     p["student"]["defaults"] = {**arch, "train": p["student"]["defaults"]["train"]}
     return p
@@ -159,12 +163,16 @@ def main() -> None:
                     "directory, removed)")
     ap.add_argument("--only", nargs="+", help="run these experiments alone (names as in the "
                     "JSON: member_sized, omit_3, fraction_soft, combine_mean_probs, ...)")
+    ap.add_argument("--members-width", type=int, help="member-sized experiment: the MLP members' "
+                    f"(and student's) width (default {VARIED['knobs']['width']})")
+    ap.add_argument("--members-shift", type=int, help="member-sized experiment: the members' "
+                    "shift augmentation (default 6, as the cnn1d members')")
     args = ap.parse_args()
     torch.set_num_threads(1)
     base = params(args.quick)
     runs = experiments(args.omit, 0.03, 40 if args.quick else 100, args.omit_temperature,
                        OMIT_EPOCHS[args.quick])
-    varied = member_params(args.quick)
+    varied = member_params(args.quick, args.members_width, args.members_shift)
     wanted = {"member_sized"} | set(runs) if not args.only else set(args.only)
     runs = {v: r for v, r in runs.items() if v in wanted}
     work = args.work.resolve() if args.work else Path(tempfile.mkdtemp(prefix="kd-bench-hinton-"))
@@ -301,7 +309,9 @@ def summarise(found: dict, args) -> dict:
         ens, out = found["varied"]["ensemble"], found["varied"]["variants"]
         members = np.stack([p.argmax(1) == ens["y"] for p in ens["m_probs"].values()])
         res["member_sized"] = figures(out, ens) | {
-            "setup": {"members": len(members), **VARIED},
+            "setup": {"members": len(members), **VARIED, "width": args.members_width or
+                      VARIED["knobs"]["width"], "shift": 6 if args.members_shift is None
+                      else args.members_shift},
             "gain_kept": gain_kept(out["member_sized"]["right"], ens["right"], members)}
     if "main" not in found:
         return res
