@@ -25,7 +25,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from kd.config import Config, parse_config
+from kd.config import Config, deep_merge, parse_config
 from tests.conftest import ROOT
 
 BENCH = ROOT / "benchmarks"
@@ -150,13 +150,18 @@ def _hinton(m, tmp: Path) -> list[Config]:  # the paper's experiments as variant
     out = []
     for quick in (True, False):
         p = m.params(quick)
-        p["student"]["variants"] = m.experiments([3, 8], 0.03, 40, 20.0)
+        p["student"]["variants"] = m.experiments([3, 8], 0.03, 40, 20.0, 40)
         cfg = parse_config(p)
         assert cfg.student.variant("omit_3").omit == [3]
         assert cfg.student.variant("omit_8").temperature == 20.0
         assert cfg.student.variant("fraction_hard").is_control
         assert not cfg.student.variant("combine_random_member").is_control
-        out.append(cfg)
+        assert cfg.student.variant("omit_3").train.epochs == 40
+        varied = parse_config(deep_merge(m.member_params(quick),
+                                         {"student": {"variants": {"member_sized": {}}}}))  # the member-sized student's pipeline
+        assert len(varied.teacher.members) == m.VARIED["count"]
+        assert varied.student.variant("member_sized").arch == varied.teacher.member("m0").arch
+        out += [cfg, varied]
     return out
 
 
