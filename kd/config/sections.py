@@ -247,8 +247,10 @@ class StudentConfig(ModelConfig):
     views: Literal["sample", "all", "none"] = "sample"
     # the label term of a labeled row's views: row: on the stored row (view 0) alone; unmixed:
     # also on its views without a mixup partner (a shifted row keeps its class, as the
-    # teachers' augmentation assumes); a mixed view never has one label
-    view_labels: Literal["row", "unmixed"] = "row"
+    # teachers' augmentation assumes); mixed: as unmixed, and a mixup view of two labeled
+    # rows gets lam * CE(its row's label) + (1 - lam) * CE(its partner's); a mixup view with
+    # an unlabeled partner keeps the soft term alone
+    view_labels: Literal["row", "unmixed", "mixed"] = "row"
     shuffle_buffer: PositiveInt = 50_000
     init: InitConfig | None = None  # None: random initialisation from train.seed
     # + beta * (1 - cos(h_student, h_teacher)) on the pooled hidden vectors (export.hidden);

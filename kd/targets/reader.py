@@ -275,9 +275,8 @@ class ShardReader:
                     out = take_rows(out, self._training_mask(out, epoch))
                 elif self.view_settings:
                     out = take_rows(out, self.stored.mask(out, epoch))
-                if "features" in out and self.views != "base" and (out["view"] > 0).any():
-                    out["features"] = self.stored.replay(out, self._stored_rows,
-                                                         self.feature_shape, self.loc.show())
+                if self.views != "base":  # replayed features, partners' labels
+                    self.stored.fill(out, self._stored_rows, self.feature_shape, self.loc.show())
                 yield {k: v for k, v in out.items() if k in self.columns}
 
     def _cols(self, want: set[str]) -> list[str]:
@@ -295,12 +294,12 @@ class ShardReader:
         return keep & self.stored.mask(part, epoch)
 
     def _stored_rows(self) -> Iterator[Batch]:
-        """Every row group's row_id, is_val, features and view: what views replay from."""
+        """Every row group's row_id, is_val, label, features, view: what views replay from."""
         for f in self.files:
             with self.loc.open(f) as stream, self._open(f, stream) as pf:
                 for g in range(pf.num_row_groups):
                     yield self._decode(self._read_group(
-                        pf, f, g, ["row_id", "is_val", "features", "view"]))
+                        pf, f, g, ["row_id", "is_val", "label", "features", "view"]))
 
     def _read_group(self, pf: pq.ParquetFile, file: str, g: int, cols: list[str]) -> pa.Table:
         try:  # without verify(), a damaged page surfaces only here

@@ -67,11 +67,13 @@ class StoredViews:
         self.settings = settings or None  # None: a set without stored views
         self.mode = mode if self.settings else "base"
         self.seed, self._table = seed, None
+        self._labels: tuple[np.ndarray, np.ndarray] | None = None  # stored rows' ids, labels
 
     def batch_keys(self) -> list[str]:
-        """The batch keys views add: `view` (0 for the rows themselves) and `partner` (-1
-        where the row is not mixed), when a mode reads views."""
-        return ["view", "partner"] if self.mode != "base" else []
+        """The batch keys views add when a mode reads views: `view` (0 for the rows
+        themselves), `partner` (-1 where the row is not mixed), `lam` (1 there) and
+        `partner_label` (the partner's label; -1 without a partner or for an unlabeled one)."""
+        return ["view", "partner", "lam", "partner_label"] if self.mode != "base" else []
 
     def read_columns(self, cols: list[str]) -> list[str]:
         """Parquet columns `cols` plus what picking and replaying views needs."""
@@ -100,18 +102,30 @@ class StoredViews:
             return np.ones(len(part["row_id"]), bool)
         return view_mask(part, self.mode, self.settings["count"], self.seed, epoch)
 
-    def replay(self, part: Batch, stored_rows: Callable[[], Iterator[Batch]], shape: tuple,
-               where: str) -> np.ndarray:
-        """(B, F) the features of a decoded part, its views' replayed from their rows';
-        `stored_rows` yields every row group's row_id, is_val, features and view (read once)."""
-        if self._table is None:  # every stored training row's features, by id
-            ids, xs = [np.zeros(0, np.int64)], [np.zeros((0, int(np.prod(shape))), np.float32)]
+    def fill(self, part: Batch, stored_rows: Callable[[], Iterator[Batch]], shape: tuple,
+             where: str) -> None:
+        """Replay a decoded part's views' features (stored as zeros) from their rows', and
+        add its partners' labels; `stored_rows` yields every row group's row_id, is_val,
+        label, features and view (read once, on the first view met)."""
+        mixed = part["partner"] >= 0
+        if (part["view"] > 0).any() and self._table is None:  # the stored rows, by id
+            ids, xs, ys = [np.zeros(0, np.int64)], [np.zeros((0, int(np.prod(shape))),
+                                                             np.float32)], [np.zeros(0, np.int64)]
             for p in stored_rows():
                 keep = (p["view"] == 0) & ~p["is_val"]
                 ids.append(p["row_id"][keep])
                 xs.append(p["features"][keep])
+                ys.append(p["label"][keep])
             self._table = FeatureTable(np.concatenate(ids), np.concatenate(xs))
-        return replayed(part, self._table, shape, self.settings, where)
+            order = np.argsort(np.concatenate(ids), kind="stable")
+            self._labels = np.concatenate(ids)[order], np.concatenate(ys)[order]
+        if (part["view"] > 0).any() and "features" in part:
+            part["features"] = replayed(part, self._table, shape, self.settings, where)
+        part["partner_label"] = np.full(len(mixed), -1, np.int64)
+        if mixed.any():  # a partner is a stored training row (replay refused any other)
+            ids, labels = self._labels
+            at = np.searchsorted(ids, part["partner"][mixed]).clip(0, len(ids) - 1)
+            part["partner_label"][mixed] = labels[at]
 
 
 def decode_views(t: pa.Table, out: Batch) -> None:
