@@ -252,7 +252,11 @@ def main() -> None:
     torch.set_num_threads(1)
     args.work = args.work.resolve()
     args.work.mkdir(parents=True, exist_ok=True)
-    os.chdir(args.work)  # checkpoints and any relative path stay in --work
+    # checkpoints (data/.checkpoints/<stage>) in a folder of this process's own: runs of
+    # other seeds may share --work at the same time
+    cwd = args.work / f"cwd-{os.getpid()}"
+    cwd.mkdir()
+    os.chdir(cwd)
     if args.summarize:
         return summarize(args)
     info = setup(args)
