@@ -23,7 +23,8 @@ batch (up to --shift) and the 5 members run on every batch; the student stage's 
 each, and the export's one-off time, alone and shared by the default's 6 variants.
 --loader (target 4): one thread, rows/s of the student's loader over the shift export's views
 (sample) against the same epoch's tensors held in RAM, bare and with the student's training
-step; and each export's rows/s over its members' bare forward (the export's own figure).
+step. --export-times: the shift export again and the same rows without views, each export's
+rows/s over its members' bare forward rows/s (the export's own figure).
 Validation rows choose; test rows only report. Each run writes --work/<part>-seed<s>.json;
 --summarize gathers them into --out (paired t intervals over the seeds).
 """
@@ -146,6 +147,22 @@ def online_arm(args, seed: int, epochs: int) -> dict:
             "stage_s": time.perf_counter() - t0}
 
 
+def export_times(args) -> dict:
+    """Target 4's export half: the shift export again (into --work/retime-*), and the same
+    rows without views; each export's rows/s over its members' bare forward rows/s."""
+    raw, out = raw_params(args), {}
+    for name, views in (("shift", args.views), ("plain", 0)):
+        c = parse_config(deep_merge(raw, {"export": {"views": views}}))
+        t0 = time.perf_counter()
+        em = export.run(c, args.work / f"retime-{name}", args.work / "prepared",
+                        args.work / "teachers")
+        out[name] = {"export_s": time.perf_counter() - t0, "rows_per_s": em["rows_per_s"],
+                     "forward_rows_per_s": em["forward_rows_per_s"],
+                     "export_vs_forward": em["rows_per_s"] / em["forward_rows_per_s"]}
+    out["views_vs_plain_rows_per_s"] = out["shift"]["rows_per_s"] / out["plain"]["rows_per_s"]
+    return out
+
+
 def loader(args) -> dict:
     """Target 4: rows/s of an epoch of the shift export's sampled views read by the student's
     loader, against the same batches' tensors in RAM; bare, and with the training step."""
@@ -216,8 +233,9 @@ def summarize(args) -> None:
                          "speedup_with_whole_export_one_variant": online / (
                              stored + info["shift"]["export_s"])}
         result[part] = r
-    if (args.work / "loader.json").exists():
-        result["loader"] = json.loads((args.work / "loader.json").read_text())
+    for part in ("loader", "export_times"):
+        if (args.work / f"{part}.json").exists():
+            result[part] = json.loads((args.work / f"{part}.json").read_text())
     result["machine"] = {"python": platform.python_version(), "torch": torch.__version__,
                          "cpu": platform.processor() or platform.machine(), "threads": 1}
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -246,6 +264,7 @@ def main() -> None:
     ap.add_argument("--online-epochs", type=int, default=10)
     ap.add_argument("--loader", action="store_true")
     ap.add_argument("--loader-epochs", type=int, default=2)
+    ap.add_argument("--export-times", action="store_true")
     ap.add_argument("--summarize", action="store_true")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/views-default.json")
     args = ap.parse_args()
@@ -273,6 +292,10 @@ def main() -> None:
         print(f"seed {seed}: " + ", ".join(f"{a} test {v['test_accuracy']:.4f} val "
                                            f"{v['val_accuracy']:.4f} ({v['stage_s']:.0f} s)"
                                            for a, v in out.items()), flush=True)
+    if args.export_times:
+        out = export_times(args)
+        (args.work / "export_times.json").write_text(json.dumps(out, indent=2))
+        print(json.dumps(out), flush=True)
     if args.loader:
         out = loader(args)
         (args.work / "loader.json").write_text(json.dumps(out, indent=2))
