@@ -202,6 +202,10 @@ def test_views_zero_is_the_set_without_views(pipe, tmp_path):
     assert sorted(m["params"]["export"]) == ["batch_size", "compression", "hidden",
                                              "logits_dtype", "row_group_size", "rows_per_shard"]
     assert "view" not in read_table(tmp_path / "zero").column_names
+    # the ranks' row ranges of a set without views (the reader's view part stands aside)
+    plain_reader = ShardReader(tmp_path / "zero", views="sample")
+    assert sum(n for _, _, n in plain_reader.training_rows()) == plain_reader.num_rows(
+        drop_val=True) == int(np.sum(~read_table(tmp_path / "zero")["is_val"].to_numpy()))
     # the set with views holds the same rows as views 0, and K views of each training row
     t = rows_by_key(root / SHARDS)
     z = read_table(tmp_path / "zero")

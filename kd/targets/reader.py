@@ -291,7 +291,7 @@ class ShardReader:
         keep = ~part["is_val"]
         keep = keep & part["is_labeled"] if self.rows == "labeled" else keep
         keep = keep & self.keep(part) if self.keep is not None else keep
-        return keep & self.stored.mask(part, epoch)
+        return keep & self.stored.mask(part, epoch) if self.view_settings else keep
 
     def _stored_rows(self) -> Iterator[Batch]:
         """Every row group's row_id, is_val, label, features, view: what views replay from."""

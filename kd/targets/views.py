@@ -97,9 +97,7 @@ class StoredViews:
                    if not drop_val or rows == "all" or k == "labeled")
 
     def mask(self, part: Batch, epoch: int) -> np.ndarray:
-        """(B,) the rows of a decoded part the mode keeps in `epoch`; all without views."""
-        if not self.settings:
-            return np.ones(len(part["row_id"]), bool)
+        """(B,) the rows of a decoded part (row_id, view) the mode keeps in `epoch`."""
         return view_mask(part, self.mode, self.settings["count"], self.seed, epoch)
 
     def fill(self, part: Batch, stored_rows: Callable[[], Iterator[Batch]], shape: tuple,
