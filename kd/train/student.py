@@ -247,7 +247,7 @@ def distill_job(cfg: Config, variant: str, shards: Path | str, prepared: Path,
         labeled = dist.mean_over_ranks((b.y >= 0).sum()) if dist.active else None
         # a model whose output is a mixture may ask for the loss's expectation over its parts
         loss = kd_loss(s_logits, t_probs, b.y, T, alpha, labeled, output_components(model),
-                       b.mix)
+                       mix=b.mix)
         if h_member is None:
             return loss
         h = s_hidden[0] if model.align is None else model.align(s_hidden[0])  # (B, D_t)
