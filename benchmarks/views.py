@@ -15,7 +15,12 @@ per-seed differences are paired.
   as many steps as no_views; the label term on the stored row alone), `views_unmixed_labels`
   (the same, with the label term on every view without a mixup partner too) and, with `--all`,
   `views_all` (every view each epoch: K + 1 times the steps) beside `no_views_as_many_steps`
-  (the control with as many steps).
+  (the control with as many steps). With --mixup, `views_mixed_labels` (student.view_labels:
+  mixed: a mixup view of two labeled rows trains on both labels, weighed by lam) instead of
+  `views_unmixed_labels`.
+- The default recipe itself (params.yaml's 5 members, 40,000 unlabeled rows, the teachers
+  trained once and every student seed paired on them, as benchmarks/frontier.py does), the
+  online-distillation arm and the loader's throughput: benchmarks/views_default.py.
 - digits: the setting of benchmarks/munge.py: digits with no real unlabeled rows (the
   labeled training rows alone), the cnn2d recipe of examples/digits.yaml. Arms: labeled rows
   alone, views with mixup partners from the labeled rows (export.partners: labeled), MUNGE at
@@ -171,6 +176,9 @@ def one_seed(args, seed: int, work: Path) -> dict:
         arms["views_unmixed_labels"] = train_student(raw, work, "s-unmixed", shards, prepared,
                                                      args.steps, views="sample",
                                                      view_labels="unmixed")
+    else:  # a mixup view of two labeled rows: lam * CE(row's label) + (1 - lam) * CE(partner's)
+        arms["views_mixed_labels"] = train_student(raw, work, "s-mixed", shards, prepared,
+                                                   args.steps, views="sample", view_labels="mixed")
     if args.all:  # every view each epoch: K + 1 times the steps; the control gets as many
         arms["views_all"] = train_student(raw, work, "s-all", shards, prepared, args.steps,
                                           views="all")

@@ -69,14 +69,14 @@ def run(cfg: Config, out_dir: Path = Path("data/soft_targets"),
                 for split, part, is_val in interleave(sources, ex.batch_size, dist.rank,
                                                       dist.world):
                     f0 = time.perf_counter()
-                    logits, vectors = member_outputs(models, part.x, shape, dist.device,
-                                                     ex.hidden)
+                    logits, vectors = member_outputs(models, part.x, shape, dist.device, ex.hidden)
                     forward_s += time.perf_counter() - f0
                     writer.write(part.row_id, split, part.y, is_val, part.x, logits, vectors)
                     if views:  # the rows' views, each with the members' logits on its input
                         v, y, x = views.views_of(part.row_id[~is_val], part.y[~is_val])
                         f0 = time.perf_counter()
-                        logits, vectors = member_outputs(models, x, shape, dist.device, ex.hidden)
+                        logits, vectors = member_outputs(models, x, shape, dist.device,
+                                                         ex.hidden, ex.batch_size)
                         forward_s += time.perf_counter() - f0
                         writer.write(v["row_id"], split, y, None, None, logits, vectors, views=v)
                         rows += len(y)  # the bar counts the rows; `rows` every row written

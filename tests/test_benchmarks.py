@@ -179,9 +179,25 @@ def _views(m, tmp: Path) -> list[Config]:  # benchmarks/views.py's own builder, 
     return out
 
 
+def _views_default(m, tmp: Path) -> list[Config]:  # every arm, and the online arm's params
+    from types import SimpleNamespace
+
+    args = SimpleNamespace(members=5, teacher_epochs=0, unlabeled=40_000, views=4, shift=6)
+    out = []
+    for arm, (_, variant) in m.ARMS.items():
+        cfg = parse_config(m.raw_params(args, 2, None, **variant))
+        st = cfg.student.variant(m.VARIANT)
+        assert (st.train.seed, st.train.epochs, st.knobs["channels"]) == (2, 60, 8), arm
+        assert (st.views, cfg.export.views, len(cfg.teacher.members)) == (
+            variant["views"], 4, 5)
+        assert cfg.data.unlabeled_size == 40_000 and cfg.teacher.defaults["train"]["epochs"] == 80
+        out.append(cfg)
+    return out
+
+
 BUILDERS = {"byot": _byot, "hinton": _hinton, "distributed": _distributed, "frontier": _frontier,
             "gpu": _gpu, "batchnorm": _batchnorm, "munge": _munge, "soft_tree": _soft_tree,
-            "views": _views}
+            "views": _views, "views_default": _views_default}
 # scripts that build no params of their own: why
 AS_IS = {"chosen": "a helper: which variant a script measures",
          "deploy": "params.yaml as it is", "export": "params.yaml as it is",

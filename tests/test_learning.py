@@ -62,8 +62,8 @@ def train_student(root: Path, monkeypatch, targets=None) -> dict:
     if targets is not None:
         real = distill.kd_loss
 
-        def ignoring(s_logits, t_probs, labels, T, alpha, labeled=None, components=None):
-            return real(s_logits, targets(t_probs), labels, T, alpha, labeled, components)
+        def ignoring(s_logits, t_probs, labels, T, alpha, labeled=None, components=None, mix=None):
+            return real(s_logits, targets(t_probs), labels, T, alpha, labeled, components, mix)
 
         monkeypatch.setattr(distill, "kd_loss", ignoring)
     with cwd(root):

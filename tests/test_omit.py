@@ -44,9 +44,9 @@ def _train(tmp_path: Path, shards: Path, monkeypatch, recipe: dict) -> tuple[lis
         logits.append(t_logits.detach().clone())
         return real_targets(t_logits, st)
 
-    def loss_spy(s_logits, t_probs, labels, T, alpha, labeled=None, components=None):
+    def loss_spy(s_logits, t_probs, labels, T, alpha, labeled=None, components=None, mix=None):
         calls.append((labels.clone(), logits[-1]))
-        return real_loss(s_logits, t_probs, labels, T, alpha, labeled, components)
+        return real_loss(s_logits, t_probs, labels, T, alpha, labeled, components, mix)
 
     monkeypatch.setattr(distill, "kd_loss", loss_spy)
     monkeypatch.setattr(distill, "ensemble_targets", targets_spy)

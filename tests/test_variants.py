@@ -73,9 +73,9 @@ def _train(tmp_path: Path, shards: Path, monkeypatch, recipe: dict) -> tuple[lis
     calls = []
     real = distill.kd_loss
 
-    def spy(s_logits, t_probs, labels, T, alpha, labeled=None, components=None):
+    def spy(s_logits, t_probs, labels, T, alpha, labeled=None, components=None, mix=None):
         calls.append((t_probs.detach().clone(), labels.clone(), T, components))
-        return real(s_logits, t_probs, labels, T, alpha, labeled, components)
+        return real(s_logits, t_probs, labels, T, alpha, labeled, components, mix)
 
     monkeypatch.setattr(distill, "kd_loss", spy)
     cfg = config(v=recipe)

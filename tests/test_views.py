@@ -10,6 +10,7 @@ once per module, with the export's view inputs recorded as the members saw them.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -27,6 +28,7 @@ import yaml
 
 from kd.augment import draw_views, expand, pick_views, replay
 from kd.config import parse_config
+from kd.distill.losses import hard_loss, kd_loss
 from kd.errors import ConfigError
 from kd.io.storage import file_sha256
 from kd.models import load_model
@@ -200,6 +202,10 @@ def test_views_zero_is_the_set_without_views(pipe, tmp_path):
     assert sorted(m["params"]["export"]) == ["batch_size", "compression", "hidden",
                                              "logits_dtype", "row_group_size", "rows_per_shard"]
     assert "view" not in read_table(tmp_path / "zero").column_names
+    # the ranks' row ranges of a set without views (the reader's view part stands aside)
+    plain_reader = ShardReader(tmp_path / "zero", views="sample")
+    assert sum(n for _, _, n in plain_reader.training_rows()) == plain_reader.num_rows(
+        drop_val=True) == int(np.sum(~read_table(tmp_path / "zero")["is_val"].to_numpy()))
     # the set with views holds the same rows as views 0, and K views of each training row
     t = rows_by_key(root / SHARDS)
     z = read_table(tmp_path / "zero")
@@ -318,6 +324,56 @@ def test_unmixed_view_labels_keep_the_label_on_shifted_views_only(pipe, tmp_path
             kept += int((b.y.numpy()[is_view] >= 0).sum())
         assert labeled_views > 0
         assert kept == (0 if mixed else labeled_views)
+
+
+def test_mixed_view_labels_weigh_both_labels_by_lam_against_a_hand_computation():
+    """kd_loss's mix: lam * CE(y_row) + (1 - lam) * CE(y_partner) where the partner is
+    labeled, CE(y_row) where it is not given (-1), nothing for unlabeled rows; the divisor is
+    the labeled rows' count. Checked against log-sum-exp by hand."""
+    z = [[2.0, 0.5, -1.0], [0.0, 1.0, 0.0], [1.0, 1.0, 1.0], [-0.5, 0.25, 3.0]]
+    y, y_b, lam = [0, 1, -1, 2], [2, -1, 1, 0], [0.3, 0.9, 0.5, 0.6]
+
+    def ce(row: list[float], c: int) -> float:
+        return math.log(sum(math.exp(v) for v in row)) - row[c]
+
+    want = (0.3 * ce(z[0], 0) + 0.7 * ce(z[0], 2) + ce(z[1], 1)
+            + 0.6 * ce(z[3], 2) + 0.4 * ce(z[3], 0)) / 3
+    s_logits, labels = torch.tensor(z), torch.tensor(y)
+    mix = (torch.tensor(y_b), torch.tensor(lam))
+    assert hard_loss(s_logits, labels, mix=mix).item() == pytest.approx(want, rel=1e-6)
+    # alpha 0: kd_loss is the hard term; without mix the partners' labels are ignored
+    t = torch.softmax(s_logits, 1)
+    assert kd_loss(s_logits, t, labels, 2.0, 0.0, mix=mix).item() == pytest.approx(want, rel=1e-6)
+    plain = (ce(z[0], 0) + ce(z[1], 1) + ce(z[3], 2)) / 3
+    assert hard_loss(s_logits, labels).item() == pytest.approx(plain, rel=1e-6)
+    ones = (torch.tensor(y_b), torch.ones(4))  # lam 1: the row's own label alone
+    assert hard_loss(s_logits, labels, mix=ones).item() == pytest.approx(plain, rel=1e-6)
+
+
+def test_mixed_view_labels_carry_the_partners_label_from_the_shards(pipe):
+    """view_labels mixed on real shards: a mixup view of two labeled rows keeps its row's
+    label and gets its partner's (the partner's stored label) with the stored lam; a mixup
+    view with an unlabeled partner has no label term; unmixed rows keep their own label."""
+    root, _ = pipe
+    labels = {int(r): -1 if np.isnan(y) else int(y) for r, y, v in zip(
+        *(rows_by_key(root / SHARDS)[k] for k in ("row_id", "label", "view")), strict=True)
+        if v == 0}  # an unlabeled row's label is null (NaN here)
+    reader = ShardReader(root / SHARDS, views="sample", view_seed=2)
+    raw = reader.iter_batches(64, shuffle=True, seed=2, epoch=0, buffer_rows=1000, drop_val=True)
+    both = 0
+    for r, b in zip(raw, shard_batches(reader, 64, 2, 1000, view_labels="mixed")(0),
+                    strict=True):
+        mixed = r["partner"] >= 0
+        want_b = np.array([labels.get(int(p), -1) if m else -1
+                           for p, m in zip(r["partner"], mixed, strict=True)])
+        np.testing.assert_array_equal(r["partner_label"], np.where(mixed, want_b, -1))
+        y_b, lam = (v.numpy() for v in b.mix)
+        np.testing.assert_array_equal(y_b, want_b)
+        np.testing.assert_array_equal(lam, r["lam"])
+        np.testing.assert_array_equal(b.y.numpy(), np.where(mixed & (want_b < 0), -1,
+                                                            r["label"]))
+        both += int((mixed & (r["label"] >= 0) & (want_b >= 0)).sum())
+    assert both > 0
 
 
 def test_student_views_none_is_a_control_and_views_need_an_augmentation():

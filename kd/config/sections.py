@@ -297,10 +297,12 @@ class StudentConfig(ModelConfig):
         description="the shards' stored views: sample (one view in 0..K per row per epoch, seeded "
                     "by train.seed), all (every view every epoch), none (the rows as stored alone:"
                     " a control)")
-    view_labels: Literal["row", "unmixed"] = Field(
+    view_labels: Literal["row", "unmixed", "mixed"] = Field(
         "row",
-        description="the label term of a labeled row's views: row (on the stored row alone) or "
-                    "unmixed (also on its views without a mixup partner)")
+        description="the label term of a labeled row's views: row (on the stored row alone), "
+                    "unmixed (also on its views without a mixup partner) or mixed (as unmixed, "
+                    "and a mixup view of two labeled rows gets lam * CE(row's label) + "
+                    "(1 - lam) * CE(partner's); with an unlabeled partner the soft term alone)")
     shuffle_buffer: PositiveInt = Field(
         50_000, description="rows mixed in memory while streaming the shards")
     init: InitConfig | None = Field(

@@ -5,12 +5,18 @@
     total, soft, hard = kd_loss_parts(s_logits, t_probs, labels, T=4.0, alpha=0.9)
     loss = loss + beta * cosine_loss(s_hidden, t_hidden)    # DistilBERT's hidden-state term
     loss = kd_loss(s_logits, t_probs, labels, T=4.0, alpha=0.9, components=(log_w, c_logits))
+    loss = kd_loss(s_logits, t_probs, labels, T=4.0, alpha=0.9, mix=(partner_labels, lam))
     p_m = member_targets(t_logits, T=4.0)                    # (M, B, C): combine kl_per_member
     loss = kd_loss(s_logits, p_m, labels, T=4.0, alpha=0.9)  # soft = mean_m T^2 KL(p_m || q)
 
     total = alpha * soft + (1 - alpha) * hard
     soft  = T^2 * KL(t_probs || softmax(s_logits / T))   mean over ALL B rows ("batchmean")
     hard  = CE(s_logits, labels)                          mean over labeled rows (label >= 0)
+
+A mixup input lam * x_a + (1 - lam) * x_b (a stored view, student.view_labels: mixed) may
+carry both rows' labels: `mix=(labels_b, lam)` makes a labeled row's cross-entropy
+lam * CE(y_a) + (1 - lam) * CE(y_b) where labels_b >= 0 (Zhang et al. 2018), plain CE(y_a)
+where labels_b is -1; the divisor is still the count of rows with labels >= 0.
 
 Why T^2: the gradient of the softened KL w.r.t. the student logits scales as 1/T^2 for large T,
 so without it raising T silently turns down the soft term against the hard one. Why batchmean
@@ -54,6 +60,7 @@ from kd.models.registry import component_nll
 
 COMBINES = ("mean_probs", "mean_logits", "kl_per_member", "random_member")
 Components = tuple[Tensor, Tensor]  # (B, L) log weights, (L, C) or (B, L, C) component logits
+Mix = tuple[Tensor, Tensor]  # (B,) the mixup partners' labels (-1: none), (B,) lam
 
 
 def _check_T(T: float) -> None:
@@ -89,26 +96,40 @@ def member_targets(t_logits: Tensor, T: float) -> Tensor:
 
 
 def hard_loss(s_logits: Tensor, labels: Tensor, labeled: Tensor | None = None,
-              components: Components | None = None) -> Tensor:
+              components: Components | None = None, mix: Mix | None = None) -> Tensor:
     """Cross-entropy averaged over labeled rows (labels >= 0); exactly 0 if there are none.
-    With `components`, each row's cross-entropy is its expectation over the components.
+    With `components`, each row's cross-entropy is its expectation over the components;
+    with `mix` (labels_b, lam), lam * CE(labels) + (1 - lam) * CE(labels_b) where labels_b >= 0.
 
     `labeled` replaces the batch's own labeled count as the divisor. Under DDP a rank passes
     (labeled rows in the global batch) / (ranks): DDP's average of the rank losses is then
     the global batch's mean, however the labeled rows fall on the ranks."""
     is_labeled = labels >= 0  # (B,)
-    targets = torch.where(is_labeled, labels, -1)  # any negative label means unlabeled
-    if components is None:
-        # sum / count instead of a boolean gather + mean: no host sync, no NaN on an empty
-        # set, and the result stays attached to the graph even when it is 0
-        ce_sum = F.cross_entropy(s_logits.float(), targets, ignore_index=-1, reduction="sum")
+    if mix is None:
+        ce_sum = _ce(s_logits, labels, components, "sum")
     else:
-        log_w, log_q = _components(components, s_logits, 1.0)  # (B, L), (B|1, L, C)
-        ce = component_nll(log_w, log_q, targets.clamp(min=0))  # (B,)
-        ce_sum = torch.where(is_labeled, ce, 0.0).sum()  # unlabeled rows: exactly 0
+        labels_b, lam = mix
+        w = torch.where(labels_b >= 0, lam.float(), 1.0)  # (B,) the row's own label's weight
+        ce_sum = (w * _ce(s_logits, labels, components)
+                  + (1 - w) * _ce(s_logits, torch.where(is_labeled, labels_b, -1),
+                                  components)).sum()
     if labeled is None:
         return ce_sum / is_labeled.sum().clamp(min=1)
     return ce_sum / labeled.clamp(min=1e-6)  # no labeled rows anywhere: ce_sum is exactly 0
+
+
+def _ce(s_logits: Tensor, labels: Tensor, components: Components | None,
+        reduction: str = "none") -> Tensor:
+    """(B,) each row's cross-entropy, exactly 0 where labels < 0 (or their sum)."""
+    is_labeled = labels >= 0
+    targets = torch.where(is_labeled, labels, -1)  # any negative label means unlabeled
+    if components is None:
+        # no boolean gather: no host sync, no NaN on an empty set, and the result stays
+        # attached to the graph even when it is 0
+        return F.cross_entropy(s_logits.float(), targets, ignore_index=-1, reduction=reduction)
+    log_w, log_q = _components(components, s_logits, 1.0)  # (B, L), (B|1, L, C)
+    ce = torch.where(is_labeled, component_nll(log_w, log_q, targets.clamp(min=0)), 0.0)
+    return ce.sum() if reduction == "sum" else ce  # unlabeled rows: exactly 0
 
 
 def _components(components: Components, s_logits: Tensor, T: float) -> tuple[Tensor, Tensor]:
@@ -151,6 +172,7 @@ def soft_loss(s_logits: Tensor, t_probs: Tensor, T: float,
 def kd_loss_parts(
     s_logits: Tensor, t_probs: Tensor, labels: Tensor, T: float, alpha: float,
     labeled: Tensor | None = None, components: Components | None = None,
+    mix: Mix | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(total, soft, hard) with total = alpha * soft + (1 - alpha) * hard; see module doc.
 
@@ -159,6 +181,7 @@ def kd_loss_parts(
     labels (B,) int64 with -1 for unlabeled rows. `soft` already includes the T^2 factor.
     `labeled`: the divisor of the hard term (see hard_loss), for distributed training.
     `components`: score the expectation over a mixture's components (module doc).
+    `mix`: (partner labels, lam) of mixup inputs: the hard term mixes both labels (module doc).
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha={alpha!r} must be in [0, 1]")
@@ -169,14 +192,15 @@ def kd_loss_parts(
     if labels.shape != s_logits.shape[:1]:
         raise ValueError(f"labels {tuple(labels.shape)} must be (B,) = ({s_logits.shape[0]},)")
     soft = soft_loss(s_logits, t_probs, T, components)
-    hard = hard_loss(s_logits, labels, labeled, components)
+    hard = hard_loss(s_logits, labels, labeled, components, mix)
     return alpha * soft + (1.0 - alpha) * hard, soft, hard
 
 
 def kd_loss(s_logits: Tensor, t_probs: Tensor, labels: Tensor, T: float, alpha: float,
-            labeled: Tensor | None = None, components: Components | None = None) -> Tensor:
+            labeled: Tensor | None = None, components: Components | None = None,
+            mix: Mix | None = None) -> Tensor:
     """Hinton's distillation loss, a scalar: alpha * soft + (1 - alpha) * hard."""
-    return kd_loss_parts(s_logits, t_probs, labels, T, alpha, labeled, components)[0]
+    return kd_loss_parts(s_logits, t_probs, labels, T, alpha, labeled, components, mix)[0]
 
 
 def cosine_loss(s_hidden: Tensor, t_hidden: Tensor, eps: float = 1e-8) -> Tensor:

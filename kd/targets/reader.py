@@ -22,10 +22,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from kd.augment import VIEW_KEYS, FeatureTable
 from kd.errors import ArtifactError
 from kd.io.storage import is_uri, locate
-from kd.targets.batch import COLUMNS, Batch, concat_rows, take_rows
+from kd.targets.batch import COLUMNS, Batch, column_np, concat_rows, take_rows
 from kd.targets.manifest import (
     MANIFEST,
     check_shard_metadata,
@@ -35,7 +34,7 @@ from kd.targets.manifest import (
     read_shard_metadata,
 )
 from kd.targets.shardset import verify
-from kd.targets.views import replayed, view_mask
+from kd.targets.views import StoredViews, decode_views
 
 Piece = tuple[str, int, int, int]  # (file, row group, start, stop) among its training rows
 
@@ -60,7 +59,7 @@ class ShardReader:
     0..K per row and epoch, picked by (view_seed, epoch, row id). A view's features (zeros
     in the shard) are replayed from its row's and partner's stored features (held in memory:
     rows x features), and batches carry `view` (B,) int16, 0 for the rows themselves, and
-    `partner` (B,) int64, -1 where the row is not mixed.
+    `partner` (B,) int64, -1 where the row is not mixed (kd/targets/views.py: StoredViews).
     """
 
     def __init__(self, dir: str | os.PathLike, *, columns: list[str] | None = None,
@@ -85,12 +84,10 @@ class ShardReader:
         self._train_groups: list[tuple[str, int, int]] | None = None
         if unknown := set(self.columns) - set(COLUMNS):
             raise ValueError(f"unknown columns {sorted(unknown)}; choose from {COLUMNS}")
-        self.view_settings = m.get("views")  # None: a set without stored views
-        self.views = views if self.view_settings else "base"
-        self.view_seed, self._table = view_seed, None
+        self.stored = StoredViews(m.get("views"), views, view_seed)
+        self.view_settings, self.views = self.stored.settings, self.stored.mode
         self._groups_epoch: int | None = None
-        if self.views != "base":
-            self.columns += ["view", "partner"]
+        self.columns += self.stored.batch_keys()
         self.hidden, self.hidden_width = hidden, (m.get("hidden") or {}).get(hidden, 0)
         if hidden is not None:
             if not self.hidden_width:
@@ -108,10 +105,7 @@ class ShardReader:
             return sum(n for f, _, n in self.training_rows() if f in set(self._select(shards)))
         if drop_val and self.rows == "labeled":  # validation rows are labeled rows
             rows = sum(s["splits"].get("labeled", 0) for s in picked)
-        if self.view_settings and self.views != "all":  # one row of each training row's K + 1
-            views = [s.get("views", {}) for s in picked]
-            rows -= sum(n for v in views for k, n in v.items()
-                        if not drop_val or self.rows == "all" or k == "labeled")
+        rows -= self.stored.uncounted(picked, drop_val, self.rows)
         return val if only_val else rows - val if drop_val else rows
 
     def training_rows(self, epoch: int = 0) -> list[tuple[str, int, int]]:
@@ -124,8 +118,7 @@ class ShardReader:
             cols = ["split", "is_val"] if self.rows == "labeled" else ["is_val"]
             if self.keep is not None:
                 cols = self._cols({"row_id", "label", "is_labeled", "logits", "is_val"})
-            cols += [c for c in ("row_id", "view") if c not in cols] if self.view_settings \
-                else []
+            cols = self.stored.mask_columns(cols)
             for f in self.files:
                 with self.loc.open(f) as source, self._open(f, source) as pf:
                     for g in range(pf.num_row_groups):
@@ -272,10 +265,7 @@ class ShardReader:
             want.add("is_labeled")
         if drop_val and self.keep is not None:
             want |= {"label", "is_labeled", "logits"}
-        cols = self._cols(want)
-        if self.view_settings:  # the view picks rows; a replay needs the rest
-            cols += ["view"] if self.views == "base" else list(VIEW_KEYS)
-            cols += [] if "row_id" in cols else ["row_id"]
+        cols = self.stored.read_columns(self._cols(want))  # the view picks rows, and replays
         with self.loc.open(file) as stream, self._open(file, stream) as pf:
             for g in groups:
                 out = self._decode(self._read_group(pf, file, g, cols))
@@ -284,9 +274,9 @@ class ShardReader:
                 elif drop_val:
                     out = take_rows(out, self._training_mask(out, epoch))
                 elif self.view_settings:
-                    out = take_rows(out, self._view_mask(out, epoch))
-                if "features" in out and self.views != "base" and (out["view"] > 0).any():
-                    out["features"] = self._replay(out)
+                    out = take_rows(out, self.stored.mask(out, epoch))
+                if self.views != "base":  # replayed features, partners' labels
+                    self.stored.fill(out, self._stored_rows, self.feature_shape, self.loc.show())
                 yield {k: v for k, v in out.items() if k in self.columns}
 
     def _cols(self, want: set[str]) -> list[str]:
@@ -301,26 +291,15 @@ class ShardReader:
         keep = ~part["is_val"]
         keep = keep & part["is_labeled"] if self.rows == "labeled" else keep
         keep = keep & self.keep(part) if self.keep is not None else keep
-        return keep & self._view_mask(part, epoch) if self.view_settings else keep
+        return keep & self.stored.mask(part, epoch) if self.view_settings else keep
 
-    def _view_mask(self, part: Batch, epoch: int) -> np.ndarray:
-        return view_mask(part, self.views, self.view_settings["count"], self.view_seed, epoch)
-
-    def _replay(self, part: Batch) -> np.ndarray:
-        """(B, F) the features of a decoded part, its views' replayed from their rows'."""
-        if self._table is None:  # every stored training row's features, by id
-            ids, xs = [np.zeros(0, np.int64)], [np.zeros((0, self.width), np.float32)]
-            for f in self.files:
-                with self.loc.open(f) as stream, self._open(f, stream) as pf:
-                    for g in range(pf.num_row_groups):
-                        p = self._decode(self._read_group(
-                            pf, f, g, ["row_id", "is_val", "features", "view"]))
-                        keep = (p["view"] == 0) & ~p["is_val"]
-                        ids.append(p["row_id"][keep])
-                        xs.append(p["features"][keep])
-            self._table = FeatureTable(np.concatenate(ids), np.concatenate(xs))
-        return replayed(part, self._table, self.feature_shape, self.view_settings,
-                        self.loc.show())
+    def _stored_rows(self) -> Iterator[Batch]:
+        """Every row group's row_id, is_val, label, features, view: what views replay from."""
+        for f in self.files:
+            with self.loc.open(f) as stream, self._open(f, stream) as pf:
+                for g in range(pf.num_row_groups):
+                    yield self._decode(self._read_group(
+                        pf, f, g, ["row_id", "is_val", "label", "features", "view"]))
 
     def _read_group(self, pf: pq.ParquetFile, file: str, g: int, cols: list[str]) -> pa.Table:
         try:  # without verify(), a damaged page surfaces only here
@@ -336,42 +315,30 @@ class ShardReader:
 
     def _decode(self, t: pa.Table) -> Batch:
         names = t.column_names
-        out = {"row_id": _np(t["row_id"])} if "row_id" in names else {}
+        out = {"row_id": column_np(t["row_id"])} if "row_id" in names else {}
         if "label" in names:
-            out["label"] = _np(pc.fill_null(t["label"], -1)).astype(np.int64)
+            out["label"] = column_np(pc.fill_null(t["label"], -1)).astype(np.int64)
         if "split" in names:  # decode the dictionary by hand: 2 string compares, not one a row
             out["is_labeled"] = np.concatenate(
                 [(np.asarray(c.dictionary.to_pylist()) == "labeled")[c.indices.to_numpy()]
                  for c in t["split"].chunks] or [np.zeros(0, bool)])
         if "is_val" in names:
-            out["is_val"] = _np(t["is_val"])
+            out["is_val"] = column_np(t["is_val"])
         if "features" in names:
-            out["features"] = _np(t["features"]).reshape(-1, self.width)  # (B, F)
+            out["features"] = column_np(t["features"]).reshape(-1, self.width)  # (B, F)
         if logits_column(self.members[0]) in names:
             z = np.empty((len(self.members), t.num_rows, self.num_classes), np.float32)  # (M, B, C)
             for i, m in enumerate(self.members):
-                z[i] = _np(t[logits_column(m)]).reshape(-1, self.num_classes)
+                z[i] = column_np(t[logits_column(m)]).reshape(-1, self.num_classes)
             out["logits"] = z
         if self.hidden is not None:
-            out["hidden"] = _np(t[hidden_column(self.hidden)]).reshape(-1, self.hidden_width)
-        for k in VIEW_KEYS if "view" in names else ():
-            if k in names:
-                out[k] = _np(t[k]) if k != "partner" else _np(
-                    pc.fill_null(t[k], -1)).astype(np.int64)
-        if "shift" in out:
-            out["shift"] = out["shift"].reshape(t.num_rows, -1)
+            out["hidden"] = column_np(t[hidden_column(self.hidden)]).reshape(-1, self.hidden_width)
+        decode_views(t, out)
         return out
 
 
 def _first(e: BaseException) -> str:
     return (str(e).splitlines() or [type(e).__name__])[0]
-
-
-def _np(col: pa.ChunkedArray) -> np.ndarray:
-    """Column -> numpy, fixed_size_list flattened; zero-copy for one null-free chunk."""
-    arrs = [(c.flatten() if pa.types.is_fixed_size_list(c.type) else c)
-            .to_numpy(zero_copy_only=False) for c in col.chunks]
-    return arrs[0] if len(arrs) == 1 else np.concatenate(arrs)
 
 
 def _mix(buf: list[Batch], rng: np.random.Generator | None) -> Batch:

@@ -1,8 +1,11 @@
-"""The stored views of a shard set checked against their keys (`kd shards verify`).
+"""The stored views of a shard set: what a reader does with them, and their check.
 
     check_views("data/soft_targets")   # ArtifactError naming the first shard and row that fails
+    sv = StoredViews(manifest.get("views"), "sample", seed=0)   # ShardReader's part of views
+    keep = sv.mask(part, epoch)        # the rows an epoch reads; sv.replay(part, ...) features
 
-Also what a reader does with views: which rows an epoch keeps, and their replayed features.
+A reader (kd/targets/reader.py) keeps views in one of three modes: base (the stored rows
+alone), all (every view), sample (one view in 0..K per row and epoch).
 A view's parameters are a function of (export seed, row id, view) and the partner pool
 (kd/augment.py), so verify draws every view again and compares: an edited shift, noise seed,
 partner or weight is one line naming the shard and the row, even when whoever edited it also
@@ -13,14 +16,17 @@ nobody's partner, and that every training row has exactly its K views.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from kd.augment import VIEW_KEYS, FeatureTable, draw_views, expand, partner_pool, pick_views
 from kd.errors import ArtifactError
 from kd.io.storage import locate
+from kd.targets.batch import Batch, column_np
 from kd.targets.manifest import read_manifest
 
 _COLUMNS = ["row_id", "split", "is_val", *VIEW_KEYS]
@@ -50,6 +56,85 @@ def replayed(part: dict[str, np.ndarray], table: FeatureTable, shape: tuple[int,
                             f"{e.args[0]}, which is not a training row of the set "
                             "(`kd shards verify` names the shard)") from None
     return x
+
+
+class StoredViews:
+    """A ShardReader's view of a set's stored views (export.views): which Parquet columns
+    a read needs, which rows an epoch keeps, and the views' features replayed from their
+    rows' (every stored training row's features held in memory: rows x features)."""
+
+    def __init__(self, settings: dict | None, mode: str, seed: int):
+        self.settings = settings or None  # None: a set without stored views
+        self.mode = mode if self.settings else "base"
+        self.seed, self._table = seed, None
+        self._labels: tuple[np.ndarray, np.ndarray] | None = None  # stored rows' ids, labels
+
+    def batch_keys(self) -> list[str]:
+        """The batch keys views add when a mode reads views: `view` (0 for the rows
+        themselves), `partner` (-1 where the row is not mixed), `lam` (1 there) and
+        `partner_label` (the partner's label; -1 without a partner or for an unlabeled one)."""
+        return ["view", "partner", "lam", "partner_label"] if self.mode != "base" else []
+
+    def read_columns(self, cols: list[str]) -> list[str]:
+        """Parquet columns `cols` plus what picking and replaying views needs."""
+        if not self.settings:
+            return cols
+        cols = cols + (["view"] if self.mode == "base" else list(VIEW_KEYS))
+        return cols + ([] if "row_id" in cols else ["row_id"])
+
+    def mask_columns(self, cols: list[str]) -> list[str]:
+        """Parquet columns `cols` plus what `mask` reads (row_id and view)."""
+        if not self.settings:
+            return cols
+        return cols + [c for c in ("row_id", "view") if c not in cols]
+
+    def uncounted(self, shards: list[dict], drop_val: bool, rows: str) -> int:
+        """Rows of the manifest's counts a read skips: every view, except in mode all (one
+        row of each training row's K + 1 read in sample mode, the stored one in base)."""
+        if not self.settings or self.mode == "all":
+            return 0
+        return sum(n for s in shards for k, n in s.get("views", {}).items()
+                   if not drop_val or rows == "all" or k == "labeled")
+
+    def mask(self, part: Batch, epoch: int) -> np.ndarray:
+        """(B,) the rows of a decoded part (row_id, view) the mode keeps in `epoch`."""
+        return view_mask(part, self.mode, self.settings["count"], self.seed, epoch)
+
+    def fill(self, part: Batch, stored_rows: Callable[[], Iterator[Batch]], shape: tuple,
+             where: str) -> None:
+        """Replay a decoded part's views' features (stored as zeros) from their rows', and
+        add its partners' labels; `stored_rows` yields every row group's row_id, is_val,
+        label, features and view (read once, on the first view met)."""
+        mixed = part["partner"] >= 0
+        if (part["view"] > 0).any() and self._table is None:  # the stored rows, by id
+            ids, xs, ys = [np.zeros(0, np.int64)], [np.zeros((0, int(np.prod(shape))),
+                                                             np.float32)], [np.zeros(0, np.int64)]
+            for p in stored_rows():
+                keep = (p["view"] == 0) & ~p["is_val"]
+                ids.append(p["row_id"][keep])
+                xs.append(p["features"][keep])
+                ys.append(p["label"][keep])
+            self._table = FeatureTable(np.concatenate(ids), np.concatenate(xs))
+            order = np.argsort(np.concatenate(ids), kind="stable")
+            self._labels = np.concatenate(ids)[order], np.concatenate(ys)[order]
+        if (part["view"] > 0).any() and "features" in part:
+            part["features"] = replayed(part, self._table, shape, self.settings, where)
+        part["partner_label"] = np.full(len(mixed), -1, np.int64)
+        if mixed.any():  # a partner is a stored training row (replay refused any other)
+            ids, labels = self._labels
+            at = np.searchsorted(ids, part["partner"][mixed]).clip(0, len(ids) - 1)
+            part["partner_label"][mixed] = labels[at]
+
+
+def decode_views(t: pa.Table, out: Batch) -> None:
+    """The view columns of a decoded row group into `out`: partner null -> -1, shift (B, axes)."""
+    names = t.column_names
+    for k in VIEW_KEYS if "view" in names else ():
+        if k in names:
+            out[k] = column_np(t[k]) if k != "partner" else column_np(
+                pc.fill_null(t[k], -1)).astype(np.int64)
+    if "shift" in out:
+        out["shift"] = out["shift"].reshape(t.num_rows, -1)
 
 
 def _read(loc, file: str) -> dict[str, np.ndarray]:

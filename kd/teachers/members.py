@@ -99,10 +99,17 @@ def member_logits(models: dict[str, torch.nn.Module], x: np.ndarray, shape: tupl
 
 @torch.no_grad()
 def member_outputs(models: dict[str, torch.nn.Module], x: np.ndarray, shape: tuple[int, ...],
-                   device: torch.device | None = None, hidden: list[str] = ()
-                   ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+                   device: torch.device | None = None, hidden: list[str] = (),
+                   batch_size: int = 0) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Every member's logits (B, C), and the pooled hidden vectors (B, D) of the members
-    `hidden` names (export.hidden), from the same forward pass as their logits."""
+    `hidden` names (export.hidden), from the same forward pass as their logits. `batch_size`
+    (> 0): forward at most that many rows at a time (a row's views, K x export.batch_size
+    rows at once, ran at half the rows/s of export.batch_size on one CPU thread)."""
+    if 0 < batch_size < len(x):
+        parts = [member_outputs(models, x[i:i + batch_size], shape, device, hidden)
+                 for i in range(0, len(x), batch_size)]
+        return tuple({k: np.concatenate([p[j][k] for p in parts]) for k in parts[0][j]}
+                     for j in (0, 1))
     if not hidden:
         return member_logits(models, x, shape, device), {}
     xt = torch.from_numpy(x).view(len(x), *shape).to(device or "cpu")  # (B, *shape)

@@ -34,14 +34,18 @@ class Batch:
     # by it makes DDP's gradient average the mean over the global batch, as in one process
     scale: float = 1.0
     t_hidden: torch.Tensor | None = None  # (B, D) a member's pooled hidden vector (beta > 0)
+    # mixup views' second label term: (B,) partner labels (-1: none), (B,) lam (kd_loss's mix)
+    mix: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def to(self, device: torch.device) -> Batch:
         if device.type == "cpu":
             return self
         t, h = (None if v is None else v.to(device, non_blocking=True)
                 for v in (self.t_logits, self.t_hidden))
+        mix = None if self.mix is None else tuple(v.to(device, non_blocking=True)
+                                                  for v in self.mix)
         return Batch(self.x.to(device, non_blocking=True), self.y.to(device, non_blocking=True),
-                     t, self.scale, h)
+                     t, self.scale, h, mix)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

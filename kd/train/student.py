@@ -71,16 +71,32 @@ def shard_batches(reader: ShardReader, batch_size: int, seed: int, buffer_rows: 
                                          buffer_rows=buffer_rows, drop_val=True)
         for b in prefetch(stream):  # decode the next batch while this one trains
             h = torch.from_numpy(b["hidden"]) if "hidden" in b else None  # (B, D)
-            y, z = b["label"], b["logits"]  # (B,), (M, B, C)
+            y, z, mix = b["label"], b["logits"], None  # (B,), (M, B, C)
             if "view" in b:  # a stored view keeps the soft term; the label term as asked
-                y = np.where(b["view"] > 0 if view_labels == "row" else b["partner"] >= 0,
-                             -1, y)
+                y, mix = view_label_terms(b, view_labels)
             if combine == "random_member":
                 z = pick_members(z, random_members(seed, epoch, b["row_id"], len(z)))
             yield Batch(torch.from_numpy(b["features"]), torch.from_numpy(y),
-                        torch.from_numpy(z), t_hidden=h)  # (B, F), (B,), (M, B, C)
+                        torch.from_numpy(z), t_hidden=h, mix=mix)  # (B, F), (B,), (M, B, C)
 
     return batches
+
+
+def view_label_terms(b: dict, view_labels: str
+                     ) -> tuple[np.ndarray, tuple[torch.Tensor, torch.Tensor] | None]:
+    """The labels (B,) of a batch with stored views (-1: no label term) and, for
+    view_labels mixed, the mixup term (partner labels (B,), lam (B,)) of kd_loss's `mix`.
+    row: views carry no label; unmixed: views without a partner keep their row's; mixed: as
+    unmixed, and a view mixed with a labeled partner keeps both (a labeled row mixed with an
+    unlabeled one: no label term, as its label would claim 1 - lam of a class it lacks)."""
+    y, view, mixed = b["label"], b["view"] > 0, b["partner"] >= 0
+    if view_labels == "row":
+        return np.where(view, -1, y), None
+    if view_labels == "unmixed":
+        return np.where(mixed, -1, y), None
+    y = np.where(mixed & (b["partner_label"] < 0), -1, y)
+    return y, (torch.from_numpy(np.where(mixed, b["partner_label"], -1)),
+               torch.from_numpy(b["lam"].astype(np.float32)))
 
 
 def held_out(reader: ShardReader) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -230,7 +246,8 @@ def distill_job(cfg: Config, variant: str, shards: Path | str, prepared: Path,
         # not this rank's, so ranks dealt more or fewer labeled rows weigh them as one process
         labeled = dist.mean_over_ranks((b.y >= 0).sum()) if dist.active else None
         # a model whose output is a mixture may ask for the loss's expectation over its parts
-        loss = kd_loss(s_logits, t_probs, b.y, T, alpha, labeled, output_components(model))
+        loss = kd_loss(s_logits, t_probs, b.y, T, alpha, labeled, output_components(model),
+                       mix=b.mix)
         if h_member is None:
             return loss
         h = s_hidden[0] if model.align is None else model.align(s_hidden[0])  # (B, D_t)
