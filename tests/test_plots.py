@@ -1,0 +1,80 @@
+"""The report's plots: labels readable where points crowd (kd/report/labels.py).
+
+Variants of one network share a size (medium, medium_hard, medium_labeled), members of an
+ensemble often share one too, and the largest variant sits at the right edge: every label must
+be drawn clear of the others and inside the axes. Measured on the rendered figure, with
+matplotlib's own text extents.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from kd.report import plots
+
+
+def _ci(a: float) -> list[float]:
+    return [a - 0.01, a + 0.01]
+
+
+def frontier_points() -> dict:
+    """Three variants of one size (two of them controls) and the largest one chosen."""
+    students = {"tiny": (300, 0.80), "small": (1_200, 0.88), "medium": (5_000, 0.910),
+                "medium_hard": (5_000, 0.905), "medium_labeled": (5_000, 0.912),
+                "large": (40_000, 0.925)}
+    baselines = {"tiny": 0.78, "small": 0.86, "medium": 0.903, "large": 0.915}
+    pts: dict = {"student": {}, "baseline": {}}
+    for v, (n, acc) in students.items():
+        pts["student"][v] = {"params": n, "accuracy": acc, "ci": _ci(acc),
+                             "control": v.endswith(("_hard", "_labeled"))}
+        if v in baselines:
+            pts["baseline"][v] = {"params": n, "accuracy": baselines[v],
+                                  "ci": _ci(baselines[v])}
+    return pts
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """Every figure plots.save writes: its axes and the rendered boxes of their labels."""
+    figures = []
+    save = plots.save
+
+    def measure(fig, path):
+        fig.tight_layout()  # what save does first: the boxes are those of the written figure
+        renderer = fig.canvas.get_renderer()
+        ax = fig.axes[0]
+        figures.append((ax.get_window_extent(renderer),
+                        [(t.get_text(), t.get_window_extent(renderer)) for t in ax.texts]))
+        save(fig, path)
+
+    monkeypatch.setattr(plots, "save", measure)
+    return figures
+
+
+def _assert_readable(frame, boxes: list, expected: list[str]) -> None:
+    assert sorted(name for name, _ in boxes) == sorted(expected)
+    for name, box in boxes:
+        assert (frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0
+                and box.y1 <= frame.y1), f"label {name!r} leaves the axes: {box} not in {frame}"
+    for (a, box_a), (b, box_b) in itertools.combinations(boxes, 2):
+        assert not box_a.overlaps(box_b), f"labels {a!r} and {b!r} overlap"
+
+
+def test_frontier_labels_overlap_nothing_and_stay_inside(drawn, tmp_path):
+    pts = frontier_points()
+    plots.frontier(pts, 0.93, "params", "parameters (log scale)", tmp_path / "f.png", "large")
+    [(frame, boxes)] = drawn
+    students = ["tiny", "small", "medium", "medium_hard", "medium_labeled", "large (chosen)"]
+    _assert_readable(frame, boxes, students + list(pts["baseline"]))  # baselines: no "(chosen)"
+    assert (tmp_path / "f.png").stat().st_size > 0
+
+
+def test_accuracy_vs_params_member_labels_apart(drawn, tmp_path):
+    members = {f"cnn_{i}": (10_000, 0.900 + 0.001 * i) for i in range(5)}
+    points = {"teacher": (50_000, 0.93), **members, "student": (5_000, 0.91),
+              "baseline": (5_000, 0.905)}
+    plots.accuracy_vs_params(points, tmp_path / "a.png")
+    [(frame, boxes)] = drawn
+    _assert_readable(frame, boxes, list(points))
