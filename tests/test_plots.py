@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from matplotlib.text import Text
 
 from kd.report import plots
 
@@ -45,8 +46,12 @@ def drawn(monkeypatch):
         fig.tight_layout()  # what save does first: the boxes are those of the written figure
         renderer = fig.canvas.get_renderer()
         ax = fig.axes[0]
+        for t in ax.texts:
+            t.update_positions(renderer)  # where the annotation's text goes
+        # the text's box alone, without a leader line to its point
         figures.append((ax.get_window_extent(renderer),
-                        [(t.get_text(), t.get_window_extent(renderer)) for t in ax.texts]))
+                        [(t.get_text(), Text.get_window_extent(t, renderer)) for t in ax.texts],
+                        (ax.get_xlim(), ax.get_ylim())))
         save(fig, path)
 
     monkeypatch.setattr(plots, "save", measure)
@@ -65,7 +70,7 @@ def _assert_readable(frame, boxes: list, expected: list[str]) -> None:
 def test_frontier_labels_overlap_nothing_and_stay_inside(drawn, tmp_path):
     pts = frontier_points()
     plots.frontier(pts, 0.93, "params", "parameters (log scale)", tmp_path / "f.png", "large")
-    [(frame, boxes)] = drawn
+    [(frame, boxes, _)] = drawn
     students = ["tiny", "small", "medium", "medium_hard", "medium_labeled", "large (chosen)"]
     _assert_readable(frame, boxes, students + list(pts["baseline"]))  # baselines: no "(chosen)"
     assert (tmp_path / "f.png").stat().st_size > 0
@@ -76,5 +81,51 @@ def test_accuracy_vs_params_member_labels_apart(drawn, tmp_path):
     points = {"teacher": (50_000, 0.93), **members, "student": (5_000, 0.91),
               "baseline": (5_000, 0.905)}
     plots.accuracy_vs_params(points, tmp_path / "a.png")
-    [(frame, boxes)] = drawn
+    [(frame, boxes, _)] = drawn
     _assert_readable(frame, boxes, list(points))
+
+
+def test_two_runs_frontiers_share_their_axes(drawn, tmp_path):
+    """`dvc plots diff` shows two runs' PNGs side by side: a T = 8 run whose accuracies moved a
+    little gets the same axes, ending on 5-point lines and powers of ten."""
+    base = frontier_points()
+    moved = frontier_points()
+    for kind in moved.values():
+        for p in kind.values():
+            p["accuracy"] -= 0.012
+            p["ci"] = _ci(p["accuracy"])
+    for i, pts in enumerate((base, moved)):
+        plots.frontier(pts, 0.93, "params", "parameters", tmp_path / f"{i}.png", "large")
+    (xlim, ylim), (xlim2, ylim2) = (d[2] for d in drawn)
+    assert xlim == xlim2 == (100, 100_000)
+    assert ylim == ylim2 == pytest.approx((0.75, 0.95))
+
+
+def test_size_rows_feed_the_dvc_plot():
+    """data/report/sizes.json: every variant's student (or control) and baseline, the
+    ensemble and each member of known size, as dvc.yaml's "Accuracy against size" plot reads
+    them through its template (log x)."""
+    import json
+
+    import yaml
+
+    from kd.report.variants import size_rows
+    from tests.conftest import ROOT
+
+    figures = {v: {"params": p["params"], "accuracy": p["accuracy"], "accuracy_ci": p["ci"],
+                   "control": p["control"],
+                   "baseline_accuracy": frontier_points()["baseline"].get(v, {}).get("accuracy"),
+                   "baseline_accuracy_ci": [0.0, 1.0]}
+               for v, p in frontier_points()["student"].items()}
+    rows = size_rows(figures, {"teacher": (50_000, 0.93), "a": (10_000, 0.9)}, ["a", "sk"])
+    kinds = [(r["model"], r["kind"]) for r in rows]
+    assert kinds.count(("medium_hard", "control")) == 1
+    assert ("medium_hard", "baseline") not in kinds and ("medium", "baseline") in kinds
+    assert kinds[-2:] == [("ensemble", "ensemble"), ("a", "member")]  # "sk": unknown size
+    plot = next(p for p in yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]
+                if "Accuracy against size (test)" in p)["Accuracy against size (test)"]
+    assert plot["x"] == "params" and plot["y"] == {"data/report/sizes.json": "accuracy"}
+    spec = json.loads((ROOT / plot["template"]).read_text())
+    assert spec["data"]["values"] == "<DVC_METRIC_DATA>"
+    assert spec["encoding"]["x"]["scale"] == {"type": "log"}
+    assert spec["encoding"]["color"] == "<DVC_METRIC_COLOR>"  # one colour per experiment

@@ -7,6 +7,7 @@ self-contained report.html.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -18,6 +19,20 @@ import numpy as np  # noqa: E402
 from kd.report.labels import Label, place_labels  # noqa: E402
 
 COLORS = {"teacher": "#1f77b4", "student": "#d62728", "baseline": "#7f7f7f"}
+ACCURACY_STEP = 0.05  # accuracy axes end on 5-point lines (shared_axes)
+
+
+def shared_axes(ax, xs, ys, step: float = ACCURACY_STEP) -> None:
+    """Limits that two experiments' figures share, so that `dvc plots diff`, which puts their
+    PNGs side by side, compares like heights: the y axis (accuracy) runs between the `step`
+    lines just outside `ys`, the x axis (log scale) between the powers of ten just outside
+    `xs`. Two runs whose figures lie between the same lines get the same axes; the DVC plot
+    "Accuracy against size" draws both runs on one pair of axes whatever their figures."""
+    lo, hi = min(ys), max(ys)
+    ax.set_ylim(round(math.floor((lo - step / 10) / step) * step, 6),
+                round(math.ceil((hi + step / 10) / step) * step, 6))
+    ax.set_xlim(10 ** math.floor(math.log10(min(xs)) - 0.05),
+                10 ** math.ceil(math.log10(max(xs)) + 0.05))
 
 
 def save(fig, path: Path) -> None:
@@ -57,6 +72,7 @@ def accuracy_vs_params(points: dict[str, tuple[int, float]], path: Path) -> None
     ax.set(xscale="log", xlabel="parameters (log scale)", ylabel="test accuracy",
            title="Accuracy against size")
     ax.grid(True, which="both", alpha=0.3)
+    shared_axes(ax, [p for p, _ in points.values()], [a for _, a in points.values()])
     fig.tight_layout()  # the axes' final place: labels are measured where they will be drawn
     place_labels(ax, [Label(n, p, a) for n, (p, a) in points.items()], fontsize=8)
     save(fig, path)
@@ -92,6 +108,9 @@ def frontier(points: dict[str, dict[str, dict]], ensemble: float, x_key: str, x_
     ax.set(xscale="log", xlabel=x_label, ylabel="test accuracy",
            title="Compression frontier (95% intervals)")
     ax.grid(True, which="both", alpha=0.3)
+    every = [p for pts in points.values() for p in pts.values()]
+    shared_axes(ax, [p[x_key] for p in every],
+                [ensemble, *(v for p in every for v in (p["accuracy"], *p["ci"]))])
     legend = ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()  # the axes' final place: labels are measured where they will be drawn
     # the students first (the curve a reader follows), then the controls, then the baselines
