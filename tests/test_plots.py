@@ -1,4 +1,5 @@
-"""The report's plots: labels readable where points crowd (kd/report/labels.py).
+"""The report's plots (labels readable where points crowd: kd/report/labels.py; axes two runs
+share) and the command that compares experiments (`kd compare`).
 
 Variants of one network share a size (medium, medium_hard, medium_labeled), members of an
 ensemble often share one too, and the largest variant sits at the right edge: every label must
@@ -129,3 +130,26 @@ def test_size_rows_feed_the_dvc_plot():
     assert spec["data"]["values"] == "<DVC_METRIC_DATA>"
     assert spec["encoding"]["x"]["scale"] == {"type": "log"}
     assert spec["encoding"]["color"] == "<DVC_METRIC_COLOR>"  # one colour per experiment
+
+
+def test_kd_compare_is_dvc_exp_show_with_the_headline_and_what_changed():
+    """`kd compare` = `dvc exp show` keeping the headline keys, dropping the dependencies'
+    hashes and every param that is the same in all rows; its other arguments go to dvc
+    (tests/test_report.py runs it on a real repository)."""
+    import re
+    import shlex
+
+    from click.testing import CliRunner
+
+    from kd.cli import cli
+    from kd.report.headline import SHOWN, exp_show_args
+
+    out = CliRunner().invoke(cli, ["compare", "--print", "--hide-workspace", "-n", "2"])
+    assert out.exit_code == 0, out.output
+    args = shlex.split(out.output)
+    assert args == exp_show_args(("--hide-workspace", "-n", "2"))
+    assert args[:4] == ["dvc", "exp", "show", "--only-changed"]
+    keep, drop = args[args.index("--keep") + 1], args[args.index("--drop") + 1]
+    assert all(re.match(keep, k) for k in SHOWN) and not re.match(keep, "val_acc_x")
+    assert re.match(drop, "data/index/student.json") and re.match(drop, "kd/report/build.py")
+    assert not re.match(drop, "student.defaults.temperature")  # params stay

@@ -137,6 +137,27 @@ def test_dvc_metrics_plots_and_experiments_work(pipeline):
     assert "t8" in exps
 
 
+def test_kd_compare_shows_the_headline_and_the_changed_param_in_120_columns(pipeline):
+    """Plain `dvc exp show` has a column per param and per dependency (160-odd); `kd compare`
+    keeps the headline keys and the params that differ between the rows."""
+    repo, _, _ = pipeline
+    shown = run_cmd(["kd", "compare", "--no-pager"], repo, env={"COLUMNS": "120"}).stdout
+    lines = shown.rstrip("\n").splitlines()
+    assert max(len(ln) for ln in lines) <= 120 and "…" not in shown, shown
+    header = next(ln for ln in lines if "Experiment" in ln).split()
+    assert header[:2] == ["Experiment", "Created"], shown
+    assert header[-1] == "student.defaults.temperature", shown  # the one param that differs
+    assert {"val_acc", "test_acc", "acc_retained", "variant"} <= set(header[2:-1]) <= {
+        "val_acc", "test_acc", "acc_retained", "gap_recovered", "variant"}, shown
+    # `dvc plots diff`: both runs' accuracies against size on one pair of axes
+    plots = json.loads(run_cmd(["dvc", "plots", "diff", "HEAD", "t8", "--json"], repo).stdout)
+    [sizes] = plots["data"]["Accuracy against size (test)"]
+    assert sizes["type"] == "vega" and len(sizes["revisions"]) == 2, sizes["revisions"]
+    rows = sizes["content"]["data"]["values"]
+    assert {r["rev"] for r in rows} == set(sizes["revisions"])
+    assert {r["kind"] for r in rows} == {"student", "control", "baseline", "ensemble", "member"}
+
+
 def test_variants_are_two_mlflow_report_runs_that_differ_in_temperature(pipeline):
     from mlflow.tracking import MlflowClient
 

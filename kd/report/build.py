@@ -49,6 +49,7 @@ from kd.prepared import load_meta, read_split
 from kd.progress import Progress
 from kd.report import plots
 from kd.report.figures import tree_figures, write_figures
+from kd.report.headline import HEADLINE, HEADLINE_FILE
 from kd.report.render import render_html, render_markdown
 from kd.report.variants import (
     controls_rows,
@@ -67,12 +68,6 @@ TIMING = "timing.json"  # wall-clock figures: not cached, differ between identic
 FRONTIER_LATENCY = "frontier_latency.png"  # drawn from timing.json's latencies: not cached
 VARIANT_KEYS = ("accuracy", "val_accuracy", "params", "baseline_accuracy", "retained",
                 "gap_recovered")
-# the flat keys variants are compared by (`dvc exp show`, the MLflow compare view);
-# the first is kd.tracking.COMPARE_BY, the experiment's primary metric
-HEADLINE = ("val_acc", "test_acc", "acc_retained", "gap_recovered")
-# the report's one DVC metric: HEADLINE and the chosen variant, so that `dvc exp show` has a
-# handful of metric columns; metrics.json, with every figure, is a plain output
-HEADLINE_FILE = "headline.json"
 SIZES = "sizes.json"  # the rows of dvc.yaml's "Accuracy against size" plot (variants.size_rows)
 
 
