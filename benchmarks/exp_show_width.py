@@ -46,9 +46,13 @@ COMMANDS = {
 }
 
 
-def run(args: list[str], cwd: Path, columns: int = 1000) -> str:
+def run(args: list[str], cwd: Path, columns: int = 1000, code: Path | None = None) -> str:
+    """`args` in `cwd`; with `code`, the stages' `kd` imports that checkout's kd (the venv's
+    editable install would otherwise give every checkout the same code)."""
     bindir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "COLUMNS": str(columns)}
+    if code is not None:
+        env["PYTHONPATH"] = str(code)
     out = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"{' '.join(args)} failed:\n{out.stdout}\n{out.stderr}")
@@ -67,7 +71,7 @@ def make(repo: Path, root: Path) -> None:
                 ["git", "add", "-A"],
                 ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "run"],
                 ["dvc", "exp", "run", "-S", "student.defaults.temperature=8", "-n", "t8"]):
-        run(cmd, repo)
+        run(cmd, repo, code=root)
 
 
 def measure(repo: Path) -> dict:
