@@ -31,8 +31,10 @@ def shared_axes(ax, xs, ys, step: float = ACCURACY_STEP) -> None:
     lo, hi = min(ys), max(ys)
     ax.set_ylim(round(math.floor((lo - step / 10) / step) * step, 6),
                 round(math.ceil((hi + step / 10) / step) * step, 6))
-    ax.set_xlim(10 ** math.floor(math.log10(min(xs)) - 0.05),
-                10 ** math.ceil(math.log10(max(xs)) + 0.05))
+    xs = [x for x in xs if x > 0]  # a log axis: nothing at or below zero is drawn
+    if xs:
+        ax.set_xlim(10 ** math.floor(math.log10(min(xs)) - 0.05),
+                    10 ** math.ceil(math.log10(max(xs)) + 0.05))
 
 
 def save(fig, path: Path) -> None:
