@@ -116,7 +116,8 @@ def size_rows(figures: dict[str, dict], points: dict[str, tuple[int, float]],
             rows.append({"model": v, "kind": "baseline", "params": f["params"],
                          "accuracy": f["baseline_accuracy"], "ci_low": lo, "ci_high": hi})
     for name in ("teacher", *members):
-        if name in points:  # a member of unknown size (an sklearn model) has no point
+        # a member of unknown size (an sklearn model) has no point; nor has an ensemble of them
+        if points.get(name, (0, 0))[0]:
             n, acc = points[name]
             rows.append({"model": "ensemble" if name == "teacher" else name,
                          "kind": "ensemble" if name == "teacher" else "member", "params": n,
