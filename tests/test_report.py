@@ -126,7 +126,9 @@ def test_dvc_metrics_plots_and_experiments_work(pipeline):
     shown = json.loads(run_cmd(["dvc", "metrics", "show", "--json"], repo).stdout)
     files = next(iter(shown.values()))["data"]
     assert set(files) == {"data/report/headline.json"}, files
-    assert set(files["data/report/headline.json"]["data"]) == {
+    # gap_recovered is null (left out) unless the teacher clearly beats the baseline
+    assert {"val_acc", "test_acc", "acc_retained", "variant"} <= set(
+        files["data/report/headline.json"]["data"]) <= {
         "val_acc", "test_acc", "acc_retained", "gap_recovered", "variant"}
     full = run_cmd(["dvc", "metrics", "show", "--json", "data/report/metrics.json",
                     "data/report/timing.json"], repo).stdout
