@@ -357,6 +357,33 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.option("--print", "print_only", is_flag=True,
+              help="Print the dvc command instead of running it.")
+@click.argument("dvc_args", nargs=-1, type=click.UNPROCESSED)
+def compare(print_only: bool, dvc_args: tuple[str, ...]) -> None:
+    """Compare experiments: `dvc exp show` with the report's headline keys (val_acc, test_acc,
+    acc_retained, gap_recovered, the chosen variant) and only the params that differ between
+    the rows. Other arguments go to `dvc exp show` (--hide-workspace, -A, --sort-by val_acc,
+    ...). Every figure of two experiments: `dvc metrics diff A B --targets
+    data/report/metrics.json`."""
+    import shlex
+    import shutil
+    import subprocess
+    import sys
+
+    from kd.report.headline import exp_show_args
+
+    args = exp_show_args(dvc_args)
+    if print_only:
+        click.echo(shlex.join(args))
+        return
+    # dvc beside this Python (a venv that is not activated), else on PATH
+    beside = Path(sys.executable).parent / "dvc"
+    args[0] = str(beside) if beside.is_file() else shutil.which("dvc") or "dvc"
+    sys.exit(subprocess.run(args).returncode)
+
+
 @cli.group()
 def shards() -> None:
     """Inspect and check a soft-target shard directory."""

@@ -26,7 +26,8 @@ def plural(n: int, noun: str) -> str:
     return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
 
 
-def _duration(s: float) -> str:
+def duration(s: float) -> str:
+    """"42s" under a minute and a half, "3.5 min" beyond."""
     return f"{s:.0f}s" if s < 90 else f"{s / 60:.1f} min"
 
 
@@ -57,8 +58,8 @@ class Progress:
         if passed and elapsed >= self.quiet_s and self.done < self.total:
             left = elapsed * (self.total - self.done) / self.done
             print(f"{self.what}: {self.done:,} of {self.total:,} {self.unit} "
-                  f"({100 * self.done / self.total:.0f}%), {_duration(elapsed)} so far, about "
-                  f"{_duration(left)} left", file=self.stream, flush=True)
+                  f"({100 * self.done / self.total:.0f}%), {duration(elapsed)} so far, about "
+                  f"{duration(left)} left", file=self.stream, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

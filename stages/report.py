@@ -5,20 +5,21 @@
 Evaluates the teacher ensemble, each member, the distilled student and the baseline on the
 test split (accuracy, NLL, ECE, per-class accuracy, confusion, the student's agreement with the
 teacher), measures size and speed of each on the same threads, and writes
-`data/report/metrics.json` (DVC metrics), `report.md`, a self-contained `report.html`,
-`plots/*.png` (DVC plots) and `confusion/*.json` (DVC's confusion template). Its MLflow run holds
-every key metric and every param, and links to the runs that produced its inputs. The work is
-kd/report/build.py.
+`data/report/metrics.json` (every figure), `headline.json` (the one DVC metric), `report.md`, a
+self-contained `report.html`, `plots/*.png` (DVC plots) and `confusion/*.json` (DVC's confusion
+template). Its MLflow run holds every key metric and every param, and links to the runs that
+produced its inputs. The work is kd/report/build.py.
 
 Four short, flat keys of metrics.json are what variants are compared by (`dvc exp show`, the
 MLflow compare view): `val_acc` (the student's validation accuracy: choose by it), `test_acc`,
 `acc_retained` and `gap_recovered` (copies of `student.val_accuracy`, `student.accuracy` and
-the `compression.*` keys of those names). The MLflow run logs them first, so they lead its
-metric lists.
+the `compression.*` keys of those names). headline.json holds them and the chosen variant's
+name, and is the report's only DVC metric, so `dvc exp show` stays narrow. The MLflow run logs
+them first, so they lead its metric lists.
 
 Everything above is a function of the models and the data, so two runs give the same bytes.
 Wall-clock figures (latency, throughput, speedup) and the machine they were measured on go to
-`timing.json` alone: a DVC metric with `cache: false`, left out of the determinism contract.
+`timing.json` alone: no stage's output and no DVC metric, left out of the determinism contract.
 """
 
 from __future__ import annotations

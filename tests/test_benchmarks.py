@@ -205,7 +205,8 @@ AS_IS = {"chosen": "a helper: which variant a script measures",
          "exp_queue": "dvc exp run -S on the repository's params.yaml",
          "threads": "TrainConfig only, no params", "transformer": "TrainConfig only, no params",
          "topk": "DataConfig only, no params",
-         "int8_bits": "the deployed fp32 file and the prepared data as they are"}
+         "int8_bits": "the deployed fp32 file and the prepared data as they are",
+         "exp_show_width": "tests/test_report.py's TINY on the project's params.yaml"}
 
 
 def test_every_script_is_covered():

@@ -195,8 +195,8 @@ def test_resume_after_sigkill_matches_uninterrupted_run(workdir, monkeypatch, kd
     assert rerun.returncode == 0, err
     assert f"resuming from epoch 2 of {EPOCHS}" in err
     # progress lines count epochs from 1: the one the kill interrupted runs again, none before
-    assert "teacher@m epoch 3:" in err
-    assert "teacher@m epoch 2:" not in err
+    assert f"teacher@m epoch 3/{EPOCHS}:" in err
+    assert f"teacher@m epoch 2/{EPOCHS}:" not in err
     assert not state.parent.exists()  # the checkpoint is removed once the outputs are written
     assert len(json.loads((out / "history.json").read_text())) == EPOCHS
 

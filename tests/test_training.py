@@ -458,8 +458,30 @@ def test_print_progress_plain_lines_when_not_a_tty():
     assert len(lines) == 3
     assert "\r" not in text and "\x1b" not in text  # no bar, no escape codes
     for i, line in enumerate(lines):
-        assert line.startswith(f"teacher@m epoch {i + 1}:")
+        assert line.startswith(f"teacher@m epoch {i + 1}/3:")
         assert "train_loss 0.2500" in line and "val_accuracy 0.7500" in line
+
+
+def test_print_progress_says_elapsed_and_time_left(monkeypatch):
+    """Each epoch's line says how long the stage has run and how long it has left: the mean
+    epoch time so far times the epochs to go (a resumed run counts from where it resumed)."""
+    from kd.train import callbacks
+
+    clock = iter(range(0, 10_000, 30))  # every call to the clock is 30 s after the last
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: float(next(clock)))
+    stream = io.StringIO()
+    progress = PrintProgress("student@small", stream=stream)
+    for epoch in range(2, 6):  # resumed after epoch 2 of 6: four epochs run here
+        progress.on_epoch_start(epoch, 6, 1)
+        progress.on_epoch_end(epoch, {"epoch": epoch + 1, "train_loss": 0.25, "lr": 1e-3,
+                                      "epoch_time_s": 30.0})
+    lines = stream.getvalue().splitlines()
+    # start at 0 s; epoch 3 ends at 30 s, epoch 4 at 60 s, ...: 30 s an epoch
+    assert lines[0].startswith("student@small epoch 3/6:")
+    assert lines[0].endswith("(30.0s; 30s so far, about 1.5 min left)"), lines[0]
+    assert lines[1].endswith("(30.0s; 60s so far, about 60s left)"), lines[1]
+    assert lines[3].startswith("student@small epoch 6/6:")
+    assert lines[3].endswith("(30.0s; 2.0 min so far, about 0s left)"), lines[3]
 
 
 def test_fit_prints_one_line_per_epoch():
@@ -467,7 +489,8 @@ def test_fit_prints_one_line_per_epoch():
     cfg = TrainConfig(epochs=3, batch_size=64, lr=0.01)
     _fit(_model(), cfg, callbacks=[PrintProgress("toy", stream=stream)])
     lines = stream.getvalue().splitlines()
-    assert [ln.split(":")[0] for ln in lines] == ["toy epoch 1", "toy epoch 2", "toy epoch 3"]
+    assert [ln.split(":")[0] for ln in lines] == ["toy epoch 1/3", "toy epoch 2/3", "toy epoch 3/3"]
+    assert all("so far, about" in ln and ln.endswith(" left)") for ln in lines), lines
 
 
 def test_code_digest_sees_every_source_edit_and_no_bytecode(tmp_path):

@@ -49,12 +49,14 @@ from kd.prepared import load_meta, read_split
 from kd.progress import Progress
 from kd.report import plots
 from kd.report.figures import tree_figures, write_figures
+from kd.report.headline import HEADLINE, HEADLINE_FILE
 from kd.report.render import render_html, render_markdown
 from kd.report.variants import (
     controls_rows,
     frontier_points,
     frontier_rows,
     omit_rows,
+    size_rows,
     variant_figures,
 )
 from kd.targets.manifest import MANIFEST, check_members, read_manifest
@@ -66,9 +68,7 @@ TIMING = "timing.json"  # wall-clock figures: not cached, differ between identic
 FRONTIER_LATENCY = "frontier_latency.png"  # drawn from timing.json's latencies: not cached
 VARIANT_KEYS = ("accuracy", "val_accuracy", "params", "baseline_accuracy", "retained",
                 "gap_recovered")
-# the flat keys variants are compared by (`dvc exp show`, the MLflow compare view);
-# the first is kd.tracking.COMPARE_BY, the experiment's primary metric
-HEADLINE = ("val_acc", "test_acc", "acc_retained", "gap_recovered")
+SIZES = "sizes.json"  # the rows of dvc.yaml's "Accuracy against size" plot (variants.size_rows)
 
 
 def headline(metrics: dict) -> dict:
@@ -141,11 +141,11 @@ class Report:
         it whole)."""
         d, chosen = self._draw, self.metrics["chosen_variant"]
         figures, t_acc = d["figures"], self.metrics["teacher"]["accuracy"]
-        write_figures(out, d["st"], d["meta"], d["evals"], d["probs"], d["test"].y,
-                      {n: p for n, p in d["params"].items()  # today's models' points
-                       if n in ("teacher", "student", "baseline", *d["members"])},
-                      {n: p for n, p in d["dirs"].items() if "@" not in n}, d["members"],
-                      d["shards"])
+        points = {n: (p, d["evals"][n]["accuracy"]) for n, p in d["params"].items()
+                  if p is not None and n in ("teacher", "student", "baseline", *d["members"])}
+        write_figures(out, d["st"], d["meta"], d["evals"], d["probs"], d["test"].y, points,
+                      {n: p for n, p in d["dirs"].items() if "@" not in n}, d["shards"])
+        write_json(out / SIZES, size_rows(figures, points, d["members"]))
         plots.frontier(frontier_points(figures, {v: f["params"] for v, f in figures.items()},
                                        "params"), t_acc, "params", "parameters (log scale)",
                        out / "plots" / "frontier.png", chosen)
@@ -157,6 +157,8 @@ class Report:
         self.context["tree"] = tree_figures(out / "plots", d["models"], d["specs"], d["test"],
                                             d["meta"])
         write_json(out / "metrics.json", self.metrics)
+        write_json(out / HEADLINE_FILE, {k: self.metrics[k] for k in HEADLINE}
+                   | {"variant": chosen})
         write_json(out / "details.json", {k: {"per_class_accuracy": v["per_class_accuracy"],
                                               "confusion": v["confusion"]}
                                           for k, v in d["evals"].items()}
@@ -168,7 +170,8 @@ class Report:
 
 def timing_figures(speed: dict, members: list[str], variants: list[str],
                    onnx_files: dict[str, Path], load: dict) -> dict:
-    """timing.json: the same keys as metrics.json, so `dvc metrics show` lines them up
+    """timing.json: the same keys as metrics.json, so `dvc metrics show
+    data/report/metrics.json data/report/timing.json` lines them up
     (student.latency_ms_median, compression.speedup, ...)."""
     return {name: speed[name] for name in ("teacher", "student", "baseline", *onnx_files)} | {
         "members": {m: speed[m] for m in members},
@@ -313,8 +316,8 @@ def assemble(cfg: Config, chosen: str, members: list[str], figures: dict, evals:
                                    metrics["baseline"])},
         "student_temperature": st.temperature, "student_alpha": st.alpha,
         "transfer_set": {k: transfer[k] for k in ("labeled", "unlabeled", "synthetic")},
-        # every variant in a few keys (`dvc exp show` gets a column per key); the intervals,
-        # recipes and comparisons are in details.json
+        # every variant in a few keys; the intervals, recipes and comparisons are in
+        # details.json
         "chosen_variant": chosen,
         "variants": {v: {k: f[k] for k in VARIANT_KEYS} for v, f in figures.items()},
     }

@@ -1,6 +1,6 @@
 """The report's figures: PNG plots for people, confusion JSON for `dvc plots`.
 
-    write_figures(out_dir, st, meta, evals, probs, y, params, dirs, members, shards)
+    write_figures(out_dir, st, meta, evals, probs, y, points, dirs, shards)
 """
 
 from __future__ import annotations
@@ -31,14 +31,14 @@ def soft_target_entropy(shards: Path, T: float, combine: str) -> dict[str, np.nd
 
 
 def write_figures(out: Path, st: StudentConfig, meta: dict, evals: dict, probs: dict, y: np.ndarray,
-                  params: dict, dirs: dict, members: list[str], shards: Path) -> None:
+                  points: dict[str, tuple[int, float]], dirs: dict, shards: Path) -> None:
+    """The PNGs of data/report/plots and the confusion JSON; `points` holds each model's
+    (parameters, test accuracy), for the models of known size."""
     # an imported member was trained elsewhere: no curves; a model of unknown size: no point
     histories = {name: json.loads((d / "history.json").read_text()) for name, d in dirs.items()
                  if (d / "history.json").is_file()}
     plots.training_curves(histories, out / "plots" / "training_curves.png")
-    plots.accuracy_vs_params({n: (params[n], evals[n]["accuracy"]) for n in params
-                              if params[n] is not None},
-                             out / "plots" / "accuracy_vs_params.png")
+    plots.accuracy_vs_params(points, out / "plots" / "accuracy_vs_params.png")
     plots.reliability_diagram({n: reliability(probs[n], y) for n in ("teacher", "student",
                                                                       "baseline")},
                               out / "plots" / "reliability.png")

@@ -7,6 +7,7 @@ self-contained report.html.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -15,7 +16,25 @@ matplotlib.use("Agg")  # no display: render to files only
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from kd.report.labels import Label, place_labels  # noqa: E402
+
 COLORS = {"teacher": "#1f77b4", "student": "#d62728", "baseline": "#7f7f7f"}
+ACCURACY_STEP = 0.05  # accuracy axes end on 5-point lines (shared_axes)
+
+
+def shared_axes(ax, xs, ys, step: float = ACCURACY_STEP) -> None:
+    """Limits that two experiments' figures share, so that `dvc plots diff`, which puts their
+    PNGs side by side, compares like heights: the y axis (accuracy) runs between the `step`
+    lines just outside `ys`, the x axis (log scale) between the powers of ten just outside
+    `xs`. Two runs whose figures lie between the same lines get the same axes; the DVC plot
+    "Accuracy against size" draws both runs on one pair of axes whatever their figures."""
+    lo, hi = min(ys), max(ys)
+    ax.set_ylim(round(math.floor((lo - step / 10) / step) * step, 6),
+                round(math.ceil((hi + step / 10) / step) * step, 6))
+    xs = [x for x in xs if x > 0]  # a log axis: nothing at or below zero is drawn
+    if xs:
+        ax.set_xlim(10 ** math.floor(math.log10(min(xs)) - 0.05),
+                    10 ** math.ceil(math.log10(max(xs)) + 0.05))
 
 
 def save(fig, path: Path) -> None:
@@ -52,10 +71,12 @@ def accuracy_vs_params(points: dict[str, tuple[int, float]], path: Path) -> None
         marker = "*" if name == "teacher" else "o"
         ax.scatter(params, acc, s=120 if marker == "*" else 40, marker=marker, c=COLORS[kind],
                    zorder=3)
-        ax.annotate(name, (params, acc), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set(xscale="log", xlabel="parameters (log scale)", ylabel="test accuracy",
            title="Accuracy against size")
     ax.grid(True, which="both", alpha=0.3)
+    shared_axes(ax, [p for p, _ in points.values()], [a for _, a in points.values()])
+    fig.tight_layout()  # the axes' final place: labels are measured where they will be drawn
+    place_labels(ax, [Label(n, p, a) for n, (p, a) in points.items()], fontsize=8)
     save(fig, path)
 
 
@@ -67,6 +88,7 @@ def frontier(points: dict[str, dict[str, dict]], ensemble: float, x_key: str, x_
     accuracy and ci; variants whose recipe is a control (`hard`, `labeled`) are drawn as
     separate markers, off the curves."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    labels: list[Label] = []  # placed once the axes are final
     ax.axhline(ensemble, color=COLORS["teacher"], lw=1.5, ls="--", label="ensemble")
     styles = {"student": ("o-", COLORS["student"]), "baseline": ("s--", COLORS["baseline"])}
     for kind, pts in points.items():
@@ -77,21 +99,26 @@ def frontier(points: dict[str, dict[str, dict]], ensemble: float, x_key: str, x_
             xs, ys, cis, names = zip(*on_curve, strict=True)
             err = np.abs(np.array([[c[0] for c in cis], [c[1] for c in cis]]) - np.array(ys))
             ax.errorbar(xs, ys, yerr=err, fmt=fmt, color=color, capsize=3, label=kind)
-            for x, y, n in zip(xs, ys, names, strict=True):
-                label = f"{n} (chosen)" if n == chosen and kind == "student" else n
-                ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, -10),
-                            fontsize=7, color=color)
+            labels += [Label(f"{n} (chosen)" if n == chosen and kind == "student" else n,
+                             x, y, color) for x, y, n in zip(xs, ys, names, strict=True)]
         for n, p in pts.items():
             if p.get("control"):  # the controls: the same network, another recipe
                 err = np.abs(np.array([[p["ci"][0]], [p["ci"][1]]]) - p["accuracy"])
                 ax.errorbar([p[x_key]], [p["accuracy"]], yerr=err, fmt="D", color="#2ca02c",
                             capsize=3)
-                ax.annotate(n, (p[x_key], p["accuracy"]), textcoords="offset points",
-                            xytext=(5, 4), fontsize=7, color="#2ca02c")
+                labels.append(Label(n, p[x_key], p["accuracy"], "#2ca02c"))
     ax.set(xscale="log", xlabel=x_label, ylabel="test accuracy",
            title="Compression frontier (95% intervals)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    every = [p for pts in points.values() for p in pts.values()]
+    shared_axes(ax, [p[x_key] for p in every],
+                [ensemble, *(v for p in every for v in (p["accuracy"], *p["ci"]))])
+    legend = ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()  # the axes' final place: labels are measured where they will be drawn
+    # the students first (the curve a reader follows), then the controls, then the baselines
+    order = {"#2ca02c": 1, COLORS["baseline"]: 2}
+    place_labels(ax, sorted(labels, key=lambda lb: (order.get(lb.color, 0), lb.x, lb.y)),
+                 avoid=[legend])
     save(fig, path)
 
 

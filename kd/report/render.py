@@ -86,8 +86,9 @@ COMPARE_HEADER = ["comparison", "difference (points)", "95% interval (paired boo
                   "McNemar p (exact)", "rows only a / only b right", "reading"]
 TIMING_NOTE = ("Latency at batch size 1, throughput and the speedup are wall-clock figures of the "
                "machine that ran the report: they are in `timing.json` beside this report (not "
-               "cached by DVC; `dvc metrics show` lists them as `compression.speedup`, "
-               "`student.latency_ms_median`, `student_int8.latency_ms_median`, ...; the ONNX "
+               "cached by DVC; `dvc metrics show data/report/timing.json` lists them as "
+               "`compression.speedup`, `student.latency_ms_median`, "
+               "`student_int8.latency_ms_median`, ...; the ONNX "
                "rows under ONNX Runtime on the same threads as PyTorch eager's).")
 
 

@@ -99,6 +99,32 @@ def frontier_points(figures: dict[str, dict], x: dict[str, float], x_key: str) -
     return pts
 
 
+def size_rows(figures: dict[str, dict], points: dict[str, tuple[int, float]],
+              members: list[str]) -> list[dict]:
+    """data/report/sizes.json, the rows of the "Accuracy against size" DVC plot: every variant's
+    student (kind `student`, or `control` for a control recipe) and baseline, the ensemble and
+    each member of known size, at its parameter count, with its test accuracy. `dvc plots diff`
+    draws the rows of both experiments on one pair of axes."""
+    rows = []
+    for v in sorted(figures, key=lambda n: (figures[n]["params"], n)):
+        f = figures[v]
+        rows.append({"model": v, "kind": "control" if f["control"] else "student",
+                     "params": f["params"], "accuracy": f["accuracy"],
+                     "ci_low": f["accuracy_ci"][0], "ci_high": f["accuracy_ci"][1]})
+        if not f["control"]:  # a control's baseline is its network's: one row
+            lo, hi = f["baseline_accuracy_ci"]
+            rows.append({"model": v, "kind": "baseline", "params": f["params"],
+                         "accuracy": f["baseline_accuracy"], "ci_low": lo, "ci_high": hi})
+    for name in ("teacher", *members):
+        # a member of unknown size (an sklearn model) has no point; nor has an ensemble of them
+        if points.get(name, (0, 0))[0]:
+            n, acc = points[name]
+            rows.append({"model": "ensemble" if name == "teacher" else name,
+                         "kind": "ensemble" if name == "teacher" else "member", "params": n,
+                         "accuracy": acc, "ci_low": None, "ci_high": None})
+    return rows
+
+
 CONTROLS_HEADER = ["network", "what the student learned from", "val accuracy", "test accuracy",
                    "95% interval", "vs baseline (points)", "paired 95% interval"]
 
