@@ -36,7 +36,7 @@ MARKER = re.compile(r"^<!-- kd:(\w+)(?: ([\w.]+))? -->$", re.M)
 # ---------------------------------------------------------------------------------- params
 
 # Mappings whose values are validated as a model once the file is whole: a member's or a
-# variant's settings are the section's defaults with its own on top (kd/config/sections.py).
+# variant's settings are the section's defaults with its own on top (kd/config/student.py, kd/config/sections.py).
 # Their keys are written `<member>`, `<variant>`, `<name>` in the reference.
 PLACEHOLDER = {("teacher", "members"): "<member>", ("teacher", "imports"): "<name>",
                ("student", "variants"): "<variant>"}

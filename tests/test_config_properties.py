@@ -172,7 +172,8 @@ def valid_params(draw) -> dict:
                                                       *TRANSFORMER_ONLY})))
     fix_warmup(student.get("train", {}))
     if student.get("targets", "soft") != "soft" or student.get("rows", "all") != "all" or \
-            student.get("omit") or student.get("fraction", 1.0) < 1:
+            student.get("omit") or student.get("fraction", 1.0) < 1 or \
+            student.get("views", "sample") == "none":
         student.pop("control", None)  # such a recipe is a control: `control: false` is refused
     p["student"] = {"defaults": student, "variants": {"v": {}}}
     baseline = draw(section(BaselineConfig))

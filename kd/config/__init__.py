@@ -9,6 +9,7 @@ student's settings stops `kd prepare` rather than an hour of teacher training la
 then checks the architectures with the models (kd/model_checks.py). One module per job:
 
     sections.py   each section's keys, bounds, defaults and own checks
+    student.py    the student section: variants and their recipes
     data.py       the data section
     params.py     the whole file (`Config`): checks across sections, derived specs, warnings
     messages.py   a validation error as one line naming the key
@@ -24,18 +25,16 @@ from kd.config.sections import (
     DeployConfig,
     ExportConfig,
     ImportedMember,
-    InitConfig,
     ModelConfig,
     ReportConfig,
     RuntimeConfig,
-    StudentConfig,
-    StudentsConfig,
     TeacherConfig,
     TrackingConfig,
     TrainConfig,
     TransferConfig,
     deep_merge,
 )
+from kd.config.student import InitConfig, StudentConfig, StudentsConfig
 
 __all__ = [
     "MNIST1D_SEED", "AugmentConfig", "BaselineConfig", "Config", "DataConfig", "DeployConfig",

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from kd.config.messages import one_line
 from kd.config.params import Config
-from kd.config.sections import StudentConfig
+from kd.config.student import StudentConfig
 from kd.errors import ConfigError
 
 

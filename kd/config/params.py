@@ -23,13 +23,12 @@ from kd.config.sections import (
     ReportConfig,
     RuntimeConfig,
     Section,
-    StudentConfig,
-    StudentsConfig,
     TeacherConfig,
     TrackingConfig,
     TrainConfig,
     TransferConfig,
 )
+from kd.config.student import StudentConfig, StudentsConfig
 from kd.errors import ConfigError
 
 # the keys each source reads; a key set in params.yaml that the source does not read is
