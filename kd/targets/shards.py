@@ -33,7 +33,9 @@ from kd.targets.manifest import (
     hidden_column,
     logits_column,
     split_counts,
+    topk_columns,
 )
+from kd.targets.topk import TAIL, check_k, encode, id_dtype
 
 LOGITS_DTYPES = {"float32": (np.float32, pa.float32()), "float16": (np.float16, pa.float16())}
 
@@ -52,7 +54,8 @@ class ShardWriter:
                  row_group_size: int = 10_000, compression: str = "zstd",
                  logits_dtype: str = "float32", extra_metadata: dict | None = None,
                  prefix: str = "part",
-                 hidden: dict[str, int] | None = None, views: dict | None = None):
+                 hidden: dict[str, int] | None = None, views: dict | None = None,
+                 top_k: int | None = None):
         if not members or len(set(members)) < len(members) or not all(
                 re.fullmatch(r"[\w-]+", m) for m in members):
             raise ValueError(f"members must be unique names of [A-Za-z0-9_-]: {members!r}")
@@ -76,6 +79,14 @@ class ShardWriter:
         self.views, self.axes = views, len(feature_shape)
         if views:
             meta["views"] = dict(views)
+        # top-k (kd/targets/topk.py): per member its k largest logits, their ids, the tail's
+        # log-sum-exp, in place of its full logits; absent, the set is what it always was
+        self.top_k = top_k and check_k(top_k, self.num_classes)
+        if self.top_k:
+            ids = id_dtype(self.num_classes)
+            meta["top_k"] = self.codec = dict(k=self.top_k, tail=TAIL, ids=ids.name)
+        else:
+            self.codec = None
         lt = LOGITS_DTYPES[logits_dtype][1]
         self.schema = pa.schema([
             pa.field("row_id", pa.int64(), nullable=False),
@@ -83,8 +94,7 @@ class ShardWriter:
             pa.field("label", pa.int32()),  # null for unlabeled and synthetic rows
             pa.field("is_val", pa.bool_(), nullable=False),
             pa.field("features", pa.list_(pa.float32(), self.width), nullable=False),
-            *[pa.field(logits_column(m), pa.list_(lt, self.num_classes), nullable=False)
-              for m in self.members],
+            *[f for m in self.members for f in self._target_fields(m, lt)],
             *[pa.field(hidden_column(m), pa.list_(pa.float32(), d), nullable=False)
               for m, d in self.hidden.items()],
             *(_view_fields(self.axes) if views else []),
@@ -95,6 +105,16 @@ class ShardWriter:
         self._pw: pq.ParquetWriter | None = None
         self._counts = _zero_counts()  # of the shard in progress
         self.shards: list[dict[str, Any]] = []
+
+    def _target_fields(self, member: str, lt: pa.DataType) -> list[pa.Field]:
+        if not self.top_k:
+            return [pa.field(logits_column(member), pa.list_(lt, self.num_classes),
+                             nullable=False)]
+        top, ids, tail = topk_columns(member)
+        it = pa.from_numpy_dtype(id_dtype(self.num_classes))
+        return [pa.field(top, pa.list_(lt, self.top_k), nullable=False),
+                pa.field(ids, pa.list_(it, self.top_k), nullable=False),
+                pa.field(tail, lt, nullable=False)]
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -155,7 +175,15 @@ class ShardWriter:
             if not (ok := np.isfinite(z).all(axis=1)).all():
                 raise ArtifactError(f"logits.{m}: non-finite value at row_id {rid[~ok][0]} "
                                     f"(as {np.dtype(self.np_dtype).name})")
-            chunk[logits_column(m)] = z
+            if self.top_k:  # from the logits as given; stored in the same dtype
+                st = encode(np.asarray(logits[m], np.float32), self.top_k, self.np_dtype)
+                if not (ok := np.isfinite(st.tail_lse)).all():
+                    raise ArtifactError(f"tail.{m}: non-finite log-sum-exp at row_id "
+                                        f"{rid[~ok][0]} (as {np.dtype(self.np_dtype).name})")
+                chunk.update(zip(topk_columns(m), (st.logits, st.ids, st.tail_lse),
+                                 strict=True))
+            else:
+                chunk[logits_column(m)] = z
         chunk.update(self._hidden_chunk(rid, hidden or {}))
         if self.views:
             chunk.update(_view_chunk(B, self.axes, views))
@@ -228,7 +256,8 @@ class ShardWriter:
                   pa.DictionaryArray.from_arrays(g["split"], pa.array(names)),
                   pa.array(g["label"], pa.int32(), mask=g["label"] < 0),
                   pa.array(g["is_val"]), fixed("features"),
-                  *[fixed(logits_column(m)) for m in self.members],
+                  *[self._target_array(g, c, fixed) for m in self.members
+                    for c in ([logits_column(m)] if not self.top_k else topk_columns(m))],
                   *[fixed(hidden_column(m)) for m in self.hidden]]
         if self.views:  # a view's features are zeros (a few bytes compressed): it is replayed
             arrays += [pa.array(g["view"]), fixed("shift"), pa.array(g["noise_seed"]),
@@ -247,6 +276,9 @@ class ShardWriter:
         if self.views:
             for code, name in enumerate(SPLITS):
                 self._counts[f"views.{name}"] += int(((g["split"] == code) & (g["view"] > 0)).sum())
+
+    def _target_array(self, g: Batch, name: str, fixed) -> pa.Array:
+        return pa.array(g[name]) if name.startswith("tail.") else fixed(name)
 
     def _finish_shard(self) -> None:
         if self._pw is None:
