@@ -3,11 +3,11 @@ export speed against the bare forward pass of the same members over the same inp
 peak memory at 2M rows against 200k rows, and the student's shard loader against the same
 tensors in RAM; then what the codec costs at 1,000 and 32k classes.
 
-    python benchmarks/topk_scale.py                       # 200k and 2M rows (~20 min, 1 thread)
+    python benchmarks/topk_scale.py                       # 200k and 2M rows (~12 min, 1 thread)
     python benchmarks/topk_scale.py --sizes 20000 --out /tmp/s.json   # a smoke run
 
 For each size N: `kd prepare` of the chars source (100 classes; 20k labeled windows, N - 20k
-unlabeled), two cheap teacher members (1-layer transformers, width 16, one epoch on the
+unlabeled), two cheap teacher members (1-layer transformers, width 32, one epoch on the
 labeled rows: their accuracy does not matter here, their cost per row does), then in a child
 process each (its own peak RSS from resource.getrusage, ru_maxrss):
 - `export`: stages/export.py with top_k 8, float16 (what examples/chars.yaml uses);
@@ -16,7 +16,7 @@ process each (its own peak RSS from resource.getrusage, ru_maxrss):
 Target: export rows/s >= 0.9 x forward rows/s; export maxrss at the largest size <= 1.3 x at the
 smallest. At the smallest size a dense float16 export gives the bytes top-k saves.
 
-Loader: a student (1-layer transformer, width 16) takes the same training steps (Hinton's loss,
+Loader: a student (1-layer transformer, width 32: examples/chars.yaml's w32) takes the same training steps (Hinton's loss,
 AdamW, T = 2) from batches streamed off the top-k shards by kd.train.student.shard_batches and
 from the same rows' features, labels and decoded logits held in RAM as tensors; alternated
 A B A B A B, median steps/s of each. Target: shards >= 0.9 x RAM.
@@ -54,7 +54,7 @@ from kd.config import parse_config  # noqa: E402
 
 K, LABELED = 8, 20_000
 TEACHER = {"arch": "transformer",
-           "knobs": {"layers": 1, "width": 16, "heads": 2, "mlp_ratio": 2, "pool": "cls",
+           "knobs": {"layers": 1, "width": 32, "heads": 2, "mlp_ratio": 2, "pool": "cls",
                      "vocab": 100},
            "train": {"epochs": 1, "batch_size": 256, "optimizer": "adamw", "lr": 0.003}}
 
@@ -254,7 +254,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[200_000, 2_000_000])
     ap.add_argument("--work", type=Path, default=None, help="working folder (default: a temp)")
     ap.add_argument("--child", choices=["export", "forward"], default=None)
-    ap.add_argument("--loader-steps", type=int, default=150)
+    ap.add_argument("--loader-steps", type=int, default=400)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--codec-rows", type=int, nargs=2, default=[20_000, 1_000],
                     help="rows written at 1,000 and at 32,000 classes")
@@ -265,7 +265,7 @@ def main() -> None:
     torch.set_num_threads(1)
     work = a.work or Path(tempfile.mkdtemp(prefix="kd-topk-scale-"))
     res: dict = {"sizes": {}, "k": K, "logits_dtype": "float16", "threads": 1,
-                 "members": "2 x transformer (1 layer, width 16), 100 classes"}
+                 "members": "2 x transformer (1 layer, width 32), 100 classes"}
     for n in a.sizes:
         d = work / f"n{n}"
         t0 = time.perf_counter()

@@ -86,14 +86,19 @@ def encode(logits: np.ndarray, k: int, dtype: np.dtype | type = np.float32) -> T
     greater = z > kth[:, None]  # (N, C)
     equal = z == kth[:, None]
     need = k - greater.sum(axis=1)  # (N,) how many tied values make up k
-    keep = greater | (equal & (np.cumsum(equal, axis=1) <= need[:, None]))  # lowest ids first
+    keep = greater | equal  # exact unless more values tie at the k-th than are needed
+    if (ties := np.flatnonzero(equal.sum(axis=1) > need)).size:  # keep the lowest ids
+        eq = equal[ties]
+        keep[ties] = greater[ties] | (eq & (np.cumsum(eq, axis=1) <= need[ties, None]))
     ids = np.nonzero(keep)[1].reshape(n, k)  # (N, k) in id order
     vals = np.take_along_axis(z, ids, axis=1)
     order = np.argsort(-vals, axis=1, kind="stable")  # largest first, ties by id
     ids, vals = np.take_along_axis(ids, order, 1), np.take_along_axis(vals, order, 1)
-    rest = np.where(keep, -np.inf, z.astype(np.float64))  # (N, C)
+    rest = z.astype(np.float64)  # (N, C), the kept ones out
+    np.put_along_axis(rest, ids, -np.inf, axis=1)
     m = rest.max(axis=1, keepdims=True)
-    tail = (m[:, 0] + np.log(np.exp(rest - m).sum(axis=1)))
+    rest -= m
+    tail = m[:, 0] + np.log(np.exp(rest, out=rest).sum(axis=1))
     return TopK(vals.astype(dtype), ids.astype(id_dtype(c)), tail.astype(dtype), c)
 
 
