@@ -170,20 +170,15 @@ class ShardWriter:
             if z.shape != (B, C):
                 raise ArtifactError(f"logits.{m}: expected ({B}, {C}) for {C} classes, "
                                     f"got shape {z.shape}")
+            if self.top_k:  # from the logits as given; what is stored must be finite
+                chunk.update(zip(topk_columns(m), self._encode(m, z, rid), strict=True))
+                continue
             with np.errstate(over="ignore"):  # check after the cast: float16 overflows to inf
                 z = z.astype(self.np_dtype)
             if not (ok := np.isfinite(z).all(axis=1)).all():
                 raise ArtifactError(f"logits.{m}: non-finite value at row_id {rid[~ok][0]} "
                                     f"(as {np.dtype(self.np_dtype).name})")
-            if self.top_k:  # from the logits as given; stored in the same dtype
-                st = encode(np.asarray(logits[m], np.float32), self.top_k, self.np_dtype)
-                if not (ok := np.isfinite(st.tail_lse)).all():
-                    raise ArtifactError(f"tail.{m}: non-finite log-sum-exp at row_id "
-                                        f"{rid[~ok][0]} (as {np.dtype(self.np_dtype).name})")
-                chunk.update(zip(topk_columns(m), (st.logits, st.ids, st.tail_lse),
-                                 strict=True))
-            else:
-                chunk[logits_column(m)] = z
+            chunk[logits_column(m)] = z
         chunk.update(self._hidden_chunk(rid, hidden or {}))
         if self.views:
             chunk.update(_view_chunk(B, self.axes, views))
@@ -191,6 +186,20 @@ class ShardWriter:
         self._pending += B
         if self._pending >= self._group_size():
             self._flush(final=False)
+
+    def _encode(self, m: str, z: np.ndarray, rid: np.ndarray) -> tuple[np.ndarray, ...]:
+        """A member's (B, C) logits as its top-k columns (logits, ids, tail), each finite in
+        the storage dtype (a float16 value over 65,504 is not)."""
+        z = np.asarray(z, np.float32)
+        name = np.dtype(self.np_dtype).name
+        if not (ok := np.isfinite(z).all(axis=1)).all():
+            raise ArtifactError(f"logits.{m}: non-finite value at row_id {rid[~ok][0]} (as {name})")
+        with np.errstate(over="ignore"):
+            st = encode(z, self.top_k, self.np_dtype)
+        ok = np.isfinite(st.logits).all(axis=1) & np.isfinite(st.tail_lse)
+        if not ok.all():
+            raise ArtifactError(f"logits.{m}: non-finite value at row_id {rid[~ok][0]} (as {name})")
+        return st.logits, st.ids, st.tail_lse
 
     def _hidden_chunk(self, rid: np.ndarray, hidden: dict[str, np.ndarray]) -> Batch:
         if set(hidden) != set(self.hidden):

@@ -72,8 +72,8 @@ class TopK:
 
 def encode(logits: np.ndarray, k: int, dtype: np.dtype | type = np.float32) -> TopK:
     """(N, C) logits -> TopK. Among equal logits the smaller class id is kept and listed
-    first, so the bytes depend on the values alone. The tail's logsumexp is taken in float64
-    from the float32 logits, then stored in `dtype`."""
+    first, so the bytes depend on the values alone. The tail's logsumexp: exp of the float32
+    logits less the largest tail logit, summed in float64, then stored in `dtype`."""
     z = np.asarray(logits, dtype=np.float32)  # (N, C)
     if z.ndim != 2:
         raise ValueError(f"logits must be (N, C), got shape {z.shape}")
@@ -82,24 +82,32 @@ def encode(logits: np.ndarray, k: int, dtype: np.dtype | type = np.float32) -> T
     if not np.isfinite(z).all():
         row = int(np.argmax(~np.isfinite(z).all(axis=1)))
         raise ValueError(f"logits: NaN or infinite value at row {row}")
+    v, i = (t.numpy() for t in torch.topk(torch.from_numpy(z), k + 1, dim=1))  # (N, k + 1)
+    ids, vals = i[:, :k].copy(), v[:, :k].copy()
+    # torch orders equal values arbitrarily: rows with a tie among their k + 1 largest take the
+    # exact rule (lowest ids first), so the bytes never depend on the implementation
+    if (tied := np.flatnonzero((v[:, 1:] == v[:, :-1]).any(axis=1))).size:
+        ids[tied], vals[tied] = _by_id(z[tied], k)
+    rest = z - v[:, k:]  # (N, C) <= 0 off the kept ones: the largest left is the k+1-th
+    np.put_along_axis(rest, ids, -np.inf, axis=1)
+    tail = v[:, k].astype(np.float64) + np.log(np.exp(rest, out=rest).sum(axis=1,
+                                                                          dtype=np.float64))
+    return TopK(vals.astype(dtype), ids.astype(id_dtype(c)), tail.astype(dtype), c)
+
+
+def _by_id(z: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, values) (N, k) of the k largest of each row, largest first, among equal values
+    the smaller id kept and listed first."""
+    n, c = z.shape
     kth = np.partition(z, c - k, axis=1)[:, c - k]  # (N,) the k-th largest value
     greater = z > kth[:, None]  # (N, C)
     equal = z == kth[:, None]
     need = k - greater.sum(axis=1)  # (N,) how many tied values make up k
-    keep = greater | equal  # exact unless more values tie at the k-th than are needed
-    if (ties := np.flatnonzero(equal.sum(axis=1) > need)).size:  # keep the lowest ids
-        eq = equal[ties]
-        keep[ties] = greater[ties] | (eq & (np.cumsum(eq, axis=1) <= need[ties, None]))
+    keep = greater | (equal & (np.cumsum(equal, axis=1) <= need[:, None]))  # lowest ids first
     ids = np.nonzero(keep)[1].reshape(n, k)  # (N, k) in id order
     vals = np.take_along_axis(z, ids, axis=1)
     order = np.argsort(-vals, axis=1, kind="stable")  # largest first, ties by id
-    ids, vals = np.take_along_axis(ids, order, 1), np.take_along_axis(vals, order, 1)
-    rest = z.astype(np.float64)  # (N, C), the kept ones out
-    np.put_along_axis(rest, ids, -np.inf, axis=1)
-    m = rest.max(axis=1, keepdims=True)
-    rest -= m
-    tail = m[:, 0] + np.log(np.exp(rest, out=rest).sum(axis=1))
-    return TopK(vals.astype(dtype), ids.astype(id_dtype(c)), tail.astype(dtype), c)
+    return np.take_along_axis(ids, order, 1), np.take_along_axis(vals, order, 1)
 
 
 def log_probs(st: TopK) -> tuple[np.ndarray, np.ndarray]:
