@@ -31,10 +31,11 @@ from kd.targets import topk
 from kd.targets.manifest import MANIFEST, read_manifest
 from kd.targets.reader import ShardReader
 from kd.targets.shards import ShardWriter
-from kd.targets.shardset import read_table, summary, verify
+from kd.targets.shardset import summary, verify
 from kd.train.student import shard_batches
 from stages import export, student
 from tests.conftest import VARIANT, assert_user_error, build_pipeline, one_variant, run_cmd
+from tests.test_views import rows_by_key
 
 TRAIN = {"epochs": 2, "batch_size": 64}
 MLP = {"arch": "mlp", "knobs": {"depth": 1, "width": 16}, "train": TRAIN}
@@ -64,29 +65,12 @@ def pipe(tmp_path_factory) -> tuple[Path, Path]:
     return root, export_to(root, root / "dense", top_k=None)
 
 
-def by_key(d: Path) -> dict[str, np.ndarray]:
-    """Every row of a set sorted by (row id, view), fixed-size lists as (N, width)."""
-    t = read_table(d)
-    order = np.lexsort((t["view"].to_numpy(), t["row_id"].to_numpy()))
-    out = {}
-    for name in t.column_names:
-        col = t[name].combine_chunks()
-        if pa.types.is_fixed_size_list(col.type):
-            arr = col.flatten().to_numpy().reshape(len(col), -1)
-        elif pa.types.is_dictionary(col.type):
-            arr = np.asarray(col.to_pylist(), object)
-        else:
-            arr = col.to_numpy(zero_copy_only=False)
-        out[name] = arr[order]
-    return out
-
-
 # ------------------------------------------------------------------ what is stored
 
 
 def test_shards_hold_the_members_top_k_exactly_and_the_tail_mass(pipe):
     root, dense_dir = pipe
-    top, dense = by_key(root / SHARDS), by_key(dense_dir)
+    top, dense = rows_by_key(root / SHARDS), rows_by_key(dense_dir)
     np.testing.assert_array_equal(top["row_id"], dense["row_id"])
     assert "logits.a" not in top and top["ids.a"].dtype == np.uint8
     m = read_manifest(root / SHARDS)
@@ -109,7 +93,7 @@ def test_shards_hold_the_members_top_k_exactly_and_the_tail_mass(pipe):
 
 def test_the_reader_gives_the_kept_logits_and_the_tail_spread_uniformly(pipe):
     root, _ = pipe
-    top = by_key(root / SHARDS)
+    top = rows_by_key(root / SHARDS)
     parts = list(ShardReader(root / SHARDS, views="all").iter_batches(10_000, shuffle=False))
     rid = np.concatenate([p["row_id"] for p in parts])
     view = np.concatenate([p["view"] for p in parts])
@@ -173,6 +157,16 @@ def test_k_of_all_but_one_class_is_dense_exactly_and_k_of_all_is_refused(pipe, t
                     top_k=1)
 
 
+def test_a_top_k_value_float16_cannot_hold_is_one_line_naming_the_member_and_row(tmp_path):
+    w = ShardWriter(tmp_path, members=["a"], class_names=list("wxyz"), feature_shape=(1,),
+                    top_k=2, logits_dtype="float16")
+    z = np.array([[1.0, 2.0, 3.0, 4.0], [7e4, 0.0, 1.0, 2.0]], np.float32)
+    with pytest.raises(Exception, match=r"^logits.a: non-finite value at row_id 11 \(as "
+                                        r"float16\)$"):
+        w.write(np.array([10, 11]), "unlabeled", None, None, np.zeros((2, 1)), {"a": z})
+    w.abort()
+
+
 def test_top_k_unset_is_the_dense_set_byte_for_byte(pipe, tmp_path):
     root, dense_dir = pipe
     plain = {**PARAMS, "export": {k: v for k, v in PARAMS["export"].items() if k != "top_k"}}
@@ -190,7 +184,7 @@ def test_shards_do_not_depend_on_rows_per_shard(pipe, tmp_path):
     root, _ = pipe
     big = export_to(root, tmp_path / "big", rows_per_shard=2000, row_group_size=500)
     assert len(read_manifest(big)["shards"]) < len(read_manifest(root / SHARDS)["shards"])
-    a, b = by_key(root / SHARDS), by_key(big)
+    a, b = rows_by_key(root / SHARDS), rows_by_key(big)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
@@ -289,6 +283,6 @@ def test_export_of_top_k_on_two_ranks_is_the_single_process_set(pipe, tmp_path):
                   env={"KD_TRACKING": "0"})
     assert "on 2 ranks" in out.stdout
     verify(run / SHARDS)
-    a, b = by_key(root / SHARDS), by_key(run / SHARDS)
+    a, b = rows_by_key(root / SHARDS), rows_by_key(run / SHARDS)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
