@@ -6,8 +6,11 @@ Streams the prepared labeled and unlabeled splits, then the synthetic rows of th
 stage (`data/transfer/synthetic.parquet`, split `synthetic`; none when `transfer.method: none`),
 in batches of `export.batch_size`, runs each member forward (kd/teachers/), and writes
 `data/soft_targets/part-*.parquet` + `manifest.json` (kd/targets/manifest.py holds the schema).
-Logits, not probabilities: a new `T` never needs a new export. Memory is flat in the rows but
-with `export.views` (kd/augment.py: K views follow each training row; features held to replay).
+Logits, not probabilities: a new `T` never needs a new export. With `export.top_k: k` each
+member keeps its k largest logits, their ids and the tail's log-sum-exp (kd/targets/topk.py),
+and the manifest records how close that is to the dense logits on the first rows exported.
+Memory is flat in the rows but with `export.views` (kd/augment.py: K views follow each training
+row; features held to replay).
 The directory appears whole when complete (the manifest last inside it), so a killed export
 leaves nothing a student could mistake for a finished one; a rerun gives byte-identical shards.
 
