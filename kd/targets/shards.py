@@ -5,7 +5,8 @@ A shard set is one directory: `part-00000.parquet`, `part-00001.parquet`, ... an
 the column names and split codes). One Parquet row holds a row's id, split, label, features and
 every member's LOGITS (or, with `top_k`, its k largest logits, their class ids and the tail's
 log-sum-exp: kd/targets/topk.py), so inputs and targets are joined by being in the same row,
-never by position. The manifest is written last: its presence means the set is complete. A quick look:
+never by position. The manifest is written last: its presence means the set is complete. A
+quick look:
 
     python -c "from kd.targets.shardset import verify; print(verify('data/soft_targets'))"
 """
