@@ -272,6 +272,22 @@ def test_the_student_trains_on_top_k_shards(pipe):
     assert (root / "data/student" / VARIANT / "model.safetensors").is_file()
 
 
+def test_two_student_ranks_read_the_top_k_rows_one_process_reads(pipe):
+    """A distributed student's ranks together get one process's rows, with the same logits."""
+    root, _ = pipe
+    reader = ShardReader(root / SHARDS, views="sample", view_seed=5)
+
+    def rows(batches):
+        return {(int(r), int(v)): z.tobytes() for b in batches
+                for r, v, z in zip(b["row_id"], b["view"], b["logits"].transpose(1, 0, 2),
+                                   strict=True)}
+
+    one = rows(reader.iter_batches(64, shuffle=True, seed=5, epoch=1, drop_val=True))
+    ranks = [rows(reader.iter_rank_batches(32, world=2, rank=k, seed=5, epoch=1))
+             for k in (0, 1)]
+    assert ranks[0] | ranks[1] == one and not ranks[0].keys() & ranks[1].keys()
+
+
 @pytest.mark.slow
 def test_export_of_top_k_on_two_ranks_is_the_single_process_set(pipe, tmp_path):
     root, _ = pipe
