@@ -13,8 +13,11 @@ What stays exact: the kept logits themselves (stored bytes, in the storage dtype
 the kept classes' probabilities and the tail's total mass (the logsumexp of all C logits is
 the logsumexp of the kept ones and the tail's). What is approximate: anything at T != 1 that
 depends on how the tail's mass splits among its classes (sum_j exp(z_j / T) over the tail is
-not a function of their logsumexp), the `mean_logits` combine of members (the tail classes'
-logits are not stored), and per-class tail probabilities. "uniform" gives each missing class
+not a function of their logsumexp; at T > 1 the spread tail holds at least the true tail's
+mass), and per-class tail probabilities, so combining members (mean_probs, kl_per_member,
+random_member) is exact at T = 1 only on classes every member kept. `mean_logits` needs the
+tail classes' logits, which are not stored: config refuses it with export.top_k. The pipeline
+stores and reads the "uniform" tail (chosen on validation NLL). "uniform" gives each missing class
 logit tail_lse - log(C - k) (exact tail mass at T = 1, never above the smallest kept logit:
 a log-mean-exp is at most the max); "ghost" keeps one extra class with logit tail_lse, and the
 student's mass over the classes that row did not keep is matched against it.
