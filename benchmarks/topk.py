@@ -18,9 +18,16 @@ ghost class (over the kept buckets); top-1 agreement of the stored ensemble targ
 Students (a 1-layer transformer, T = 2, alpha = 0.9) are trained from dense float32 targets and
 from top-k (k = 4, 8) with either tail, on the same rows with the same seeds; test accuracy
 and ECE per seed, and paired differences from dense with a t interval over seeds. The tail rule
-("ghost" or "uniform") is chosen on validation accuracy; test rows only report.
+("ghost" or "uniform") is chosen on validation rows (accuracy, and NLL, which also scores
+calibration: both recorded); test rows only report.
 With an ensemble, "uniform" decodes each member to C logits and averages probabilities exactly
 as dense does; "ghost" averages the members' bucket losses (their kept sets differ).
+The arm "top8-shards" goes the pipeline's own way (export.top_k: 8, float16): the transfer
+rows' logits are written by kd.targets.shards.ShardWriter, read back by ShardReader (the tail
+spread uniformly) and turned into targets by kd.distill.losses.soft_targets, as `kd student`
+does; its fidelity row is the export's own measure (kd.targets.topk.fidelity).
+
+    python benchmarks/topk.py --arms dense top8-uniform top8-shards   # the wired path, 3 seeds
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ C, CONTEXT = 100, 32
 TEACHER = {"layers": 2, "width": 48, "heads": 4, "mlp_ratio": 2, "pool": "cls", "vocab": C}
 STUDENT = {"layers": 1, "width": 32, "heads": 2, "mlp_ratio": 2, "pool": "cls", "vocab": C}
 T_STUDENT, ALPHA = 2.0, 0.9
+ARMS = ["dense", "top4-ghost", "top4-uniform", "top8-ghost", "top8-uniform", "top8-shards"]
 
 
 def train(knobs: dict, x, y, epochs: int, seed: int, loss_fn=None, lr=3e-3, bs=256):
@@ -145,10 +153,38 @@ def fidelity(zs: list[np.ndarray], k: int | None, dtype) -> dict:
     return out
 
 
+def through_shards(member_z: list[np.ndarray], k: int = 8) -> torch.Tensor:
+    """(M, N, C) the members' logits as `kd student` reads them from top-k float16 shards."""
+    import tempfile
+
+    from kd.targets.manifest import write_manifest
+    from kd.targets.reader import ShardReader
+    from kd.targets.shards import ShardWriter
+
+    n, names = len(member_z[0]), [f"m{i}" for i in range(len(member_z))]
+    with tempfile.TemporaryDirectory(prefix="kd-topk-") as d:
+        w = ShardWriter(d, members=names, class_names=[str(c) for c in range(C)],
+                        feature_shape=(1,), logits_dtype="float16", top_k=k)
+        for i in range(0, n, 4096):
+            j = min(n, i + 4096)
+            w.write(np.arange(i, j), "unlabeled", None, None, np.zeros((j - i, 1), np.float32),
+                    {m: z[i:j] for m, z in zip(names, member_z, strict=True)})
+        write_manifest(d, w.close(), members=names, class_names=[str(c) for c in range(C)],
+                       feature_shape=(1,), logits_dtype="float16",
+                       member_fingerprints=dict.fromkeys(names, ""), params={}, top_k=w.codec)
+        parts = list(ShardReader(d).iter_batches(65_536, shuffle=False))
+    ids = np.concatenate([p["row_id"] for p in parts])
+    assert (ids == np.arange(n)).all()
+    return torch.from_numpy(np.concatenate([p["logits"] for p in parts], axis=1))
+
+
 def student_loss(arm: str, member_z: list[np.ndarray], y: torch.Tensor):
     """The loss of one arm over the transfer rows: dense, or top-k with a tail rule."""
     if arm == "dense":
         targets = torch.from_numpy(mean_probs(member_z, T_STUDENT)).float()
+    elif arm == "top8-shards":  # the pipeline's reader and the student's own combine
+        from kd.distill.losses import soft_targets
+        targets = soft_targets(through_shards(member_z), T_STUDENT).float()
     else:
         k, tail = int(arm.split("-")[0][3:]), arm.split("-")[1]
         sts = [topk.encode(z, k) for z in member_z]
@@ -160,7 +196,7 @@ def student_loss(arm: str, member_z: list[np.ndarray], y: torch.Tensor):
     labeled = y >= 0
 
     def loss(out, idx):
-        if arm == "dense" or arm.endswith("uniform"):
+        if arm in ("dense", "top8-shards") or arm.endswith("uniform"):
             logq = F.log_softmax(out / T_STUDENT, 1)
             p = targets[idx]
             soft = T_STUDENT ** 2 * (p * (p.clamp_min(1e-30).log() - logq)).sum(1).mean()
@@ -185,6 +221,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer rows and epochs, 2 seeds")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--arms", nargs="+", default=ARMS, choices=ARMS,
+                    help="the students to train (dense is always one)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/topk.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -226,6 +264,7 @@ def main() -> None:
         codecs[f"top{k}_float16"] = (k, np.float16)
         codecs[f"top{k}_float32"] = (k, np.float32)
     result["codecs"] = {name: fidelity(z_val, k, dt) for name, (k, dt) in codecs.items()}
+    result["export_fidelity_top8_float16"] = topk.fidelity(np.stack(z_val), 8, np.float16)
     base = result["codecs"]["dense_float16"]["bytes_per_row_raw"]
     for name, r in result["codecs"].items():
         r["raw_share_of_dense_float16"] = r["bytes_per_row_raw"] / base
@@ -235,8 +274,9 @@ def main() -> None:
               + " ".join(f"{v:.2e}" for v in r["kl_uniform"].values())
               + f"  top1 {r['top1_agreement']:.4f}", flush=True)
 
-    arms = ["dense", "top4-ghost", "top4-uniform", "top8-ghost", "top8-uniform"]
-    runs: dict = {a: {"val_acc": [], "test_acc": [], "test_ece": []} for a in arms}
+    arms = ["dense", *(a for a in args.arms if a != "dense")]
+    runs: dict = {a: {"val_acc": [], "val_nll": [], "val_ece": [], "test_acc": [],
+                      "test_ece": []} for a in arms}
     for seed in seeds:
         for arm in arms:
             st = train(STUDENT, x_transfer, y_transfer, s_epochs, seed,
@@ -244,6 +284,9 @@ def main() -> None:
             pv = torch.softmax(torch.from_numpy(logits_of(st, xv)).double(), 1).numpy()
             ps = torch.softmax(torch.from_numpy(logits_of(st, xs)).double(), 1).numpy()
             runs[arm]["val_acc"].append(float((pv.argmax(1) == yv).mean()))
+            runs[arm]["val_nll"].append(float(-np.log(np.clip(pv[np.arange(len(yv)), yv],
+                                                              1e-12, None)).mean()))
+            runs[arm]["val_ece"].append(expected_calibration_error(pv, yv))
             runs[arm]["test_acc"].append(float((ps.argmax(1) == ys).mean()))
             runs[arm]["test_ece"].append(expected_calibration_error(ps, ys))
             print(f"seed {seed} {arm:13s} val {runs[arm]['val_acc'][-1]:.4f} test "
@@ -251,22 +294,30 @@ def main() -> None:
                   f"({time.time() - t0:.0f} s)", flush=True)
     for arm in arms:
         r = runs[arm]
-        r |= {f"{m}_mean": float(np.mean(r[m])) for m in ("val_acc", "test_acc", "test_ece")}
+        r |= {f"{m}_mean": float(np.mean(r[m])) for m in ("val_acc", "val_nll", "val_ece",
+                                                            "test_acc", "test_ece")}
         if arm != "dense" and len(seeds) > 1:
             r["test_acc_minus_dense_ci95"] = ci(np.subtract(r["test_acc"],
                                                             runs["dense"]["test_acc"]).tolist())
             r["test_ece_minus_dense_ci95"] = ci(np.subtract(r["test_ece"],
                                                             runs["dense"]["test_ece"]).tolist())
     for k in (4, 8):  # the tail rule, chosen on validation rows
+        if f"top{k}-ghost" not in runs or f"top{k}-uniform" not in runs:
+            continue
         g, u = runs[f"top{k}-ghost"]["val_acc_mean"], runs[f"top{k}-uniform"]["val_acc_mean"]
         result.setdefault("tail_chosen_on_val", {})[f"top{k}"] = "ghost" if g >= u else "uniform"
+        # by validation NLL, which scores calibration with accuracy (lower is better)
+        g, u = runs[f"top{k}-ghost"]["val_nll_mean"], runs[f"top{k}-uniform"]["val_nll_mean"]
+        result.setdefault("tail_chosen_on_val_nll", {})[f"top{k}"] = \
+            "ghost" if g < u else "uniform"
     result |= {"students": runs, "seeds": seeds, "epochs": {"teacher": t_epochs,
                "student": s_epochs}, "T": T_STUDENT, "alpha": ALPHA, "quick": q,
                "seconds": round(time.time() - t0, 1), "machine": machine()}
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({a: {k: v for k, v in r.items() if "mean" in k or "ci95" in k}
                       for a, r in runs.items()}, indent=1))
-    print(f"tail chosen on validation: {result['tail_chosen_on_val']}; wrote {args.out}")
+    print(f"tail chosen on validation accuracy: {result.get('tail_chosen_on_val')}, on "
+          f"validation NLL: {result.get('tail_chosen_on_val_nll')}; wrote {args.out}")
 
 
 if __name__ == "__main__":

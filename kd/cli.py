@@ -401,7 +401,7 @@ def shards_show(directory: str, as_json: bool) -> None:
     import json
 
     from kd.targets.manifest import SPLITS
-    from kd.targets.shardset import summary
+    from kd.targets.shardset import describe_targets, summary
 
     info = summary(directory)
     if as_json:
@@ -419,6 +419,8 @@ def shards_show(directory: str, as_json: bool) -> None:
         click.echo(f"  views      {views['count']} a training row, {sum(views['rows'].values()):,}"
                    f" rows (shift {views['shift']}, noise {views['noise']:g}, mixup "
                    f"{views['mixup']:g})")
+    for i, line in enumerate(describe_targets(info)):
+        click.echo(f"  {'targets' if i == 0 else '':<10} {line}")
 
 
 @shards.command("verify")
@@ -468,6 +470,10 @@ def check_params(cfg: Config, prepared: Path) -> None:
     if (prepared / "meta.json").is_file():
         meta = load_meta(prepared)
         fit_to_data(cfg, meta)
+        if cfg.export.top_k is not None:  # against the prepared classes (parquet data)
+            from kd.targets.topk import check_k
+
+            check_k(cfg.export.top_k, meta["n_classes"])
         click.echo(f"models: every architecture takes the prepared features "
                    f"{tuple(meta['feature_shape'])} ({prepared})")
     else:

@@ -6,8 +6,11 @@ Streams the prepared labeled and unlabeled splits, then the synthetic rows of th
 stage (`data/transfer/synthetic.parquet`, split `synthetic`; none when `transfer.method: none`),
 in batches of `export.batch_size`, runs each member forward (kd/teachers/), and writes
 `data/soft_targets/part-*.parquet` + `manifest.json` (kd/targets/manifest.py holds the schema).
-Logits, not probabilities: a new `T` never needs a new export. Memory is flat in the rows but
-with `export.views` (kd/augment.py: K views follow each training row; features held to replay).
+Logits, not probabilities: a new `T` never needs a new export. With `export.top_k: k` each
+member keeps its k largest logits, their ids and the tail's log-sum-exp (kd/targets/topk.py),
+and the manifest records how close that is to the dense logits on the first rows exported.
+Memory is flat in the rows but with `export.views` (kd/augment.py: K views follow each training
+row; features held to replay).
 The directory appears whole when complete (the manifest last inside it), so a killed export
 leaves nothing a student could mistake for a finished one; a rerun gives byte-identical shards.
 
@@ -22,6 +25,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
+
 from kd.augment import ViewSource, settings_of
 from kd.config import Config
 from kd.evaluate.shard_checks import shard_warnings
@@ -31,8 +36,9 @@ from kd.progress import Progress, plural
 from kd.runtime.distributed import SINGLE, Dist, shared_atomic_dir
 from kd.targets.manifest import MANIFEST, write_manifest
 from kd.targets.provenance import prepared_digests
-from kd.targets.shards import ShardWriter
+from kd.targets.shards import LOGITS_DTYPES, ShardWriter
 from kd.targets.shardset import summary
+from kd.targets.topk import check_k, fidelity
 from kd.teachers.members import hidden_widths, load_members, member_fingerprint, member_outputs
 from kd.tracking import stage_run, tag_output
 from kd.transfer.stored import SYNTHETIC, transfer_about, transfer_set
@@ -51,6 +57,9 @@ def run(cfg: Config, out_dir: Path = Path("data/soft_targets"),
     hidden = hidden_widths(models, ex.hidden)  # member -> D of its `hidden.<member>` column
     params = {"export": ex.recorded(), "members": list(models), "world_size": dist.world}
     views = ViewSource(settings_of(ex), sources, shape) if ex.views else None
+    if ex.top_k:  # against the prepared data's classes (a parquet source's are known here)
+        check_k(ex.top_k, meta["n_classes"])
+    sample: list = []  # top-k: rank 0's first rows' dense logits, for the fidelity measure
     with stage_run(cfg, "export", params=params, main=dist.is_main) as tracking:
         t0, rows, forward_s = time.perf_counter(), 0, 0.0
         with shared_atomic_dir(out_dir, dist) as tmp:
@@ -61,7 +70,7 @@ def run(cfg: Config, out_dir: Path = Path("data/soft_targets"),
                 logits_dtype=ex.logits_dtype,
                 extra_metadata={"prepared_fingerprint": meta["fingerprint"]},
                 prefix=f"part-r{dist.rank:03d}" if dist.active else "part", hidden=hidden,
-                views=views and views.settings)
+                views=views and views.settings, top_k=ex.top_k)
             with writer:
                 # the splits mixed in proportion in every batch; rank 0 shows its share
                 total = -(-sum(split_rows(d, s) for d, s in sources) // dist.world)
@@ -71,6 +80,8 @@ def run(cfg: Config, out_dir: Path = Path("data/soft_targets"),
                     f0 = time.perf_counter()
                     logits, vectors = member_outputs(models, part.x, shape, dist.device, ex.hidden)
                     forward_s += time.perf_counter() - f0
+                    if ex.top_k and dist.is_main and sum(len(b[0]) for b in sample) < SAMPLE:
+                        sample.append([logits[m] for m in models])
                     writer.write(part.row_id, split, part.y, is_val, part.x, logits, vectors)
                     if views:  # the rows' views, each with the members' logits on its input
                         v, y, x = views.views_of(part.row_id[~is_val], part.y[~is_val])
@@ -95,7 +106,8 @@ def run(cfg: Config, out_dir: Path = Path("data/soft_targets"),
                     member_fingerprints={m: member_fingerprint(teachers / m) for m in models},
                     params={"export": ex.recorded(), "teacher": cfg.teacher.model_dump()},
                     extra={"prepared_fingerprint": meta["fingerprint"], "ranks": dist.world,
-                           **digests, **about}, hidden=hidden, views=views and views.settings)
+                           **digests, **about}, hidden=hidden, views=views and views.settings,
+                    top_k=writer.codec, fidelity=_fidelity(sample, ex))
         if not dist.is_main:
             return {}
         elapsed = time.perf_counter() - t0
@@ -116,4 +128,16 @@ def run(cfg: Config, out_dir: Path = Path("data/soft_targets"),
                             meta["n_classes"]):
         print(f"warning: {w}")
     return metrics
+
+
+SAMPLE = 2_048  # rows of dense logits a top-k export measures its targets against
+
+
+def _fidelity(sample: list, ex) -> dict | None:
+    """kd.targets.topk.fidelity on the first SAMPLE rows rank 0 exported (None: dense)."""
+    if not ex.top_k or not sample:
+        return None
+    z = np.stack([np.concatenate([np.asarray(b[i]) for b in sample])[:SAMPLE]
+                  for i in range(len(sample[0]))])  # (M, N, C)
+    return fidelity(z, ex.top_k, LOGITS_DTYPES[ex.logits_dtype][0])
 

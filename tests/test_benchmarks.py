@@ -195,9 +195,15 @@ def _views_default(m, tmp: Path) -> list[Config]:  # every arm, and the online a
     return out
 
 
+def _topk_scale(m, tmp: Path) -> list[Config]:  # top-k and the dense export beside it
+    out = [parse_config(m.params(200_000)), parse_config(m.params(200_000, None))]
+    assert (out[0].export.top_k, out[1].export.top_k) == (8, None)
+    return out
+
+
 BUILDERS = {"byot": _byot, "hinton": _hinton, "distributed": _distributed, "frontier": _frontier,
             "gpu": _gpu, "batchnorm": _batchnorm, "munge": _munge, "soft_tree": _soft_tree,
-            "views": _views, "views_default": _views_default}
+            "views": _views, "views_default": _views_default, "topk_scale": _topk_scale}
 # scripts that build no params of their own: why
 AS_IS = {"chosen": "a helper: which variant a script measures",
          "deploy": "params.yaml as it is", "export": "params.yaml as it is",

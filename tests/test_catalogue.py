@@ -193,6 +193,17 @@ PARAMS_CASES = [
       {"export": {"views": 2, "mixup": -0.2}}, ("export.mixup", "-0.2")),
     P("export.partners.choice", "an unknown mixup partner pool",
       {"export": {"views": 2, "mixup": 0.2, "partners": "test"}}, ("export.partners", "'test'")),
+    P("export.top_k.zero", "top-k soft targets keeping no class",
+      {"export": {"top_k": 0}}, ("export.top_k", "0")),
+    P("export.top_k.two_classes", "top-k soft targets for a data set with 2 classes",
+      {"data": {**PARQUET, "classes": ["no", "yes"]}, "export": {"top_k": 1}},
+      ("export.top_k", "2 classes")),
+    P("export.top_k.all_classes", "top-k keeping every class (dense logits are exact and "
+      "smaller)", {"export": {"top_k": 10}}, ("export.top_k", "k=10", "10")),
+    P("export.top_k.mean_logits", "top-k soft targets with combine `mean_logits`, which needs "
+      "every member's full logits",
+      {"export": {"top_k": 3}, "student": {"defaults": {"combine": "mean_logits"}}},
+      ("combine", "mean_logits", "export.top_k")),
     P("student.views.choice", "an unknown way to read the stored views",
       {"student": {"defaults": {"views": "every"}}}, ("student", "views", "'every'")),
     P("student.views.control", "`views: none` (the control) marked `control: false`",

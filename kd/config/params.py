@@ -27,6 +27,7 @@ from kd.config.sections import (
     TrackingConfig,
     TrainConfig,
     TransferConfig,
+    check_top_k,
 )
 from kd.config.student import StudentConfig, StudentsConfig
 from kd.errors import ConfigError
@@ -127,6 +128,7 @@ class Config(Section):
                 raise ConfigError(one_line(e, prefix=f"{key}.train")
                                   + " (in the baseline's run, with baseline.epochs)") from None
         _check_hidden_and_init(self)
+        _check_top_k(self)
         return self
 
 
@@ -150,6 +152,31 @@ def _check_hidden_and_init(cfg: Config) -> None:
         if st.init is not None and st.init.from_ not in members:
             raise ConfigError(f"{key}.init.from: {st.init.from_!r} is not a teacher member "
                               f"(members: {', '.join(members)})")
+
+
+def known_classes(data: DataConfig) -> int | None:
+    """The number of classes when params.yaml alone says it (None: only prepare knows)."""
+    if data.source in ("digits", "mnist1d"):
+        return 10
+    if data.source == "chars":
+        return data.vocab_size
+    return len(data.classes) if data.classes else None
+
+
+def _check_top_k(cfg: Config) -> None:
+    """export.top_k against the classes params.yaml names (export checks it against the
+    prepared data's), and the combine rule each variant reads the stored targets with."""
+    k = cfg.export.top_k
+    if k is None:
+        return
+    if (n := known_classes(cfg.data)) is not None:
+        check_top_k(k, n)
+    for variant in cfg.student.variants:
+        if cfg.student.variant(variant).combine == "mean_logits":
+            raise ConfigError(f"student.variants.{variant}.combine: 'mean_logits' averages every "
+                              f"member's full logits, which export.top_k {k} does not store; use "
+                              "mean_probs (or kl_per_member, random_member) or remove "
+                              "export.top_k")
 
 
 def data_warnings(cfg: Config, meta: dict | None = None) -> list[str]:

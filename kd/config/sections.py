@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from kd.errors import ConfigError
+
 PositiveInt = Annotated[int, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0, lt=1)]
 Knob = int | float | bool | str
@@ -216,11 +218,16 @@ class ExportConfig(Section):
         "all", description="mixup partners: every training row, or the labeled ones alone")
     seed: Annotated[int, Field(ge=0)] = Field(
         0, description="keys every view's draw, with its row id and view")
+    top_k: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="store per member only the k largest logits, their class ids and the "
+        "tail's log-sum-exp (kd/targets/topk.py); null: every class's logit (dense)")
 
     def recorded(self) -> dict:
-        """The settings a manifest records: without the view keys when there are no views, so
-        a set without views is byte for byte what it was before views existed."""
-        return self.model_dump(exclude=None if self.views else set(VIEW_KEYS))
+        """The settings a manifest records: without the view keys when there are no views and
+        without top_k when it is off, so such a set is byte for byte what it was before views
+        and top-k existed."""
+        skip = (set() if self.views else set(VIEW_KEYS)) | (set() if self.top_k else {"top_k"})
+        return self.model_dump(exclude=skip or None)
 
     @model_validator(mode="after")
     def _check_views(self) -> ExportConfig:
@@ -240,6 +247,19 @@ class ExportConfig(Section):
                 f"got {self.row_group_size}"
             )
         return self
+
+
+def check_top_k(k: int, n_classes: int, key: str = "export.top_k") -> int:
+    """k, or ConfigError (one line naming `key`) when top-k cannot pay off for `n_classes`."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(f"{key}: must be an integer >= 1, got {k!r}")
+    if n_classes < 3:
+        raise ConfigError(f"{key}: the data has {n_classes} classes; top-k needs at least 3 "
+                          f"(dense logits are exact and smaller): remove {key}")
+    if k >= n_classes:
+        raise ConfigError(f"{key}: k={k} must be below the number of classes ({n_classes}): "
+                          f"dense logits are exact and smaller; remove {key}")
+    return k
 
 
 _NAME = re.compile(r"[A-Za-z0-9_-]+")

@@ -61,7 +61,7 @@ from kd.report.variants import (
 )
 from kd.targets.manifest import MANIFEST, check_members, read_manifest
 from kd.targets.provenance import check_same_test_split
-from kd.targets.shardset import verify
+from kd.targets.shardset import describe_targets, summary, verify
 from kd.teachers.members import load_member, member_bytes, member_output, member_params
 
 TIMING = "timing.json"  # wall-clock figures: not cached, differ between identical runs
@@ -191,7 +191,8 @@ def build(cfg: Config, at: Inputs = Inputs()) -> Report:
     shape, n_classes = tuple(meta["feature_shape"]), meta["n_classes"]
     x = torch.from_numpy(test.x).view(len(test.x), *shape)  # (N, *shape)
     members = cfg.teacher.names()
-    transfer = learned_from(check_shards(at.shards, members, meta, at.prepared))
+    manifest = check_shards(at.shards, members, meta, at.prepared)
+    transfer = learned_from(manifest)
     # the variant deploy shipped, chosen on validation rows by the same function
     choice = choose_variant(cfg, at.student_root, at.shards)
     chosen, variants = choice["variant"], list(cfg.student.variants)
@@ -251,6 +252,8 @@ def build(cfg: Config, at: Inputs = Inputs()) -> Report:
     metrics = assemble(cfg, chosen, members, figures, evals, probs, right, params, size, val,
                        {n: read_metadata(p).get("quantization", "none")
                         for n, p in onnx_files.items()}, transfer)
+    if manifest.get("top_k"):  # a dense set's metrics.json keeps its keys
+        metrics["targets"] = {"top_k": manifest["top_k"], "fidelity": manifest.get("fidelity")}
     choice_info = {k: choice[k] for k in ("reason", "meets_target", "threshold",
                                           "ensemble_val_accuracy", "retain_target")}
     # the stages' warnings again, by the headline: near chance, an ensemble no better than a member
@@ -265,7 +268,8 @@ def build(cfg: Config, at: Inputs = Inputs()) -> Report:
                             "omit": omit_rows({v: read_json(at.student_root / v / "metrics.json",
                                                             ArtifactError) for v in variants})},
                "class_names": meta["class_names"], "test_rows": len(test.y),
-               "transfer": transfer, "test_overlap": meta.get("test_overlap")}
+               "transfer": transfer, "test_overlap": meta.get("test_overlap"),
+               "targets": describe_targets(summary(at.shards), st.temperature)}
     inputs = (dict(member_output(dirs[m]) for m in members)
               | {name: d / "model.safetensors" for name, d in dirs.items() if "@" in name}
               | {"export": at.shards / MANIFEST, "deploy": onnx_files["student_int8"]})

@@ -218,6 +218,8 @@ def tables(ctx: dict) -> tuple[list[str], list[tuple[str, list[str], list[list[s
         f"Student temperature T = {m['student_temperature']:g}, alpha = {m['student_alpha']:g}; "
         f"test split of {ctx['test_rows']:,} rows.",
         *([transfer_sentence(ctx["transfer"])] if "transfer" in ctx else []),
+        *([f"Soft targets stored as {'; '.join(ctx['targets'])}."] if ctx.get("targets")
+          else []),
         *([f"**Warning: test inputs also occur in the training data** "
            f"({', '.join(f'{n:,} {k}' for k, n in ctx['test_overlap'].items())} rows equal a "
            "test row; `data.allow_test_overlap: true`): the test figures overstate what the "

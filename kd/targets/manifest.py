@@ -35,6 +35,18 @@ def logits_column(member: str) -> str:
     return f"logits.{member}"
 
 
+def topk_columns(member: str) -> tuple[str, str, str]:
+    """A member's columns in a top-k set (export.top_k, kd/targets/topk.py), in place of its
+    `logits.<member>`: its k largest logits (largest first), their class ids, and the
+    log-sum-exp of its other logits."""
+    return f"topk.{member}", f"ids.{member}", f"tail.{member}"
+
+
+def target_columns(member: str, top_k: dict | None) -> list[str]:
+    """The columns that hold a member's targets: its logits, or its top-k columns."""
+    return list(topk_columns(member)) if top_k else [logits_column(member)]
+
+
 def hidden_column(member: str) -> str:
     """A member's pooled hidden vector (export.hidden), for a student's cosine term."""
     return f"hidden.{member}"
@@ -54,7 +66,8 @@ def check_shard_metadata(path: str | os.PathLike, meta: dict[str, Any],
                          manifest: dict[str, Any]) -> None:
     """ArtifactError unless a shard's own metadata agrees with the manifest listing it: a shard
     from another export (other members, classes, shapes) must not be read as part of this one."""
-    for key in ("members", "class_names", "feature_shape", "logits_dtype", "hidden", "views"):
+    for key in ("members", "class_names", "feature_shape", "logits_dtype", "hidden", "views",
+                "top_k"):
         if meta.get(key) != manifest.get(key):  # a set without hidden columns names none
             raise ArtifactError(f"{path}: {key} {meta.get(key)!r} disagrees with {MANIFEST} "
                                 f"({manifest.get(key)!r})")
@@ -79,9 +92,12 @@ def write_manifest(out_dir: str | os.PathLike, shards: list[dict], *, members: l
                    class_names: list[str], feature_shape: tuple[int, ...], logits_dtype: str,
                    member_fingerprints: dict[str, str], params: dict,
                    extra: dict | None = None, hidden: dict[str, int] | None = None,
-                   views: dict | None = None) -> dict[str, Any]:
+                   views: dict | None = None, top_k: dict | None = None,
+                   fidelity: dict | None = None) -> dict[str, Any]:
     """Write manifest.json atomically; call it LAST, its presence means the set is complete.
-    `shards`: the info dicts from every writer's close() (all ranks, any order)."""
+    `shards`: the info dicts from every writer's close() (all ranks, any order). `top_k`: the
+    writer's codec ({k, tail, ids}), `fidelity` its measure against dense logits on a sample
+    (kd.targets.topk.fidelity); both absent from a dense set."""
     out_dir, shards = Path(out_dir), sorted(shards, key=lambda s: s["file"])
     if len({s["file"] for s in shards}) < len(shards):
         raise ValueError("duplicate shard files in manifest")
@@ -105,6 +121,10 @@ def write_manifest(out_dir: str | os.PathLike, shards: list[dict], *, members: l
         manifest["views"] = dict(views)
         totals["views"] = {k: n for k in SPLITS
                            if (n := sum(s.get("views", {}).get(k, 0) for s in shards))}
+    if top_k:
+        manifest["top_k"] = dict(top_k)
+    if fidelity:
+        manifest["fidelity"] = dict(fidelity)
     write_json(out_dir / MANIFEST, manifest)
     return manifest
 
@@ -139,6 +159,12 @@ class _Views(_Entry):
     seed: Count
 
 
+class _TopK(_Entry):
+    k: Annotated[int, Field(gt=0)]
+    tail: Literal["uniform"]
+    ids: Literal["uint8", "uint16", "uint32"]
+
+
 class _Manifest(_Entry):
     shards: list[_Shard]
     totals: _Totals
@@ -148,6 +174,7 @@ class _Manifest(_Entry):
     logits_dtype: Literal["float32", "float16"]
     hidden: dict[Annotated[str, Field(pattern=r"^[\w-]+$")], Annotated[int, Field(gt=0)]] = {}
     views: _Views | None = None
+    top_k: _TopK | None = None
 
 
 DEFAULT_DIR = "data/soft_targets"  # where `kd export` writes (dvc.yaml)

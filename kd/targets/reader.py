@@ -32,8 +32,11 @@ from kd.targets.manifest import (
     logits_column,
     read_manifest,
     read_shard_metadata,
+    target_columns,
+    topk_columns,
 )
 from kd.targets.shardset import verify
+from kd.targets.topk import dense
 from kd.targets.views import StoredViews, decode_views
 
 Piece = tuple[str, int, int, int]  # (file, row group, start, stop) among its training rows
@@ -43,7 +46,10 @@ class ShardReader:
     """Stream a shard set as numpy batches, shuffled per shard and within a row buffer.
 
     A batch: row_id (B,) int64, label (B,) int64 (-1 = null), is_labeled (B,) bool, is_val (B,)
-    bool, features (B, F) float32, logits (M, B, C) float32 in manifest member order. `columns`
+    bool, features (B, F) float32, logits (M, B, C) float32 in manifest member order. A top-k
+    set (export.top_k) is read back as logits too: each member's kept logits in place and the
+    tail's mass spread uniformly over its other classes (kd.targets.topk.dense), so losses,
+    combine rules and every other reader of `logits` take either set alike. `columns`
     picks a subset of those keys (row_id is always there). `hidden` names a member whose
     pooled hidden vector (export.hidden) is read too, as `hidden` (B, D) float32; without it
     no hidden column is ever read.
@@ -80,6 +86,7 @@ class ShardReader:
         self.feature_shape = tuple(m["feature_shape"])
         self.width, self.num_classes = int(np.prod(self.feature_shape)), len(self.class_names)
         self.files = [s["file"] for s in m["shards"]]
+        self.top_k = m.get("top_k")  # None: dense logits
         self.columns = list(COLUMNS) if columns is None else ["row_id", *columns]
         self._train_groups: list[tuple[str, int, int]] | None = None
         if unknown := set(self.columns) - set(COLUMNS):
@@ -281,7 +288,8 @@ class ShardReader:
 
     def _cols(self, want: set[str]) -> list[str]:
         """The Parquet columns that hold the batch keys `want` (and the hidden one, if read)."""
-        source = {"is_labeled": ["split"], "logits": [logits_column(m) for m in self.members]}
+        source = {"is_labeled": ["split"],
+                  "logits": [c for m in self.members for c in target_columns(m, self.top_k)]}
         cols = [c for k in COLUMNS if k in want for c in source.get(k, [k])]
         return cols + ([hidden_column(self.hidden)] if self.hidden is not None else [])
 
@@ -326,10 +334,15 @@ class ShardReader:
             out["is_val"] = column_np(t["is_val"])
         if "features" in names:
             out["features"] = column_np(t["features"]).reshape(-1, self.width)  # (B, F)
-        if logits_column(self.members[0]) in names:
+        if target_columns(self.members[0], self.top_k)[0] in names:
             z = np.empty((len(self.members), t.num_rows, self.num_classes), np.float32)  # (M, B, C)
             for i, m in enumerate(self.members):
-                z[i] = column_np(t[logits_column(m)]).reshape(-1, self.num_classes)
+                if self.top_k:
+                    top, ids, tail = (column_np(t[c]) for c in topk_columns(m))
+                    k = self.top_k["k"]
+                    dense(top.reshape(-1, k), ids.reshape(-1, k), tail, self.num_classes, z[i])
+                else:
+                    z[i] = column_np(t[logits_column(m)]).reshape(-1, self.num_classes)
             out["logits"] = z
         if self.hidden is not None:
             out["hidden"] = column_np(t[hidden_column(self.hidden)]).reshape(-1, self.hidden_width)

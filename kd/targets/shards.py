@@ -3,8 +3,10 @@
 A shard set is one directory: `part-00000.parquet`, `part-00001.parquet`, ... and a
 `manifest.json` listing every shard with its row count and sha256 (kd/targets/manifest.py, with
 the column names and split codes). One Parquet row holds a row's id, split, label, features and
-every member's LOGITS, so inputs and targets are joined by being in the same row, never by
-position. The manifest is written last: its presence means the set is complete. A quick look:
+every member's LOGITS (or, with `top_k`, its k largest logits, their class ids and the tail's
+log-sum-exp: kd/targets/topk.py), so inputs and targets are joined by being in the same row,
+never by position. The manifest is written last: its presence means the set is complete. A
+quick look:
 
     python -c "from kd.targets.shardset import verify; print(verify('data/soft_targets'))"
 """
@@ -33,7 +35,9 @@ from kd.targets.manifest import (
     hidden_column,
     logits_column,
     split_counts,
+    topk_columns,
 )
+from kd.targets.topk import TAIL, check_k, encode, id_dtype
 
 LOGITS_DTYPES = {"float32": (np.float32, pa.float32()), "float16": (np.float16, pa.float16())}
 
@@ -52,7 +56,8 @@ class ShardWriter:
                  row_group_size: int = 10_000, compression: str = "zstd",
                  logits_dtype: str = "float32", extra_metadata: dict | None = None,
                  prefix: str = "part",
-                 hidden: dict[str, int] | None = None, views: dict | None = None):
+                 hidden: dict[str, int] | None = None, views: dict | None = None,
+                 top_k: int | None = None):
         if not members or len(set(members)) < len(members) or not all(
                 re.fullmatch(r"[\w-]+", m) for m in members):
             raise ValueError(f"members must be unique names of [A-Za-z0-9_-]: {members!r}")
@@ -76,6 +81,14 @@ class ShardWriter:
         self.views, self.axes = views, len(feature_shape)
         if views:
             meta["views"] = dict(views)
+        # top-k (kd/targets/topk.py): per member its k largest logits, their ids, the tail's
+        # log-sum-exp, in place of its full logits; absent, the set is what it always was
+        self.top_k = top_k and check_k(top_k, self.num_classes)
+        if self.top_k:
+            ids = id_dtype(self.num_classes)
+            meta["top_k"] = self.codec = dict(k=self.top_k, tail=TAIL, ids=ids.name)
+        else:
+            self.codec = None
         lt = LOGITS_DTYPES[logits_dtype][1]
         self.schema = pa.schema([
             pa.field("row_id", pa.int64(), nullable=False),
@@ -83,8 +96,7 @@ class ShardWriter:
             pa.field("label", pa.int32()),  # null for unlabeled and synthetic rows
             pa.field("is_val", pa.bool_(), nullable=False),
             pa.field("features", pa.list_(pa.float32(), self.width), nullable=False),
-            *[pa.field(logits_column(m), pa.list_(lt, self.num_classes), nullable=False)
-              for m in self.members],
+            *[f for m in self.members for f in self._target_fields(m, lt)],
             *[pa.field(hidden_column(m), pa.list_(pa.float32(), d), nullable=False)
               for m, d in self.hidden.items()],
             *(_view_fields(self.axes) if views else []),
@@ -95,6 +107,16 @@ class ShardWriter:
         self._pw: pq.ParquetWriter | None = None
         self._counts = _zero_counts()  # of the shard in progress
         self.shards: list[dict[str, Any]] = []
+
+    def _target_fields(self, member: str, lt: pa.DataType) -> list[pa.Field]:
+        if not self.top_k:
+            return [pa.field(logits_column(member), pa.list_(lt, self.num_classes),
+                             nullable=False)]
+        top, ids, tail = topk_columns(member)
+        it = pa.from_numpy_dtype(id_dtype(self.num_classes))
+        return [pa.field(top, pa.list_(lt, self.top_k), nullable=False),
+                pa.field(ids, pa.list_(it, self.top_k), nullable=False),
+                pa.field(tail, lt, nullable=False)]
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -150,6 +172,9 @@ class ShardWriter:
             if z.shape != (B, C):
                 raise ArtifactError(f"logits.{m}: expected ({B}, {C}) for {C} classes, "
                                     f"got shape {z.shape}")
+            if self.top_k:  # from the logits as given; what is stored must be finite
+                chunk.update(zip(topk_columns(m), self._encode(m, z, rid), strict=True))
+                continue
             with np.errstate(over="ignore"):  # check after the cast: float16 overflows to inf
                 z = z.astype(self.np_dtype)
             if not (ok := np.isfinite(z).all(axis=1)).all():
@@ -163,6 +188,20 @@ class ShardWriter:
         self._pending += B
         if self._pending >= self._group_size():
             self._flush(final=False)
+
+    def _encode(self, m: str, z: np.ndarray, rid: np.ndarray) -> tuple[np.ndarray, ...]:
+        """A member's (B, C) logits as its top-k columns (logits, ids, tail), each finite in
+        the storage dtype (a float16 value over 65,504 is not)."""
+        z = np.asarray(z, np.float32)
+        name = np.dtype(self.np_dtype).name
+        if not (ok := np.isfinite(z).all(axis=1)).all():
+            raise ArtifactError(f"logits.{m}: non-finite value at row_id {rid[~ok][0]} (as {name})")
+        with np.errstate(over="ignore"):
+            st = encode(z, self.top_k, self.np_dtype)
+        ok = np.isfinite(st.logits).all(axis=1) & np.isfinite(st.tail_lse)
+        if not ok.all():
+            raise ArtifactError(f"logits.{m}: non-finite value at row_id {rid[~ok][0]} (as {name})")
+        return st.logits, st.ids, st.tail_lse
 
     def _hidden_chunk(self, rid: np.ndarray, hidden: dict[str, np.ndarray]) -> Batch:
         if set(hidden) != set(self.hidden):
@@ -228,7 +267,8 @@ class ShardWriter:
                   pa.DictionaryArray.from_arrays(g["split"], pa.array(names)),
                   pa.array(g["label"], pa.int32(), mask=g["label"] < 0),
                   pa.array(g["is_val"]), fixed("features"),
-                  *[fixed(logits_column(m)) for m in self.members],
+                  *[self._target_array(g, c, fixed) for m in self.members
+                    for c in ([logits_column(m)] if not self.top_k else topk_columns(m))],
                   *[fixed(hidden_column(m)) for m in self.hidden]]
         if self.views:  # a view's features are zeros (a few bytes compressed): it is replayed
             arrays += [pa.array(g["view"]), fixed("shift"), pa.array(g["noise_seed"]),
@@ -247,6 +287,9 @@ class ShardWriter:
         if self.views:
             for code, name in enumerate(SPLITS):
                 self._counts[f"views.{name}"] += int(((g["split"] == code) & (g["view"] > 0)).sum())
+
+    def _target_array(self, g: Batch, name: str, fixed) -> pa.Array:
+        return pa.array(g[name]) if name.startswith("tail.") else fixed(name)
 
     def _finish_shard(self) -> None:
         if self._pw is None:

@@ -22,7 +22,10 @@ from kd.targets.manifest import (
     check_shard_metadata,
     read_manifest,
     read_shard_metadata,
+    target_columns,
+    topk_columns,
 )
+from kd.targets.topk import row_problem
 from kd.targets.views import check_views
 
 
@@ -51,6 +54,8 @@ def verify(dir: str | os.PathLike, *, checksums: bool = True,
             raise ArtifactError(f"{p}: sha256 does not match {MANIFEST} (file corrupt or replaced)")
         with loc.open(s["file"]) as f:
             check_shard_metadata(p, read_shard_metadata(f, p), m)
+        if m.get("top_k"):
+            _check_topk(loc, s["file"], m)
     if i != 0:
         return summary(dir)
     listed = {s["file"] for s in m["shards"]}
@@ -62,8 +67,80 @@ def verify(dir: str | os.PathLike, *, checksums: bool = True,
     return summary(dir)
 
 
+def _check_topk(loc, file: str, m: dict[str, Any]) -> None:
+    """Every row's stored top-k is one encode() could write (kd.targets.topk.row_problem):
+    an edited column is one line naming the shard, the row and the column, even when whoever
+    edited it also rewrote the manifest's checksums."""
+    k, c = m["top_k"]["k"], len(m["class_names"])
+    with loc.open(file) as f, pq.ParquetFile(f, pre_buffer=False) as pf:
+        start = 0
+        for g in range(pf.num_row_groups):
+            t = pf.read_row_group(g)
+            for member in m["members"]:
+                cols = topk_columns(member)
+                top, ids = (t[x].combine_chunks().flatten().to_numpy(zero_copy_only=False)
+                            .reshape(-1, k) for x in cols[:2])
+                tail = t[cols[2]].to_numpy()
+                if (bad := row_problem(top, ids, tail, c)) is not None:
+                    row, kind, why = bad
+                    raise ArtifactError(
+                        f"{loc.show(file)}: row {start + row} (row_id "
+                        f"{t['row_id'][row].as_py()}), column {kind}.{member}: {why}; the "
+                        "shard was edited or damaged, rerun `kd export`")
+            start += t.num_rows
+
+
+def target_bytes(loc, m: dict[str, Any]) -> dict[str, Any]:
+    """What the stored targets cost: bytes a row for every member's target columns, as
+    stored (raw) and on disk (compressed, from the Parquet footers), per member and per class
+    of the data (dense float16 logits: 2 bytes a class)."""
+    cols = {c for member in m["members"] for c in target_columns(member, m.get("top_k"))}
+    disk = 0
+    for s in m["shards"]:
+        with loc.open(s["file"]) as f, pq.ParquetFile(f) as pf:
+            md = pf.metadata
+            for g in range(md.num_row_groups):
+                rg = md.row_group(g)
+                for j in range(rg.num_columns):
+                    cc = rg.column(j)
+                    if cc.path_in_schema.split(".list.")[0] in cols:
+                        disk += cc.total_compressed_size
+    rows, n_m, c = max(m["totals"]["rows"], 1), len(m["members"]), len(m["class_names"])
+    item = 2 if m["logits_dtype"] == "float16" else 4
+    tk = m.get("top_k")
+    raw = (tk["k"] * (item + int(tk["ids"][4:]) // 8) + item) if tk else c * item
+    out = dict(codec=f"top-{tk['k']} ({tk['tail']} tail)" if tk else "dense",
+               raw_bytes_per_member=raw, raw_bytes_per_class=raw / c,
+               disk_bytes_per_row=disk / rows, disk_bytes_per_member=disk / rows / n_m,
+               disk_bytes_per_class=disk / rows / n_m / c,
+               dense_float16_bytes_per_member=2 * c)
+    return out
+
+
+def describe_targets(info: dict[str, Any], T: float | None = None) -> list[str]:
+    """summary()'s targets as lines for `kd shards show` and the report: the codec, bytes a
+    row (all members), a member and a class, and for top-k its fidelity against dense logits
+    on the export's sample, at T (the student's; the nearest measured T when not measured)."""
+    t = info["targets"]
+    out = [f"{t['codec']}: {t['disk_bytes_per_row']:,.1f} bytes a row on disk, "
+           f"{t['disk_bytes_per_member']:,.1f} a member, {t['disk_bytes_per_class']:.3f} a class "
+           f"(stored {t['raw_bytes_per_member']} bytes a member, "
+           f"{t['raw_bytes_per_class']:.3f} a class; dense float16: "
+           f"{t['dense_float16_bytes_per_member']} a member, "
+           f"{t['raw_bytes_per_member'] / t['dense_float16_bytes_per_member']:.0%} of it)"]
+    if f := info.get("fidelity"):
+        temps = sorted(f["kl"], key=float)
+        shown = temps if T is None else [min(temps, key=lambda x: abs(float(x) - T))]
+        kl = ", ".join(f"{f['kl'][x]:.4f} at T={x}" for x in shown)
+        out.append(f"fidelity on {f['rows']:,} exported rows (mean_probs of the members, "
+                   f"uniform tail): KL(dense || stored) {kl}; top-1 agreement "
+                   f"{f['top1_agreement']:.4f}")
+    return out
+
+
 def summary(dir: str | os.PathLike) -> dict[str, Any]:
-    """What `kd shards show` prints: counts, classes, members, shapes and bytes on disk."""
+    """What `kd shards show` prints: counts, classes, members, shapes and bytes on disk, and
+    what the stored targets cost a row (and, for a top-k set, how close they are to dense)."""
     loc, m = locate(dir), read_manifest(dir)
     size = 0
     for s in m["shards"]:
@@ -77,6 +154,9 @@ def summary(dir: str | os.PathLike) -> dict[str, Any]:
                logits_dtype=m["logits_dtype"], bytes=size)
     if m.get("views"):  # stored views: their settings and view rows per split (among splits)
         out["views"] = {**m["views"], "rows": t.get("views", {})}
+    out["targets"] = target_bytes(loc, m)
+    if m.get("top_k"):
+        out["top_k"], out["fidelity"] = m["top_k"], m.get("fidelity")
     return out
 
 
