@@ -239,6 +239,7 @@ def main() -> None:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
     result = summarise(found, args)
+    result["command"] = " ".join(["python", "benchmarks/hinton.py", *sys.argv[1:]])
     result["wall_s"] = round(time.perf_counter() - t_start)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
