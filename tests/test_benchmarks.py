@@ -363,3 +363,29 @@ def test_a_script_measures_the_named_the_chosen_or_the_first_variant(tmp_path):
                                     "source": f"chosen_variant of {tmp_path}/report/metrics.json"}
     (tmp_path / "report/metrics.json").write_text('{"chosen_variant": "gone"}')  # stale report
     assert which(cfg, tmp_path)["variant"] == first
+
+
+def test_hinton_eval_rows_are_a_fresh_draw_prepared_as_the_transfer_set_is(tmp_path):
+    """benchmarks/hinton.py --eval-rows: the rows prepare would write for a transfer set drawn at
+    that seed (so: the pipeline's distribution and normalisation), a class in ten each, refused
+    at the pipeline's own seeds or when a row equals a prepared one."""
+    import numpy as np
+
+    from kd.prepared import read_split
+    from stages.prepare import run as prepare_run
+
+    m = load("hinton")
+    out = tmp_path / "prepared"
+    prepare_run(parse_config({"data": {"unlabeled_size": 50, "unlabeled_seed": m.EVAL_SEED},
+                              "tracking": {"enabled": False}}), out)
+    with pytest.raises(SystemExit, match=f"--eval-seed {m.EVAL_SEED}: 50 of its rows"):
+        m.eval_rows(50, m.EVAL_SEED, 1, out)  # exactly the prepared transfer rows
+    x, y = m.eval_rows(50, 7, m.EVAL_SEED, out)
+    assert x.shape == (50, 40) and x.dtype == np.float32
+    assert np.bincount(y).tolist() == [5] * 10
+    assert not np.allclose(x, read_split(out, "unlabeled")[0].x)  # another draw
+    for bad, msg in ((42, "--eval-seed: 42"), (m.EVAL_SEED, "transfer set 2015")):
+        with pytest.raises(SystemExit, match=msg):
+            m.eval_rows(50, bad, m.EVAL_SEED, out)
+    with pytest.raises(SystemExit, match="--eval-rows: 55"):
+        m.eval_rows(55, 7, 1, out)
