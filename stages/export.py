@@ -25,21 +25,20 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
-
 from kd.augment import ViewSource, settings_of
 from kd.config import Config
 from kd.evaluate.shard_checks import shard_warnings
 from kd.io.faults import failpoint
-from kd.prepared import interleave, load_meta, split_rows
-from kd.progress import Progress, plural
+from kd.prepared import load_meta
+from kd.progress import plural
 from kd.runtime.distributed import SINGLE, Dist, shared_atomic_dir
 from kd.targets.manifest import MANIFEST, write_manifest
 from kd.targets.provenance import prepared_digests
-from kd.targets.shards import LOGITS_DTYPES, ShardWriter
+from kd.targets.shards import ShardWriter
 from kd.targets.shardset import summary
-from kd.targets.topk import check_k, fidelity
-from kd.teachers.members import hidden_widths, load_members, member_fingerprint, member_outputs
+from kd.targets.topk import check_k
+from kd.teachers.export import export_rows
+from kd.teachers.members import hidden_widths, load_members, member_fingerprint
 from kd.tracking import stage_run, tag_output
 from kd.transfer.stored import SYNTHETIC, transfer_about, transfer_set
 
@@ -59,9 +58,8 @@ def run(cfg: Config, out_dir: Path = Path("data/soft_targets"),
     views = ViewSource(settings_of(ex), sources, shape) if ex.views else None
     if ex.top_k:  # against the prepared data's classes (a parquet source's are known here)
         check_k(ex.top_k, meta["n_classes"])
-    sample: list = []  # top-k: rank 0's first rows' dense logits, for the fidelity measure
     with stage_run(cfg, "export", params=params, main=dist.is_main) as tracking:
-        t0, rows, forward_s = time.perf_counter(), 0, 0.0
+        t0 = time.perf_counter()
         with shared_atomic_dir(out_dir, dist) as tmp:
             writer = ShardWriter(
                 tmp, members=list(models), class_names=meta["class_names"],
@@ -72,29 +70,8 @@ def run(cfg: Config, out_dir: Path = Path("data/soft_targets"),
                 prefix=f"part-r{dist.rank:03d}" if dist.active else "part", hidden=hidden,
                 views=views and views.settings, top_k=ex.top_k)
             with writer:
-                # the splits mixed in proportion in every batch; rank 0 shows its share
-                total = -(-sum(split_rows(d, s) for d, s in sources) // dist.world)
-                bar = Progress(total if dist.is_main else 0, "export", unit="rows")
-                for split, part, is_val in interleave(sources, ex.batch_size, dist.rank,
-                                                      dist.world):
-                    f0 = time.perf_counter()
-                    logits, vectors = member_outputs(models, part.x, shape, dist.device, ex.hidden)
-                    forward_s += time.perf_counter() - f0
-                    if ex.top_k and dist.is_main and sum(len(b[0]) for b in sample) < SAMPLE:
-                        sample.append([logits[m] for m in models])
-                    writer.write(part.row_id, split, part.y, is_val, part.x, logits, vectors)
-                    if views:  # the rows' views, each with the members' logits on its input
-                        v, y, x = views.views_of(part.row_id[~is_val], part.y[~is_val])
-                        f0 = time.perf_counter()
-                        logits, vectors = member_outputs(models, x, shape, dist.device,
-                                                         ex.hidden, ex.batch_size)
-                        forward_s += time.perf_counter() - f0
-                        writer.write(v["row_id"], split, y, None, None, logits, vectors, views=v)
-                        rows += len(y)  # the bar counts the rows; `rows` every row written
-                    rows += len(part.row_id)
-                    bar.update(len(part.row_id))
+                rows, forward_s, fid = export_rows(models, sources, ex, writer, views, shape, dist)
                 shards = writer.close()
-                bar.close()
             # a collective: past it, every rank has finished and renamed its shards
             per_rank = dist.gather_json({"shards": shards, "rows": rows, "forward_s": forward_s})
             if dist.is_main:
@@ -107,7 +84,7 @@ def run(cfg: Config, out_dir: Path = Path("data/soft_targets"),
                     params={"export": ex.recorded(), "teacher": cfg.teacher.model_dump()},
                     extra={"prepared_fingerprint": meta["fingerprint"], "ranks": dist.world,
                            **digests, **about}, hidden=hidden, views=views and views.settings,
-                    top_k=writer.codec, fidelity=_fidelity(sample, ex))
+                    top_k=writer.codec, fidelity=fid)
         if not dist.is_main:
             return {}
         elapsed = time.perf_counter() - t0
@@ -128,16 +105,4 @@ def run(cfg: Config, out_dir: Path = Path("data/soft_targets"),
                             meta["n_classes"]):
         print(f"warning: {w}")
     return metrics
-
-
-SAMPLE = 2_048  # rows of dense logits a top-k export measures its targets against
-
-
-def _fidelity(sample: list, ex) -> dict | None:
-    """kd.targets.topk.fidelity on the first SAMPLE rows rank 0 exported (None: dense)."""
-    if not ex.top_k or not sample:
-        return None
-    z = np.stack([np.concatenate([np.asarray(b[i]) for b in sample])[:SAMPLE]
-                  for i in range(len(sample[0]))])  # (M, N, C)
-    return fidelity(z, ex.top_k, LOGITS_DTYPES[ex.logits_dtype][0])
 

@@ -176,6 +176,10 @@ def valid_params(draw) -> dict:
             student.get("views", "sample") == "none":
         student.pop("control", None)  # such a recipe is a control: `control: false` is refused
     p["student"] = {"defaults": student, "variants": {"v": {}}}
+    if export.get("top_k") is not None:  # both sources have 10 classes; mean_logits needs every logit
+        export["top_k"] = min(export["top_k"], 9)
+        if student.get("combine") == "mean_logits":
+            del export["top_k"]
     baseline = draw(section(BaselineConfig))
     warmup = student.get("train", {}).get("warmup_epochs", 0)
     if baseline.get("epochs") is not None and baseline["epochs"] <= warmup:
