@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-import yaml
 
 from kd.config import parse_config
 from kd.distill.losses import kd_loss, soft_targets
@@ -34,8 +32,8 @@ from kd.targets.shards import ShardWriter
 from kd.targets.shardset import summary, verify
 from kd.train.student import shard_batches
 from stages import export, student
-from tests.conftest import VARIANT, assert_user_error, build_pipeline, one_variant, run_cmd
-from tests.test_views import rows_by_key
+from tests.conftest import VARIANT, assert_user_error, build_pipeline, one_variant
+from tests.test_views import assert_two_ranks_export_the_same, rows_by_key
 
 TRAIN = {"epochs": 2, "batch_size": 64}
 MLP = {"arch": "mlp", "knobs": {"depth": 1, "width": 16}, "train": TRAIN}
@@ -290,15 +288,4 @@ def test_two_student_ranks_read_the_top_k_rows_one_process_reads(pipe):
 
 @pytest.mark.slow
 def test_export_of_top_k_on_two_ranks_is_the_single_process_set(pipe, tmp_path):
-    root, _ = pipe
-    run = tmp_path / "r2"
-    shutil.copytree(root / "data/prepared", run / "data/prepared")
-    shutil.copytree(root / "data/teachers", run / "data/teachers")
-    (run / "params.yaml").write_text(yaml.safe_dump({**PARAMS, "runtime": {"nproc": 2}}))
-    out = run_cmd([str(Path(sys.executable).parent / "kd"), "export"], run,
-                  env={"KD_TRACKING": "0"})
-    assert "on 2 ranks" in out.stdout
-    verify(run / SHARDS)
-    a, b = rows_by_key(root / SHARDS), rows_by_key(run / SHARDS)
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert_two_ranks_export_the_same(pipe[0], PARAMS, tmp_path)

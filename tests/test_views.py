@@ -422,18 +422,7 @@ def test_a_student_killed_mid_epoch_resumes_to_the_same_bytes(pipe, tmp_path):
 
 @pytest.mark.slow
 def test_export_of_views_on_two_ranks_has_the_single_process_views(pipe, tmp_path):
-    root, _ = pipe
-    run = tmp_path / "r2"
-    shutil.copytree(root / "data/prepared", run / "data/prepared")
-    shutil.copytree(root / "data/teachers", run / "data/teachers")
-    (run / "params.yaml").write_text(yaml.safe_dump({**PARAMS, "runtime": {"nproc": 2}}))
-    out = run_cmd([str(Path(sys.executable).parent / "kd"), "export"], run,
-                  env={"KD_TRACKING": "0"})
-    assert "on 2 ranks" in out.stdout
-    verify(run / SHARDS)
-    a, b = rows_by_key(root / SHARDS), rows_by_key(run / SHARDS)
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert_two_ranks_export_the_same(pipe[0], PARAMS, tmp_path)
 
 
 def test_shards_show_says_how_many_views_a_row(pipe, kd):
@@ -442,3 +431,19 @@ def test_shards_show_says_how_many_views_a_row(pipe, kd):
     assert result.exit_code == 0, result.output
     views = read_manifest(root / SHARDS)["totals"]["views"]
     assert f"views      2 a training row, {sum(views.values()):,} rows" in result.output
+
+
+def assert_two_ranks_export_the_same(root: Path, params: dict, tmp_path: Path) -> None:
+    """`kd export` on 2 ranks over `root`'s prepared data and members: the very rows of the one
+    process's shard set in `root` (shard boundaries aside), and a set that verifies."""
+    run = tmp_path / "r2"
+    shutil.copytree(root / "data/prepared", run / "data/prepared")
+    shutil.copytree(root / "data/teachers", run / "data/teachers")
+    (run / "params.yaml").write_text(yaml.safe_dump({**params, "runtime": {"nproc": 2}}))
+    out = run_cmd([str(Path(sys.executable).parent / "kd"), "export"], run,
+                  env={"KD_TRACKING": "0"})
+    assert "on 2 ranks" in out.stdout
+    verify(run / SHARDS)
+    a, b = rows_by_key(root / SHARDS), rows_by_key(run / SHARDS)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
