@@ -1,4 +1,4 @@
-"""Params checked against the model families: what every `kd` command (kd/cli.py) checks
+"""Params checked against the model families: what every `kd` command (kd/cli/) checks
 before any work, and what `kd prepare` and `kd check-params` check against the prepared data.
 
     check_models(cfg)             # ConfigError naming the params key, or None

@@ -1,4 +1,4 @@
 """One thin module per DVC stage: read inputs, call `kd`, write outputs, return metrics.
 
-Each is a `kd` subcommand (kd/cli.py); the library they call is the `kd` package.
+Each is a `kd` subcommand (kd/cli/stages.py); the library they call is the `kd` package.
 """
