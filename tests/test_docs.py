@@ -160,6 +160,122 @@ def test_every_generated_block_renders():
         hooks().render("<!-- kd:nothing -->")
 
 
+# ---------------------------------------------------------- benchmark tables from results JSON
+
+BENCH_TABLES = {  # page: the markers whose tables are rendered from benchmarks/results/*.json
+    "hinton.md": ["<!-- kd:hinton -->"], "views.md": ["<!-- kd:views -->"],
+    "many-classes.md": ["<!-- kd:topk bytes -->", "<!-- kd:topk students -->",
+                        "<!-- kd:topk scale -->"],
+    "students.md": ["<!-- kd:frontier -->"]}
+
+
+def results(name: str) -> dict:
+    import json
+
+    return json.loads((ROOT / f"benchmarks/results/{name}.json").read_text())
+
+
+def results_copy(tmp_path: Path, edit: dict[str, callable]) -> Path:
+    """benchmarks/results/ copied to tmp_path, each named file's JSON passed through its edit."""
+    import json
+    import shutil
+
+    for f in (ROOT / "benchmarks/results").glob("*.json"):
+        shutil.copy(f, tmp_path / f.name)
+    for name, fn in edit.items():
+        path = tmp_path / f"{name}.json"
+        data = json.loads(path.read_text())
+        fn(data)
+        path.write_text(json.dumps(data))
+    return tmp_path
+
+
+def test_the_pages_ask_for_their_benchmark_tables():
+    for page, markers in BENCH_TABLES.items():
+        text = (ROOT / "docs" / page).read_text()
+        assert all(m in text.splitlines() for m in markers), page
+
+
+def test_each_benchmark_table_shows_the_figures_of_its_results_file():
+    h = hooks()
+    hinton, ev = results("hinton"), results("hinton_member_eval_400k")["member_sized"]["eval"]
+    page = h.hinton_markdown()
+    assert f"**{100 * ev['gain_kept']['mean']:.0f}% [" in page  # the share kept, fresh rows
+    assert f"{100 * ev['mean_member']:.1f}%" in page
+    assert f"| {100 * hinton['paper']['member_sized_gain_kept']:.0f}% |" in page
+    o = hinton["omit"]["8_default"]
+    assert f"{100 * o['test_accuracy_omitted_corrected']['mean']:.1f}% [" in page
+    assert f"**+{100 * hinton['fraction']['soft_minus_hard']['diff']:.1f} points" in page
+
+    views = results("views-default")["arms"]
+    page = h.views_markdown()
+    for arm in views["arms"].values():
+        t = arm["test_accuracy"]
+        assert f"| {100 * t['mean']:.2f} ± {100 * t['std']:.2f} |" in page
+    assert page.count("(control)") == 1
+
+    wired = results("topk_wired")
+    page = h.topk_markdown("bytes")
+    assert f"| {wired['codecs']['top8_float16']['parquet_bytes_per_row']:.1f} |" in page
+    assert "top8_float32" not in page and "top-8 float32" not in page  # float16 and dense only
+    page = h.topk_markdown("students")
+    for s in wired["students"].values():
+        assert f"| {s['test_acc_mean']:.4f} |" in page and f"| {s['val_nll_mean']:.3f} |" in page
+    scale = results("topk_scale")["sizes"]
+    page = h.topk_markdown("scale")
+    for size in scale.values():
+        assert f"| {size['export_rows_per_s']:,.0f} |" in page
+    with pytest.raises(ValueError, match="no table 'nothing'"):
+        h.topk_markdown("nothing")
+
+
+@pytest.mark.parametrize(("render", "name", "edit", "shown"), [
+    (lambda h, r: h.hinton_markdown(r), "hinton_member_eval_400k",
+     lambda d: d["member_sized"]["eval"]["gain_kept"].update(mean=0.6789), "**68% ["),
+    (lambda h, r: h.hinton_markdown(r), "hinton",
+     lambda d: d["omit"]["3"]["bias"].update(per_seed=[0.5, 0.3, 2.0]), "(bias +0.3 to +2.0)"),
+    (lambda h, r: h.views_markdown(r), "views-default",
+     lambda d: d["arms"]["arms"]["mixup_row"]["test_accuracy"].update(mean=0.91234),
+     "| 91.23 ± 0.21 |"),
+    (lambda h, r: h.topk_markdown("bytes", r), "topk_wired",
+     lambda d: d["codecs"]["top8_float16"].update(parquet_bytes_per_row=4321.09), "| 4,321.1 |"),
+    (lambda h, r: h.topk_markdown("students", r), "topk_wired",
+     lambda d: d["students"]["top8-ghost"].update(val_nll_mean=9.8765), "| 9.877 |"),
+    (lambda h, r: h.topk_markdown("scale", r), "topk_scale",
+     lambda d: d["sizes"]["2000000"].update(ratio_same_run=0.5), "| 0.500 |"),
+], ids=["hinton-share", "hinton-bias", "views", "topk-bytes", "topk-students", "topk-scale"])
+def test_a_changed_results_file_changes_its_table(tmp_path, render, name, edit, shown):
+    before = render(hooks(), None)
+    after = render(hooks(), results_copy(tmp_path, {name: edit}))
+    assert shown in after and shown not in before
+
+
+@pytest.mark.parametrize(("marker", "name", "edit", "key"), [
+    ("hinton", "hinton", lambda d: d["omit"].pop("8_default"), "omit.8_default"),
+    ("hinton", "hinton_member_eval", lambda d: d["member_sized"].pop("eval"),
+     "member_sized.eval"),
+    ("views", "views-default", lambda d: d["arms"]["arms"]["mixup_row"].pop("val_accuracy"),
+     "arms.arms.mixup_row.val_accuracy"),
+    ("topk students", "topk_wired", lambda d: d["students"]["dense"].pop("val_nll_mean"),
+     "students.dense.val_nll_mean"),
+    ("topk scale", "topk_scale", lambda d: d["sizes"]["200000"].pop("export_maxrss_mb"),
+     "sizes.200000.export_maxrss_mb"),
+    ("frontier", "frontier", lambda d: d.pop("ensemble"), "ensemble"),
+], ids=["hinton", "hinton-fresh-rows", "views", "topk-students", "topk-scale", "frontier"])
+def test_a_missing_results_key_stops_the_build_with_one_line(tmp_path, monkeypatch, marker, name,
+                                                             edit, key):
+    import re
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(hooks(), "RESULTS", results_copy(tmp_path, {name: edit}))
+    page = SimpleNamespace(file=SimpleNamespace(src_uri="p.md"))
+    with pytest.raises(ValueError) as e:
+        hooks().on_page_markdown(f"text\n<!-- kd:{marker} -->\n", page, None, None)
+    assert str(e.value) == (f"docs/p.md: <!-- kd:{marker} -->: {name}.json: no key {key} "
+                            "(the docs' table reads it)"), str(e.value)
+    assert re.fullmatch(r"[^\n]+", str(e.value))
+
+
 # ----------------------------------------------------------------- commands in code blocks
 
 
