@@ -204,6 +204,10 @@ PARAMS_CASES = [
       "every member's full logits",
       {"export": {"top_k": 3}, "student": {"defaults": {"combine": "mean_logits"}}},
       ("combine", "mean_logits", "export.top_k")),
+    P("student.omit.mixup_views", "a variant omitting a class that would read mixup views "
+      "(their partners may be rows of that class)",
+      {"export": {"views": 2, "mixup": 0.4}, "student": {"variants": {"no3": {"omit": [3]}}}},
+      ("student.variants.no3.omit", "export.mixup", "views: none")),
     P("student.views.choice", "an unknown way to read the stored views",
       {"student": {"defaults": {"views": "every"}}}, ("student", "views", "'every'")),
     P("student.views.control", "`views: none` (the control) marked `control: false`",

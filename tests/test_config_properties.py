@@ -176,6 +176,8 @@ def valid_params(draw) -> dict:
             student.get("views", "sample") == "none":
         student.pop("control", None)  # such a recipe is a control: `control: false` is refused
     p["student"] = {"defaults": student, "variants": {"v": {}}}
+    if student.get("omit") and export.get("views") and export.get("mixup"):
+        student["views"] = "none"  # mixup partners would carry the omitted classes' rows
     if export.get("top_k") is not None:  # both sources have 10 classes; mean_logits needs every logit
         export["top_k"] = min(export["top_k"], 9)
         if student.get("combine") == "mean_logits":

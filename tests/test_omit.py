@@ -146,3 +146,29 @@ def test_the_new_knobs_make_controls_that_are_never_chosen(tmp_path, monkeypatch
                                                                "val_accuracy": 0.9}))
     choice = choose_variant(cfg, tmp_path, tmp_path / "shards")
     assert choice["variant"] == "a" and sorted(choice["controls"]) == ["fr", "om"]
+
+
+class _OneBatch:  # a reader yielding one decoded batch of stored views
+    def __init__(self, b: dict):
+        self.b = b
+
+    def iter_batches(self, *args, **kwargs):
+        yield dict(self.b)
+
+
+def test_a_mixup_partner_the_variant_drops_lends_no_label():
+    # rows 0-3 are views of labeled rows mixed with partners 10 (class 3, omitted), 11 (class 1,
+    # kept), 12 (unlabeled) and no partner; with view_labels mixed only partner 11's label counts
+    b = {"features": np.zeros((4, 2), np.float32), "label": np.array([1, 2, 1, 2]),
+         "logits": np.zeros((1, 4, 10), np.float32), "row_id": np.arange(4),
+         "view": np.array([1, 1, 1, 1]), "partner": np.array([10, 11, 12, -1]),
+         "partner_label": np.array([3, 1, -1, -1]), "lam": np.full(4, 0.7, np.float32)}
+    st = config(v={"omit": [3]}).student.variant("v")
+    kept = distill.partner_labels_kept(st, [3])
+    batch = next(iter(distill.shard_batches(_OneBatch(b), 4, 0, 8, view_labels="mixed",
+                                            partner_kept=kept)(0)))
+    assert batch.mix[0].tolist() == [-1, 1, -1, -1]  # the omitted class's label never appears
+    assert batch.y.tolist() == [-1, 2, -1, 2]  # a view mixed with an unknown label: no term
+    plain = next(iter(distill.shard_batches(_OneBatch(b), 4, 0, 8, view_labels="mixed")(0)))
+    assert plain.mix[0].tolist() == [3, 1, -1, -1]  # what leaked before
+    assert distill.partner_labels_kept(config(v={}).student.variant("v"), []) is None

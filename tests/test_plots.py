@@ -153,3 +153,16 @@ def test_kd_compare_is_dvc_exp_show_with_the_headline_and_what_changed():
     assert all(re.match(keep, k) for k in SHOWN) and not re.match(keep, "val_acc_x")
     assert re.match(drop, "data/index/student.json") and re.match(drop, "kd/report/build.py")
     assert not re.match(drop, "student.defaults.temperature")  # params stay
+
+
+def test_kd_compare_without_dvc_is_one_line(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from kd.cli import cli
+
+    monkeypatch.setattr("sys.executable", str(tmp_path / "python"))  # no dvc beside it
+    monkeypatch.setenv("PATH", str(tmp_path))  # nor on PATH
+    out = CliRunner().invoke(cli, ["compare"])
+    assert out.exit_code == 2, out.output
+    assert out.output.strip().splitlines() == [out.output.strip()]  # one line, no traceback
+    assert "no `dvc`" in out.output

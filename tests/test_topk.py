@@ -137,3 +137,13 @@ def test_non_finite_logits_are_refused():
     z[9, 3] = np.nan
     with pytest.raises(ValueError, match="row 9"):
         topk.encode(z, 4)
+
+
+@pytest.mark.parametrize("n_classes", [10, 100, 32_000])
+def test_a_flat_row_stored_in_float16_passes_verify(n_classes):
+    # every tail logit equal to the k-th: the tail is as large as it can be, and float16's
+    # rounding of it (half a step at its own size) must not read as an edited value
+    t = topk.encode(np.zeros((1, n_classes), np.float32), 8, np.float16)
+    assert topk.row_problem(t.logits, t.ids, t.tail_lse, n_classes) is None
+    edited = t.tail_lse + np.float16(0.5)  # an edit the size of a real one still fails
+    assert topk.row_problem(t.logits, t.ids, edited, n_classes)[1] == "tail"

@@ -146,8 +146,13 @@ def compare(print_only: bool, dvc_args: tuple[str, ...]) -> None:
         return
     # dvc beside this Python (a venv that is not activated), else on PATH
     beside = Path(sys.executable).parent / "dvc"
-    args[0] = str(beside) if beside.is_file() else shutil.which("dvc") or "dvc"
-    sys.exit(subprocess.run(args).returncode)
+    dvc = str(beside) if beside.is_file() else shutil.which("dvc")
+    if dvc is None:
+        from kd.errors import KDError
+
+        raise KDError("compare: no `dvc` beside this Python or on PATH; install the project "
+                      "(pip install -c requirements.lock -e .) or activate its venv")
+    sys.exit(subprocess.run([dvc, *args[1:]]).returncode)
 
 
 @cli.command("check-params")

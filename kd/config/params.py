@@ -129,6 +129,7 @@ class Config(Section):
                                   + " (in the baseline's run, with baseline.epochs)") from None
         _check_hidden_and_init(self)
         _check_top_k(self)
+        _check_omit_and_mixup(self)
         return self
 
 
@@ -161,6 +162,20 @@ def known_classes(data: DataConfig) -> int | None:
     if data.source == "chars":
         return data.vocab_size
     return len(data.classes) if data.classes else None
+
+
+def _check_omit_and_mixup(cfg: Config) -> None:
+    """A variant that omits classes cannot read mixup views: a view's partner may be a row of
+    an omitted class, whose input (and its share of the soft targets) the view carries."""
+    if not (cfg.export.views and cfg.export.mixup):
+        return
+    for variant in cfg.student.variants:
+        st = cfg.student.variant(variant)
+        if st.omit and st.views != "none":
+            raise ConfigError(f"student.variants.{variant}.omit: mixup views (export.mixup "
+                              f"{cfg.export.mixup}) mix rows of the omitted classes into other "
+                              "rows' inputs as partners; give this variant `views: none`, or "
+                              "set export.mixup: 0")
 
 
 def _check_top_k(cfg: Config) -> None:

@@ -55,12 +55,13 @@ from kd.train.runner import TrainJob
 
 
 def shard_batches(reader: ShardReader, batch_size: int, seed: int, buffer_rows: int,
-                  dist: Dist = SINGLE, combine: str = "mean_probs", view_labels: str = "row"
-                  ) -> Callable[[int], Iterable[Batch]]:
+                  dist: Dist = SINGLE, combine: str = "mean_probs", view_labels: str = "row",
+                  partner_kept: Callable | None = None) -> Callable[[int], Iterable[Batch]]:
     """epoch -> shuffled training batches streamed from the shards (validation rows held out);
     distributed, from this rank's run of rows of the epoch only. combine random_member: each
     row carries the logits of the one member drawn for it by (seed, epoch, row id), (1, B, C).
-    A stored view keeps its row's label only where `view_labels` (student.view_labels) says."""
+    A stored view keeps its row's label only where `view_labels` (student.view_labels) says;
+    a mixup partner's label only where `partner_kept` (partner_labels_kept) keeps that row."""
 
     def batches(epoch: int) -> Iterable[Batch]:
         if dist.active:
@@ -73,6 +74,11 @@ def shard_batches(reader: ShardReader, batch_size: int, seed: int, buffer_rows: 
             h = torch.from_numpy(b["hidden"]) if "hidden" in b else None  # (B, D)
             y, z, mix = b["label"], b["logits"], None  # (B,), (M, B, C)
             if "view" in b:  # a stored view keeps the soft term; the label term as asked
+                if partner_kept is not None and "partner_label" in b:  # a label the variant
+                    # drops (fraction, omit) is no mixup partner's either
+                    known = b["partner_label"] >= 0
+                    known[known] = partner_kept(b["partner"][known], b["partner_label"][known])
+                    b["partner_label"] = np.where(known, b["partner_label"], -1)
                 y, mix = view_label_terms(b, view_labels)
             if combine == "random_member":
                 z = pick_members(z, random_members(seed, epoch, b["row_id"], len(z)))
@@ -147,6 +153,22 @@ def row_filter(st: StudentConfig, omitted: list[int]) -> Callable[[dict], np.nda
         return mask & omit_mask(part["label"], part["logits"], omitted, st.combine)
 
     return keep
+
+
+def partner_labels_kept(st: StudentConfig, omitted: list[int]
+                        ) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
+    """For view_labels mixed: (partner ids, their labels) -> which labeled partners the variant
+    keeps (fraction, omit), so that a mixup view never carries a label its row filter drops.
+    None: every one."""
+    if not omitted and st.fraction >= 1:
+        return None
+
+    def kept(ids: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        labeled = np.ones(len(ids), bool)
+        return (fraction_mask(st.train.seed, ids, labeled, st.fraction)
+                & ~np.isin(labels, np.asarray(omitted, np.int64)))
+
+    return kept
 
 
 def bias_correction(omitted: list[int], val: tuple[np.ndarray, np.ndarray],
@@ -264,7 +286,8 @@ def distill_job(cfg: Config, variant: str, shards: Path | str, prepared: Path,
     return TrainJob(
         stage=stage, model=model, train=st.train,
         batches=shard_batches(reader, batch // dist.world, st.train.seed, st.shuffle_buffer,
-                              dist, st.combine, st.view_labels),
+                              dist, st.combine, st.view_labels,
+                              partner_labels_kept(st, omitted)),
         steps=steps, loss_fn=loss_fn, evaluate_fn=evaluate_fn,
         # the manifest holds every shard's sha256 (rows, splits, is_val) and the prepared test
         # split's; an init copies a member's weights, which may have been retrained since
