@@ -3,7 +3,7 @@ four student variants) in a temporary DVC repository, committed, and a T = 8 exp
 
     python benchmarks/exp_show_width.py                          # this checkout, ~3 min
     python benchmarks/exp_show_width.py --root /path/to/other/checkout --out other.json
-    python benchmarks/exp_show_width.py --baseline-root /work/main   # main beside this checkout
+    python benchmarks/exp_show_width.py --baseline-root ../before    # another checkout (the code before) beside this one
     python benchmarks/exp_show_width.py --keep /tmp/r && \
         python benchmarks/exp_show_width.py --reuse /tmp/r      # measure kept repositories again
 
@@ -114,7 +114,10 @@ def main() -> None:
             if a.reuse is None:
                 make(repo, root.resolve())
             print(f"== {name}: {root.resolve()}")
-            result[name] = {"root": str(root.resolve()), "commands": measure(repo)}
+            # the checkout's role, not its path (a path names a machine, not the project)
+            result[name] = {"root": "this checkout" if name == "treatment" else
+                            "--baseline-root (the code before the change)",
+                            "commands": measure(repo)}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {a.out}")
