@@ -3,7 +3,7 @@ four student variants) in a temporary DVC repository, committed, and a T = 8 exp
 
     python benchmarks/exp_show_width.py                          # this checkout, ~3 min
     python benchmarks/exp_show_width.py --root /path/to/other/checkout --out other.json
-    python benchmarks/exp_show_width.py --baseline-root ../before    # another checkout (the code before) beside this one
+    python benchmarks/exp_show_width.py --baseline-root ../before  # the code before, beside this
     python benchmarks/exp_show_width.py --keep /tmp/r && \
         python benchmarks/exp_show_width.py --reuse /tmp/r      # measure kept repositories again
 
