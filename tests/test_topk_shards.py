@@ -251,7 +251,7 @@ def test_shards_show_and_summary_state_bytes_and_fidelity(pipe, kd):
     out = kd("shards", "show", str(root / SHARDS)).output
     assert "top-3 (uniform tail)" in out and "a member" in out and "KL(dense || stored)" in out
     out = kd("shards", "show", str(dense_dir)).output
-    assert "targets    dense: " in out and "KL" not in out
+    assert "targets    dense float32: " in out and "KL" not in out
 
 
 # ------------------------------------------------------------------ the student

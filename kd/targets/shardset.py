@@ -122,12 +122,13 @@ def describe_targets(info: dict[str, Any], T: float | None = None) -> list[str]:
     row (all members), a member and a class, and for top-k its fidelity against dense logits
     on the export's sample, at T (the student's; the nearest measured T when not measured)."""
     t = info["targets"]
-    out = [f"{t['codec']}: {t['disk_bytes_per_row']:,.1f} bytes a row on disk, "
+    codec = t["codec"] if t["codec"] != "dense" else f"dense {info['logits_dtype']}"
+    out = [f"{codec}: {t['disk_bytes_per_row']:,.1f} bytes a row on disk, "
            f"{t['disk_bytes_per_member']:,.1f} a member, {t['disk_bytes_per_class']:.3f} a class "
            f"(stored {t['raw_bytes_per_member']} bytes a member, "
-           f"{t['raw_bytes_per_class']:.3f} a class; dense float16: "
-           f"{t['dense_float16_bytes_per_member']} a member, "
-           f"{t['raw_bytes_per_member'] / t['dense_float16_bytes_per_member']:.0%} of it)"]
+           f"{t['raw_bytes_per_class']:.3f} a class: "
+           f"{t['raw_bytes_per_member'] / t['dense_float16_bytes_per_member']:.0%} of dense "
+           f"float16's {t['dense_float16_bytes_per_member']})"]
     if f := info.get("fidelity"):
         temps = sorted(f["kl"], key=float)
         shown = temps if T is None else [min(temps, key=lambda x: abs(float(x) - T))]
