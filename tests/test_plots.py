@@ -166,3 +166,16 @@ def test_kd_compare_without_dvc_is_one_line(monkeypatch, tmp_path):
     assert out.exit_code == 2, out.output
     assert out.output.strip().splitlines() == [out.output.strip()]  # one line, no traceback
     assert "no `dvc`" in out.output
+
+
+def test_accuracy_axes_stop_at_one_and_size_axes_at_half_decades():
+    import matplotlib.pyplot as plt
+
+    from kd.report.plots import shared_axes
+
+    fig, ax = plt.subplots()
+    ax.set_xscale("log")
+    shared_axes(ax, [1_228, 11_306], [0.931, 0.996])  # a whisker near 1 asks for 1.05
+    assert ax.get_ylim() == pytest.approx((0.9, 1.0))
+    assert ax.get_xlim() == pytest.approx((1_000, 10 ** 4.5))
+    plt.close(fig)

@@ -25,16 +25,19 @@ ACCURACY_STEP = 0.05  # accuracy axes end on 5-point lines (shared_axes)
 def shared_axes(ax, xs, ys, step: float = ACCURACY_STEP) -> None:
     """Limits that two experiments' figures share, so that `dvc plots diff`, which puts their
     PNGs side by side, compares like heights: the y axis (accuracy) runs between the `step`
-    lines just outside `ys`, the x axis (log scale) between the powers of ten just outside
-    `xs`. Two runs whose figures lie between the same lines get the same axes; the DVC plot
-    "Accuracy against size" draws both runs on one pair of axes whatever their figures."""
+    lines just outside `ys` (never above 1), the x axis (log scale) between the half decades
+    just outside `xs`. Two runs whose figures lie between the same lines get the same axes;
+    the DVC plot "Accuracy against size" draws both runs on one pair of axes whatever their
+    figures."""
     lo, hi = min(ys), max(ys)
+    top = round(math.ceil((hi + step / 10) / step) * step, 6)
+    # no accuracy above 1: a whisker that ends at 1 ends at the axis
     ax.set_ylim(round(math.floor((lo - step / 10) / step) * step, 6),
-                round(math.ceil((hi + step / 10) / step) * step, 6))
+                min(top, 1.0) if hi <= 1.0 else top)
     xs = [x for x in xs if x > 0]  # a log axis: nothing at or below zero is drawn
-    if xs:
-        ax.set_xlim(10 ** math.floor(math.log10(min(xs)) - 0.05),
-                    10 ** math.ceil(math.log10(max(xs)) + 0.05))
+    if xs:  # half decades (1, 3.16, 10, ...): a decade each side leaves most of the axis empty
+        ax.set_xlim(10 ** (math.floor((math.log10(min(xs)) - 0.05) * 2) / 2),
+                    10 ** (math.ceil((math.log10(max(xs)) + 0.05) * 2) / 2))
 
 
 def save(fig, path: Path) -> None:
