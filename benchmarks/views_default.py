@@ -165,12 +165,20 @@ def export_times(args) -> dict:
 
 def loader(args) -> dict:
     """Target 4: rows/s of an epoch of the shift export's sampled views read by the student's
-    loader, against the same batches' tensors in RAM; bare, and with the training step."""
-    cfg = parse_config(raw_params(args, 0, 1, views="sample", view_labels="unmixed"))
-    st = cfg.student.variant(VARIANT)
-    job = distill_job(cfg, VARIANT, args.work / "shift", args.work / "prepared")
-    stream = job.batches
-    held = list(stream(0))  # an epoch's rows, held as tensors: x (N, F), y (N,), z (M, N, C)
+    loader, against the same batches' tensors in RAM; bare, and with the training step. The
+    student's loader as configured (student.cache_mb: decoded row groups reused after the
+    first epoch) and with cache_mb 0 (every epoch decodes, as before), side by side; each
+    epoch after a warm-up epoch, so the cached loader is measured once its cache is full."""
+    def job_with(**variant):
+        cfg = parse_config(raw_params(args, 0, 1, views="sample", view_labels="unmixed",
+                                      **variant))
+        return cfg.student.variant(VARIANT), distill_job(cfg, VARIANT, args.work / "shift",
+                                                         args.work / "prepared")
+    st, job = job_with()
+    _, uncached = job_with(cache_mb=0)
+    held = list(job.batches(0))  # an epoch's rows, held as tensors: x (N, F), y (N,), z (M, N, C)
+    for _ in uncached.batches(0):  # its views' replay table read, as the cached job's was
+        pass
     x, y = torch.cat([b.x for b in held]), torch.cat([b.y for b in held])
     z, rows, bs = torch.cat([b.t_logits for b in held], 1), len(y), st.train.batch_size
 
@@ -186,18 +194,21 @@ def loader(args) -> dict:
         job.loss_fn(job.model(b.x), b).backward()
         opt.step()
 
-    out = {}
+    out: dict = {"rows": rows, "batch_size": bs, "cache_mb": st.cache_mb,
+                 "epochs": args.loader_epochs}
+    sources = {"shards": job.batches, "shards_uncached": uncached.batches, "ram": in_ram}
     for train in (False, True):
-        for src in ("shards", "ram"):
+        for src, stream in sources.items():
             t0 = time.perf_counter()
             for epoch in range(args.loader_epochs):  # the shards: another epoch, other views
-                for b in (stream if src == "shards" else in_ram)(epoch + 1):
+                for b in stream(epoch + 1):
                     if train:
                         step(b)
             out[f"{src}{'_train' if train else ''}_rows_per_s"] = (
                 rows * args.loader_epochs / (time.perf_counter() - t0))
-    out["loader_ratio"] = out["shards_rows_per_s"] / out["ram_rows_per_s"]
-    out["train_ratio"] = out["shards_train_rows_per_s"] / out["ram_train_rows_per_s"]
+    for src in ("shards", "shards_uncached"):
+        out[f"{src}_loader_ratio"] = out[f"{src}_rows_per_s"] / out["ram_rows_per_s"]
+        out[f"{src}_train_ratio"] = out[f"{src}_train_rows_per_s"] / out["ram_train_rows_per_s"]
     return out
 
 

@@ -290,6 +290,47 @@ def test_the_student_samples_one_view_a_row_each_epoch_with_labels_on_the_row_it
         assert b.t_logits.shape[1] == len(b.y)
 
 
+def test_a_reader_keeps_decoded_row_groups_and_its_batches_stay_the_same(pipe, monkeypatch):
+    """cache_bytes (student.cache_mb): in sample mode an epoch decodes K + 1 views of a row to
+    use one; the decoded row groups kept, later epochs decode nothing and give the batches an
+    uncached reader gives. Beyond the budget, row groups are decoded every epoch."""
+    root, _ = pipe
+    decoded: list[tuple[str, int]] = []
+    read_group = ShardReader._read_group
+
+    def counting(self, pf, file, g, cols):
+        decoded.append((file, g))
+        return read_group(self, pf, file, g, cols)
+
+    monkeypatch.setattr(ShardReader, "_read_group", counting)
+
+    def epoch(reader: ShardReader, e: int) -> list[dict]:
+        decoded.clear()
+        return list(reader.iter_batches(64, shuffle=True, seed=3, epoch=e, buffer_rows=500,
+                                        drop_val=True))
+
+    plain = ShardReader(root / SHARDS, views="sample", view_seed=3)
+    want = [epoch(plain, e) for e in (0, 1, 2)]
+    groups = sum(pq.ParquetFile(root / SHARDS / f).num_row_groups for f in plain.files)
+    cached = ShardReader(root / SHARDS, views="sample", view_seed=3, cache_bytes=2**30)
+    half = ShardReader(root / SHARDS, views="sample", view_seed=3, cache_bytes=40_000)
+    # epoch 0: every row group decoded for the epoch, and once more for the replay's table
+    for reader, first, later in ((cached, 2 * groups, 0), (half, 2 * groups, None)):
+        for e in (0, 1, 2):
+            got = epoch(reader, e)
+            assert len(got) == len(want[e])
+            for g, w in zip(got, want[e], strict=True):
+                assert g.keys() == w.keys()
+                for k in w:
+                    np.testing.assert_array_equal(g[k], w[k], err_msg=k)
+            if e == 0:
+                assert len(decoded) == first
+            elif later is not None:
+                assert decoded == [], decoded
+            else:  # a budget of some row groups: the others are decoded again
+                assert 0 < len(decoded) < groups, (len(decoded), groups)
+
+
 def test_two_ranks_train_on_the_views_one_process_picks(pipe):
     """Distributed students deal the epoch's picked views to the ranks: together the rows and
     views one process reads, each to one rank (a rank pads its last batch with its own)."""
@@ -399,6 +440,21 @@ def student_dir(root: Path, dst: Path) -> Path:
     shutil.copy(root / "data/prepared/test.parquet", dst / "data/prepared/test.parquet")
     (dst / "params.yaml").write_text(yaml.safe_dump(PARAMS))
     return dst
+
+
+def test_a_student_trains_the_same_bytes_with_its_decoded_rows_kept_or_not(pipe, tmp_path):
+    """student.cache_mb is memory for speed alone: 0 (decode every epoch) trains the bytes
+    the default (every epoch after the first from memory) trains."""
+    root, _ = pipe
+    got = {}
+    for mb in (1024, 0):
+        d = student_dir(root, tmp_path / f"cache{mb}")
+        params = {**PARAMS, "student": one_variant({**PARAMS["student"]["defaults"],
+                                                    "cache_mb": mb})}
+        with cwd(d):
+            student.run(parse_config(params), VARIANT)
+        got[mb] = outputs(d / "data/student/s")
+    assert got[0] == got[1024]
 
 
 @pytest.mark.slow

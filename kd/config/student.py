@@ -77,6 +77,11 @@ class StudentConfig(ModelConfig):
                     "(1 - lam) * CE(partner's); with an unlabeled partner the soft term alone)")
     shuffle_buffer: PositiveInt = Field(
         50_000, description="rows mixed in memory while streaming the shards")
+    cache_mb: Annotated[int, Field(ge=0, le=1_048_576)] = Field(
+        1024,
+        description="MiB of decoded shard rows kept in memory for the next epochs (the first "
+                    "epoch decodes them, later ones reuse them; beyond it rows are decoded each "
+                    "epoch); the batches are the same whatever it is. 0: decode every epoch")
     init: InitConfig | None = Field(
         None,
         description="layer-skip initialisation from a transformer member (DistilBERT); null: "

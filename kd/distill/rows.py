@@ -75,8 +75,11 @@ def row_classes(label: np.ndarray, logits: np.ndarray, combine: str) -> np.ndarr
     label = np.asarray(label)
     if (label >= 0).all():
         return label
-    top = soft_targets(torch.from_numpy(np.asarray(logits)), 1.0, combine).argmax(1).numpy()
-    return np.where(label >= 0, label, top)
+    unlabeled = label < 0  # their logits gathered: a copy, writable (a reader's may not be)
+    top = soft_targets(torch.from_numpy(np.asarray(logits)[:, unlabeled]), 1.0, combine)
+    out = label.copy()
+    out[unlabeled] = top.argmax(1).numpy()
+    return out
 
 
 def omit_mask(label: np.ndarray, logits: np.ndarray, omitted: Sequence[int],

@@ -5,12 +5,14 @@
         batch["features"], batch["label"], batch["logits"]      # (B, F), (B,), (M, B, C)
 
 A row's features and logits come from the same Parquet row, so no shuffle can mis-pair them.
-At most about `buffer_rows` rows plus one row group are in memory, never a whole set; the
+At most about `buffer_rows` rows plus one row group are in memory, never a whole set, besides
+the decoded row groups a reader keeps for its next epochs (`cache_bytes`, 0 by default); the
 schema and manifest live in kd/targets/manifest.py, the writer in kd/targets/shards.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 from collections.abc import Callable, Iterator
@@ -66,14 +68,22 @@ class ShardReader:
     in the shard) are replayed from its row's and partner's stored features (held in memory:
     rows x features), and batches carry `view` (B,) int16, 0 for the rows themselves, and
     `partner` (B,) int64, -1 where the row is not mixed (kd/targets/views.py: StoredViews).
+
+    `cache_bytes`: the row groups a training read decodes are kept, decoded, until they fill
+    that many bytes, and a later epoch takes them from memory instead of decoding them again
+    (a student reads every training row each epoch; in `sample` mode a row group holds K + 1
+    views of each row and an epoch uses one). Batches are the same with or without it.
     """
 
     def __init__(self, dir: str | os.PathLike, *, columns: list[str] | None = None,
                  verify_checksums: bool = False, hidden: str | None = None,
                  rows: Literal["all", "labeled"] = "all",
                  keep: Callable[[Batch], np.ndarray] | None = None,
-                 views: Literal["base", "sample", "all"] = "base", view_seed: int = 0):
+                 views: Literal["base", "sample", "all"] = "base", view_seed: int = 0,
+                 cache_bytes: int = 0):
         self.keep = keep
+        # (file, row group, columns) -> its decoded columns, read-only, while they fit
+        self.cache_bytes, self._cache, self._cached = cache_bytes, {}, 0
         if rows not in ("all", "labeled"):
             raise ValueError(f"rows must be 'all' or 'labeled', got {rows!r}")
         self.rows = rows
@@ -273,9 +283,16 @@ class ShardReader:
         if drop_val and self.keep is not None:
             want |= {"label", "is_labeled", "logits"}
         cols = self.stored.read_columns(self._cols(want))  # the view picks rows, and replays
-        with self.loc.open(file) as stream, self._open(file, stream) as pf:
+        with contextlib.ExitStack() as opened:
+            pf = None  # the file is opened for the first row group not in the cache
             for g in groups:
-                out = self._decode(self._read_group(pf, file, g, cols))
+                if (out := self._cached_group(file, g, cols)) is None:
+                    if pf is None:
+                        pf = opened.enter_context(self._open(
+                            file, opened.enter_context(self.loc.open(file))))
+                    out = self._decode(self._read_group(pf, file, g, cols))
+                    if drop_val:  # a training read: the one every epoch repeats
+                        out = self._keep(file, g, cols, out)
                 if only_val:
                     out = take_rows(out, out["is_val"])
                 elif drop_val:
@@ -285,6 +302,23 @@ class ShardReader:
                 if self.views != "base":  # replayed features, partners' labels
                     self.stored.fill(out, self._stored_rows, self.feature_shape, self.loc.show())
                 yield {k: v for k, v in out.items() if k in self.columns}
+
+    def _cached_group(self, file: str, g: int, cols: list[str]) -> Batch | None:
+        """A decoded row group from the cache (a new dict of its read-only arrays), or None."""
+        hit = self._cache.get((file, g, tuple(cols)))
+        return None if hit is None else dict(hit)
+
+    def _keep(self, file: str, g: int, cols: list[str], out: Batch) -> Batch:
+        """Cache a decoded row group while it fits in `cache_bytes`; its arrays become
+        read-only, so no reader of a batch can write into a later epoch's rows."""
+        size = sum(v.nbytes for v in out.values())
+        if self._cached + size <= self.cache_bytes:
+            for v in out.values():
+                v.flags.writeable = False
+            self._cache[(file, g, tuple(cols))] = out
+            self._cached += size
+            out = dict(out)
+        return out
 
     def _cols(self, want: set[str]) -> list[str]:
         """The Parquet columns that hold the batch keys `want` (and the hidden one, if read)."""

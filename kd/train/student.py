@@ -223,7 +223,7 @@ def distill_job(cfg: Config, variant: str, shards: Path | str, prepared: Path,
     h_member = hidden_member(st, cfg.export.hidden)
     omitted = omitted_classes(st, manifest["class_names"], variant)
     reader = ShardReader(shards, hidden=h_member, rows=st.rows, keep=row_filter(st, omitted),
-                         view_seed=st.train.seed,
+                         view_seed=st.train.seed, cache_bytes=st.cache_mb * 2**20,
                          views="base" if st.views == "none" else st.views)
     shape = tuple(manifest["feature_shape"])
     n_classes = len(manifest["class_names"])
