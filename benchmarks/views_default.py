@@ -17,6 +17,9 @@ lam ~ Beta(--mixup, --mixup)). The student is `small` (cnn1d, 8 channels: 1,874 
 Arms (target 1): no_views (student.views: none, the control), shift_unmixed (one of K + 1
 views a row each epoch, the label term on shifted views too), mixup_row (mixup views, the
 label term on the stored row alone) and mixup_mixed (mixup views, view_labels mixed).
+Every view every epoch, at (K + 1) x the steps: shift_all, mixup_all, and their control
+no_views_long (no views, small's epochs x (K + 1)). With --views 0 and --unlabeled 400000,
+no_views is the bound: (K + 1) x the real unlabeled rows at the same epochs.
 --online (target 3): at --online-epochs, the stored shift views (shift_unmixed) against
 online distillation: the same student, loss and steps, the stored rows shifted afresh each
 batch (up to --shift) and the 5 members run on every batch; the student stage's time of
@@ -58,7 +61,13 @@ VARIANTS = 6  # params.yaml's student variants: what one export is shared by
 ARMS = {"no_views": ("shift", {"views": "none"}),
         "shift_unmixed": ("shift", {"views": "sample", "view_labels": "unmixed"}),
         "mixup_row": ("mixup", {"views": "sample", "view_labels": "row"}),
-        "mixup_mixed": ("mixup", {"views": "sample", "view_labels": "mixed"})}
+        "mixup_mixed": ("mixup", {"views": "sample", "view_labels": "mixed"}),
+        # every view every epoch: (K + 1) x the steps of one view a row; the control given
+        # as many steps (small's epochs x (K + 1)) is no_views_long
+        "shift_all": ("shift", {"views": "all", "view_labels": "unmixed"}),
+        "mixup_all": ("mixup", {"views": "all", "view_labels": "mixed"}),
+        "no_views_long": ("shift", {"views": "none"})}
+SMALL_EPOCHS = PARAMS["student"]["variants"]["small"]["train"]["epochs"]
 
 
 def raw_params(args, seed: int = 0, epochs: int | None = None, **variant) -> dict:
@@ -225,7 +234,8 @@ def summarize(args) -> None:
         r = {"seeds": seeds, "arms": {a: {k: summary([by_seed[s][a][k] for s in seeds])
                                           for k in ("val_accuracy", "test_accuracy", "stage_s")}
                                       for a in arms}, "paired": {}}
-        base = "no_views" if "no_views" in arms else "shift_unmixed"
+        base = next(a for a in ("no_views", "no_views_long", "shift_unmixed", arms[0])
+                    if a in arms)
         for a in arms:
             if a != base:
                 for split in ("val", "test"):
@@ -301,7 +311,10 @@ def main() -> None:
                                             views="sample", view_labels="unmixed"),
                    "online": online_arm(args, seed, args.online_epochs)}
         else:
-            out = {a: run_arm(args, a, ARMS[a][0], seed, **ARMS[a][1]) for a in args.arms}
+            long = {"train": {"epochs": SMALL_EPOCHS * (args.views + 1)}}
+            out = {a: run_arm(args, a, ARMS[a][0], seed,
+                              **deep_merge(ARMS[a][1], long if a.endswith("_long") else {}))
+                   for a in args.arms}
         part = "online" if args.online else "arms"
         (args.work / f"{part}-seed{seed}.json").write_text(json.dumps(out, indent=2))
         print(f"seed {seed}: " + ", ".join(f"{a} test {v['test_accuracy']:.4f} val "
