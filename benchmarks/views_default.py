@@ -18,8 +18,9 @@ Arms (target 1): no_views (student.views: none, the control), shift_unmixed (one
 views a row each epoch, the label term on shifted views too), mixup_row (mixup views, the
 label term on the stored row alone) and mixup_mixed (mixup views, view_labels mixed).
 Every view every epoch, at (K + 1) x the steps: shift_all, mixup_all, and their control
-no_views_long (no views, small's epochs x (K + 1)). With --views 0 and --unlabeled 400000,
-no_views is the bound: (K + 1) x the real unlabeled rows at the same epochs.
+no_views_long (no views, small's epochs x (K + 1)). `--views 0 --unlabeled 400000 --arms
+no_views` is the bound: ten times the real unlabeled rows (the teacher passes of K = 9 views)
+at small's epochs.
 --online (target 3): at --online-epochs, the stored shift views (shift_unmixed) against
 online distillation: the same student, loss and steps, the stored rows shifted afresh each
 batch (up to --shift) and the 5 members run on every batch; the student stage's time of
